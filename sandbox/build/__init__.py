@@ -1,0 +1,1 @@
+"""Recipe → lock → base layer (mmdebstrap) → app layer → normalized, stored image."""

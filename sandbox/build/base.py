@@ -1,0 +1,63 @@
+"""The base layer: mmdebstrap installs exactly the locked packages from a local repository."""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from sandbox.build.lock import Lock
+from sandbox.errors import BuildError, ToolMissing
+from sandbox.events import Event, EventSink
+
+FILE_MIRROR_HOOK = "/usr/share/mmdebstrap/hooks/file-mirror-automount"
+
+
+def mmdebstrap_argv(lock: Lock, target: Path, source_line: str) -> list[str]:
+    """The mmdebstrap command for a locked base layer (pure)."""
+    names = ",".join(sorted(p.name for p in lock.packages))
+    return [
+        "mmdebstrap", "--mode=root", "--format=directory", f"--variant={lock.variant}",
+        f"--architectures={lock.architecture}",
+        # dpkg's fsync per file is the bulk of an install; the result is written
+        # and fsynced by sandbox itself, so it is safe to skip here
+        "--dpkgopt=force-unsafe-io",
+        f"--include={names}",
+        f"--hook-dir={FILE_MIRROR_HOOK}",
+        lock.suite, str(target), source_line,
+    ]
+
+
+def _die_with_parent() -> None:
+    # if sandbox is killed (even kill -9), mmdebstrap gets SIGTERM and cleans up its mounts
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run_mmdebstrap(lock: Lock, target: Path, source_line: str, sink: EventSink) -> None:
+    if shutil.which("mmdebstrap") is None:
+        raise ToolMissing("mmdebstrap is not installed", hint="apt-get install mmdebstrap")
+    argv = mmdebstrap_argv(lock, target, source_line)
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(lock.source_date_epoch), "PYTHONHASHSEED": "0",
+           "LC_ALL": "C.UTF-8", "TMPDIR": str(target.parent)}
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    steps = ["running apt-get update", "downloading packages", "extracting archives",
+             "installing essential packages", "installing remaining packages", "cleaning package lists"]
+    with subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=_die_with_parent) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            line = line.rstrip()
+            tail.append(line)
+            if line.startswith("I: "):
+                msg = line[3:]
+                idx = next((i for i, s in enumerate(steps) if msg.startswith(s)), None)
+                sink(Event("progress", phase="base", message=msg,
+                           current=None if idx is None else idx + 1, total=len(steps)))
+    if proc.returncode != 0:
+        raise BuildError("mmdebstrap failed (exit %d):\n%s" % (proc.returncode, "\n".join(tail)),
+                         hint="the lines above are mmdebstrap's own; `sandbox lock` re-resolves packages")

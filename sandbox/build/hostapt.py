@@ -1,0 +1,227 @@
+"""The host's apt sources and a private apt instance that reads them.
+
+sandbox never names a mirror: the package sources are the host's own
+(/etc/apt/sources.list and sources.list.d), re-targeted at the recipe's suite.
+`PrivateApt` runs apt-get/apt-cache against its own state directory, so the
+host's package database is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox.errors import BuildError, ToolMissing
+
+SOURCES_LIST = Path("/etc/apt/sources.list")
+SOURCES_DIR = Path("/etc/apt/sources.list.d")
+
+
+def host_codename(os_release: Path = Path("/etc/os-release")) -> str:
+    try:
+        for line in os_release.read_text().splitlines():
+            if line.startswith("VERSION_CODENAME="):
+                return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return ""
+
+
+def host_sources(
+    suite: str,
+    *,
+    sources_list: Path = SOURCES_LIST,
+    sources_dir: Path = SOURCES_DIR,
+    codename: str | None = None,
+) -> str:
+    """The host's apt sources as text, with the host's codename replaced by `suite`.
+
+    Both one-line (.list) and deb822 (.sources) files are read; deb-src entries
+    are dropped. Raises BuildError if the host has no usable source.
+    """
+    host = host_codename() if codename is None else codename
+    chunks: list[tuple[str, str]] = []
+    files: list[Path] = []
+    if sources_list.is_file():
+        files.append(sources_list)
+    if sources_dir.is_dir():
+        files += sorted(p for p in sources_dir.iterdir() if p.suffix in (".list", ".sources"))
+    for path in files:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if path.suffix == ".sources":
+            stanzas = [s for s in re.split(r"\n\s*\n", text) if re.search(r"^Types:.*\bdeb\b", s, re.M)]
+            text = "\n\n".join(_retarget(_strip_comments(s), host, suite) for s in stanzas)
+            if text.strip():
+                chunks.append(("deb822", text))
+        else:
+            lines = [ln for ln in text.splitlines() if ln.strip().startswith("deb ")]
+            if lines:
+                chunks.append(("list", "\n".join(_retarget(ln, host, suite) for ln in lines)))
+    if not chunks:
+        raise BuildError(
+            "the host has no apt sources to build from",
+            hint="add a 'deb' entry to /etc/apt/sources.list or sources.list.d/",
+        )
+    # apt accepts one format per file; convert one-line entries to deb822 stanzas
+    out: list[str] = []
+    for kind, text in chunks:
+        out.append(text if kind == "deb822" else _list_to_deb822(text))
+    return "\n\n".join(s.strip() for s in out) + "\n"
+
+
+def _strip_comments(stanza: str) -> str:
+    return "\n".join(ln for ln in stanza.splitlines() if not ln.lstrip().startswith("#"))
+
+
+def _retarget(text: str, host: str, suite: str) -> str:
+    if not host or host == suite:
+        return text
+    return re.sub(rf"\b{re.escape(host)}(?=[-\s]|$)", suite, text, flags=re.M)
+
+
+def _list_to_deb822(text: str) -> str:
+    stanzas = []
+    for line in text.splitlines():
+        opts = ""
+        m = re.match(r"deb\s+(\[[^\]]*\]\s+)?(\S+)\s+(\S+)\s*(.*)$", line.strip())
+        if not m:
+            continue
+        if m.group(1):
+            opts = m.group(1).strip()[1:-1]
+        stanza = f"Types: deb\nURIs: {m.group(2)}\nSuites: {m.group(3)}\nComponents: {m.group(4) or 'main'}"
+        for opt in opts.split():
+            key, _, value = opt.partition("=")
+            if key == "signed-by":
+                stanza += f"\nSigned-By: {value}"
+            elif key == "trusted":
+                stanza += f"\nTrusted: {value}"
+        stanzas.append(stanza)
+    return "\n\n".join(stanzas)
+
+
+@dataclass(frozen=True)
+class PackageRecord:
+    """One resolved package: exact version and the .deb's sha256."""
+
+    name: str
+    version: str
+    architecture: str
+    sha256: str
+    size: int
+    filename: str  # the pool file name, e.g. libc6_2.36-9_amd64.deb (no directories)
+
+
+class PrivateApt:
+    """apt-get / apt-cache with their own state in `root`, reading the host's sources."""
+
+    def __init__(self, root: Path, suite: str, architecture: str, sources: str) -> None:
+        self.root = root
+        self.suite = suite
+        self.architecture = architecture
+        self.sources = sources
+        self.config = root / "apt.conf"
+
+    def prepare(self) -> None:
+        r = self.root
+        for d in (
+            "etc/apt/apt.conf.d", "etc/apt/preferences.d", "etc/apt/sources.list.d",
+            "var/lib/apt/lists/partial", "var/lib/dpkg", "var/cache/apt/archives/partial",
+        ):
+            (r / d).mkdir(parents=True, exist_ok=True)
+        (r / "var/lib/dpkg/status").touch()
+        (r / "etc/apt/sources.list.d/host.sources").write_text(self.sources)
+        self.config.write_text(
+            f'Dir "{r}/";\n'
+            f'Dir::State::status "{r}/var/lib/dpkg/status";\n'
+            'Dir::Etc::TrustedParts "/etc/apt/trusted.gpg.d/";\n'
+            'Dir::Etc::Trusted "/etc/apt/trusted.gpg";\n'
+            'Dir::Bin::dpkg "/usr/bin/dpkg";\n'
+            f'APT::Architecture "{self.architecture}";\n'
+            f'APT::Architectures "{self.architecture}";\n'
+            'APT::Install-Recommends "false";\n'
+            'APT::Sandbox::User "root";\n'
+            'Acquire::Languages "none";\n'
+            'Debug::NoLocking "true";\n'
+        )
+
+    def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "APT_CONFIG": str(self.config), "LC_ALL": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+        try:
+            return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+        except FileNotFoundError as e:
+            raise ToolMissing(f"{argv[0]} is not installed", hint="apt-get install apt") from e
+
+    def update(self) -> None:
+        self.prepare()
+        p = self._run(["apt-get", "-q", "update"])
+        if p.returncode != 0 or "\nE: " in "\n" + p.stderr:
+            raise BuildError(
+                "apt-get update failed for the host's sources:\n" + _tail(p.stderr),
+                hint="check the network and /etc/apt/sources.list*; a locked build with a "
+                "full package cache needs no network",
+            )
+
+    def simulate(self, selection: list[str]) -> tuple[list[tuple[str, str, str]], list[str]]:
+        """Resolve `selection` (names or apt patterns) from an empty system.
+
+        Returns ([(name, version, arch)], [names apt could not locate]).
+        """
+        p = self._run(["apt-get", "-s", "-q", "install", *selection])
+        missing = re.findall(r"^E: Unable to locate package (\S+)", p.stderr, re.M)
+        missing += re.findall(r"^E: Package '([^']+)' has no installation candidate", p.stderr, re.M)
+        if missing:
+            return [], missing
+        if p.returncode != 0:
+            raise BuildError("apt could not resolve the package set:\n" + _tail(p.stderr + p.stdout))
+        out = []
+        for m in re.finditer(r"^Inst (\S+) \((\S+) .*\[(\S+)\]\)", p.stdout, re.M):
+            out.append((m.group(1), m.group(2), m.group(3)))
+        return out, []
+
+    def records(self, pins: list[tuple[str, str]]) -> list[PackageRecord]:
+        """sha256/size/filename for exact name=version pins, from the indices."""
+        p = self._run(["apt-cache", "show", "--no-all-versions", *(f"{n}={v}" for n, v in pins)])
+        if p.returncode != 0:
+            raise BuildError("apt-cache show failed:\n" + _tail(p.stderr))
+        recs = []
+        for stanza in re.split(r"\n\s*\n", p.stdout.strip()):
+            f = parse_stanza(stanza)
+            recs.append(PackageRecord(
+                name=f["Package"], version=f["Version"], architecture=f["Architecture"],
+                sha256=f["SHA256"], size=int(f["Size"]), filename=f["Filename"].rsplit("/", 1)[-1],
+            ))
+        return recs
+
+    def download(self, pins: list[tuple[str, str]], dest: Path) -> None:
+        """Download exact versions into `dest` (apt checks the index hashes)."""
+        if not pins:
+            return
+        p = self._run(["apt-get", "-q", "download", *(f"{n}={v}" for n, v in pins)], cwd=dest)
+        if p.returncode != 0:
+            raise BuildError(
+                "downloading packages failed:\n" + _tail(p.stderr),
+                hint="a locked version may have left the mirror; run `sandbox lock` to re-resolve",
+            )
+
+
+def parse_stanza(stanza: str) -> dict[str, str]:
+    """Parse one deb822 stanza (continuation lines joined with newlines)."""
+    fields: dict[str, str] = {}
+    key = ""
+    for line in stanza.splitlines():
+        if line[:1] in (" ", "\t") and key:
+            fields[key] += "\n" + line
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])

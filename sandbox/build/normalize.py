@@ -1,0 +1,185 @@
+"""Normalization: a rootfs directory becomes a deterministic tar and a file index.
+
+Same tree in, same bytes out: entries sorted by name, mtimes clamped to
+SOURCE_DATE_EPOCH, numeric owners and no user/group names, no atime/ctime,
+xattrs as sorted SCHILY.xattr PAX records. Machine-specific and volatile files
+(machine-id, apt lists, logs, caches) are removed before the tar is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from sandbox.store.layers import Index
+
+# files removed from every layer: machine identity, volatile caches, build leftovers
+REMOVE_FILES = (
+    "etc/machine-id", "var/lib/dbus/machine-id", "etc/hostname", "etc/resolv.conf",
+    "var/cache/ldconfig/aux-cache", "etc/dpkg/dpkg.cfg.d/99mmdebstrap",
+    "var/lib/dpkg/available-old", "var/lib/dpkg/status-old", "var/lib/dpkg/diversions-old",
+    "var/lib/dpkg/statoverride-old", "var/cache/debconf/config.dat-old",
+    "var/cache/debconf/templates.dat-old", "var/cache/debconf/passwords.dat-old",
+    "root/.bash_history", "root/.wget-hsts", "root/.python_history",
+)
+# directories whose files are removed (the directories stay, with their owners)
+EMPTY_DIRS = (
+    "var/lib/apt/lists", "var/cache/apt", "var/log", "tmp", "var/tmp", "root/.cache",
+    "var/lib/systemd/catalog",
+)
+SOURCES_NOTE = b"# Packages of this image come from its sandbox recipe and lock file.\n"
+
+
+
+def clean_rootfs(root: Path) -> None:
+    """Remove machine-specific and volatile files from a rootfs, in place."""
+    for rel in REMOVE_FILES:
+        p = root / rel
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+    for rel in EMPTY_DIRS:
+        d = root / rel
+        if d.is_symlink() or not d.is_dir():
+            continue
+        for dirpath, _dirs, files in os.walk(d):
+            for name in files:
+                os.unlink(os.path.join(dirpath, name))
+    sources = root / "etc/apt/sources.list"
+    if sources.parent.is_dir():
+        if not sources.is_file() or sources.read_bytes() != SOURCES_NOTE:
+            sources.write_bytes(SOURCES_NOTE)
+        for extra in (root / "etc/apt/sources.list.d").glob("*"):
+            if extra.is_file():
+                extra.unlink()
+
+
+def walk_sorted(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Yield (relative path, lstat) for root and everything below, dirs before content, sorted."""
+    yield "", os.lstat(root)
+    stack: list[str] = [""]
+    while stack:
+        rel = stack.pop()
+        base = root / rel if rel else root
+        names = sorted(os.listdir(base), key=os.fsencode)
+        subdirs = []
+        for name in names:
+            child = f"{rel}/{name}" if rel else name
+            st = os.lstat(base / name)
+            yield child, st
+            if stat.S_ISDIR(st.st_mode):
+                subdirs.append(child)
+        # depth-first in name order: push in reverse so the first name is popped first
+        stack.extend(reversed(subdirs))
+
+
+class _HashingReader:
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.h = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        return data
+
+
+def _xattrs(path: Path) -> dict[str, str]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for name in sorted(names):
+        if name.startswith("trusted.overlay.") or name == "security.selinux":
+            continue
+        value = os.getxattr(path, name, follow_symlinks=False)
+        out["SCHILY.xattr." + name] = value.decode("utf-8", "surrogateescape")
+    return out
+
+
+def write_layer(root: Path, out: IO[bytes], sde: int, *, overlay_upper: bool = False) -> Index:
+    """Write `root` as a deterministic tar to `out`; return its file index.
+
+    With `overlay_upper`, `root` is an overlayfs upper dir: whiteouts (char
+    0/0) become `.wh.NAME` entries and opaque dirs get `.wh..wh..opq`, as in
+    OCI layers; the index records them as "whiteout" and "opaque".
+    """
+    index: Index = {}
+    seen_inodes: dict[tuple[int, int], str] = {}
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for rel, st in walk_sorted(root):
+            path = root / rel if rel else root
+            key = "/" + rel
+            name = "./" + rel
+            ti = tarfile.TarInfo(name)
+            ti.mtime = min(int(st.st_mtime), sde)
+            ti.mode = stat.S_IMODE(st.st_mode)
+            ti.uid, ti.gid = st.st_uid, st.st_gid
+            ti.uname = ti.gname = ""
+            entry: dict[str, Any] = {"mode": f"{ti.mode:04o}", "uid": st.st_uid, "gid": st.st_gid}
+            m = st.st_mode
+            if overlay_upper and stat.S_ISCHR(m) and st.st_rdev == 0:
+                parent, _, base = rel.rpartition("/")
+                wh = tarfile.TarInfo("./" + (parent + "/" if parent else "") + ".wh." + base)
+                wh.mtime, wh.mode, wh.uname, wh.gname = ti.mtime, 0, "", ""
+                tar.addfile(wh)
+                index[key] = {"type": "whiteout"}
+                continue
+            ti.pax_headers = _xattrs(path)
+            if stat.S_ISDIR(m):
+                ti.type = tarfile.DIRTYPE
+                entry["type"] = "dir"
+                tar.addfile(ti)
+                if overlay_upper and _is_opaque(path):
+                    entry["opaque"] = True
+                    opq = tarfile.TarInfo(name.rstrip("/") + "/.wh..wh..opq")
+                    opq.mtime, opq.mode, opq.uname, opq.gname = ti.mtime, 0, "", ""
+                    tar.addfile(opq)
+            elif stat.S_ISREG(m):
+                ino = (st.st_dev, st.st_ino)
+                if st.st_nlink > 1 and ino in seen_inodes:
+                    first = seen_inodes[ino]
+                    ti.type = tarfile.LNKTYPE
+                    ti.linkname = "./" + first.lstrip("/")
+                    tar.addfile(ti)
+                    entry.update({k: index[first][k] for k in ("type", "size", "sha256")})
+                    entry["hardlink"] = first
+                else:
+                    if st.st_nlink > 1:
+                        seen_inodes[ino] = key
+                    ti.size = st.st_size
+                    with open(path, "rb") as f:
+                        reader = _HashingReader(f)
+                        tar.addfile(ti, reader)  # type: ignore[arg-type]
+                    entry.update({"type": "file", "size": st.st_size, "sha256": reader.h.hexdigest()})
+            elif stat.S_ISLNK(m):
+                ti.type = tarfile.SYMTYPE
+                ti.linkname = os.readlink(path)
+                tar.addfile(ti)
+                entry.update({"type": "symlink", "target": ti.linkname})
+            elif stat.S_ISCHR(m) or stat.S_ISBLK(m):
+                ti.type = tarfile.CHRTYPE if stat.S_ISCHR(m) else tarfile.BLKTYPE
+                ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+                tar.addfile(ti)
+                entry.update({"type": "char" if stat.S_ISCHR(m) else "block",
+                              "dev": [ti.devmajor, ti.devminor]})
+            elif stat.S_ISFIFO(m):
+                ti.type = tarfile.FIFOTYPE
+                tar.addfile(ti)
+                entry["type"] = "fifo"
+            else:  # sockets do not belong in an image
+                continue
+            index[key] = entry
+    return index
+
+
+def _is_opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False

@@ -1,0 +1,40 @@
+"""`sandbox build` and `sandbox lock`."""
+
+from __future__ import annotations
+
+import click
+
+from sandbox.build.builder import Builder
+from sandbox.cli.main import Ctx, cli, json_option
+
+
+@cli.command()
+@click.argument("recipe")
+@click.option("--locked", is_flag=True, help="Fail if the recipe no longer matches its lock file.")
+@click.option("--tag", metavar="TAG", help="Also point RECIPE:TAG at the built image.")
+@json_option
+@click.pass_obj
+def build(obj: Ctx, recipe: str, locked: bool, tag: str | None) -> None:
+    """Build RECIPE (a name in recipes/ or a path) into an image in images/."""
+    result = Builder(obj.ws, obj.output).build(recipe, locked=locked, tag=tag)
+    how = "no-op (cached)" if result.cached.get("image") else (
+        "base layer cached" if result.cached.get("base") else "built from scratch")
+    obj.output.result(
+        result.to_dict(),
+        f"[bold]{result.ref}[/] {result.digest}\n[dim]{how} in {result.seconds:.2f}s"
+        + ("; lock file written" if result.lock_created else "") + "[/]",
+    )
+
+
+@cli.command()
+@click.argument("recipe")
+@json_option
+@click.pass_obj
+def lock(obj: Ctx, recipe: str) -> None:
+    """Resolve RECIPE's packages to exact versions and sha256s; write RECIPE.lock."""
+    lk, path = Builder(obj.ws, obj.output).lock(recipe)
+    obj.output.result(
+        {"lock": str(path), "packages": len(lk.packages), "source_date_epoch": lk.source_date_epoch,
+         "digest": lk.digest},
+        f"wrote {path} ({len(lk.packages)} packages, SOURCE_DATE_EPOCH={lk.source_date_epoch})",
+    )

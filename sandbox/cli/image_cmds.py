@@ -1,0 +1,117 @@
+"""`sandbox images` and `sandbox image inspect|diff|verify|rm`."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+from rich.table import Table
+
+from sandbox.cli.main import Ctx, cli, json_option
+from sandbox.store import ImageStore, diff_manifests
+from sandbox.store.verify import verify_image
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def images(obj: Ctx) -> None:
+    """List the images in the store."""
+    rows = ImageStore(obj.ws.images).summaries()
+    table = Table(box=None)
+    for col in ("IMAGE", "REFS", "RECIPE", "PACKAGES", "FILES", "SIZE", "CREATED"):
+        table.add_column(col)
+    for s in rows:
+        table.add_row(s.digest[7:19], ", ".join(s.refs) or "-", s.recipe, str(s.packages), str(s.files),
+                      _size(s.size), dt.datetime.fromtimestamp(s.created, dt.UTC).strftime("%Y-%m-%d %H:%M"))
+    obj.output.result([s.__dict__ for s in rows], None)
+    if not obj.output.as_json:
+        obj.output.out.print(table if rows else "no images yet: sandbox build RECIPE")
+
+
+@cli.group()
+def image() -> None:
+    """Inspect, compare, verify and remove images."""
+
+
+@image.command()
+@click.argument("ref")
+@click.option("--files", "show_files", is_flag=True, help="Include the per-file index.")
+@json_option
+@click.pass_obj
+def inspect(obj: Ctx, ref: str, show_files: bool) -> None:
+    """Show an image's manifest (REF: recipe, recipe:tag, sha256:… or a digest prefix)."""
+    store = ImageStore(obj.ws.images)
+    digest = store.resolve(ref)
+    m = store.manifest(digest)
+    if not show_files:
+        m = {**m, "files": len(m["files"])}
+    m["digest"] = digest
+    text = (f"[bold]{digest}[/]\nrecipe    {m['recipe']['name']} ({', '.join(m['recipe']['sources'])})\n"
+            f"base      {m['base']['distro']} {m['base']['suite']} {m['base']['variant']} "
+            f"{m['base']['architecture']}\npackages  {len(m['packages'])}\n"
+            + "".join(f"layer     {la['kind']:<5} {la['digest'][:19]} {_size(la['size'])}\n" for la in m["layers"])
+            + f"app       {m['app']['command'] if m['app'] else '-'}")
+    obj.output.result(m, text)
+
+
+@image.command()
+@click.argument("a")
+@click.argument("b")
+@json_option
+@click.pass_obj
+def diff(obj: Ctx, a: str, b: str) -> None:
+    """What changed from image A to image B: packages and files."""
+    store = ImageStore(obj.ws.images)
+    da, db = store.resolve(a), store.resolve(b)
+    d = diff_manifests(da, store.manifest(da), db, store.manifest(db))
+    lines = [f"{da[:19]} → {db[:19]}"]
+    if d.empty:
+        lines.append("identical")
+    for name, v in d.packages_added.items():
+        lines.append(f"[green]+ package {name} {v}[/]")
+    for name, v in d.packages_removed.items():
+        lines.append(f"[red]- package {name} {v}[/]")
+    for name, (old, new) in d.packages_changed.items():
+        lines.append(f"[yellow]~ package {name} {old} → {new}[/]")
+    lines += [f"[green]+ {p}[/]" for p in d.files_added]
+    lines += [f"[red]- {p}[/]" for p in d.files_removed]
+    lines += [f"[yellow]~ {p}[/]" for p in d.files_changed]
+    obj.output.result(d.to_dict(), "\n".join(lines))
+
+
+@image.command()
+@click.argument("ref")
+@json_option
+@click.pass_obj
+def verify(obj: Ctx, ref: str) -> None:
+    """Recompute every digest of an image (manifest, layers, per-file sha256)."""
+    report = verify_image(ImageStore(obj.ws.images), ref)
+    text = (f"[green]ok[/] {report.digest}: {report.checked_files} files, {_size(report.checked_bytes)} checked"
+            if report.ok else "\n".join(f"[red]✗[/] {p}" for p in report.problems))
+    obj.output.result(report.to_dict(), text)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@image.command("rm")
+@click.argument("refs", nargs=-1, required=True)
+@json_option
+@click.pass_obj
+def rm(obj: Ctx, refs: tuple[str, ...]) -> None:
+    """Remove images and the layers no other image uses."""
+    store = ImageStore(obj.ws.images)
+    digests = [store.resolve(r) for r in refs]  # all refs must resolve before anything is removed
+    out = []
+    for d in digests:
+        digest, blobs = store.remove(d)
+        out.append({"digest": digest, "removed_layers": blobs})
+    obj.output.result(out, "\n".join(f"removed {o['digest']}" for o in out))

@@ -1,0 +1,76 @@
+"""Rendering events and results: rich progress for people, JSON for programs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.status import Status
+
+from sandbox.events import Event
+
+
+class Output:
+    """Turns core events into progress lines (stderr) and results into text or JSON (stdout)."""
+
+    def __init__(self, as_json: bool, quiet: bool = False) -> None:
+        self.as_json = as_json
+        self.quiet = quiet or as_json
+        self.err = Console(stderr=True, highlight=False)
+        self.out = Console(highlight=False, soft_wrap=True)
+        self._status: Status | None = None
+        self._phase_started: dict[str, float] = {}
+
+    # -- events ------------------------------------------------------------
+    def __call__(self, event: Event) -> None:
+        if self.quiet:
+            return
+        if event.kind == "phase-start":
+            self._phase_started[event.phase] = time.monotonic()
+            self._stop()
+            self._status = self.err.status(f"[bold]{event.phase}[/] {escape(event.message)}")
+            self._status.start()
+        elif event.kind == "progress" and self._status is not None:
+            step = f" [{event.current}/{event.total}]" if event.current and event.total else ""
+            self._status.update(f"[bold]{event.phase}[/]{step} {escape(event.message)}")
+        elif event.kind == "phase-end":
+            self._stop()
+            secs = event.data.get("seconds", 0.0)
+            self.err.print(f"[green]✓[/] [bold]{event.phase:<9}[/] {escape(event.message)} [dim]({secs:.2f}s)[/]")
+        elif event.kind == "warning":
+            self._stop()
+            self.err.print(f"[yellow]![/] {escape(event.message)}")
+        elif event.kind == "log":
+            if self._status is not None:
+                self._status.update(f"[bold]{event.phase}[/] {escape(event.message)}")
+            else:
+                self.err.print(f"[dim]{escape(event.message)}[/]")
+
+    def _stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def close(self) -> None:
+        self._stop()
+
+    # -- results -----------------------------------------------------------
+    def result(self, data: Any, text: str | None = None) -> None:
+        self._stop()
+        if self.as_json:
+            sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        elif text is not None:
+            self.out.print(text)
+
+    def error(self, payload: dict[str, Any], message: str, hint: str | None) -> None:
+        self._stop()
+        if self.as_json:
+            sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+            return
+        self.err.print(f"[bold red]error:[/] {escape(message)}")
+        if hint:
+            self.err.print(f"[cyan]hint:[/] {escape(hint)}")

@@ -1,0 +1,247 @@
+"""ImageStore: blobs, manifests, refs and the layer cache under `images/`.
+
+Layout:
+    blobs/sha256/<hex>          normalized layer tarballs
+    layers/<hex>.json           a layer's file index (path → type, mode, owner, sha256)
+    manifests/<hex>.json        image manifests; the image digest is sha256 of this file
+    refs/<recipe>/<tag>         a digest per line ("latest" is moved by every build)
+    cache/<kind>-<key>          layer cache: build inputs → blob digest
+
+Every write goes temp file → fsync → rename, so an interrupted build leaves
+either nothing or a complete object; leftover temp files of dead processes
+are removed by `clean()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from sandbox.errors import NotFound, StoreError
+from sandbox.fsutil import atomic_write, fsync_dir, pid_alive
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def canonical_json(doc: Any) -> bytes:
+    return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+class _HashingWriter:
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.h = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.h.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    digest: str
+    recipe: str
+    refs: list[str]
+    size: int
+    packages: int
+    files: int
+    created: int
+
+
+class ImageStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # -- paths -------------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        return self.root / "blobs" / "sha256" / _hex(digest)
+
+    def manifest_path(self, digest: str) -> Path:
+        return self.root / "manifests" / f"{_hex(digest)}.json"
+
+    def layer_index_path(self, digest: str) -> Path:
+        return self.root / "layers" / f"{_hex(digest)}.json"
+
+    # -- writes ------------------------------------------------------------
+    def put_blob(self, write: Callable[[IO[bytes]], Any]) -> tuple[str, int, Any]:
+        """Stream a blob through `write(fileobj)`; store it under its sha256.
+
+        Returns (digest, size, whatever `write` returned).
+        """
+        d = self.root / "blobs" / "sha256"
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".tmp-{os.getpid()}-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                w = _HashingWriter(f)
+                result = write(w)  # type: ignore[arg-type]
+                f.flush()
+                os.fsync(f.fileno())
+            digest = "sha256:" + w.h.hexdigest()
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.blob_path(digest))
+            fsync_dir(d)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return digest, w.size, result
+
+    def put_layer_index(self, digest: str, index: dict[str, Any]) -> None:
+        atomic_write(self.layer_index_path(digest), canonical_json(index))
+
+    def layer_index(self, digest: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.layer_index_path(digest).read_bytes())
+        except FileNotFoundError as e:
+            raise StoreError(f"layer {digest[:19]} has no index", hint="rebuild the image") from e
+        return data
+
+    def put_manifest(self, manifest: dict[str, Any]) -> str:
+        data = canonical_json(manifest)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = self.manifest_path(digest)
+        if not path.exists():
+            atomic_write(path, data)
+        return digest
+
+    def set_ref(self, recipe: str, tag: str, digest: str) -> None:
+        if not TAG.match(tag):
+            raise StoreError(f"invalid tag {tag!r}", hint="tags are lower-case letters, digits, . _ -")
+        atomic_write(self.root / "refs" / recipe / tag, (digest + "\n").encode())
+
+    def cache_get(self, kind: str, key: str) -> str | None:
+        p = self.root / "cache" / f"{kind}-{key}"
+        try:
+            digest = p.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return digest if self.blob_path(digest).is_file() or self.manifest_path(digest).is_file() else None
+
+    def cache_put(self, kind: str, key: str, digest: str) -> None:
+        atomic_write(self.root / "cache" / f"{kind}-{key}", (digest + "\n").encode())
+
+    # -- reads -------------------------------------------------------------
+    def manifest(self, digest: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.manifest_path(digest).read_bytes())
+        except FileNotFoundError as e:
+            raise NotFound(f"image {digest} not found", hint="list images with `sandbox images`") from e
+        return data
+
+    def refs(self) -> Iterator[tuple[str, str, str]]:
+        """(recipe, tag, digest) for every ref."""
+        base = self.root / "refs"
+        if not base.is_dir():
+            return
+        for recipe_dir in sorted(base.iterdir()):
+            for tag in sorted(recipe_dir.iterdir()):
+                if not tag.name.startswith("."):
+                    yield recipe_dir.name, tag.name, tag.read_text().strip()
+
+    def digests(self) -> list[str]:
+        d = self.root / "manifests"
+        if not d.is_dir():
+            return []
+        return sorted("sha256:" + p.stem for p in d.glob("*.json") if HEX64.match(p.stem))
+
+    def resolve(self, ref: str) -> str:
+        """A digest for `ref`: "web", "web:tag", "sha256:<hex>" or a unique hex prefix (>= 6)."""
+        ref = ref.strip()
+        hexpart = ref.removeprefix("sha256:")
+        if re.fullmatch(r"[0-9a-f]{6,64}", hexpart) and (ref.startswith("sha256:") or len(hexpart) >= 6):
+            hits = [d for d in self.digests() if d[7:].startswith(hexpart)]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                raise NotFound(f"image prefix {hexpart!r} is ambiguous ({len(hits)} images)",
+                               hint="give more digits")
+            if ref.startswith("sha256:"):
+                raise NotFound(f"image {ref} not found", hint="list images with `sandbox images`")
+        recipe, _, tag = ref.partition(":")
+        tag = tag or "latest"
+        if not TAG.match(recipe) or not TAG.match(tag):
+            raise NotFound(f"{ref!r} is not an image reference",
+                           hint="use RECIPE, RECIPE:TAG, sha256:DIGEST or a digest prefix")
+        p = self.root / "refs" / recipe / tag
+        try:
+            digest = p.read_text().strip()
+        except FileNotFoundError as e:
+            raise NotFound(f"image {ref!r} not found", hint=f"build it with `sandbox build {recipe}`") from e
+        if not self.manifest_path(digest).is_file():
+            raise NotFound(f"ref {ref!r} points to a missing image {digest}", hint=f"rebuild: sandbox build {recipe}")
+        return digest
+
+    def summaries(self) -> list[ImageSummary]:
+        refs: dict[str, list[str]] = {}
+        for recipe, tag, digest in self.refs():
+            refs.setdefault(digest, []).append(f"{recipe}:{tag}")
+        out = []
+        for digest in self.digests():
+            m = self.manifest(digest)
+            out.append(ImageSummary(
+                digest=digest, recipe=m["recipe"]["name"], refs=refs.get(digest, []),
+                size=sum(int(layer["size"]) for layer in m["layers"]),
+                packages=len(m["packages"]), files=len(m["files"]), created=int(m["created"]),
+            ))
+        return out
+
+    # -- maintenance -------------------------------------------------------
+    def remove(self, ref: str) -> tuple[str, list[str]]:
+        """Remove an image, its refs, and blobs no other image uses. Returns (digest, removed blobs)."""
+        digest = self.resolve(ref)
+        for recipe, tag, d in list(self.refs()):
+            if d == digest:
+                (self.root / "refs" / recipe / tag).unlink()
+        self.manifest_path(digest).unlink()
+        used = {layer["digest"] for other in self.digests() for layer in self.manifest(other)["layers"]}
+        cached = set()
+        cache_dir = self.root / "cache"
+        if cache_dir.is_dir():
+            for entry in cache_dir.iterdir():
+                with contextlib.suppress(OSError):
+                    cached.add(entry.read_text().strip())
+        removed = []
+        blob_dir = self.root / "blobs" / "sha256"
+        for blob in sorted(blob_dir.iterdir()) if blob_dir.is_dir() else []:
+            d = "sha256:" + blob.name
+            if HEX64.match(blob.name) and d not in used and d not in cached:
+                blob.unlink()
+                self.layer_index_path(d).unlink(missing_ok=True)
+                removed.append(d)
+        return digest, removed
+
+    def clean(self) -> list[Path]:
+        """Remove temp files left by dead processes (an interrupted build)."""
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        for p in self.root.rglob(".tmp-*"):
+            m = re.match(r"\.tmp-(\d+)-", p.name)
+            if m and pid_alive(int(m.group(1))):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+        return removed
+
+
+def _hex(digest: str) -> str:
+    h = digest.removeprefix("sha256:")
+    if not HEX64.match(h):
+        raise StoreError(f"malformed digest {digest!r}")
+    return h
