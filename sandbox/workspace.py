@@ -48,8 +48,10 @@ class Workspace:
             cand = self.recipes / f"{ref}.yaml"
         if not cand.is_file():
             known = sorted(x.stem for x in self.recipes.glob("*.yaml")) if self.recipes.is_dir() else []
-            raise NotFound(f"recipe {ref!r} not found ({cand})",
-                           hint=f"recipes here: {', '.join(known)}" if known else "create recipes/NAME.yaml")
+            raise NotFound(
+                f"recipe {ref!r} not found ({cand})",
+                hint=f"recipes here: {', '.join(known)}" if known else "create recipes/NAME.yaml",
+            )
         return cand.resolve()
 
 
@@ -62,5 +64,7 @@ def find_workspace(start: Path | None = None) -> Workspace:
     for d in (here, *here.parents):
         if (d / "sandbox.yaml").is_file() or (d / "recipes").is_dir():
             return Workspace(d)
-    raise NotFound(f"no sandbox workspace at or above {here}",
-                   hint="run inside a folder with recipes/ (or sandbox.yaml), or set SANDBOX_WORKSPACE")
+    raise NotFound(
+        f"no sandbox workspace at or above {here}",
+        hint="run inside a folder with recipes/ (or sandbox.yaml), or set SANDBOX_WORKSPACE",
+    )

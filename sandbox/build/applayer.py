@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from sandbox.build.rootfs import RootEscape, read_ids, resolve_in_root, run_in_root
@@ -25,7 +26,7 @@ APP_SCRIPT = "/usr/local/bin/sandbox-app"
 def apply_app_layer(root: Path, loaded: LoadedRecipe, sde: int, sink: EventSink) -> None:
     r = loaded.recipe
     env = {"SOURCE_DATE_EPOCH": str(sde)}
-    steps = [
+    steps: list[tuple[str, Callable[[], None]]] = [
         ("users", lambda: _users(root, loaded, env)),
         ("files", lambda: _files(root, loaded)),
         ("keys", lambda: _keys(root, loaded)),
@@ -40,13 +41,21 @@ def apply_app_layer(root: Path, loaded: LoadedRecipe, sde: int, sink: EventSink)
         step()
 
 
-def _fail(loaded: LoadedRecipe, loc: tuple[str | int, ...], message: str, hint: str | None = None) -> BuildError:
+def _fail(
+    loaded: LoadedRecipe, loc: tuple[str | int, ...], message: str, hint: str | None = None
+) -> BuildError:
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
     return BuildError(f"{loaded.where(loc)}: {path}: {message}", hint)
 
 
-def _check(loaded: LoadedRecipe, loc: tuple[str | int, ...], root: Path, argv: list[str],
-           env: dict[str, str], what: str) -> None:
+def _check(
+    loaded: LoadedRecipe,
+    loc: tuple[str | int, ...],
+    root: Path,
+    argv: list[str],
+    env: dict[str, str],
+    what: str,
+) -> None:
     p = run_in_root(root, argv, env)
     if p.returncode != 0:
         out = "\n".join((p.stdout + p.stderr).strip().splitlines()[-10:])
@@ -70,12 +79,17 @@ def _users(root: Path, loaded: LoadedRecipe, env: dict[str, str]) -> None:
         _check(loaded, ("users", i), root, [*argv, u.name], env, f"creating user {u.name}")
 
 
-def _owner(root: Path, loaded: LoadedRecipe, loc: tuple[str | int, ...], owner: str,
-           group: str | None) -> tuple[int, int]:
+def _owner(
+    root: Path, loaded: LoadedRecipe, loc: tuple[str | int, ...], owner: str, group: str | None
+) -> tuple[int, int]:
     users, groups = read_ids(root, "passwd"), read_ids(root, "group")
     if owner not in users:
-        raise _fail(loaded, loc, f"owner {owner!r} is not a user of the image",
-                    hint="declare it under users: or use a user a package creates")
+        raise _fail(
+            loaded,
+            loc,
+            f"owner {owner!r} is not a user of the image",
+            hint="declare it under users: or use a user a package creates",
+        )
     uid, gid = users[owner]
     if group is not None:
         if group not in groups:
@@ -103,7 +117,7 @@ def _mkparents(root: Path, path: Path) -> None:
 
 
 def _put(path: Path, data: bytes | None, src: Path | None, mode: int, uid: int, gid: int) -> None:
-    if path.is_symlink() or path.exists() and not path.is_dir():
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
         path.unlink()
     if src is not None:
         shutil.copyfile(src, path, follow_symlinks=False)
@@ -127,13 +141,24 @@ def _files(root: Path, loaded: LoadedRecipe) -> None:
             dest = dest + rf.src.name
         path = _target(root, loaded, loc, dest)
         _mkparents(root, path)
-        mode = rf.mode if rf.mode is not None else (
-            0o755 if rf.src is not None and os.access(rf.src, os.X_OK) else 0o644)
+        mode = (
+            rf.mode
+            if rf.mode is not None
+            else (0o755 if rf.src is not None and os.access(rf.src, os.X_OK) else 0o644)
+        )
         _put(path, rf.content, rf.src, mode, uid, gid)
 
 
-def _copy_tree(root: Path, loaded: LoadedRecipe, loc: tuple[str | int, ...], src: Path, dest: str,
-               mode: int | None, uid: int, gid: int) -> None:
+def _copy_tree(
+    root: Path,
+    loaded: LoadedRecipe,
+    loc: tuple[str | int, ...],
+    src: Path,
+    dest: str,
+    mode: int | None,
+    uid: int,
+    gid: int,
+) -> None:
     top = _target(root, loaded, loc, dest)
     if not top.is_dir():
         if top.exists() or top.is_symlink():
@@ -161,8 +186,11 @@ def _keys(root: Path, loaded: LoadedRecipe) -> None:
         if not lines:
             continue
         uid, gid = users[user]
-        home = next(ln.split(":")[5] for ln in (root / "etc/passwd").read_text().splitlines()
-                    if ln.split(":")[0] == user)
+        home = next(
+            ln.split(":")[5]
+            for ln in (root / "etc/passwd").read_text().splitlines()
+            if ln.split(":")[0] == user
+        )
         ssh = _target(root, loaded, ("keys", user), home.rstrip("/") + "/.ssh")
         _mkparents(root, ssh)
         ssh.mkdir(mode=0o700, exist_ok=True)
@@ -180,8 +208,10 @@ def _sudoers(root: Path, loaded: LoadedRecipe, env: dict[str, str]) -> None:
         if not u.sudo:
             continue
         rel = f"/etc/sudoers.d/sandbox-{u.name}"
-        text = (f"# from recipe {loaded.recipe.name}: {u.name} may run exactly these commands as root\n"
-                f"{u.name} ALL=(root) NOPASSWD: " + ", ".join(_sudo_escape(c) for c in u.sudo) + "\n")
+        text = (
+            f"# from recipe {loaded.recipe.name}: {u.name} may run exactly these commands as root\n"
+            f"{u.name} ALL=(root) NOPASSWD: " + ", ".join(_sudo_escape(c) for c in u.sudo) + "\n"
+        )
         path = _target(root, loaded, ("users", i, "sudo"), rel)
         _mkparents(root, path)
         _put(path, text.encode(), None, 0o440, 0, 0)
@@ -221,8 +251,13 @@ def app_files(recipe: Recipe, with_systemd: bool) -> dict[str, tuple[bytes, int]
     cd = f"cd {shlex.quote(app.workdir)}\n" if app.workdir else ""
     script = f"#!/bin/sh\n# the app of recipe {recipe.name}, generated by sandbox\n{cd}exec {app.command}\n"
     env = "".join(f'{k}="{_systemd_quote(v)}"\n' for k, v in sorted(recipe.env.items()))
-    meta = {"recipe": recipe.name, "app": app.model_dump(mode="json"), "env": recipe.env,
-            "script": APP_SCRIPT, "unit": APP_UNIT if with_systemd else None}
+    meta = {
+        "recipe": recipe.name,
+        "app": app.model_dump(mode="json"),
+        "env": recipe.env,
+        "script": APP_SCRIPT,
+        "unit": APP_UNIT if with_systemd else None,
+    }
     out = {
         APP_SCRIPT: (script.encode(), 0o755),
         "/etc/sandbox/app.env": (env.encode(), 0o644),

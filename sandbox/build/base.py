@@ -21,14 +21,19 @@ def mmdebstrap_argv(lock: Lock, target: Path, source_line: str) -> list[str]:
     """The mmdebstrap command for a locked base layer (pure)."""
     names = ",".join(sorted(p.name for p in lock.packages))
     return [
-        "mmdebstrap", "--mode=root", "--format=directory", f"--variant={lock.variant}",
+        "mmdebstrap",
+        "--mode=root",
+        "--format=directory",
+        f"--variant={lock.variant}",
         f"--architectures={lock.architecture}",
         # dpkg's fsync per file is the bulk of an install; the result is written
         # and fsynced by sandbox itself, so it is safe to skip here
         "--dpkgopt=force-unsafe-io",
         f"--include={names}",
         f"--hook-dir={FILE_MIRROR_HOOK}",
-        lock.suite, str(target), source_line,
+        lock.suite,
+        str(target),
+        source_line,
     ]
 
 
@@ -42,13 +47,30 @@ def run_mmdebstrap(lock: Lock, target: Path, source_line: str, sink: EventSink) 
     if shutil.which("mmdebstrap") is None:
         raise ToolMissing("mmdebstrap is not installed", hint="apt-get install mmdebstrap")
     argv = mmdebstrap_argv(lock, target, source_line)
-    env = {**os.environ, "SOURCE_DATE_EPOCH": str(lock.source_date_epoch), "PYTHONHASHSEED": "0",
-           "LC_ALL": "C.UTF-8", "TMPDIR": str(target.parent)}
+    env = {
+        **os.environ,
+        "SOURCE_DATE_EPOCH": str(lock.source_date_epoch),
+        "PYTHONHASHSEED": "0",
+        "LC_ALL": "C.UTF-8",
+        "TMPDIR": str(target.parent),
+    }
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    steps = ["running apt-get update", "downloading packages", "extracting archives",
-             "installing essential packages", "installing remaining packages", "cleaning package lists"]
-    with subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          preexec_fn=_die_with_parent) as proc:
+    steps = [
+        "running apt-get update",
+        "downloading packages",
+        "extracting archives",
+        "installing essential packages",
+        "installing remaining packages",
+        "cleaning package lists",
+    ]
+    with subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_die_with_parent,
+    ) as proc:
         assert proc.stderr is not None
         for line in proc.stderr:
             line = line.rstrip()
@@ -56,8 +78,35 @@ def run_mmdebstrap(lock: Lock, target: Path, source_line: str, sink: EventSink) 
             if line.startswith("I: "):
                 msg = line[3:]
                 idx = next((i for i, s in enumerate(steps) if msg.startswith(s)), None)
-                sink(Event("progress", phase="base", message=msg,
-                           current=None if idx is None else idx + 1, total=len(steps)))
+                sink(
+                    Event(
+                        "progress",
+                        phase="base",
+                        message=msg,
+                        current=None if idx is None else idx + 1,
+                        total=len(steps),
+                    )
+                )
     if proc.returncode != 0:
-        raise BuildError("mmdebstrap failed (exit %d):\n%s" % (proc.returncode, "\n".join(tail)),
-                         hint="the lines above are mmdebstrap's own; `sandbox lock` re-resolves packages")
+        raise BuildError(
+            f"mmdebstrap failed (exit {proc.returncode}):\n" + "\n".join(tail),
+            hint="the lines above are mmdebstrap's own; `sandbox lock` re-resolves packages",
+        )
+
+
+def remove_mountpoint_dirs(rootfs: Path, repo: Path) -> None:
+    """Remove the empty directories mmdebstrap's file-mirror hook made for `repo` in the rootfs.
+
+    Only directories that are empty and owned by no package are removed, so
+    /srv or /tmp stay even when the workspace lives below them.
+    """
+    owned: set[str] = set()
+    for listing in (rootfs / "var/lib/dpkg/info").glob("*.list"):
+        owned.update(listing.read_text(errors="replace").splitlines())
+    p = repo
+    while p != p.parent:
+        host = rootfs / p.relative_to("/")
+        if str(p) in owned or host.is_symlink() or not host.is_dir() or any(host.iterdir()):
+            break
+        host.rmdir()
+        p = p.parent

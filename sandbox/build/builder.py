@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.build.applayer import apply_app_layer
-from sandbox.build.base import run_mmdebstrap
+from sandbox.build.base import remove_mountpoint_dirs, run_mmdebstrap
 from sandbox.build.debcache import PackageCache
 from sandbox.build.hostapt import PrivateApt, host_sources
 from sandbox.build.lock import Lock, lock_path, package_inputs, read_lock, resolve, write_lock
@@ -39,7 +39,7 @@ from sandbox.store.layers import merge_indexes
 from sandbox.workspace import Workspace
 
 # bump when a layer's bytes would change for the same inputs
-BASE_FORMAT = 1
+BASE_FORMAT = 2
 APP_FORMAT = 1
 MANIFEST_SCHEMA = 1
 
@@ -55,9 +55,15 @@ class BuildResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"digest": self.digest, "recipe": self.recipe, "ref": self.ref,
-                "lock_created": self.lock_created, "cached": self.cached, "layers": self.layers,
-                "seconds": round(self.seconds, 3)}
+        return {
+            "digest": self.digest,
+            "recipe": self.recipe,
+            "ref": self.ref,
+            "lock_created": self.lock_created,
+            "cached": self.cached,
+            "layers": self.layers,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 @contextlib.contextmanager
@@ -78,8 +84,12 @@ class Builder:
     # -- lock --------------------------------------------------------------
     def _apt(self, loaded: LoadedRecipe) -> PrivateApt:
         b = loaded.recipe.base
-        apt = PrivateApt(self.ws.cache / "apt" / f"{b.suite}-{b.architecture}", b.suite, b.architecture,
-                         host_sources(b.suite))
+        apt = PrivateApt(
+            self.ws.cache / "apt" / f"{b.suite}-{b.architecture}",
+            b.suite,
+            b.architecture,
+            host_sources(b.suite),
+        )
         apt.prepare()
         return apt
 
@@ -105,14 +115,18 @@ class Builder:
         rel = _rel(path, self.ws.root)
         if not path.is_file():
             if locked:
-                raise LockError(f"{rel} does not exist and --locked was given",
-                                hint=f"create it with `sandbox lock {loaded.recipe.name}`")
+                raise LockError(
+                    f"{rel} does not exist and --locked was given",
+                    hint=f"create it with `sandbox lock {loaded.recipe.name}`",
+                )
             return self._relock(loaded), True
         lock = read_lock(path)
         if lock.inputs != package_inputs(loaded):
             if locked:
-                raise LockError(f"{rel} no longer matches the recipe's base or packages",
-                                hint=f"update it with `sandbox lock {loaded.recipe.name}`")
+                raise LockError(
+                    f"{rel} no longer matches the recipe's base or packages",
+                    hint=f"update it with `sandbox lock {loaded.recipe.name}`",
+                )
             self.sink(Event("warning", phase="lock", message=f"{rel} is stale: re-resolving packages"))
             return self._relock(loaded), True
         return lock, False
@@ -141,8 +155,15 @@ class Builder:
             if tag:
                 self.store.set_ref(name, tag, image)
             manifest = self.store.manifest(image)
-        return BuildResult(digest=image, recipe=name, ref=f"{name}:{tag or 'latest'}", lock_created=created,
-                           cached=cached, layers=manifest["layers"], seconds=time.monotonic() - t0)
+        return BuildResult(
+            digest=image,
+            recipe=name,
+            ref=f"{name}:{tag or 'latest'}",
+            lock_created=created,
+            cached=cached,
+            layers=manifest["layers"],
+            seconds=time.monotonic() - t0,
+        )
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -172,7 +193,11 @@ class Builder:
         for d in self.ws.tmp.iterdir():
             m = re.match(r"build-(\d+)-", d.name)
             if m and not pid_alive(int(m.group(1))):
-                self.sink(Event("log", phase="load", message=f"removing leftovers of an interrupted build: {d.name}"))
+                self.sink(
+                    Event(
+                        "log", phase="load", message=f"removing leftovers of an interrupted build: {d.name}"
+                    )
+                )
                 remove_tree(d)
 
     def _rootfs(self, base_digest: str) -> Path:
@@ -188,28 +213,31 @@ class Builder:
         if missing:
             with _phase(self.sink, "fetch", f"downloading {len(missing)} packages"):
                 apt = self._apt_for_lock(lock)
-                self.packages.fetch(lock, lambda: apt,
-                                    lambda m: self.sink(Event("progress", phase="fetch", message=m)))
+                self.packages.fetch(
+                    lock, lambda: apt, lambda m: self.sink(Event("progress", phase="fetch", message=m))
+                )
         with self._workdir() as work:
             with _phase(self.sink, "base", f"installing {len(lock.packages)} packages (mmdebstrap)"):
                 source = self.packages.make_repo(lock, work / "repo")
                 run_mmdebstrap(lock, work / "rootfs", source, self.sink)
+                remove_mountpoint_dirs(work / "rootfs", (work / "repo").resolve())
                 clean_rootfs(work / "rootfs")
             with _phase(self.sink, "normalize", "writing the base layer"):
                 digest, _size, index = self.store.put_blob(
-                    lambda f: write_layer(work / "rootfs", f, lock.source_date_epoch))
+                    lambda f: write_layer(work / "rootfs", f, lock.source_date_epoch)
+                )
                 self.store.put_layer_index(digest, index)
-                dest = self._rootfs(digest)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if dest.exists():
-                    remove_tree(dest)
-                os.rename(work / "rootfs", dest)
+                self._keep_rootfs(work / "rootfs", digest)
                 self.store.cache_put("base", key, digest)
         return digest, False
 
     def _apt_for_lock(self, lock: Lock) -> PrivateApt:
-        apt = PrivateApt(self.ws.cache / "apt" / f"{lock.suite}-{lock.architecture}", lock.suite,
-                         lock.architecture, host_sources(lock.suite))
+        apt = PrivateApt(
+            self.ws.cache / "apt" / f"{lock.suite}-{lock.architecture}",
+            lock.suite,
+            lock.architecture,
+            host_sources(lock.suite),
+        )
         apt.prepare()
         return apt
 
@@ -218,14 +246,34 @@ class Builder:
         with _phase(self.sink, "unpack", "unpacking the cached base layer"), self._workdir() as work:
             out = work / "rootfs"
             out.mkdir()
-            p = subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf",
-                                str(self.store.blob_path(digest)), "-C", str(out)],
-                               capture_output=True, text=True, check=False)
+            p = subprocess.run(
+                [
+                    "tar",
+                    "--numeric-owner",
+                    "--xattrs",
+                    "--xattrs-include=*",
+                    "-xpf",
+                    str(self.store.blob_path(digest)),
+                    "-C",
+                    str(out),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if p.returncode != 0:
                 raise BuildError(f"cannot unpack base layer {digest[:19]}: {p.stderr.strip()}")
-            dest = self._rootfs(digest)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(out, dest)
+            self._keep_rootfs(out, digest)
+
+    def _keep_rootfs(self, rootfs: Path, digest: str) -> None:
+        """Move an unpacked base into the shared cache; a dir already there has the same content."""
+        dest = self._rootfs(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(rootfs, dest)
+        except OSError:
+            if not dest.is_dir():
+                raise
 
     def _app_inputs(self, loaded: LoadedRecipe, lock: Lock) -> dict[str, Any]:
         files = []
@@ -234,8 +282,12 @@ class Builder:
                 files.append({"index": rf.index, "src": _tree_digest(rf.src)})
             else:
                 files.append({"index": rf.index, "content": hashlib.sha256(rf.content or b"").hexdigest()})
-        return {"recipe": loaded.inputs_digest(), "files": files, "keys": loaded.keys,
-                "sde": lock.source_date_epoch}
+        return {
+            "recipe": loaded.inputs_digest(),
+            "files": files,
+            "keys": loaded.keys,
+            "sde": lock.source_date_epoch,
+        }
 
     def _app_layer(self, loaded: LoadedRecipe, lock: Lock, base_digest: str, key: str) -> tuple[str, bool]:
         digest = self.store.cache_get("app", key)
@@ -243,13 +295,14 @@ class Builder:
             return digest, True
         sde = lock.source_date_epoch
         with self._workdir() as work:
-            with _phase(self.sink, "app", "applying users, files, cron, services and the app"):
-                with overlay(self._rootfs(base_digest), work / "overlay") as (merged, _upper):
-                    apply_app_layer(merged, loaded, sde, self.sink)
-                    clean_rootfs(merged)
+            applying = _phase(self.sink, "app", "applying users, files, cron, services and the app")
+            with applying, overlay(self._rootfs(base_digest), work / "overlay") as (merged, _upper):
+                apply_app_layer(merged, loaded, sde, self.sink)
+                clean_rootfs(merged)
             with _phase(self.sink, "layer", "writing the app layer"):
                 digest, _size, index = self.store.put_blob(
-                    lambda f: write_layer(work / "overlay" / "upper", f, sde, overlay_upper=True))
+                    lambda f: write_layer(work / "overlay" / "upper", f, sde, overlay_upper=True)
+                )
                 self.store.put_layer_index(digest, index)
                 self.store.cache_put("app", key, digest)
         return digest, False
@@ -257,16 +310,25 @@ class Builder:
     def _commit(self, loaded: LoadedRecipe, lock: Lock, base: str, app: str) -> str:
         with _phase(self.sink, "store", "writing the manifest"):
             r = loaded.recipe
-            layers = [{"kind": kind, "digest": d, "size": self.store.blob_path(d).stat().st_size}
-                      for kind, d in (("base", base), ("app", app))]
+            layers = [
+                {"kind": kind, "digest": d, "size": self.store.blob_path(d).stat().st_size}
+                for kind, d in (("base", base), ("app", app))
+            ]
             files = merge_indexes([self.store.layer_index(base), self.store.layer_index(app)])
             manifest = {
                 "schema": MANIFEST_SCHEMA,
-                "recipe": {"name": r.name, "digest": loaded.inputs_digest(),
-                           "sources": [_rel(p, self.ws.root) for p in loaded.sources]},
+                "recipe": {
+                    "name": r.name,
+                    "digest": loaded.inputs_digest(),
+                    "sources": [_rel(p, self.ws.root) for p in loaded.sources],
+                },
                 "lock": {"digest": lock.digest, "source_date_epoch": lock.source_date_epoch},
-                "base": {"distro": r.base.distro, "suite": lock.suite, "variant": lock.variant,
-                         "architecture": lock.architecture},
+                "base": {
+                    "distro": r.base.distro,
+                    "suite": lock.suite,
+                    "variant": lock.variant,
+                    "architecture": lock.architecture,
+                },
                 "created": lock.source_date_epoch,
                 "layers": layers,
                 "packages": lock.package_versions,

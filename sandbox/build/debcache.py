@@ -38,8 +38,9 @@ class PackageCache:
     def missing(self, lock: Lock) -> list[PackageRecord]:
         return [p for p in lock.packages if not self.deb(p.sha256).is_file()]
 
-    def fetch(self, lock: Lock, apt_factory: Callable[[], PrivateApt],
-              progress: Callable[[str], None] | None = None) -> int:
+    def fetch(
+        self, lock: Lock, apt_factory: Callable[[], PrivateApt], progress: Callable[[str], None] | None = None
+    ) -> int:
         """Download every locked .deb not yet cached; verify each sha256. Returns the count."""
         todo = self.missing(lock)
         if not todo:
@@ -63,8 +64,9 @@ class PackageCache:
                 digest = sha256_file(got)
                 if digest != p.sha256:
                     raise BuildError(
-                        f"{p.name} {p.version}: sha256 {digest[:12]}… differs from the lock's {p.sha256[:12]}…",
-                        hint="the mirror serves a different file for this version; re-lock with `sandbox lock`",
+                        f"{p.name} {p.version}: sha256 {digest[:12]}… differs from the lock's "
+                        f"{p.sha256[:12]}…",
+                        hint="the mirror serves another file for this version; re-lock with `sandbox lock`",
                     )
                 os.replace(got, self.deb(p.sha256))
         return len(todo)
@@ -74,11 +76,14 @@ class PackageCache:
         cached = self.root / f"{p.sha256}.control"
         if cached.is_file():
             return cached.read_text()
-        out = subprocess.run(["dpkg-deb", "--field", str(self.deb(p.sha256))],
-                             capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            ["dpkg-deb", "--field", str(self.deb(p.sha256))], capture_output=True, text=True, check=False
+        )
         if out.returncode != 0:
-            raise BuildError(f"{p.name}: cannot read the .deb's control data: {out.stderr.strip()}",
-                             hint=f"remove {self.deb(p.sha256)} and build again")
+            raise BuildError(
+                f"{p.name}: cannot read the .deb's control data: {out.stderr.strip()}",
+                hint=f"remove {self.deb(p.sha256)} and build again",
+            )
         atomic_write(cached, out.stdout.encode())
         return out.stdout
 
@@ -90,8 +95,10 @@ class PackageCache:
         """
         missing = self.missing(lock)
         if missing:
-            raise BuildError(f"{len(missing)} locked packages are not in the package cache",
-                             hint="build once with network access to fill it")
+            raise BuildError(
+                f"{len(missing)} locked packages are not in the package cache",
+                hint="build once with network access to fill it",
+            )
         pool = repo / "pool"
         pool.mkdir(parents=True, exist_ok=True)
         stanzas = []
@@ -99,15 +106,19 @@ class PackageCache:
             src = self.deb(p.sha256)
             if sha256_file(src) != p.sha256:
                 src.unlink()
-                raise BuildError(f"cached {p.name} {p.version} is corrupt (sha256 mismatch); it was removed",
-                                 hint="build again to download it")
+                raise BuildError(
+                    f"cached {p.name} {p.version} is corrupt (sha256 mismatch); it was removed",
+                    hint="build again to download it",
+                )
             dst = pool / p.filename
             try:
                 os.link(src, dst)
             except OSError:
                 dst.write_bytes(src.read_bytes())
-            stanzas.append(self.control(p).rstrip("\n")
-                           + f"\nFilename: pool/{p.filename}\nSize: {p.size}\nSHA256: {p.sha256}\n")
+            stanzas.append(
+                self.control(p).rstrip("\n")
+                + f"\nFilename: pool/{p.filename}\nSize: {p.size}\nSHA256: {p.sha256}\n"
+            )
         packages = ("\n".join(stanzas)).encode()
         arch = lock.architecture
         pdir = repo / "dists" / lock.suite / "main" / f"binary-{arch}"

@@ -130,8 +130,12 @@ class PrivateApt:
     def prepare(self) -> None:
         r = self.root
         for d in (
-            "etc/apt/apt.conf.d", "etc/apt/preferences.d", "etc/apt/sources.list.d",
-            "var/lib/apt/lists/partial", "var/lib/dpkg", "var/cache/apt/archives/partial",
+            "etc/apt/apt.conf.d",
+            "etc/apt/preferences.d",
+            "etc/apt/sources.list.d",
+            "var/lib/apt/lists/partial",
+            "var/lib/dpkg",
+            "var/cache/apt/archives/partial",
         ):
             (r / d).mkdir(parents=True, exist_ok=True)
         (r / "var/lib/dpkg/status").touch()
@@ -151,7 +155,12 @@ class PrivateApt:
         )
 
     def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "APT_CONFIG": str(self.config), "LC_ALL": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+        env = {
+            **os.environ,
+            "APT_CONFIG": str(self.config),
+            "LC_ALL": "C.UTF-8",
+            "DEBIAN_FRONTEND": "noninteractive",
+        }
         try:
             return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
         except FileNotFoundError as e:
@@ -192,10 +201,16 @@ class PrivateApt:
         recs = []
         for stanza in re.split(r"\n\s*\n", p.stdout.strip()):
             f = parse_stanza(stanza)
-            recs.append(PackageRecord(
-                name=f["Package"], version=f["Version"], architecture=f["Architecture"],
-                sha256=f["SHA256"], size=int(f["Size"]), filename=f["Filename"].rsplit("/", 1)[-1],
-            ))
+            recs.append(
+                PackageRecord(
+                    name=f["Package"],
+                    version=f["Version"],
+                    architecture=f["Architecture"],
+                    sha256=f["SHA256"],
+                    size=int(f["Size"]),
+                    filename=f["Filename"].rsplit("/", 1)[-1],
+                )
+            )
         return recs
 
     def download(self, pins: list[tuple[str, str]], dest: Path) -> None:

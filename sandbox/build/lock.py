@@ -87,14 +87,20 @@ def read_lock(path: Path) -> Lock:
         if doc.get("lock_version") != LOCK_VERSION:
             raise ValueError(f"lock_version {doc.get('lock_version')!r}, expected {LOCK_VERSION}")
         lock = Lock(
-            recipe=str(doc["recipe"]), inputs=str(doc["inputs"]), suite=str(doc["suite"]),
-            variant=str(doc["variant"]), architecture=str(doc["architecture"]),
-            source_date_epoch=int(doc["source_date_epoch"]), packages=pkgs,
+            recipe=str(doc["recipe"]),
+            inputs=str(doc["inputs"]),
+            suite=str(doc["suite"]),
+            variant=str(doc["variant"]),
+            architecture=str(doc["architecture"]),
+            source_date_epoch=int(doc["source_date_epoch"]),
+            packages=pkgs,
         )
     except FileNotFoundError:
         raise
     except (ValueError, KeyError, TypeError) as e:
-        raise LockError(f"{path}: malformed lock file ({e})", hint=f"recreate it: sandbox lock {path.stem}") from e
+        raise LockError(
+            f"{path}: malformed lock file ({e})", hint=f"recreate it: sandbox lock {path.stem}"
+        ) from e
     for p in lock.packages:
         if len(p.sha256) != 64 or "/" in p.filename or p.filename.startswith("."):
             raise LockError(f"{path}: malformed entry for package {p.name!r}")
@@ -115,17 +121,23 @@ def resolve(loaded: LoadedRecipe, apt: PrivateApt, *, now: int | None = None) ->
         for name in missing:
             idx = next((i for i, p in enumerate(r.packages) if p == name), None)
             where = loaded.where(("packages", idx) if idx is not None else ("packages",))
-            issues.append(ConfigIssue(
-                where, f"packages[{idx}]" if idx is not None else "packages",
-                f"package {name} not found in {r.base.suite}",
-                hint=f"check the name with `apt-cache search {name}`",
-            ))
+            issues.append(
+                ConfigIssue(
+                    where,
+                    f"packages[{idx}]" if idx is not None else "packages",
+                    f"package {name} not found in {r.base.suite}",
+                    hint=f"check the name with `apt-cache search {name}`",
+                )
+            )
         raise ConfigError(issues)
     records = apt.records([(n, v) for n, v, _ in installs])
     if len(records) != len(installs):
         raise LockError("apt-cache did not describe every resolved package", hint="run `sandbox lock` again")
     return Lock(
-        recipe=r.name, inputs=package_inputs(loaded), suite=r.base.suite, variant=r.base.variant,
+        recipe=r.name,
+        inputs=package_inputs(loaded),
+        suite=r.base.suite,
+        variant=r.base.variant,
         architecture=r.base.architecture,
         source_date_epoch=int(time.time()) if now is None else now,
         packages=tuple(sorted(records, key=lambda p: p.name)),

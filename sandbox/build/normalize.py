@@ -20,20 +20,34 @@ from sandbox.store.layers import Index
 
 # files removed from every layer: machine identity, volatile caches, build leftovers
 REMOVE_FILES = (
-    "etc/machine-id", "var/lib/dbus/machine-id", "etc/hostname", "etc/resolv.conf",
-    "var/cache/ldconfig/aux-cache", "etc/dpkg/dpkg.cfg.d/99mmdebstrap",
-    "var/lib/dpkg/available-old", "var/lib/dpkg/status-old", "var/lib/dpkg/diversions-old",
-    "var/lib/dpkg/statoverride-old", "var/cache/debconf/config.dat-old",
-    "var/cache/debconf/templates.dat-old", "var/cache/debconf/passwords.dat-old",
-    "root/.bash_history", "root/.wget-hsts", "root/.python_history",
+    "etc/machine-id",
+    "var/lib/dbus/machine-id",
+    "etc/hostname",
+    "etc/resolv.conf",
+    "var/cache/ldconfig/aux-cache",
+    "etc/dpkg/dpkg.cfg.d/99mmdebstrap",
+    "var/lib/dpkg/available-old",
+    "var/lib/dpkg/status-old",
+    "var/lib/dpkg/diversions-old",
+    "var/lib/dpkg/statoverride-old",
+    "var/cache/debconf/config.dat-old",
+    "var/cache/debconf/templates.dat-old",
+    "var/cache/debconf/passwords.dat-old",
+    "root/.bash_history",
+    "root/.wget-hsts",
+    "root/.python_history",
 )
 # directories whose files are removed (the directories stay, with their owners)
 EMPTY_DIRS = (
-    "var/lib/apt/lists", "var/cache/apt", "var/log", "tmp", "var/tmp", "root/.cache",
+    "var/lib/apt/lists",
+    "var/cache/apt",
+    "var/log",
+    "tmp",
+    "var/tmp",
+    "root/.cache",
     "var/lib/systemd/catalog",
 )
 SOURCES_NOTE = b"# Packages of this image come from its sandbox recipe and lock file.\n"
-
 
 
 def clean_rootfs(root: Path) -> None:
@@ -155,7 +169,7 @@ def write_layer(root: Path, out: IO[bytes], sde: int, *, overlay_upper: bool = F
                     ti.size = st.st_size
                     with open(path, "rb") as f:
                         reader = _HashingReader(f)
-                        tar.addfile(ti, reader)  # type: ignore[arg-type]
+                        tar.addfile(ti, reader)
                     entry.update({"type": "file", "size": st.st_size, "sha256": reader.h.hexdigest()})
             elif stat.S_ISLNK(m):
                 ti.type = tarfile.SYMTYPE
@@ -166,8 +180,9 @@ def write_layer(root: Path, out: IO[bytes], sde: int, *, overlay_upper: bool = F
                 ti.type = tarfile.CHRTYPE if stat.S_ISCHR(m) else tarfile.BLKTYPE
                 ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
                 tar.addfile(ti)
-                entry.update({"type": "char" if stat.S_ISCHR(m) else "block",
-                              "dev": [ti.devmajor, ti.devminor]})
+                entry.update(
+                    {"type": "char" if stat.S_ISCHR(m) else "block", "dev": [ti.devmajor, ti.devminor]}
+                )
             elif stat.S_ISFIFO(m):
                 ti.type = tarfile.FIFOTYPE
                 tar.addfile(ti)

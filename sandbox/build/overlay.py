@@ -19,11 +19,17 @@ def overlay(lower: Path, work: Path) -> Iterator[tuple[Path, Path]]:
     for d in (upper, scratch, merged):
         d.mkdir(parents=True)
     opts = f"lowerdir={lower},upperdir={upper},workdir={scratch},redirect_dir=off,metacopy=off"
-    p = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)],
-                       capture_output=True, text=True, check=False)
+    p = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if p.returncode != 0:
-        raise BuildError(f"cannot mount overlayfs: {p.stderr.strip()}",
-                         hint="sandbox build needs root and a kernel with overlayfs (modprobe overlay)")
+        raise BuildError(
+            f"cannot mount overlayfs: {p.stderr.strip()}",
+            hint="sandbox build needs root and a kernel with overlayfs (modprobe overlay)",
+        )
     try:
         yield merged, upper
     finally:
@@ -44,6 +50,8 @@ def remove_tree(path: Path) -> None:
     unmount_all(path)
     left = mounts_under(path)
     if left:
-        raise BuildError(f"cannot remove {path}: still mounted: {', '.join(left)}",
-                         hint="unmount them by hand (umount -l), then run the build again")
+        raise BuildError(
+            f"cannot remove {path}: still mounted: {', '.join(left)}",
+            hint="unmount them by hand (umount -l), then run the build again",
+        )
     shutil.rmtree(path)

@@ -52,8 +52,10 @@ def resolve_in_root(root: Path, dest: str) -> Path:
             for tp in target_parts:
                 depth += -1 if tp == ".." else 1
                 if depth < 0:
-                    raise RootEscape(f"{dest}: symlink /{'/'.join([*resolved, part])} -> {target} "
-                                     "points outside the image root")
+                    raise RootEscape(
+                        f"{dest}: symlink /{'/'.join([*resolved, part])} -> {target} "
+                        "points outside the image root"
+                    )
             parts = target_parts + parts
             continue
         resolved.append(part)
@@ -65,17 +67,35 @@ def resolve_in_root(root: Path, dest: str) -> Path:
     return path
 
 
-def run_in_root(root: Path, command: list[str], env: dict[str, str] | None = None,
-                input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_in_root(
+    root: Path, command: list[str], env: dict[str, str] | None = None, input_text: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `command` chrooted in `root`, in a private mount+pid namespace with /proc."""
-    base_env = {"PATH": CHROOT_PATH, "HOME": "/root", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-                "DEBIAN_FRONTEND": "noninteractive", "PYTHONHASHSEED": "0", "TERM": "dumb"}
+    base_env = {
+        "PATH": CHROOT_PATH,
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "DEBIAN_FRONTEND": "noninteractive",
+        "PYTHONHASHSEED": "0",
+        "TERM": "dumb",
+    }
     base_env.update(env or {})
-    argv = ["unshare", "--mount", "--pid", "--fork", "--kill-child",
-            f"--mount-proc={root}/proc", "chroot", str(root), *command]
+    argv = [
+        "unshare",
+        "--mount",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        f"--mount-proc={root}/proc",
+        "chroot",
+        str(root),
+        *command,
+    ]
     try:
-        return subprocess.run(argv, env=base_env, input=input_text, capture_output=True,
-                              text=True, check=False)
+        return subprocess.run(
+            argv, env=base_env, input=input_text, capture_output=True, text=True, check=False
+        )
     except FileNotFoundError as e:
         raise BuildError(f"{e.filename} is not installed", hint="apt-get install util-linux coreutils") from e
 

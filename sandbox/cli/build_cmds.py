@@ -17,12 +17,16 @@ from sandbox.cli.main import Ctx, cli, json_option
 def build(obj: Ctx, recipe: str, locked: bool, tag: str | None) -> None:
     """Build RECIPE (a name in recipes/ or a path) into an image in images/."""
     result = Builder(obj.ws, obj.output).build(recipe, locked=locked, tag=tag)
-    how = "no-op (cached)" if result.cached.get("image") else (
-        "base layer cached" if result.cached.get("base") else "built from scratch")
+    how = (
+        "no-op (cached)"
+        if result.cached.get("image")
+        else ("base layer cached" if result.cached.get("base") else "built from scratch")
+    )
     obj.output.result(
         result.to_dict(),
         f"[bold]{result.ref}[/] {result.digest}\n[dim]{how} in {result.seconds:.2f}s"
-        + ("; lock file written" if result.lock_created else "") + "[/]",
+        + ("; lock file written" if result.lock_created else "")
+        + "[/]",
     )
 
 
@@ -34,7 +38,11 @@ def lock(obj: Ctx, recipe: str) -> None:
     """Resolve RECIPE's packages to exact versions and sha256s; write RECIPE.lock."""
     lk, path = Builder(obj.ws, obj.output).lock(recipe)
     obj.output.result(
-        {"lock": str(path), "packages": len(lk.packages), "source_date_epoch": lk.source_date_epoch,
-         "digest": lk.digest},
+        {
+            "lock": str(path),
+            "packages": len(lk.packages),
+            "source_date_epoch": lk.source_date_epoch,
+            "digest": lk.digest,
+        },
         f"wrote {path} ({len(lk.packages)} packages, SOURCE_DATE_EPOCH={lk.source_date_epoch})",
     )

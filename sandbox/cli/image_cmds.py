@@ -30,8 +30,15 @@ def images(obj: Ctx) -> None:
     for col in ("IMAGE", "REFS", "RECIPE", "PACKAGES", "FILES", "SIZE", "CREATED"):
         table.add_column(col)
     for s in rows:
-        table.add_row(s.digest[7:19], ", ".join(s.refs) or "-", s.recipe, str(s.packages), str(s.files),
-                      _size(s.size), dt.datetime.fromtimestamp(s.created, dt.UTC).strftime("%Y-%m-%d %H:%M"))
+        table.add_row(
+            s.digest[7:19],
+            ", ".join(s.refs) or "-",
+            s.recipe,
+            str(s.packages),
+            str(s.files),
+            _size(s.size),
+            dt.datetime.fromtimestamp(s.created, dt.UTC).strftime("%Y-%m-%d %H:%M"),
+        )
     obj.output.result([s.__dict__ for s in rows], None)
     if not obj.output.as_json:
         obj.output.out.print(table if rows else "no images yet: sandbox build RECIPE")
@@ -55,11 +62,15 @@ def inspect(obj: Ctx, ref: str, show_files: bool) -> None:
     if not show_files:
         m = {**m, "files": len(m["files"])}
     m["digest"] = digest
-    text = (f"[bold]{digest}[/]\nrecipe    {m['recipe']['name']} ({', '.join(m['recipe']['sources'])})\n"
-            f"base      {m['base']['distro']} {m['base']['suite']} {m['base']['variant']} "
-            f"{m['base']['architecture']}\npackages  {len(m['packages'])}\n"
-            + "".join(f"layer     {la['kind']:<5} {la['digest'][:19]} {_size(la['size'])}\n" for la in m["layers"])
-            + f"app       {m['app']['command'] if m['app'] else '-'}")
+    text = (
+        f"[bold]{digest}[/]\nrecipe    {m['recipe']['name']} ({', '.join(m['recipe']['sources'])})\n"
+        f"base      {m['base']['distro']} {m['base']['suite']} {m['base']['variant']} "
+        f"{m['base']['architecture']}\npackages  {len(m['packages'])}\n"
+        + "".join(
+            f"layer     {la['kind']:<5} {la['digest'][:19]} {_size(la['size'])}\n" for la in m["layers"]
+        )
+        + f"app       {m['app']['command'] if m['app'] else '-'}"
+    )
     obj.output.result(m, text)
 
 
@@ -95,8 +106,11 @@ def diff(obj: Ctx, a: str, b: str) -> None:
 def verify(obj: Ctx, ref: str) -> None:
     """Recompute every digest of an image (manifest, layers, per-file sha256)."""
     report = verify_image(ImageStore(obj.ws.images), ref)
-    text = (f"[green]ok[/] {report.digest}: {report.checked_files} files, {_size(report.checked_bytes)} checked"
-            if report.ok else "\n".join(f"[red]✗[/] {p}" for p in report.problems))
+    text = (
+        f"[green]ok[/] {report.digest}: {report.checked_files} files, {_size(report.checked_bytes)} checked"
+        if report.ok
+        else "\n".join(f"[red]✗[/] {p}" for p in report.problems)
+    )
     obj.output.result(report.to_dict(), text)
     if not report.ok:
         raise SystemExit(1)

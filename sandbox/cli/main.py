@@ -77,13 +77,22 @@ def cli(ctx: click.Context, as_json: bool, debug: bool, workspace: str | None) -
 
 def json_option(f: Any) -> Any:
     """`--json` accepted after the command name too (sandbox images --json)."""
+
     def callback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
         if value:
             obj = ctx.find_object(Ctx)
             if obj is not None:
                 obj.output.as_json = obj.output.quiet = True
-    return click.option("--json", "as_json_local", is_flag=True, expose_value=False, callback=callback,
-                        is_eager=True, help="Print JSON on stdout.")(f)
+
+    return click.option(
+        "--json",
+        "as_json_local",
+        is_flag=True,
+        expose_value=False,
+        callback=callback,
+        is_eager=True,
+        help="Print JSON on stdout.",
+    )(f)
 
 
 def main() -> None:

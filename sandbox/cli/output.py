@@ -40,7 +40,9 @@ class Output:
         elif event.kind == "phase-end":
             self._stop()
             secs = event.data.get("seconds", 0.0)
-            self.err.print(f"[green]✓[/] [bold]{event.phase:<9}[/] {escape(event.message)} [dim]({secs:.2f}s)[/]")
+            self.err.print(
+                f"[green]✓[/] [bold]{event.phase:<9}[/] {escape(event.message)} [dim]({secs:.2f}s)[/]"
+            )
         elif event.kind == "warning":
             self._stop()
             self.err.print(f"[yellow]![/] {escape(event.message)}")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sandbox.config.recipe import App, Base, EnvKey, EnvValue, FileEntry, Recipe, User
 from sandbox.config.sshkeys import looks_private, parse_key_file
 from sandbox.config.templates import TemplateProblem, recipe_context, render_template
-from sandbox.config.validate import error_issue, format_path, semantic_issues, sort_issues
+from sandbox.config.validate import error_issue, final_issues, format_path, semantic_issues
 from sandbox.config.yamlmarks import MarkedDict, MarkedList, locate, read_yaml, to_plain
 from sandbox.errors import ConfigError, ConfigIssue, IssueCollector, Location
 
@@ -221,13 +221,16 @@ class _Loader:
             where = raw.marks["extends"]
             reals = [os.path.realpath(p) for p in [*stack, path]]
             if os.path.realpath(parent) in reals:
-                cycle = [*[*stack, path][reals.index(os.path.realpath(parent)):], parent]
+                cycle = [*[*stack, path][reals.index(os.path.realpath(parent)) :], parent]
                 chain = " -> ".join(self.display(p) for p in cycle)
                 self.issues.add(where, "extends", f"extends cycle: {chain}")
                 self.broken = True
             elif not parent.is_file():
-                self.issues.add(where, "extends", f"parent recipe '{extends}' not found "
-                                f"(looked for {self.display(parent)})")
+                self.issues.add(
+                    where,
+                    "extends",
+                    f"parent recipe '{extends}' not found (looked for {self.display(parent)})",
+                )
                 self.broken = True
             else:
                 self.load_chain(parent, [*stack, path])
@@ -275,8 +278,11 @@ class _Loader:
         real = os.path.realpath(os.path.join(decl_dir, rel))
         shown = f"{what} '{rel}'" if shown is None else shown
         if not (_inside(real, base) or _inside(real, workspace)):
-            self.add(loc, f"{shown} escapes the workspace (it resolves outside {workspace})",
-                     "inputs must stay inside the recipe's directory or its parent directory")
+            self.add(
+                loc,
+                f"{shown} escapes the workspace (it resolves outside {workspace})",
+                "inputs must stay inside the recipe's directory or its parent directory",
+            )
             return None
         if not os.path.exists(real):
             self.add(loc, f"{shown} not found (looked for {self.display(os.path.join(decl_dir, rel))})")
@@ -289,10 +295,14 @@ class _Loader:
         try:
             inputs = _TemplateInputs.model_validate(to_plain(self.raw))
             context = recipe_context(
-                name=inputs.name, description=inputs.description, base=inputs.base.model_dump(),
-                env=inputs.env, variables=inputs.vars,
+                name=inputs.name,
+                description=inputs.description,
+                base=inputs.base.model_dump(),
+                env=inputs.env,
+                variables=inputs.vars,
                 app=inputs.app.model_dump() if inputs.app else None,
-                users=[u.model_dump() for u in inputs.users])
+                users=[u.model_dump() for u in inputs.users],
+            )
         except ValidationError:
             pass  # already reported; skip rendering rather than report bogus template errors
         out: list[ResolvedFile] = []
@@ -330,7 +340,7 @@ class _Loader:
     def resolve_keys(self) -> dict[str, list[str]]:
         keys = self.raw.get("keys")
         out: dict[str, list[str]] = {}
-        for user, entries in (keys.items() if isinstance(keys, dict) else []):
+        for user, entries in keys.items() if isinstance(keys, dict) else []:
             if not isinstance(user, str) or not isinstance(entries, list):
                 continue
             lines = out.setdefault(user, [])
@@ -363,15 +373,21 @@ class _Loader:
         self.load_chain(path, [])
         clean = self.validate_each()
         if self.broken or not self.chain:
-            raise ConfigError(sort_issues(self.issues.issues))
+            raise ConfigError(final_issues(self.issues.issues))
         recipe = self.validate_merged(clean)
         self.issues.issues.extend(semantic_issues(self.raw))
         resolved = self.resolve_files()
         keys = self.resolve_keys()
         if self.issues.issues or recipe is None:
-            raise ConfigError(sort_issues(self.issues.issues))
-        return LoadedRecipe(recipe=recipe, path=path, sources=[p for p, _ in self.chain], raw=self.raw,
-                            resolved_files=resolved, keys=keys)
+            raise ConfigError(final_issues(self.issues.issues))
+        return LoadedRecipe(
+            recipe=recipe,
+            path=path,
+            sources=[p for p, _ in self.chain],
+            raw=self.raw,
+            resolved_files=resolved,
+            keys=keys,
+        )
 
 
 def load_recipe(path: Path, *, display_root: Path | None = None) -> LoadedRecipe:

@@ -65,8 +65,19 @@ AbsPath = Annotated[str, _absolute("path")]
 AbsGlob = Annotated[str, _absolute("glob pattern")]
 StrictInt = Annotated[int, Strict()]
 
-UNIT_SUFFIXES = (".service", ".socket", ".timer", ".target", ".path", ".mount", ".automount",
-                 ".swap", ".slice", ".scope", ".device")
+UNIT_SUFFIXES = (
+    ".service",
+    ".socket",
+    ".timer",
+    ".target",
+    ".path",
+    ".mount",
+    ".automount",
+    ".swap",
+    ".slice",
+    ".scope",
+    ".device",
+)
 RESERVED_VARS = frozenset({"recipe", "env", "vars", "app", "users"})
 
 
@@ -89,12 +100,16 @@ def _sudo_entry(value: str) -> str:
     text = value.strip()
     words = text.split()
     if not words or words[0].upper() == "ALL":
-        fail("sudo entry grants ALL commands",
-             "sandbox only grants named commands: give each absolute command, "
-             "e.g. /usr/sbin/service gunicorn reload")
+        fail(
+            "sudo entry grants ALL commands",
+            "sandbox only grants named commands: give each absolute command, "
+            "e.g. /usr/sbin/service gunicorn reload",
+        )
     if not text.startswith("/"):
-        fail(f"sudo entry {value!r} must start with an absolute command path",
-             "e.g. /usr/bin/systemctl restart app")
+        fail(
+            f"sudo entry {value!r} must start with an absolute command path",
+            "e.g. /usr/bin/systemctl restart app",
+        )
     if any(c in text for c in ",\\\n\r\0") or any(c in words[0] for c in "*?["):
         fail(f"sudo entry {value!r} contains characters sudoers treats specially (',' '\\' or a glob)")
     return text
@@ -139,8 +154,11 @@ def _mode(value: Any) -> Any:
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 CRON_RANGES: dict[str, tuple[int, int, tuple[str, ...]]] = {
-    "minute": (0, 59, ()), "hour": (0, 23, ()), "day": (1, 31, ()),
-    "month": (1, 12, _MONTHS), "weekday": (0, 7, _DAYS),
+    "minute": (0, 59, ()),
+    "hour": (0, 23, ()),
+    "day": (1, 31, ()),
+    "month": (1, 12, _MONTHS),
+    "weekday": (0, 7, _DAYS),
 }
 CRON_HINT = "cron syntax: *, 5, 1-5, */15, 0-30/5, 1,15 (month jan..dec, weekday sun..sat)"
 
@@ -196,8 +214,14 @@ Day = Annotated[str, BeforeValidator(_scalar_to_str), _cron("day")]
 Month = Annotated[str, BeforeValidator(_scalar_to_str), _cron("month")]
 Weekday = Annotated[str, BeforeValidator(_scalar_to_str), _cron("weekday")]
 
-CronName = Annotated[str, _check(r"[a-z0-9][a-z0-9_-]*", "cron job name",
-                                "lowercase, digits, '-', '_' (cron ignores /etc/cron.d files with dots)")]
+CronName = Annotated[
+    str,
+    _check(
+        r"[a-z0-9][a-z0-9_-]*",
+        "cron job name",
+        "lowercase, digits, '-', '_' (cron ignores /etc/cron.d files with dots)",
+    ),
+]
 CronTime = Literal["reboot", "hourly", "daily", "weekly", "monthly", "yearly", "annually", "midnight"]
 
 # --- models --------------------------------------------------------------------------------------
@@ -212,11 +236,14 @@ class Base(BaseModel):
     distro: Literal["debian"] = Field("debian", description="Distribution (only debian).")
     suite: Annotated[str, _check(r"[a-z]+", "suite")] = Field("bookworm", description="Debian suite.")
     variant: Literal["minbase", "required", "apt", "essential", "important", "standard"] = Field(
-        "minbase", description="mmdebstrap variant: which priority set of packages to start from.")
+        "minbase", description="mmdebstrap variant: which priority set of packages to start from."
+    )
     architecture: Annotated[str, _check(r"[a-z0-9]+", "architecture")] = Field(
-        "amd64", description="Debian architecture.")
+        "amd64", description="Debian architecture."
+    )
     components: list[Annotated[str, _check(r"[a-z0-9][a-z0-9-]*", "archive component")]] = Field(
-        default_factory=lambda: ["main"], description="Archive components (main, contrib, non-free ...).")
+        default_factory=lambda: ["main"], description="Archive components (main, contrib, non-free ...)."
+    )
 
 
 class User(BaseModel):
@@ -225,12 +252,14 @@ class User(BaseModel):
     model_config = STRICT
     name: UserName = Field(description="User name.")
     uid: Annotated[StrictInt, Field(ge=1000, le=59999)] | None = Field(
-        None, description="Fixed uid (1000-59999); allocated when omitted.")
+        None, description="Fixed uid (1000-59999); allocated when omitted."
+    )
     shell: AbsPath = Field("/bin/bash", description="Login shell (absolute path).")
     home: AbsPath | None = Field(None, description="Home directory (absolute); /home/<name> when omitted.")
     groups: list[UserName] = Field(default_factory=list, description="Supplementary groups.")
     sudo: list[Annotated[str, AfterValidator(_sudo_entry)]] = Field(
-        default_factory=list, description="Commands the user may run as root (absolute path plus arguments).")
+        default_factory=list, description="Commands the user may run as root (absolute path plus arguments)."
+    )
 
 
 class FileEntry(BaseModel):
@@ -241,7 +270,8 @@ class FileEntry(BaseModel):
     template: Line | None = Field(None, description="Jinja2 template to render, relative to the recipe file.")
     dest: Annotated[str, AfterValidator(_dest)] = Field(description="Absolute destination path in the image.")
     mode: Annotated[str | None, BeforeValidator(_mode)] = Field(
-        None, description='Octal permission string, e.g. "0644" (quote it).')
+        None, description='Octal permission string, e.g. "0644" (quote it).'
+    )
     owner: UserName = Field("root", description="Owning user.")
     group: UserName | None = Field(None, description="Owning group; the owner's group when omitted.")
 
@@ -287,7 +317,8 @@ class App(BaseModel):
     user: UserName = Field("app", description="Declared user the app runs as (not root).")
     port: Annotated[StrictInt, Field(ge=1, le=65535)] = Field(description="TCP port the app listens on.")
     health: Annotated[str, AfterValidator(_url_path)] = Field(
-        "/healthz", description="HTTP path that answers 200 when the app is healthy.")
+        "/healthz", description="HTTP path that answers 200 when the app is healthy."
+    )
     workdir: AbsPath | None = Field(None, description="Working directory (absolute).")
     static: list[AbsGlob] = Field(default_factory=list, description="Absolute globs of static files.")
     migrations: list[AbsGlob] = Field(default_factory=list, description="Absolute globs of migration files.")
@@ -301,21 +332,25 @@ class Recipe(BaseModel):
     model_config = STRICT
     name: RecipeName = Field(description="Recipe name (lowercase, digits, '-').")
     extends: Annotated[str, AfterValidator(_extends)] | None = Field(
-        None, description="Parent recipe: a name in the same directory or a relative path ending .yaml.")
+        None, description="Parent recipe: a name in the same directory or a relative path ending .yaml."
+    )
     description: str = Field("", description="Free text shown in listings.")
     base: Base = Field(default_factory=Base, description="The Debian base system.")
     packages: list[PackageName] = Field(default_factory=list, description="Debian packages to install.")
     users: list[User] = Field(default_factory=list, description="Accounts to create.")
     keys: dict[UserName, list[str]] = Field(
-        default_factory=dict, description="SSH public keys per user: .pub paths (relative) or key lines.")
+        default_factory=dict, description="SSH public keys per user: .pub paths (relative) or key lines."
+    )
     files: list[FileEntry] = Field(default_factory=list, description="Files to copy or render.")
     cron: list[CronJob] = Field(default_factory=list, description="Cron jobs.")
     services: list[Annotated[str, AfterValidator(_unit)]] = Field(
-        default_factory=list, description="systemd units to enable ('.service' added when no suffix).")
+        default_factory=list, description="systemd units to enable ('.service' added when no suffix)."
+    )
     run: list[str] = Field(default_factory=list, description="Shell commands run at build time, in order.")
     env: dict[EnvKey, EnvValue] = Field(default_factory=dict, description="Environment of the app and run.")
     vars: dict[Annotated[str, AfterValidator(_var_name)], Any] = Field(
-        default_factory=dict, description="Extra template variables.")
+        default_factory=dict, description="Extra template variables."
+    )
     app: App | None = Field(None, description="The application layer, if any.")
 
     @model_validator(mode="after")

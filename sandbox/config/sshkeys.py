@@ -7,24 +7,38 @@ import binascii
 import re
 import struct
 
-KEY_TYPES = frozenset({
-    "ssh-ed25519",
-    "ssh-rsa",
-    "ssh-dss",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-})
+KEY_TYPES = frozenset(
+    {
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ssh-dss",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    }
+)
 PRIVATE = "this is a PRIVATE key; give the .pub file"
 _PRIVATE_MARKERS = ("PRIVATE KEY-----", "PuTTY-User-Key-File", "-----BEGIN OPENSSH PRIVATE KEY-----")
 # authorized_keys options we pass through: flags, and from="..." without spaces or quotes inside.
-_FLAGS = frozenset({
-    "restrict", "no-agent-forwarding", "no-port-forwarding", "no-pty", "no-user-rc", "no-x11-forwarding",
-    "agent-forwarding", "port-forwarding", "pty", "user-rc", "x11-forwarding", "no-touch-required",
-    "verify-required",
-})
+_FLAGS = frozenset(
+    {
+        "restrict",
+        "no-agent-forwarding",
+        "no-port-forwarding",
+        "no-pty",
+        "no-user-rc",
+        "no-x11-forwarding",
+        "agent-forwarding",
+        "port-forwarding",
+        "pty",
+        "user-rc",
+        "x11-forwarding",
+        "no-touch-required",
+        "verify-required",
+    }
+)
 _FROM = re.compile(r'from="[A-Za-z0-9.:*?!/,-]+"')
 
 
@@ -70,8 +84,10 @@ def parse_public_key(text: str) -> str:
         if len(words) < 2 or words[1] not in KEY_TYPES:
             raise ValueError("not an SSH public key (unknown or missing key type)")
         if not _simple_options(words[0]):
-            raise ValueError("the authorized_keys options are not simple; only flags like "
-                             "restrict/no-pty and from=\"...\" are accepted")
+            raise ValueError(
+                "the authorized_keys options are not simple; only flags like "
+                'restrict/no-pty and from="..." are accepted'
+            )
         options, words = words[0] + " ", words[1:]
     if len(words) < 2:
         raise ValueError("the key data is missing")

@@ -89,11 +89,17 @@ def describe(value: Any, *, show: bool = True) -> str:
 
 _EXPECTED = {
     "string_type": "a string",
-    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
-    "float_type": "a number", "float_parsing": "a number",
-    "bool_type": "true or false", "bool_parsing": "true or false",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
     "list_type": "a list",
-    "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
 }
 
 
@@ -120,10 +126,7 @@ def error_issue(err: ErrorDetails, raw: Any, model: type[BaseModel] = Recipe) ->
         message = str(ctx.get("reason", err["msg"]))
     else:
         message = err["msg"].removeprefix("Value error, ")
-    path = format_path(loc)
-    if looks_private(message) or looks_private(path):  # never echo key material, wherever it was put
-        message, path, hint = "a PRIVATE key was found here; recipes must only name .pub files", "", None
-    return ConfigIssue(locate(raw, loc), path, message, hint)
+    return ConfigIssue(locate(raw, loc), format_path(loc), message, hint)
 
 
 def validation_issues(exc: ValidationError, raw: Any, model: type[BaseModel] = Recipe) -> list[ConfigIssue]:
@@ -169,22 +172,31 @@ def semantic_issues(raw: dict[str, Any]) -> list[ConfigIssue]:
         if app_user == "root":
             add(("app", "user"), "the app must not run as root", "declare a user and use it")
         elif isinstance(app_user, str) and app_user not in declared:
-            add(("app", "user"), f"app user '{app_user}' is not declared in users",
-                f"add '- name: {app_user}' under users")
+            add(
+                ("app", "user"),
+                f"app user '{app_user}' is not declared in users",
+                f"add '- name: {app_user}' under users",
+            )
 
     keys = raw.get("keys")
     if isinstance(keys, dict):
         for user in keys:
             if user != "root" and isinstance(user, str) and user not in declared:
-                add(("keys", user), f"keys given for user '{user}' who is not declared in users",
-                    did_you_mean(user, sorted(declared)))
+                add(
+                    ("keys", user),
+                    f"keys given for user '{user}' who is not declared in users",
+                    did_you_mean(user, sorted(declared)),
+                )
 
     needs = (("cron", CRON_PACKAGES, "cron jobs"), ("services", SYSTEMD_PACKAGES, "services"))
     for field, needed, what in needs:
         value = raw.get(field)
         if isinstance(value, list) and value and packages is not None and not packages & set(needed):
-            add((field,), f"{what} need one of the packages {', '.join(needed)}",
-                f"add {needed[0]} to packages")
+            add(
+                (field,),
+                f"{what} need one of the packages {', '.join(needed)}",
+                f"add {needed[0]} to packages",
+            )
 
     for field, key in (("users", "name"), ("cron", "name"), ("files", "dest")):
         seen: dict[str, int] = {}
@@ -193,6 +205,17 @@ def semantic_issues(raw: dict[str, Any]) -> list[ConfigIssue]:
                 add((field, i, key), f"duplicate {key} '{name}' (also {field}[{seen[name]}])")
             seen.setdefault(name, i)
     return issues
+
+
+def final_issues(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    """Sorted by file and line, with any issue that would echo private key material redacted."""
+    redacted = [
+        ConfigIssue(i.location, "", "a PRIVATE key was found here; recipes must only name .pub files")
+        if looks_private(str(i))
+        else i
+        for i in issues
+    ]
+    return sort_issues(redacted)
 
 
 def sort_issues(issues: list[ConfigIssue]) -> list[ConfigIssue]:

@@ -28,19 +28,34 @@ class ImageDiff:
 
     @property
     def empty(self) -> bool:
-        return not (self.packages_added or self.packages_removed or self.packages_changed
-                    or self.files_added or self.files_removed or self.files_changed
-                    or self.app_changed or self.users_changed)
+        return not (
+            self.packages_added
+            or self.packages_removed
+            or self.packages_changed
+            or self.files_added
+            or self.files_removed
+            or self.files_changed
+            or self.app_changed
+            or self.users_changed
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "a": self.a, "b": self.b, "identical": self.empty,
+            "a": self.a,
+            "b": self.b,
+            "identical": self.empty,
             "packages": {
-                "added": self.packages_added, "removed": self.packages_removed,
+                "added": self.packages_added,
+                "removed": self.packages_removed,
                 "changed": {k: {"from": v[0], "to": v[1]} for k, v in self.packages_changed.items()},
             },
-            "files": {"added": self.files_added, "removed": self.files_removed, "changed": self.files_changed},
-            "app_changed": self.app_changed, "users_changed": self.users_changed,
+            "files": {
+                "added": self.files_added,
+                "removed": self.files_removed,
+                "changed": self.files_changed,
+            },
+            "app_changed": self.app_changed,
+            "users_changed": self.users_changed,
         }
 
 

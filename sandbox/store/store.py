@@ -168,22 +168,27 @@ class ImageStore:
             if len(hits) == 1:
                 return hits[0]
             if len(hits) > 1:
-                raise NotFound(f"image prefix {hexpart!r} is ambiguous ({len(hits)} images)",
-                               hint="give more digits")
+                raise NotFound(
+                    f"image prefix {hexpart!r} is ambiguous ({len(hits)} images)", hint="give more digits"
+                )
             if ref.startswith("sha256:"):
                 raise NotFound(f"image {ref} not found", hint="list images with `sandbox images`")
         recipe, _, tag = ref.partition(":")
         tag = tag or "latest"
         if not TAG.match(recipe) or not TAG.match(tag):
-            raise NotFound(f"{ref!r} is not an image reference",
-                           hint="use RECIPE, RECIPE:TAG, sha256:DIGEST or a digest prefix")
+            raise NotFound(
+                f"{ref!r} is not an image reference",
+                hint="use RECIPE, RECIPE:TAG, sha256:DIGEST or a digest prefix",
+            )
         p = self.root / "refs" / recipe / tag
         try:
             digest = p.read_text().strip()
         except FileNotFoundError as e:
             raise NotFound(f"image {ref!r} not found", hint=f"build it with `sandbox build {recipe}`") from e
         if not self.manifest_path(digest).is_file():
-            raise NotFound(f"ref {ref!r} points to a missing image {digest}", hint=f"rebuild: sandbox build {recipe}")
+            raise NotFound(
+                f"ref {ref!r} points to a missing image {digest}", hint=f"rebuild: sandbox build {recipe}"
+            )
         return digest
 
     def summaries(self) -> list[ImageSummary]:
@@ -193,11 +198,17 @@ class ImageStore:
         out = []
         for digest in self.digests():
             m = self.manifest(digest)
-            out.append(ImageSummary(
-                digest=digest, recipe=m["recipe"]["name"], refs=refs.get(digest, []),
-                size=sum(int(layer["size"]) for layer in m["layers"]),
-                packages=len(m["packages"]), files=len(m["files"]), created=int(m["created"]),
-            ))
+            out.append(
+                ImageSummary(
+                    digest=digest,
+                    recipe=m["recipe"]["name"],
+                    refs=refs.get(digest, []),
+                    size=sum(int(layer["size"]) for layer in m["layers"]),
+                    packages=len(m["packages"]),
+                    files=len(m["files"]),
+                    created=int(m["created"]),
+                )
+            )
         return out
 
     # -- maintenance -------------------------------------------------------
@@ -227,7 +238,7 @@ class ImageStore:
 
     def clean(self) -> list[Path]:
         """Remove temp files left by dead processes (an interrupted build)."""
-        removed = []
+        removed: list[Path] = []
         if not self.root.is_dir():
             return removed
         for p in self.root.rglob(".tmp-*"):

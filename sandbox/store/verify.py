@@ -22,8 +22,13 @@ class VerifyReport:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {"digest": self.digest, "ok": self.ok, "problems": self.problems,
-                "checked_files": self.checked_files, "checked_bytes": self.checked_bytes}
+        return {
+            "digest": self.digest,
+            "ok": self.ok,
+            "problems": self.problems,
+            "checked_files": self.checked_files,
+            "checked_bytes": self.checked_bytes,
+        }
 
 
 def verify_image(store: ImageStore, ref: str) -> VerifyReport:
@@ -58,9 +63,9 @@ def verify_image(store: ImageStore, ref: str) -> VerifyReport:
         files = merge_indexes(indexes)
         report.checked_files = len(files)
         want = manifest["files"]
-        for path in sorted(set(files) | set(want)):
-            if files.get(path) != want.get(path):
-                report.problems.append(f"file {path}: manifest and layers disagree")
+        for name in sorted(set(files) | set(want)):
+            if files.get(name) != want.get(name):
+                report.problems.append(f"file {name}: manifest and layers disagree")
                 if len(report.problems) > 20:
                     report.problems.append("… (more differences not shown)")
                     break

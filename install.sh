@@ -1,0 +1,45 @@
+#!/bin/sh
+# Quick start, command 1 of 2: install everything sandbox needs on Debian 12 / Ubuntu (as root),
+# then run the main job on the embedded default: build recipes/web.yaml and show the image.
+#   ./install.sh            install + main job
+#   ./install.sh --no-run   install only (used by test.sh)
+set -eu
+cd "$(dirname "$0")"
+HERE=$(pwd)
+VENV=${SANDBOX_VENV:-$HERE/.venv}
+
+if [ "$(id -u)" != 0 ]; then
+    echo "error: run as root (sandbox builds images with mmdebstrap and overlayfs mounts)" >&2
+    echo "hint: sudo ./install.sh" >&2
+    exit 1
+fi
+
+# system packages: the image builder and the Python to run sandbox with
+APT_PACKAGES="mmdebstrap python3 python3-venv python3-pip uidmap util-linux tar"
+missing=""
+for p in $APT_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo ">> apt-get install$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+# the tool itself, in a venv made from Debian's python3
+if [ ! -x "$VENV/bin/python" ]; then
+    echo ">> creating $VENV"
+    /usr/bin/python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+"$VENV/bin/pip" install -q -e "$HERE${SANDBOX_EXTRAS:-}"
+ln -sf "$VENV/bin/sandbox" /usr/local/bin/sandbox
+echo ">> sandbox $("$VENV/bin/sandbox" --version | awk '{print $NF}') installed as /usr/local/bin/sandbox"
+
+[ "${1:-}" = "--no-run" ] && exit 0
+
+# the main job on the embedded default
+echo ">> sandbox build web"
+"$VENV/bin/sandbox" build web
+"$VENV/bin/sandbox" image inspect web
+"$VENV/bin/sandbox" images

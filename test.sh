@@ -1,0 +1,18 @@
+#!/bin/sh
+# Quick start, command 2 of 2: install the test needs and run the whole suite
+# (ruff, mypy, unit and integration tests against real mmdebstrap). .ci/run calls this.
+#   ./test.sh [pytest args...]
+set -eu
+cd "$(dirname "$0")"
+HERE=$(pwd)
+VENV=${SANDBOX_VENV:-$HERE/.venv}
+
+SANDBOX_EXTRAS="[test]" ./install.sh --no-run
+
+echo ">> ruff"
+"$VENV/bin/ruff" check sandbox tests bench
+"$VENV/bin/ruff" format --check sandbox tests bench
+echo ">> mypy"
+"$VENV/bin/mypy" sandbox
+echo ">> pytest"
+exec "$VENV/bin/python" -m pytest -ra "$@"
