@@ -14,8 +14,7 @@ def index_of_tar(f: IO[bytes]) -> Index:
     index: Index = {}
     with tarfile.open(fileobj=f, mode="r|") as tar:
         for ti in tar:
-            rel = ti.name[2:] if ti.name.startswith("./") else ti.name
-            rel = rel.rstrip("/")
+            rel = "" if ti.name in (".", "./") else ti.name.removeprefix("./").rstrip("/")
             parent, _, base = rel.rpartition("/")
             key = "/" + rel
             if base == ".wh..wh..opq":
