@@ -50,8 +50,13 @@ def machine() -> dict[str, str]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "memory_gib": f"{mem:.1f}",
-            "kernel": platform.release(), "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory_gib": f"{mem:.1f}",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
 
 
 def main() -> None:
@@ -65,15 +70,26 @@ def main() -> None:
     r = loaded.recipe
     sb = [sys.executable, "-m", "sandbox"]
     rows: dict[str, list[float]] = {k: [] for k in ("raw", "lock", "cold", "noop", "template")}
-    with tempfile.TemporaryDirectory(prefix="sandbox-bench-", dir=REPO / ".sandbox" if (REPO / ".sandbox").is_dir()
-                                     else None) as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix="sandbox-bench-", dir=REPO / ".sandbox" if (REPO / ".sandbox").is_dir() else None
+    ) as tmp:
         tmpd = Path(tmp)
         sources = tmpd / "host.sources"
         sources.write_text(host_sources(r.base.suite))
         for i in range(args.repeat):
             out = tmpd / f"raw-{i}.tar"
-            rows["raw"].append(timed(["mmdebstrap", f"--variant={r.base.variant}",
-                                      "--include=" + ",".join(r.packages), r.base.suite, str(out), str(sources)]))
+            rows["raw"].append(
+                timed(
+                    [
+                        "mmdebstrap",
+                        f"--variant={r.base.variant}",
+                        "--include=" + ",".join(r.packages),
+                        r.base.suite,
+                        str(out),
+                        str(sources),
+                    ]
+                )
+            )
             out.unlink()
             ws = tmpd / f"ws-{i}"
             shutil.copytree(REPO / "recipes", ws / "recipes", ignore=shutil.ignore_patterns("*.lock"))
@@ -94,9 +110,15 @@ def main() -> None:
         "template_over_cold": med["template"] / med["cold"],
     }
     targets = {"cold_over_raw": ("<=", 1.15), "noop_seconds": ("<", 1.0), "template_over_cold": ("<", 0.15)}
-    report = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine(),
-              "recipe": args.recipe, "packages": len(r.packages), "seconds": rows, "median": med,
-              "ratios": ratios}
+    report = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "recipe": args.recipe,
+        "packages": len(r.packages),
+        "seconds": rows,
+        "median": med,
+        "ratios": ratios,
+    }
     print(f"machine: {report['machine']}")
     for k in rows:
         print(f"  {k:<9} {med[k]:8.2f} s   runs: {', '.join(f'{x:.2f}' for x in rows[k])}")

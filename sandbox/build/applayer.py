@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from sandbox.build.rootfs import RootEscape, read_ids, resolve_in_root, run_in_root
+from sandbox.build.rootfs import RootEscape, home_of, read_ids, resolve_in_root, run_in_root
 from sandbox.config import LoadedRecipe
 from sandbox.config.recipe import CronJob, Recipe
 from sandbox.errors import BuildError
@@ -137,7 +137,9 @@ def _files(root: Path, loaded: LoadedRecipe) -> None:
             _mkparents(root, top / "x")
             _copy_tree(root, loaded, loc, rf.src, dest.rstrip("/") or "/", rf.mode, uid, gid)
             continue
-        if dest.endswith("/") and rf.src is not None:
+        if dest.endswith("/"):
+            if rf.src is None:
+                raise _fail(loaded, loc, "a template needs a file name as dest, not a directory")
             dest = dest + rf.src.name
         path = _target(root, loaded, loc, dest)
         _mkparents(root, path)
@@ -164,7 +166,7 @@ def _copy_tree(
         if top.exists() or top.is_symlink():
             top.unlink()
         top.mkdir(mode=0o755)
-    os.chown(top, uid, gid)
+        os.chown(top, uid, gid)  # only directories sandbox creates change owner, never /etc or /srv
     for entry in sorted(os.scandir(src), key=lambda e: e.name):
         image_path = f"{dest.rstrip('/')}/{entry.name}"
         if entry.is_symlink():
@@ -186,11 +188,7 @@ def _keys(root: Path, loaded: LoadedRecipe) -> None:
         if not lines:
             continue
         uid, gid = users[user]
-        home = next(
-            ln.split(":")[5]
-            for ln in (root / "etc/passwd").read_text().splitlines()
-            if ln.split(":")[0] == user
-        )
+        home = home_of(root, user) or f"/home/{user}"
         ssh = _target(root, loaded, ("keys", user), home.rstrip("/") + "/.ssh")
         _mkparents(root, ssh)
         ssh.mkdir(mode=0o700, exist_ok=True)
@@ -293,6 +291,15 @@ def _app(root: Path, recipe: Recipe) -> None:
 
 def _run(root: Path, loaded: LoadedRecipe, env: dict[str, str], sink: EventSink) -> None:
     full_env = {**loaded.recipe.env, **env}
+    resolv = root / "etc/resolv.conf"
+    if (
+        loaded.recipe.run
+        and not resolv.exists()
+        and not resolv.is_symlink()
+        and Path("/etc/resolv.conf").is_file()
+    ):
+        # DNS for build commands; normalization removes the file again
+        resolv.write_bytes(Path("/etc/resolv.conf").read_bytes())
     for i, cmd in enumerate(loaded.recipe.run):
         sink(Event("log", phase="app", message=f"run: {cmd}"))
         _check(loaded, ("run", i), root, ["/bin/sh", "-ec", cmd], full_env, "build command")

@@ -31,16 +31,17 @@ from sandbox.build.lock import Lock, lock_path, package_inputs, read_lock, resol
 from sandbox.build.normalize import clean_rootfs, write_layer
 from sandbox.build.overlay import overlay, remove_tree
 from sandbox.config import LoadedRecipe, load_recipe
-from sandbox.errors import BuildError, LockError
+from sandbox.errors import BuildError, ConfigError, ConfigIssue, LockError
 from sandbox.events import Event, EventSink, null_sink
 from sandbox.fsutil import pid_alive
 from sandbox.store import ImageStore
 from sandbox.store.layers import merge_indexes
+from sandbox.store.store import TAG
 from sandbox.workspace import Workspace
 
 # bump when a layer's bytes would change for the same inputs
-BASE_FORMAT = 2
-APP_FORMAT = 1
+BASE_FORMAT = 3
+APP_FORMAT = 2
 MANIFEST_SCHEMA = 1
 
 
@@ -96,7 +97,8 @@ class Builder:
     def lock(self, recipe_ref: str) -> tuple[Lock, Path]:
         """Resolve the recipe's packages and write RECIPE.lock."""
         loaded = self.load(recipe_ref)
-        return self._relock(loaded), lock_path(loaded.path)
+        with self._exclusive():
+            return self._relock(loaded), lock_path(loaded.path)
 
     def _relock(self, loaded: LoadedRecipe) -> Lock:
         with _phase(self.sink, "lock", "resolving packages"):
@@ -108,7 +110,20 @@ class Builder:
 
     def load(self, recipe_ref: str) -> LoadedRecipe:
         with _phase(self.sink, "load", "checking the recipe"):
-            return load_recipe(self.ws.recipe_path(recipe_ref), display_root=self.ws.root)
+            loaded = load_recipe(self.ws.recipe_path(recipe_ref), display_root=self.ws.root)
+        if loaded.recipe.name != loaded.path.stem:
+            where = loaded.where(("name",))
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        where,
+                        "name",
+                        f"recipe name {loaded.recipe.name!r} differs from its file name {loaded.path.name!r}",
+                        hint=f"rename the file to {loaded.recipe.name}.yaml or change name:",
+                    )
+                ]
+            )
+        return loaded
 
     def current_lock(self, loaded: LoadedRecipe, *, locked: bool) -> tuple[Lock, bool]:
         path = lock_path(loaded.path)
@@ -134,6 +149,11 @@ class Builder:
     # -- build -------------------------------------------------------------
     def build(self, recipe_ref: str, *, locked: bool = False, tag: str | None = None) -> BuildResult:
         t0 = time.monotonic()
+        if tag is not None and not TAG.match(tag):
+            raise BuildError(
+                f"invalid tag {tag!r}", hint="tags are lower-case letters, digits, '.', '_' and '-'"
+            )
+        os.umask(0o022)  # the image must not depend on the caller's umask
         loaded = self.load(recipe_ref)
         with self._exclusive():
             lock, created = self.current_lock(loaded, locked=locked)
@@ -199,6 +219,13 @@ class Builder:
                     )
                 )
                 remove_tree(d)
+
+    def forget_layers(self, digests: list[str]) -> None:
+        """Drop the unpacked copies of layers that left the store (after `image rm`)."""
+        for d in digests:
+            path = self._rootfs(d)
+            if path.is_dir():
+                remove_tree(path)
 
     def _rootfs(self, base_digest: str) -> Path:
         return self.ws.cache / "rootfs" / base_digest.removeprefix("sha256:")

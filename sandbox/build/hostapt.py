@@ -55,8 +55,8 @@ def host_sources(
         except OSError:
             continue
         if path.suffix == ".sources":
-            stanzas = [s for s in re.split(r"\n\s*\n", text) if re.search(r"^Types:.*\bdeb\b", s, re.M)]
-            text = "\n\n".join(_retarget(_strip_comments(s), host, suite) for s in stanzas)
+            stanzas = [_binary_only(_strip_comments(s)) for s in re.split(r"\n\s*\n", text)]
+            text = "\n\n".join(_retarget_field(s, host, suite) for s in stanzas if s)
             if text.strip():
                 chunks.append(("deb822", text))
         else:
@@ -79,10 +79,39 @@ def _strip_comments(stanza: str) -> str:
     return "\n".join(ln for ln in stanza.splitlines() if not ln.lstrip().startswith("#"))
 
 
-def _retarget(text: str, host: str, suite: str) -> str:
+def _binary_only(stanza: str) -> str:
+    """The stanza with `Types: deb` only, or "" if it has no binary type or is disabled."""
+    fields = parse_stanza(stanza)
+    if "deb" not in fields.get("Types", "").split() or fields.get("Enabled", "yes").strip().lower() == "no":
+        return ""
+    return re.sub(r"^Types:.*$", "Types: deb", stanza, count=1, flags=re.M)
+
+
+def _swap_suite(suite_value: str, host: str, suite: str) -> str:
+    if suite_value == host or suite_value.startswith(host + "-"):
+        return suite + suite_value[len(host) :]
+    return suite_value
+
+
+def _retarget_field(stanza: str, host: str, suite: str) -> str:
+    """Replace the host's codename in the Suites: field only (keyring paths stay as they are)."""
     if not host or host == suite:
-        return text
-    return re.sub(rf"\b{re.escape(host)}(?=[-\s]|$)", suite, text, flags=re.M)
+        return stanza
+
+    def fix(m: re.Match[str]) -> str:
+        return m.group(1) + " ".join(_swap_suite(s, host, suite) for s in m.group(2).split())
+
+    return re.sub(r"^(Suites:\s*)(.*)$", fix, stanza, flags=re.M)
+
+
+def _retarget(line: str, host: str, suite: str) -> str:
+    """Replace the host's codename in the suite column of a one-line entry."""
+    if not host or host == suite:
+        return line
+    m = re.match(r"(\s*deb\s+(?:\[[^\]]*\]\s+)?\S+\s+)(\S+)(.*)$", line)
+    if not m:
+        return line
+    return m.group(1) + _swap_suite(m.group(2), host, suite) + m.group(3)
 
 
 def _list_to_deb822(text: str) -> str:

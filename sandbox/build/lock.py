@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -102,8 +103,11 @@ def read_lock(path: Path) -> Lock:
             f"{path}: malformed lock file ({e})", hint=f"recreate it: sandbox lock {path.stem}"
         ) from e
     for p in lock.packages:
-        if len(p.sha256) != 64 or "/" in p.filename or p.filename.startswith("."):
-            raise LockError(f"{path}: malformed entry for package {p.name!r}")
+        if not re.fullmatch(r"[0-9a-f]{64}", p.sha256) or "/" in p.filename or p.filename.startswith("."):
+            raise LockError(
+                f"{path}: malformed entry for package {p.name!r}",
+                hint=f"recreate it: sandbox lock {path.stem}",
+            )
     return lock
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from sandbox.build.rootfs import RootEscape, resolve_in_root
 from sandbox.store.layers import Index
 
 # files removed from every layer: machine identity, volatile caches, build leftovers
@@ -50,45 +51,51 @@ EMPTY_DIRS = (
 SOURCES_NOTE = b"# Packages of this image come from its sandbox recipe and lock file.\n"
 
 
+def _inside(root: Path, rel: str) -> Path | None:
+    """Host path of image path `rel` with symlinks resolved inside the image; None if it escapes."""
+    try:
+        return resolve_in_root(root, rel)
+    except RootEscape:
+        return None
+
+
 def clean_rootfs(root: Path) -> None:
-    """Remove machine-specific and volatile files from a rootfs, in place."""
+    """Remove machine-specific and volatile files from a rootfs, in place.
+
+    Paths are resolved the way the image sees them, so a symlink in the image
+    (say etc/apt -> /etc/apt) can never make this touch the host.
+    """
     for rel in REMOVE_FILES:
-        p = root / rel
-        if p.is_symlink() or p.is_file():
+        p = _inside(root, rel)
+        if p is not None and (p.is_symlink() or p.is_file()):
             p.unlink()
     for rel in EMPTY_DIRS:
-        d = root / rel
-        if d.is_symlink() or not d.is_dir():
+        d = _inside(root, rel)
+        if d is None or d.is_symlink() or not d.is_dir():
             continue
-        for dirpath, _dirs, files in os.walk(d):
+        for dirpath, _dirs, files in os.walk(d):  # os.walk does not follow symlinked dirs
             for name in files:
                 os.unlink(os.path.join(dirpath, name))
-    sources = root / "etc/apt/sources.list"
-    if sources.parent.is_dir():
+    sources = _inside(root, "etc/apt/sources.list")
+    if sources is not None and sources.parent.is_dir() and not sources.parent.is_symlink():
+        if sources.is_symlink():
+            sources.unlink()
         if not sources.is_file() or sources.read_bytes() != SOURCES_NOTE:
             sources.write_bytes(SOURCES_NOTE)
-        for extra in (root / "etc/apt/sources.list.d").glob("*"):
-            if extra.is_file():
+    parts = _inside(root, "etc/apt/sources.list.d/x")
+    if parts is not None and parts.parent.is_dir() and not parts.parent.is_symlink():
+        for extra in parts.parent.iterdir():
+            if extra.is_symlink() or extra.is_file():
                 extra.unlink()
 
 
-def walk_sorted(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Yield (relative path, lstat) for root and everything below, dirs before content, sorted."""
-    yield "", os.lstat(root)
-    stack: list[str] = [""]
-    while stack:
-        rel = stack.pop()
-        base = root / rel if rel else root
-        names = sorted(os.listdir(base), key=os.fsencode)
-        subdirs = []
-        for name in names:
-            child = f"{rel}/{name}" if rel else name
-            st = os.lstat(base / name)
-            yield child, st
-            if stat.S_ISDIR(st.st_mode):
-                subdirs.append(child)
-        # depth-first in name order: push in reverse so the first name is popped first
-        stack.extend(reversed(subdirs))
+def walk_sorted(root: Path, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
+    """Yield (relative path, lstat) depth-first in byte order of names (like tar --sort=name)."""
+    st = os.lstat(root / rel if rel else root)
+    yield rel, st
+    if stat.S_ISDIR(st.st_mode):
+        for name in sorted(os.listdir(root / rel if rel else root), key=os.fsencode):
+            yield from walk_sorted(root, f"{rel}/{name}" if rel else name)
 
 
 class _HashingReader:

@@ -60,6 +60,8 @@ def resolve_in_root(root: Path, dest: str) -> Path:
             continue
         resolved.append(part)
     path = root.joinpath(*resolved)
+    if not resolved:
+        return root
     real_root = os.path.realpath(root)
     real_parent = os.path.realpath(path.parent)
     if os.path.commonpath([real_root, real_parent]) != real_root:
@@ -116,6 +118,7 @@ def read_ids(root: Path, db: str) -> dict[str, tuple[int, int]]:
 
 
 def home_of(root: Path, user: str) -> str | None:
+    """The home directory of `user` in the image's /etc/passwd."""
     for line in (root / "etc/passwd").read_text().splitlines():
         f = line.split(":")
         if f[0] == user and len(f) >= 6:

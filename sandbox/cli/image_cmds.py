@@ -7,6 +7,7 @@ import datetime as dt
 import click
 from rich.table import Table
 
+from sandbox.build.builder import Builder
 from sandbox.cli.main import Ctx, cli, json_option
 from sandbox.store import ImageStore, diff_manifests
 from sandbox.store.verify import verify_image
@@ -123,9 +124,11 @@ def verify(obj: Ctx, ref: str) -> None:
 def rm(obj: Ctx, refs: tuple[str, ...]) -> None:
     """Remove images and the layers no other image uses."""
     store = ImageStore(obj.ws.images)
-    digests = [store.resolve(r) for r in refs]  # all refs must resolve before anything is removed
+    # every ref must resolve before anything is removed; two refs to one image remove it once
+    digests = list(dict.fromkeys(store.resolve(r) for r in refs))
     out = []
     for d in digests:
         digest, blobs = store.remove(d)
+        Builder(obj.ws).forget_layers(blobs)
         out.append({"digest": digest, "removed_layers": blobs})
     obj.output.result(out, "\n".join(f"removed {o['digest']}" for o in out))

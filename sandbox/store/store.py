@@ -220,20 +220,21 @@ class ImageStore:
                 (self.root / "refs" / recipe / tag).unlink()
         self.manifest_path(digest).unlink()
         used = {layer["digest"] for other in self.digests() for layer in self.manifest(other)["layers"]}
-        cached = set()
-        cache_dir = self.root / "cache"
-        if cache_dir.is_dir():
-            for entry in cache_dir.iterdir():
-                with contextlib.suppress(OSError):
-                    cached.add(entry.read_text().strip())
         removed = []
         blob_dir = self.root / "blobs" / "sha256"
         for blob in sorted(blob_dir.iterdir()) if blob_dir.is_dir() else []:
             d = "sha256:" + blob.name
-            if HEX64.match(blob.name) and d not in used and d not in cached:
+            if HEX64.match(blob.name) and d not in used:
                 blob.unlink()
                 self.layer_index_path(d).unlink(missing_ok=True)
                 removed.append(d)
+        # the layer cache forgets what is gone (its next build starts from the lock again)
+        gone = set(removed) | {digest}
+        cache_dir = self.root / "cache"
+        for entry in sorted(cache_dir.iterdir()) if cache_dir.is_dir() else []:
+            with contextlib.suppress(OSError):
+                if entry.read_text().strip() in gone:
+                    entry.unlink()
         return digest, removed
 
     def clean(self) -> list[Path]:

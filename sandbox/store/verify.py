@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,12 @@ def verify_image(store: ImageStore, ref: str) -> VerifyReport:
     actual = "sha256:" + hashlib.sha256(data).hexdigest()
     if actual != digest:
         report.problems.append(f"manifest digest is {actual}, expected {digest}")
-    manifest = store.manifest(digest)
+    try:
+        manifest = json.loads(data)
+        manifest["layers"], manifest["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        report.problems.append(f"manifest is not a valid sandbox manifest ({e})")
+        return report
     indexes: list[Index] = []
     for layer in manifest["layers"]:
         d = layer["digest"]

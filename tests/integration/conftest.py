@@ -28,12 +28,19 @@ class Run:
         return json.loads(self.stdout)
 
 
-def sandbox(ws: Path, *args: str, cache: Path | None = None, prefix: tuple[str, ...] = (),
-            timeout: float = 600) -> Run:
+def sandbox(
+    ws: Path, *args: str, cache: Path | None = None, prefix: tuple[str, ...] = (), timeout: float = 600
+) -> Run:
     """Run the real CLI in a subprocess against workspace `ws`."""
     env = {**os.environ, "SANDBOX_CACHE": str(cache or shared_cache())}
-    p = subprocess.run([*prefix, sys.executable, "-m", "sandbox", "-C", str(ws), *args],
-                       capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    p = subprocess.run(
+        [*prefix, sys.executable, "-m", "sandbox", "-C", str(ws), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
     return Run(p.returncode, p.stdout, p.stderr)
 
 

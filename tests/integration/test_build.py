@@ -134,7 +134,9 @@ def test_unknown_package_is_named_with_its_line(built: Built) -> None:
 def test_failing_run_command_names_the_key_and_leaves_no_trace(built: Built) -> None:
     recipe = built.ws / "recipes" / "failrun.yaml"
     recipe.write_text(
-        (built.ws / "recipes" / "web.yaml").read_text().replace("name: web", "name: failrun")
+        (built.ws / "recipes" / "web.yaml")
+        .read_text()
+        .replace("name: web", "name: failrun")
         .replace("run:\n", "run:\n  - echo about to fail; exit 3\n")
     )
     (built.ws / "recipes" / "failrun.lock").write_bytes((built.ws / "recipes" / "web.lock").read_bytes())
@@ -162,10 +164,12 @@ def test_symlinks_in_the_image_never_lead_to_the_host(built: Built, tmp_path: Pa
     (built.ws / "recipes" / "esc" / "x.txt").write_text("x\n")
     base = (built.ws / "recipes" / "web.yaml").read_text().replace("name: web", "name: esc")
     recipe = built.ws / "recipes" / "esc.yaml"
-    recipe.write_text(base.replace(
-        "files:\n",
-        f"files:\n  - {{src: esc/tree/, dest: /opt/esc/}}\n  - {{src: esc/x.txt, dest: /opt/esc/hop/x.txt}}\n",
-    ))
+    recipe.write_text(
+        base.replace(
+            "files:\n",
+            "files:\n  - {src: esc/tree/, dest: /opt/esc/}\n  - {src: esc/x.txt, dest: /opt/esc/hop/x.txt}\n",
+        )
+    )
     (built.ws / "recipes" / "esc.lock").write_bytes((built.ws / "recipes" / "web.lock").read_bytes())
     r = sandbox(built.ws, "build", "esc", "--json")
     assert r.code == 0, r.stderr
@@ -194,8 +198,12 @@ def test_kill_9_leaves_no_partial_image_and_the_next_build_succeeds(built: Built
     env = {**os.environ, "SANDBOX_CACHE": str(shared_cache())}
     blobs = ws / "images" / "blobs" / "sha256"
     for moment in ("mmdebstrap", "blob"):
-        proc = subprocess.Popen([sys.executable, "-m", "sandbox", "-C", str(ws), "build", "web"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sandbox", "-C", str(ws), "build", "web"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
             if moment == "mmdebstrap" and any((ws / ".sandbox" / "tmp").glob("build-*/rootfs/usr/bin")):

@@ -25,7 +25,9 @@ def ws(tmp_path: Path) -> Path:
 
 
 def _store(ws: Path) -> list[tuple[str, bytes]]:
-    return [(str(p.relative_to(ws)), p.read_bytes()) for p in sorted((ws / "images").rglob("*")) if p.is_file()]
+    return [
+        (str(p.relative_to(ws)), p.read_bytes()) for p in sorted((ws / "images").rglob("*")) if p.is_file()
+    ]
 
 
 def _build(ws: Path, *extra: str) -> tuple[int, str, str]:
@@ -47,8 +49,16 @@ def test_all_errors_of_a_file_at_once_with_lines(ws: Path) -> None:
     before = _store(ws)
     code, _out, err = _build(ws)
     assert code == 1
-    for needle in ("recipes/bad.yaml:2", "did you mean 'packages'", "recipes/bad.yaml:5", "users[0].uid",
-                   "recipes/bad.yaml:7", "files[0].src", "recipes/bad.yaml:8", "files[1]"):
+    for needle in (
+        "recipes/bad.yaml:2",
+        "did you mean 'packages'",
+        "recipes/bad.yaml:5",
+        "users[0].uid",
+        "recipes/bad.yaml:7",
+        "files[0].src",
+        "recipes/bad.yaml:8",
+        "files[1]",
+    ):
         assert needle in err, needle
     assert "Traceback" not in err
     assert _store(ws) == before

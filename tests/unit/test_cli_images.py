@@ -219,10 +219,6 @@ def test_rm_needs_a_ref(ws: Ws) -> None:
     assert r.exit_code == 2
 
 
-@pytest.mark.xfail(
-    reason="BUG: `image rm` with two refs to the same image removes it, then fails on the second ref",
-    strict=True,
-)
 def test_rm_two_refs_to_one_image(ws: Ws) -> None:
     r = ws.run("image", "rm", "web", "web:v1")
     assert r.exit_code == 0, r.output

@@ -151,14 +151,12 @@ def test_bad_package_entry_raises_lockerror(tmp_path: Path, fields: dict[str, ob
     assert "base-files" in info.value.message
 
 
-@pytest.mark.xfail(reason="BUG: a bad package entry raises LockError without a hint", strict=True)
 def test_bad_sha_has_hint(tmp_path: Path) -> None:
     with pytest.raises(LockError) as info:
         read_lock(_with_package(tmp_path, sha256="abc"))
     assert info.value.hint is not None and "sandbox lock web" in info.value.hint
 
 
-@pytest.mark.xfail(reason="BUG: read_lock checks only the sha256 length, not that it is hex", strict=True)
 def test_non_hex_sha_rejected(tmp_path: Path) -> None:
     with pytest.raises(LockError):
         read_lock(_with_package(tmp_path, sha256="z" * 64))

@@ -128,10 +128,6 @@ def test_root_given_through_symlink(root: Path, tmp_path: Path) -> None:
     assert resolve_in_root(alias, "/bin/sh") == alias / "usr/bin/sh"
 
 
-@pytest.mark.xfail(
-    reason="BUG: a dest resolving to the root itself raises RootEscape (the check uses path.parent)",
-    strict=True,
-)
 @pytest.mark.parametrize("dest", ["/", "etc/.."])
 def test_dest_that_is_the_root(root: Path, dest: str) -> None:
     assert resolve_in_root(root, dest) == root
