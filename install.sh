@@ -31,8 +31,13 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo ">> creating $VENV"
     /usr/bin/python3 -m venv "$VENV"
 fi
-"$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
-"$VENV/bin/pip" install -q -e "$HERE${SANDBOX_EXTRAS:-}"
+mkdir -p "$HERE/.sandbox"
+PIPLOG="$HERE/.sandbox/pip.log"
+if ! "$VENV/bin/pip" install --disable-pip-version-check -e "$HERE${SANDBOX_EXTRAS:-}" >"$PIPLOG" 2>&1; then
+    tail -20 "$PIPLOG" >&2
+    echo "error: pip could not install sandbox (full log: $PIPLOG)" >&2
+    exit 1
+fi
 ln -sf "$VENV/bin/sandbox" /usr/local/bin/sandbox
 echo ">> sandbox $("$VENV/bin/sandbox" --version | awk '{print $NF}') installed as /usr/local/bin/sandbox"
 

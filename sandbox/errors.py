@@ -95,6 +95,22 @@ class ToolMissing(SandboxError):
     """A host tool sandbox needs (mmdebstrap, apt, lxc ...) is not installed."""
 
 
+class EnvExists(SandboxError):
+    """An environment name is already taken (by whom and in which state is in the message)."""
+
+
+class EnvNotFound(NotFound):
+    """A named environment does not exist in the state database."""
+
+
+class QuotaExceeded(SandboxError):
+    """An owner already has as many environments of a profile as `max_per_owner` allows."""
+
+
+class StateError(SandboxError):
+    """The state database is unusable (newer schema, locked, corrupt) or an allocation failed."""
+
+
 @dataclass
 class IssueCollector:
     """Collects ConfigIssues so that every problem of a file is reported at once."""

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from sandbox.build.lock import Lock
 from sandbox.errors import BuildError, ToolMissing
 from sandbox.events import Event, EventSink
 
+PGID_FILE = "mmdebstrap.pgid"
 FILE_MIRROR_HOOK = "/usr/share/mmdebstrap/hooks/file-mirror-automount"
 
 
@@ -63,14 +66,17 @@ def run_mmdebstrap(lock: Lock, target: Path, source_line: str, sink: EventSink) 
         "installing remaining packages",
         "cleaning package lists",
     ]
-    with subprocess.Popen(
+    proc = subprocess.Popen(
         argv,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, so that all of it can be stopped
         preexec_fn=_die_with_parent,
-    ) as proc:
+    )
+    (target.parent / PGID_FILE).write_text(f"{proc.pid}\n")
+    try:
         assert proc.stderr is not None
         for line in proc.stderr:
             line = line.rstrip()
@@ -87,6 +93,10 @@ def run_mmdebstrap(lock: Lock, target: Path, source_line: str, sink: EventSink) 
                         total=len(steps),
                     )
                 )
+        proc.wait()
+    except BaseException:
+        stop_group(proc.pid, grace=20.0)
+        raise
     if proc.returncode != 0:
         raise BuildError(
             f"mmdebstrap failed (exit {proc.returncode}):\n" + "\n".join(tail),
@@ -110,3 +120,43 @@ def remove_mountpoint_dirs(rootfs: Path, repo: Path) -> None:
             break
         host.rmdir()
         p = p.parent
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_group(pgid: int, grace: float = 5.0) -> None:
+    """SIGTERM the process group we started, then SIGKILL what is left; wait until it is gone."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+        if not _group_alive(pgid):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _group_alive(pgid):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(-pgid, os.WNOHANG)
+            time.sleep(0.05)
+
+
+def stop_leftover_mmdebstrap(workdir: Path) -> None:
+    """Stop the mmdebstrap a dead build started in `workdir` (recorded by its process group id)."""
+    try:
+        pgid = int((workdir / PGID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        cmdline = Path(f"/proc/{pgid}/cmdline").read_bytes()
+    except OSError:
+        cmdline = b""
+    # the leader may be gone while dpkg/apt of its group still run; if it lives, it must be ours
+    if cmdline and b"mmdebstrap" not in cmdline:
+        return
+    stop_group(pgid, grace=10.0)

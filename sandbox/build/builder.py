@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.build.applayer import apply_app_layer
-from sandbox.build.base import remove_mountpoint_dirs, run_mmdebstrap
+from sandbox.build.base import remove_mountpoint_dirs, run_mmdebstrap, stop_leftover_mmdebstrap
 from sandbox.build.debcache import PackageCache
 from sandbox.build.hostapt import PrivateApt, host_sources
 from sandbox.build.lock import Lock, lock_path, package_inputs, read_lock, resolve, write_lock
@@ -218,6 +218,7 @@ class Builder:
                         "log", phase="load", message=f"removing leftovers of an interrupted build: {d.name}"
                     )
                 )
+                stop_leftover_mmdebstrap(d)
                 remove_tree(d)
 
     def forget_layers(self, digests: list[str]) -> None:

@@ -12,6 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sandbox.config.merging import concat_merge as _concat
+from sandbox.config.merging import deep_merge as _deep
+from sandbox.config.merging import display_path
 from sandbox.config.recipe import App, Base, EnvKey, EnvValue, FileEntry, Recipe, User
 from sandbox.config.sshkeys import looks_private, parse_key_file
 from sandbox.config.templates import TemplateProblem, recipe_context, render_template
@@ -76,40 +79,6 @@ class _TemplateInputs(BaseModel):
 
 
 # --- merging --------------------------------------------------------------------------------------
-
-
-def _deep(parent: Any, child: Any) -> Any:
-    if not (isinstance(parent, MarkedDict) and isinstance(child, MarkedDict)):
-        return child
-    out = MarkedDict(child.location)
-    for key, value in parent.items():
-        if key in child:
-            out.put(key, _deep(value, child[key]), child.marks[key])
-        else:
-            out.put(key, value, parent.marks[key])
-    for key, value in child.items():
-        if key not in out:
-            out.put(key, value, child.marks[key])
-    return out
-
-
-def _concat(parent: Any, child: Any, key: str | None = None) -> Any:
-    if not (isinstance(parent, MarkedList) and isinstance(child, MarkedList)):
-        return child
-    out = MarkedList(child.location)
-    index: dict[Any, int] = {}
-    for value, mark in zip(parent, parent.marks, strict=True):
-        if key and isinstance(value, dict) and isinstance(value.get(key), Hashable):
-            index[value[key]] = len(out)
-        out.put(value, mark)
-    for value, mark in zip(child, child.marks, strict=True):
-        name = value.get(key) if key and isinstance(value, dict) else None
-        if isinstance(name, Hashable) and name in index:
-            out[index[name]] = value
-            out.marks[index[name]] = mark
-        else:
-            out.put(value, mark)
-    return out
 
 
 def _merge_field(key: Any, parent: Any, child: Any) -> Any:
@@ -193,14 +162,7 @@ class _Loader:
         self.raw = MarkedDict(Location("<none>"))
 
     def display(self, path: Path | str) -> str:
-        p = Path(os.path.abspath(path))
-        real, real_root = Path(os.path.realpath(p)), Path(os.path.realpath(self.root))
-        for candidate, base in ((p, self.root), (real, real_root)):
-            try:
-                return candidate.relative_to(base).as_posix()
-            except ValueError:
-                continue
-        return str(p)
+        return display_path(path, self.root)
 
     def add(self, loc: Loc, message: str, hint: str | None = None) -> None:
         self.issues.issues.append(ConfigIssue(locate(self.raw, loc), format_path(loc), message, hint))

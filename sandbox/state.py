@@ -1,0 +1,415 @@
+"""SQLite state of environments (`<workspace>/.sandbox/state.db`, WAL): envs, instances, snapshots, events.
+
+Every call opens its own short-lived connection (safe across fork and processes); every write is one
+`BEGIN IMMEDIATE` transaction, so check-then-write steps (name claims, quotas, address and router-port
+allocation) are atomic against other `sandbox` processes. Times: float epoch seconds (`now` or time.time()).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sandbox.errors import EnvExists, EnvNotFound, NotFound, QuotaExceeded, StateError
+from sandbox.fsutil import pid_alive
+
+if TYPE_CHECKING:
+    from sandbox.workspace import Workspace
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 10.0
+TRANSIENT_STATES = ("creating", "deleting")  # a dead pid in these states means a crash mid-operation
+ENV_FIELDS = frozenset(
+    {"state", "health", "image", "url", "router_port", "expires", "pid", "error", "config"}
+)
+INSTANCE_FIELDS = frozenset({"name", "address", "state"})
+
+_SCHEMA = """
+CREATE TABLE envs (
+    name TEXT PRIMARY KEY, profile TEXT NOT NULL, image TEXT NOT NULL, backend TEXT NOT NULL,
+    owner TEXT NOT NULL, state TEXT NOT NULL, health TEXT NOT NULL,
+    created REAL NOT NULL, updated REAL NOT NULL, expires REAL, pid INTEGER,
+    router_port INTEGER, url TEXT, config TEXT NOT NULL DEFAULT '{}', error TEXT);
+CREATE UNIQUE INDEX envs_router_port ON envs(router_port) WHERE router_port IS NOT NULL;
+CREATE INDEX envs_owner ON envs(owner, profile);
+CREATE TABLE instances (
+    env TEXT NOT NULL REFERENCES envs(name) ON DELETE CASCADE, idx INTEGER NOT NULL,
+    name TEXT NOT NULL UNIQUE, address TEXT UNIQUE, state TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (env, idx));
+CREATE TABLE snapshots (
+    env TEXT NOT NULL REFERENCES envs(name) ON DELETE CASCADE, name TEXT NOT NULL,
+    created REAL NOT NULL, data TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (env, name));
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, env TEXT,
+    kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}');
+CREATE INDEX events_env ON events(env, id);
+"""
+
+_DB_HINT = (
+    "retry; if it persists, check disk space and the permissions of the workspace's .sandbox/"
+    " (a corrupt state.db can be moved away: sandbox then starts with no environments)"
+)
+
+
+def _t(now: float | None) -> float:
+    return time.time() if now is None else now
+
+
+def _dump(value: dict[str, Any] | None) -> str:
+    return json.dumps(value or {}, sort_keys=True)
+
+
+def _update(c: sqlite3.Connection, table: str, fields: dict[str, Any], where: str, *key: Any) -> None:
+    sets = ", ".join(f"{k} = ?" for k in fields)  # keys are checked against ENV/INSTANCE_FIELDS
+    try:
+        c.execute(f"UPDATE {table} SET {sets} WHERE {where}", (*fields.values(), *key))
+    except sqlite3.IntegrityError as e:  # a router port or address another row holds
+        raise StateError(f"cannot update {table} {key}: {e}", hint="pick another value") from e
+
+
+def _insert(c: sqlite3.Connection, duplicate: StateError, sql: str, *args: Any) -> None:
+    try:
+        c.execute(sql, args)
+    except sqlite3.IntegrityError as e:
+        raise duplicate from e
+
+
+def _env_missing(name: str) -> EnvNotFound:
+    return EnvNotFound(f"environment {name!r} not found", hint="`sandbox ls` lists the environments")
+
+
+@dataclass(frozen=True)
+class Env:
+    name: str
+    profile: str
+    image: str
+    backend: str
+    owner: str
+    state: str
+    health: str
+    created: float
+    updated: float
+    expires: float | None
+    pid: int | None
+    router_port: int | None
+    url: str | None
+    config: dict[str, Any]
+    error: str | None
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires is not None and self.expires < _t(now)
+
+    def age(self, now: float | None = None) -> float:
+        return _t(now) - self.created
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Env:
+        return cls(**{**dict(row), "config": json.loads(row["config"])})
+
+
+@dataclass(frozen=True)
+class Instance:
+    env: str
+    idx: int
+    name: str
+    address: str | None
+    state: str
+    created: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    env: str
+    name: str
+    created: float
+    data: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Snapshot:
+        return cls(row["env"], row["name"], row["created"], json.loads(row["data"]))
+
+
+class StateDB:
+    """The state database at `path` (normally `<workspace>/.sandbox/state.db`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._init_schema()
+
+    @classmethod
+    def for_workspace(cls, ws: Workspace) -> StateDB:
+        return cls(ws.state / "state.db")
+
+    # -- connections and transactions -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _tx(self, write: bool = True, wal: bool = False) -> Iterator[sqlite3.Connection]:
+        """One transaction on a fresh connection; writes take the write lock up front."""
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if wal and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            yield conn
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StateError(f"state database {self.path}: {e}", hint=_DB_HINT) from e
+        finally:
+            if conn is not None:
+                if conn.in_transaction:
+                    conn.rollback()
+                conn.close()
+
+    def _rows(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        with self._tx(write=False) as c:
+            return c.execute(sql, args).fetchall()
+
+    def _write(self, sql: str, *args: Any) -> int:
+        with self._tx() as c:
+            return c.execute(sql, args).rowcount
+
+    def _init_schema(self) -> None:
+        with self._tx(wal=True) as c:
+            version = c.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"state database {self.path} has schema version {version}, "
+                    f"this sandbox understands up to {SCHEMA_VERSION}",
+                    hint="upgrade sandbox, or move the workspace's .sandbox/state.db away to start afresh",
+                )
+            if version == 0:
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- environments -----------------------------------------------------------------------
+
+    def claim_env(
+        self,
+        name: str,
+        *,
+        profile: str,
+        image: str,
+        backend: str,
+        owner: str,
+        config: dict[str, Any],
+        expires: float | None,
+        pid: int,
+        max_per_owner: int | None,
+        now: float | None = None,
+    ) -> Env:
+        """Insert env `name` in state "creating"; of concurrent claims of one name exactly one wins."""
+        t = _t(now)
+        with self._tx() as c:
+            row = c.execute("SELECT owner, state FROM envs WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                raise EnvExists(
+                    f"environment {name!r} already exists (owner {row['owner']}, state {row['state']})",
+                    hint=f"remove it with `sandbox down {name}`, or pick another name",
+                )
+            if max_per_owner is not None:
+                sql = "SELECT name FROM envs WHERE owner = ? AND profile = ? ORDER BY name"
+                mine = [r[0] for r in c.execute(sql, (owner, profile))]
+                if len(mine) >= max_per_owner:
+                    raise QuotaExceeded(
+                        f"{owner} already has {len(mine)} environment(s) of profile {profile!r}, "
+                        f"the profile allows {max_per_owner} per owner",
+                        hint=f"remove one first with `sandbox down NAME` ({', '.join(mine)})",
+                    )
+            c.execute(
+                "INSERT INTO envs (name, profile, image, backend, owner, state, health, created, updated,"
+                " expires, pid, config) VALUES (?, ?, ?, ?, ?, 'creating', 'unknown', ?, ?, ?, ?, ?)",
+                (name, profile, image, backend, owner, t, t, expires, pid, _dump(config)),
+            )
+            return self._get_env(c, name)
+
+    def set_env(self, name: str, *, now: float | None = None, **fields: Any) -> Env:
+        """Update some of ENV_FIELDS (and `updated`); returns the new row."""
+        bad = set(fields) - ENV_FIELDS
+        if bad:
+            raise TypeError(f"set_env: unknown field(s) {', '.join(sorted(bad))}")
+        values = {k: _dump(v) if k == "config" else v for k, v in fields.items()}
+        with self._tx() as c:
+            self._get_env(c, name)
+            _update(c, "envs", {**values, "updated": _t(now)}, "name = ?", name)
+            return self._get_env(c, name)
+
+    def _get_env(self, c: sqlite3.Connection, name: str) -> Env:
+        row = c.execute("SELECT * FROM envs WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise _env_missing(name)
+        return Env.from_row(row)
+
+    def get_env(self, name: str) -> Env:
+        with self._tx(write=False) as c:
+            return self._get_env(c, name)
+
+    def list_envs(self, owner: str | None = None) -> list[Env]:
+        where, args = ("", ()) if owner is None else (" WHERE owner = ?", (owner,))
+        return [Env.from_row(r) for r in self._rows(f"SELECT * FROM envs{where} ORDER BY name", *args)]
+
+    def delete_env(self, name: str) -> bool:
+        """Delete the env with its instances and snapshots (cascade); False if it did not exist."""
+        return self._write("DELETE FROM envs WHERE name = ?", name) > 0
+
+    def stale_envs(self, now: float | None = None, alive: Callable[[int], bool] = pid_alive) -> list[Env]:
+        """Envs left "creating"/"deleting" by a process that is gone, and envs past their expiry."""
+        t = _t(now)
+        return [
+            e
+            for e in self.list_envs()
+            if e.expired(t) or (e.state in TRANSIENT_STATES and (e.pid is None or not alive(e.pid)))
+        ]
+
+    def claim_router_port(
+        self, env: str, start: int, end: int, in_use: Callable[[int], bool], now: float | None = None
+    ) -> int:
+        """Lowest port in [start, end] no env holds and `in_use(port)` is False; kept if already set."""
+        if not 1 <= start <= end <= 65535:
+            raise StateError(f"invalid port range {start}-{end}", hint="use ports 1-65535 with start <= end")
+        with self._tx() as c:
+            current = self._get_env(c, env).router_port
+            if current is not None and start <= current <= end:
+                return current
+            held = {r[0] for r in c.execute("SELECT router_port FROM envs WHERE router_port IS NOT NULL")}
+            for port in range(start, end + 1):
+                if port not in held and not in_use(port):
+                    c.execute(
+                        "UPDATE envs SET router_port = ?, updated = ? WHERE name = ?", (port, _t(now), env)
+                    )
+                    return port
+        raise StateError(
+            f"no free router port in {start}-{end} ({len(held)} held by environments)",
+            hint="remove environments with `sandbox down`/`sandbox gc`, or widen the profile's router ports",
+        )
+
+    # -- instances --------------------------------------------------------------------------
+
+    def add_instance(self, env: str, idx: int, name: str, state: str, now: float | None = None) -> Instance:
+        with self._tx() as c:
+            self._get_env(c, env)
+            dup = StateError(
+                f"instance {idx} of {env!r} or an instance named {name!r} already exists",
+                hint=f"`sandbox down {env}` first, or `sandbox gc` to clean up after a crash",
+            )
+            sql = "INSERT INTO instances (env, idx, name, state, created) VALUES (?, ?, ?, ?, ?)"
+            _insert(c, dup, sql, env, idx, name, state, _t(now))
+            return self._get_instance(c, env, idx)
+
+    def _get_instance(self, c: sqlite3.Connection, env: str, idx: int) -> Instance:
+        row = c.execute("SELECT * FROM instances WHERE env = ? AND idx = ?", (env, idx)).fetchone()
+        if row is None:
+            self._get_env(c, env)
+            raise NotFound(f"instance {idx} of {env!r} not found", hint=f"`sandbox status {env}` lists them")
+        return Instance(**dict(row))
+
+    def allocate_address(self, env: str, idx: int, subnet: str, reserved: Iterable[str] = ()) -> str:
+        """Assign instance (env, idx) the lowest free host address of `subnet`, unique across envs.
+
+        Skips the network and broadcast addresses, the first host (the bridge/gateway) and
+        `reserved`. An address already held in that subnet is kept.
+        """
+        try:
+            net = ipaddress.ip_network(subnet, strict=False)
+            skip = {str(ipaddress.ip_address(a)) for a in reserved}
+        except ValueError as e:
+            raise StateError(f"invalid subnet or address: {e}", hint="use CIDR, e.g. 10.87.0.0/24") from e
+        with self._tx() as c:
+            current = self._get_instance(c, env, idx).address
+            if current is not None and ipaddress.ip_address(current) in net:
+                return current
+            used = {r[0] for r in c.execute("SELECT address FROM instances WHERE address IS NOT NULL")}
+            hosts = net.hosts()
+            next(hosts, None)  # the gateway
+            for host in hosts:
+                addr = str(host)
+                if addr not in used and addr not in skip:
+                    c.execute("UPDATE instances SET address = ? WHERE env = ? AND idx = ?", (addr, env, idx))
+                    return addr
+        raise StateError(
+            f"subnet full: no free address in {net} for instance {idx} of {env!r}",
+            hint="remove environments with `sandbox down`/`sandbox gc`, or configure a larger subnet",
+        )
+
+    def set_instance(self, env: str, idx: int, **fields: Any) -> Instance:
+        bad = set(fields) - INSTANCE_FIELDS
+        if bad:
+            raise TypeError(f"set_instance: unknown field(s) {', '.join(sorted(bad))}")
+        with self._tx() as c:
+            self._get_instance(c, env, idx)
+            if fields:
+                _update(c, "instances", fields, "env = ? AND idx = ?", env, idx)
+            return self._get_instance(c, env, idx)
+
+    def instances(self, env: str) -> list[Instance]:
+        rows = self._rows("SELECT * FROM instances WHERE env = ? ORDER BY idx", env)
+        return [Instance(**dict(r)) for r in rows]
+
+    def all_instances(self) -> list[Instance]:
+        return [Instance(**dict(r)) for r in self._rows("SELECT * FROM instances ORDER BY env, idx")]
+
+    def delete_instance(self, env: str, idx: int) -> bool:
+        return self._write("DELETE FROM instances WHERE env = ? AND idx = ?", env, idx) > 0
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def add_snapshot(
+        self, env: str, name: str, data: dict[str, Any] | None = None, now: float | None = None
+    ) -> Snapshot:
+        t = _t(now)
+        with self._tx() as c:
+            self._get_env(c, env)
+            dup = StateError(
+                f"snapshot {name!r} of {env!r} already exists",
+                hint=f"pick another snapshot name (`sandbox snapshot {env} NAME`)",
+            )
+            sql = "INSERT INTO snapshots (env, name, created, data) VALUES (?, ?, ?, ?)"
+            _insert(c, dup, sql, env, name, t, _dump(data))
+        return Snapshot(env, name, t, json.loads(_dump(data)))
+
+    def snapshots(self, env: str) -> list[Snapshot]:
+        rows = self._rows("SELECT * FROM snapshots WHERE env = ? ORDER BY created, name", env)
+        return [Snapshot.from_row(r) for r in rows]
+
+    def get_snapshot(self, env: str, name: str) -> Snapshot:
+        with self._tx(write=False) as c:
+            row = c.execute("SELECT * FROM snapshots WHERE env = ? AND name = ?", (env, name)).fetchone()
+            if row is None:
+                self._get_env(c, env)
+                known = ", ".join(r[0] for r in c.execute("SELECT name FROM snapshots WHERE env = ?", (env,)))
+                hint = f"snapshots of {env}: {known}" if known else f"`sandbox snapshot {env}` takes one"
+                raise NotFound(f"snapshot {name!r} of {env!r} not found", hint=hint)
+        return Snapshot.from_row(row)
+
+    def delete_snapshot(self, env: str, name: str) -> bool:
+        return self._write("DELETE FROM snapshots WHERE env = ? AND name = ?", env, name) > 0
+
+    # -- events -----------------------------------------------------------------------------
+
+    def event(
+        self, kind: str, message: str, env: str | None = None, data: dict[str, Any] | None = None
+    ) -> None:
+        sql = "INSERT INTO events (ts, env, kind, message, data) VALUES (?, ?, ?, ?, ?)"
+        self._write(sql, time.time(), env, kind, message, _dump(data))
+
+    def events(self, env: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest `limit` events (of `env`, or all), oldest first."""
+        where, args = ("", (limit,)) if env is None else (" WHERE env = ?", (env, limit))
+        rows = self._rows(f"SELECT * FROM events{where} ORDER BY id DESC LIMIT ?", *args)
+        return [{**dict(r), "data": json.loads(r["data"])} for r in reversed(rows)]
