@@ -1,0 +1,1 @@
+"""Backends run instances of an image: lxc (default, no daemon), later lxd, docker, libvirt."""

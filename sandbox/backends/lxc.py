@@ -1,0 +1,405 @@
+"""The embedded default backend: unprivileged LXC containers from liblxc's tools, no daemon.
+
+Each image is unpacked once, shifted into root's subordinate id range, and
+shared read-only by every instance; an instance is an overlayfs of that lower
+dir and its own upper dir, so `up` costs the same for a small and a big image.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec, run
+from sandbox.backends.hostsetup import IdRange, ensure_bridge, ensure_subids, gateway
+from sandbox.backends.lxcconfig import LxcInstanceConfig, render_lxc_config
+from sandbox.backends.unpack import unpack_image
+from sandbox.build.overlay import remove_tree
+from sandbox.events import Event
+from sandbox.settings import load_settings
+from sandbox.store import ImageStore
+
+TOOLS = ("lxc-start", "lxc-stop", "lxc-attach", "lxc-info", "lxc-freeze", "lxc-unfreeze")
+EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class LxcBackend(Backend):
+    name = "lxc"
+    capabilities = frozenset({"snapshot", "clone", "init", "logs", "static-address"})
+
+    @property
+    def lxcpath(self) -> Path:
+        return self.ws.state / "lxc"
+
+    @property
+    def rootfs_dir(self) -> Path:
+        return self.ws.state / "rootfs"
+
+    def _dir(self, name: str) -> Path:
+        return self.lxcpath / name
+
+    # -- prerequisites -----------------------------------------------------
+    def check(self) -> None:
+        missing = [t for t in TOOLS if shutil.which(t) is None]
+        if missing:
+            raise BackendError(
+                f"LXC is not installed (missing {', '.join(missing)})", hint="apt-get install lxc"
+            )
+        if os.geteuid() != 0:
+            raise BackendError(
+                "the lxc backend needs root (it creates a bridge and overlay mounts)",
+                hint="run sandbox as root (sudo)",
+            )
+        if not Path("/proc/self/ns/user").exists():
+            raise BackendError(
+                "the kernel has no user namespaces", hint="enable CONFIG_USER_NS (see `lxc-checkconfig`)"
+            )
+        with open("/proc/filesystems") as f:
+            if "overlay" not in f.read():
+                raise BackendError("the kernel has no overlayfs", hint="modprobe overlay")
+        self._ids()
+        s = load_settings(self.ws)
+        ensure_bridge(s.network.bridge, s.network.subnet)
+
+    def _ids(self) -> tuple[IdRange, IdRange]:
+        return ensure_subids()
+
+    def _owner_ids(self) -> tuple[int, int]:
+        uids, gids = self._ids()
+        return uids.start, gids.start
+
+    # -- images ------------------------------------------------------------
+    def _image_root(self, digest: str) -> Path:
+        uids, _ = self._ids()
+        return self.rootfs_dir / f"{digest.removeprefix('sha256:')}-{uids.start}" / "rootfs"
+
+    def prepare_image(self, digest: str) -> None:
+        root = self._image_root(digest)
+        if root.is_dir():
+            return
+        root.parent.parent.mkdir(parents=True, exist_ok=True)
+        with _flock(self.rootfs_dir / ".lock"):
+            if root.is_dir():
+                return
+            t0 = time.monotonic()
+            self.sink(
+                Event("progress", phase="up", message=f"unpacking image {digest[7:19]} (once per image)")
+            )
+            store = ImageStore(self.ws.images)
+            manifest = store.manifest(digest)
+            blobs = [store.blob_path(layer["digest"]) for layer in manifest["layers"]]
+            uids, gids = self._ids()
+            tmp = Path(tempfile.mkdtemp(dir=self.rootfs_dir, prefix=f".unpack-{os.getpid()}-"))
+            try:
+                (tmp / "rootfs").mkdir()
+                unpack_image(blobs, tmp / "rootfs", uids.start, gids.start)
+                os.chmod(tmp, 0o755)
+                os.rename(tmp, root.parent)
+            except BaseException:
+                remove_tree(tmp)
+                raise
+            self.sink(Event("log", phase="up", message=f"unpacked in {time.monotonic() - t0:.1f}s"))
+
+    def forget_image(self, digest: str) -> None:
+        root = self._image_root(digest)
+        if root.parent.is_dir():
+            remove_tree(root.parent)
+
+    def images_in_use(self) -> set[str]:
+        used = set()
+        for name in self.instances():
+            meta = self._meta(name)
+            if meta:
+                used.add(meta["image"])
+        return used
+
+    # -- instances ---------------------------------------------------------
+    def _meta(self, name: str) -> dict[str, str]:
+        try:
+            data: dict[str, str] = json.loads((self._dir(name) / "sandbox.json").read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+    def create(self, spec: InstanceSpec, upper_from: Path | None = None) -> None:
+        if spec.address is None:
+            raise BackendError(f"instance {spec.name} has no address", hint="this is a bug in sandbox")
+        self.prepare_image(spec.image)
+        uids, gids = self._ids()
+        s = load_settings(self.ws)
+        gw, prefix = gateway(s.network.subnet)
+        d = self._dir(spec.name)
+        if d.exists():
+            raise BackendError(f"container {spec.name} already exists", hint="sandbox gc removes leftovers")
+        d.mkdir(parents=True)
+        upper = d / "delta0"
+        if upper_from is not None:
+            subprocess.run(["cp", "-a", "--reflink=auto", str(upper_from), str(upper)], check=True)
+        else:
+            upper.mkdir()
+            os.chown(upper, uids.start, gids.start)
+        self._write_instance_files(upper, spec, uids.start, gids.start)
+        # overlayfs' workdir, created here because container root may not write to `d`
+        (d / "work").mkdir()
+        os.chown(d / "work", uids.start, gids.start)
+        cfg = LxcInstanceConfig(
+            name=spec.name,
+            lower=str(self._image_root(spec.image)),
+            upper=str(upper),
+            uid_start=uids.start,
+            uid_count=uids.count,
+            gid_start=gids.start,
+            gid_count=gids.count,
+            bridge=s.network.bridge,
+            address=spec.address,
+            prefix=prefix,
+            gateway=gw,
+            console_log=str(d / "console.log"),
+            cgroup_v2=_cgroup_v2(),
+            cpus=spec.cpus,
+            memory=spec.memory,
+            pids=spec.pids,
+            mounts=spec.mounts,
+        )
+        (d / "config").write_text(render_lxc_config(cfg))
+        (d / "sandbox.json").write_text(
+            json.dumps(
+                {"image": spec.image, "env": spec.env, "address": spec.address, "index": str(spec.index)}
+            )
+        )
+
+    def _write_instance_files(self, upper: Path, spec: InstanceSpec, uid: int, gid: int) -> None:
+        """Files that make this instance itself: hostname, hosts, the env the app sees."""
+        env = {
+            "SANDBOX_ENV": spec.env,
+            "SANDBOX_INSTANCE": spec.name,
+            "SANDBOX_IMAGE": spec.image,
+            **spec.env_vars,
+        }
+        files = {
+            "etc/hostname": f"{spec.name}\n",
+            "etc/hosts": f"127.0.0.1 localhost\n127.0.1.1 {spec.name}\n::1 localhost ip6-localhost\n",
+            "etc/sandbox/instance.env": "".join(f'{k}="{_quote(v)}"\n' for k, v in sorted(env.items())),
+        }
+        for rel, text in files.items():
+            path = upper / rel
+            parent = upper
+            for part in rel.split("/")[:-1]:
+                parent = parent / part
+                if not parent.exists():
+                    parent.mkdir(mode=0o755)
+                    os.chown(parent, uid, gid)
+            path.write_text(text)
+            os.chown(path, uid, gid)
+            os.chmod(path, 0o644)
+
+    def _lxc(
+        self, tool: str, name: str, *args: str, timeout: float | None = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return run([tool, "-P", str(self.lxcpath), "-n", name, *args], timeout=timeout)
+
+    def start(self, name: str) -> None:
+        d = self._dir(name)
+        p = self._lxc("lxc-start", name, "-o", str(d / "lxc.log"), "-l", "WARN")
+        if p.returncode != 0:
+            log = (d / "lxc.log").read_text(errors="replace")[-2000:] if (d / "lxc.log").exists() else ""
+            raise BackendError(
+                f"lxc-start {name} failed: {p.stderr.strip()}\n{log}".rstrip(),
+                hint="`lxc-checkconfig` shows missing kernel features",
+            )
+
+    def stop(self, name: str, timeout: float = 10.0) -> None:
+        if self.state(name) != "running":
+            return
+        p = self._lxc("lxc-stop", name, "-t", str(int(timeout)), timeout=timeout + 10)
+        if p.returncode != 0 and self.state(name) == "running":
+            self._lxc("lxc-stop", name, "-k")
+
+    def destroy(self, name: str) -> None:
+        d = self._dir(name)
+        if not d.exists():
+            return
+        if self.state(name) == "running":
+            self._lxc("lxc-stop", name, "-k")
+        remove_tree(d)
+
+    def state(self, name: str) -> str:
+        if not (self._dir(name) / "config").exists():
+            return "missing"
+        p = self._lxc("lxc-info", name, "-s", "-H", timeout=20)
+        return "running" if p.stdout.strip() == "RUNNING" else "stopped"
+
+    def address(self, name: str) -> str:
+        addr = self._meta(name).get("address")
+        if not addr:
+            raise BackendError(f"instance {name} has no recorded address")
+        return addr
+
+    def _user_ids(self, name: str, user: str) -> tuple[int, int, str]:
+        meta = self._meta(name)
+        for root in (self._dir(name) / "delta0", self._image_root(meta.get("image", ""))):
+            try:
+                text = (root / "etc" / "passwd").read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                f = line.split(":")
+                if f[0] == user and len(f) >= 6:
+                    return int(f[2]), int(f[3]), f[5]
+        raise BackendError(f"user {user!r} does not exist in instance {name}")
+
+    def exec(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        interactive: bool = False,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        cmd = [
+            "lxc-attach",
+            "-P",
+            str(self.lxcpath),
+            "-n",
+            name,
+            "--clear-env",
+            "--set-var",
+            f"PATH={EXEC_PATH}",
+            "--set-var",
+            "LANG=C.UTF-8",
+        ]
+        home = "/root"
+        if user and user != "root":
+            uid, gid, home = self._user_ids(name, user)
+            cmd += [
+                "-u",
+                str(uid),
+                "-g",
+                str(gid),
+                "--set-var",
+                f"USER={user}",
+                "--set-var",
+                f"LOGNAME={user}",
+            ]
+        cmd += ["--set-var", f"HOME={home}"]
+        if interactive:
+            cmd += ["--set-var", f"TERM={os.environ.get('TERM', 'xterm')}"]
+        for k, v in (env or {}).items():
+            cmd += ["--set-var", f"{k}={v}"]
+        cmd += ["--", *argv]
+        if interactive:
+            return ExecResult(subprocess.call(cmd), "", "")
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as e:
+            raise BackendError(f"command timed out after {timeout}s in {name}: {' '.join(argv)}") from e
+        return ExecResult(p.returncode, p.stdout, p.stderr)
+
+    def logs_argv(self, name: str, follow: bool, lines: int) -> list[str]:
+        return [
+            "lxc-attach",
+            "-P",
+            str(self.lxcpath),
+            "-n",
+            name,
+            "--clear-env",
+            "--",
+            "journalctl",
+            "--no-pager",
+            "-u",
+            "sandbox-app.service",
+            "-n",
+            str(lines),
+            *(["-f"] if follow else []),
+        ]
+
+    # -- snapshots and clones ----------------------------------------------
+    @contextmanager
+    def _frozen(self, name: str) -> Iterator[None]:
+        running = self.state(name) == "running"
+        if running:
+            self._lxc("lxc-freeze", name)
+        try:
+            yield
+        finally:
+            if running:
+                self._lxc("lxc-unfreeze", name)
+
+    def snapshot(self, name: str, snap: str) -> dict[str, str]:
+        d = self._dir(name)
+        dest = d / "snaps" / snap
+        if dest.exists():
+            raise BackendError(f"snapshot {snap} of {name} exists")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with self._frozen(name):
+            subprocess.run(["cp", "-a", "--reflink=auto", str(d / "delta0"), str(dest)], check=True)
+        return {"path": str(dest)}
+
+    def restore(self, name: str, snap: str) -> None:
+        d = self._dir(name)
+        src = d / "snaps" / snap
+        if not src.is_dir():
+            raise BackendError(f"instance {name} has no snapshot {snap}")
+        was_running = self.state(name) == "running"
+        self.stop(name)
+        tmp = d / "delta0.restoring"
+        if tmp.exists():
+            remove_tree(tmp)
+        subprocess.run(["cp", "-a", "--reflink=auto", str(src), str(tmp)], check=True)
+        remove_tree(d / "delta0")
+        os.rename(tmp, d / "delta0")
+        work = d / "work"
+        if work.exists():
+            remove_tree(work)
+        work.mkdir()
+        os.chown(work, *self._owner_ids())
+        if was_running:
+            self.start(name)
+
+    def delete_snapshot(self, name: str, snap: str) -> None:
+        path = self._dir(name) / "snaps" / snap
+        if path.exists():
+            remove_tree(path)
+
+    def clone(self, src: str, spec: InstanceSpec) -> None:
+        tmp = Path(tempfile.mkdtemp(dir=self.lxcpath, prefix=f".clone-{os.getpid()}-"))
+        try:
+            with self._frozen(src):
+                subprocess.run(
+                    ["cp", "-a", "--reflink=auto", str(self._dir(src) / "delta0"), str(tmp / "delta0")],
+                    check=True,
+                )
+            self.create(spec, upper_from=tmp / "delta0")
+        finally:
+            remove_tree(tmp)
+
+    def instances(self) -> list[str]:
+        if not self.lxcpath.is_dir():
+            return []
+        return sorted(p.name for p in self.lxcpath.iterdir() if (p / "config").exists())
+
+
+def _quote(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _cgroup_v2() -> bool:
+    return Path("/sys/fs/cgroup/cgroup.controllers").exists()
+
+
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
