@@ -164,7 +164,7 @@ class StateDB:
             conn.execute("PRAGMA foreign_keys = ON")
             if wal and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            conn.execute("BEGIN")
             yield conn
             conn.execute("COMMIT")
         except sqlite3.Error as e:

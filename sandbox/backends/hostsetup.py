@@ -61,14 +61,29 @@ def gateway(subnet: str) -> tuple[str, int]:
 def ensure_bridge(bridge: str, subnet: str) -> None:
     """Create sandbox's bridge with the subnet's gateway address, once; idempotent."""
     gw, prefix = gateway(subnet)
-    if subprocess.run(["ip", "link", "show", bridge], capture_output=True, check=False).returncode != 0:
-        _ip(["link", "add", bridge, "type", "bridge"])
+    if not _exists(bridge):
+        try:
+            _ip(["link", "add", bridge, "type", "bridge"])
+        except BackendError:
+            if not _exists(bridge):  # another `sandbox up` may have created it meanwhile
+                raise
     addrs = subprocess.run(
         ["ip", "-4", "-o", "addr", "show", "dev", bridge], capture_output=True, text=True, check=False
     ).stdout
     if f" {gw}/{prefix} " not in addrs:
-        _ip(["addr", "add", f"{gw}/{prefix}", "dev", bridge])
+        p = subprocess.run(
+            ["ip", "addr", "add", f"{gw}/{prefix}", "dev", bridge],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if p.returncode != 0 and "File exists" not in p.stderr:
+            raise BackendError(f"cannot give {bridge} the address {gw}/{prefix}: {p.stderr.strip()}")
     _ip(["link", "set", bridge, "up"])
+
+
+def _exists(bridge: str) -> bool:
+    return subprocess.run(["ip", "link", "show", bridge], capture_output=True, check=False).returncode == 0
 
 
 def _ip(args: list[str]) -> None:

@@ -113,13 +113,16 @@ class LxcBackend(Backend):
         if root.parent.is_dir():
             remove_tree(root.parent)
 
-    def images_in_use(self) -> set[str]:
-        used = set()
-        for name in self.instances():
-            meta = self._meta(name)
-            if meta:
-                used.add(meta["image"])
-        return used
+    def unpacked_images(self) -> list[str]:
+        """Digests of the images unpacked for this backend."""
+        if not self.rootfs_dir.is_dir():
+            return []
+        uids, _ = self._ids()
+        return sorted(
+            "sha256:" + p.name.rsplit("-", 1)[0]
+            for p in self.rootfs_dir.iterdir()
+            if p.is_dir() and p.name.endswith(f"-{uids.start}") and not p.name.startswith(".")
+        )
 
     # -- instances ---------------------------------------------------------
     def _meta(self, name: str) -> dict[str, str]:

@@ -96,6 +96,6 @@ def json_option(f: Any) -> Any:
 
 
 def main() -> None:
-    from sandbox.cli import build_cmds, image_cmds  # noqa: F401  (registers commands)
+    from sandbox.cli import build_cmds, env_cmds, image_cmds  # noqa: F401  (registers commands)
 
     cli(prog_name="sandbox")

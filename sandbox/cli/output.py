@@ -21,7 +21,7 @@ class Output:
         self.as_json = as_json
         self.quiet = quiet or as_json
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.out = Console(highlight=False, soft_wrap=True)
+        self.out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
         self._status: Status | None = None
         self._phase_started: dict[str, float] = {}
 

@@ -130,7 +130,7 @@ class _Loader:
         if os.path.realpath(parent) in reals:
             cycle = [*[*stack, path][reals.index(os.path.realpath(parent)) :], parent]
             chain = " -> ".join(self.display(p) for p in cycle)
-            self.issues.add(where, "extends", f"extends cycle: {chain}", "a profile cannot extend itself")
+            self.issues.add(where, "extends", f"extends cycle: {chain}", "remove one of these extends")
             self.broken = True
         elif not parent.is_file():
             known = sorted(p.stem for p in path.parent.glob("*.yaml") if p != path)
@@ -179,21 +179,20 @@ class _Loader:
             src = mount.get("src") if isinstance(mount, dict) else None
             if not isinstance(src, str) or not src or "\0" in src:
                 continue
-            host = src if os.path.isabs(src) else os.path.join(self.root, src)
+            host = os.path.normpath(os.path.join(self.root, src))
             if not os.path.exists(host):
                 self.add(
                     ("mounts", i, "src"),
-                    f"mount source '{src}' not found on the host (looked for {self.display(host)})",
+                    f"mount source '{src}' not found on the host (looked for {host})",
                     None if os.path.isabs(src) else "relative sources are relative to the workspace root",
                 )
 
     def check_ports(self, profile: Profile) -> None:
         """Two forwards (or a forward and the router) on one host address, port and protocol."""
-        binds: list[tuple[Loc, str, int, str]] = [
-            (("ports", i, "host"), p.address, p.host, p.proto) for i, p in enumerate(profile.ports)
-        ]
+        binds: list[tuple[Loc, str, int, str]] = []
         if profile.router is not None and isinstance(profile.router.port, int):
             binds.append((("router", "port"), profile.router.listen, profile.router.port, "tcp"))
+        binds.extend((("ports", i, "host"), p.address, p.host, p.proto) for i, p in enumerate(profile.ports))
         for n, (loc, address, port, proto) in enumerate(binds):
             for other, other_address, other_port, other_proto in binds[:n]:
                 same_address = address == other_address or ANY_ADDRESS in (address, other_address)

@@ -89,10 +89,11 @@ def parse_size(text: str) -> int:
     if "." not in number:
         return int(number) * SIZE_UNITS[unit]
     whole, frac = number.split(".")
-    scaled = (int(whole) * 10 ** len(frac) + int(frac)) * SIZE_UNITS[unit]
-    if scaled % 10 ** len(frac):
+    scale: int = 10 ** len(frac)
+    scaled = (int(whole) * scale + int(frac)) * SIZE_UNITS[unit]
+    if scaled % scale:
         raise ValueError(f"invalid size {text!r}: not a whole number of bytes")
-    return scaled // 10 ** len(frac)
+    return scaled // scale
 
 
 # --- pydantic types -----------------------------------------------------------------------------

@@ -1,0 +1,99 @@
+"""`sandbox gc` and `sandbox diff`: cleaning up after expiry and crashes, and comparing two envs."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.backends.base import backend_names, get_backend
+from sandbox.build.overlay import remove_tree
+from sandbox.envs import Envs
+from sandbox.events import Event
+from sandbox.fsutil import pid_alive
+from sandbox.promote.router import Router
+from sandbox.store import diff_manifests
+
+
+@dataclass
+class GcReport:
+    removed_envs: list[str] = field(default_factory=list)
+    removed_instances: list[str] = field(default_factory=list)
+    removed_routers: list[str] = field(default_factory=list)
+    removed_images: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def gc(envs: Envs, *, images: bool = False, now: float | None = None) -> GcReport:
+    """Remove expired envs, envs a crash left half-made, and orphans no env owns."""
+    report = GcReport()
+    t = time.time() if now is None else now
+    for env in envs.state.stale_envs(t):
+        why = "expired" if env.expired(t) else f"left in state {env.state} by a dead process"
+        envs.sink(Event("progress", phase="gc", message=f"removing {env.name} ({why})"))
+        envs.teardown(env.name)
+        envs.state.event("gc", f"removed ({why})", env=env.name)
+        report.removed_envs.append(env.name)
+    known = {i.name for i in envs.state.all_instances()}
+    for name in backend_names():
+        backend = get_backend(name, envs.ws, envs.sink)
+        for inst in backend.instances():
+            if inst not in known:
+                envs.sink(Event("progress", phase="gc", message=f"removing orphan instance {inst}"))
+                backend.destroy(inst)
+                report.removed_instances.append(inst)
+        if images:
+            used = {e.image for e in envs.state.list_envs()}
+            for digest in getattr(backend, "unpacked_images", lambda: [])():
+                if digest not in used:
+                    backend.forget_image(digest)
+                    report.removed_images.append(digest)
+        _stale_temp_dirs(getattr(backend, "rootfs_dir", None))
+    env_names = {e.name for e in envs.state.list_envs()}
+    if envs.routers.is_dir():
+        for d in sorted(envs.routers.iterdir()):
+            if d.is_dir() and d.name not in env_names:
+                Router(envs.routers, d.name).remove()
+                report.removed_routers.append(d.name)
+    return report
+
+
+def _stale_temp_dirs(root: Any) -> None:
+    if root is None or not root.is_dir():
+        return
+    for d in root.iterdir():
+        m = re.match(r"\.(?:unpack|clone)-(\d+)-", d.name)
+        if m and not pid_alive(int(m.group(1))):
+            remove_tree(d)
+
+
+def _flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(doc, dict):
+        out: dict[str, Any] = {}
+        for k, v in doc.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: doc}
+
+
+def diff_envs(envs: Envs, a: str, b: str) -> dict[str, Any]:
+    """Image and configuration differences between two envs (staging vs prod drift)."""
+    ea, eb = envs.state.get_env(a), envs.state.get_env(b)
+    image = diff_manifests(ea.image, envs.store.manifest(ea.image), eb.image, envs.store.manifest(eb.image))
+    fa, fb = _flatten(ea.config["profile"]), _flatten(eb.config["profile"])
+    config = [
+        {"key": k, a: fa.get(k), b: fb.get(k)}
+        for k in sorted(set(fa) | set(fb))
+        if fa.get(k) != fb.get(k) and k not in ("name", "extends", "description")
+    ]
+    return {
+        "a": a,
+        "b": b,
+        "same_image": ea.image == eb.image,
+        "image": image.to_dict(),
+        "config": config,
+        "backend": {a: ea.backend, b: eb.backend},
+    }

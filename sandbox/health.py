@@ -1,0 +1,59 @@
+"""Health checks of instances: an HTTP path (2xx) and/or a command inside the instance (exit 0)."""
+
+from __future__ import annotations
+
+import http.client
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sandbox.backends.base import Backend
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    detail: str
+
+
+def http_probe(address: str, port: int, path: str, timeout: float = 2.0) -> Probe:
+    conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"User-Agent": "sandbox-health"})
+        resp = conn.getresponse()
+        resp.read()
+        ok = 200 <= resp.status < 300
+        return Probe(ok, f"GET {path} → {resp.status}")
+    except OSError as e:
+        return Probe(False, f"GET http://{address}:{port}{path}: {e.strerror or e}")
+    except http.client.HTTPException as e:
+        return Probe(False, f"GET http://{address}:{port}{path}: {type(e).__name__}")
+    finally:
+        conn.close()
+
+
+def probe_instance(
+    backend: Backend, name: str, port: int | None, path: str | None, command: str | None
+) -> Probe:
+    details = []
+    if path is not None and port is not None:
+        p = http_probe(backend.address(name), port, path)
+        if not p.ok:
+            return p
+        details.append(p.detail)
+    if command is not None:
+        r = backend.exec(name, ["/bin/sh", "-c", command], timeout=30)
+        if r.code != 0:
+            return Probe(False, f"`{command}` exited {r.code}: {(r.stderr or r.stdout).strip()[-200:]}")
+        details.append(f"`{command}` ok")
+    return Probe(True, "; ".join(details) or "no health check configured")
+
+
+def wait_until(check: Callable[[], Probe], timeout: float, interval: float) -> tuple[Probe, float]:
+    """Poll `check` until ok or `timeout` seconds; returns the last probe and the time taken."""
+    t0 = time.monotonic()
+    while True:
+        p = check()
+        if p.ok or time.monotonic() - t0 >= timeout:
+            return p, time.monotonic() - t0
+        time.sleep(interval)

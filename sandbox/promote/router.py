@@ -1,0 +1,147 @@
+"""The router: a real nginx in front of an env's instances, one process per env.
+
+The config is rendered by a pure function from a template, checked with
+`nginx -t` before every start or reload, and reloaded gracefully (HUP); a
+failed check keeps the running config and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from sandbox.errors import SandboxError
+from sandbox.fsutil import atomic_write, pid_alive
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+class RouterError(SandboxError):
+    """nginx refused the config or could not start."""
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    env: str
+    listen: str
+    port: int
+    server_name: str
+    backends: tuple[str, ...]  # "ADDR:PORT"
+
+
+def render_nginx_conf(cfg: RouterConfig, prefix: Path, user: str = "nobody", group: str = "nogroup") -> str:
+    """The nginx.conf for a router (pure)."""
+    jenv = Environment(
+        loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True
+    )
+    return jenv.get_template("nginx.conf.j2").render(
+        env=cfg.env,
+        prefix=str(prefix),
+        user=user,
+        group=group,
+        upstream="app_" + cfg.env.replace("-", "_"),
+        backends=cfg.backends,
+        listen=cfg.listen,
+        port=cfg.port,
+        server_name=cfg.server_name,
+    )
+
+
+def port_in_use(port: int, address: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError:
+            return True
+    return False
+
+
+class Router:
+    def __init__(self, root: Path, env: str) -> None:
+        self.prefix = root / env
+        self.env = env
+
+    @property
+    def conf(self) -> Path:
+        return self.prefix / "nginx.conf"
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            pid = int((self.prefix / "nginx.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def _nginx(self, *args: str, conf: Path | None = None) -> subprocess.CompletedProcess[str]:
+        if shutil.which("nginx") is None:
+            raise RouterError("nginx is not installed", hint="apt-get install nginx-light")
+        return subprocess.run(
+            ["nginx", "-p", str(self.prefix), "-c", str(conf or self.conf), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    def _prepare(self, user: str) -> None:
+        pw = pwd.getpwnam(user)
+        for d in ("logs", "tmp", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+            (self.prefix / d).mkdir(parents=True, exist_ok=True)
+        for d in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+            os.chown(self.prefix / d, pw.pw_uid, pw.pw_gid)
+
+    def apply(self, cfg: RouterConfig, user: str = "nobody") -> None:
+        """Write, check and (re)load the config; a failed check keeps the running one."""
+        self._prepare(user)
+        pw = pwd.getpwnam(user)
+        text = render_nginx_conf(cfg, self.prefix, user, grp.getgrgid(pw.pw_gid).gr_name)
+        candidate = self.prefix / "nginx.conf.new"
+        candidate.write_text(text)
+        check = self._nginx("-t", "-q", conf=candidate)
+        if check.returncode != 0:
+            candidate.unlink()
+            raise RouterError(
+                f"nginx rejected the config of router {self.env}: {check.stderr.strip()}",
+                hint="the running router keeps its previous config",
+            )
+        atomic_write(self.conf, text.encode())
+        candidate.unlink()
+        pid = self.pid
+        if pid is None:
+            p = self._nginx()
+            if p.returncode != 0:
+                raise RouterError(
+                    f"nginx for {self.env} did not start: {p.stderr.strip()}",
+                    hint=f"is {cfg.listen}:{cfg.port} free? (ss -ltnp)",
+                )
+        else:
+            os.kill(pid, signal.SIGHUP)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        pid = self.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)  # graceful: finish in-flight requests
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and pid_alive(pid):
+                time.sleep(0.05)
+            if pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def remove(self) -> None:
+        self.stop()
+        if self.prefix.exists():
+            shutil.rmtree(self.prefix)
