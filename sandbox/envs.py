@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from sandbox.backends.base import Backend, ExecResult, InstanceSpec, MountSpec, get_backend
 from sandbox.backends.hostsetup import gateway
+from sandbox.build.fingerprint import current_image
+from sandbox.build.formats import APP_FORMAT, BASE_FORMAT
 from sandbox.config.profile_loader import LoadedProfile, env_profile_name, load_profile_by_name
 from sandbox.config.units import parse_duration
 from sandbox.errors import SandboxError
@@ -83,6 +85,9 @@ class Envs:
         if ref is not None:
             return self.store.resolve(ref)
         assert lp.profile.recipe is not None
+        quick = current_image(self.ws, lp.profile.recipe, (BASE_FORMAT, APP_FORMAT))
+        if quick is not None:
+            return quick
         from sandbox.build.builder import Builder  # only when a build may be needed
 
         return Builder(self.ws, self.sink).build(lp.profile.recipe).digest

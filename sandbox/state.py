@@ -26,10 +26,8 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 10.0
 TRANSIENT_STATES = ("creating", "deleting")  # a dead pid in these states means a crash mid-operation
-ENV_FIELDS = frozenset(
-    {"state", "health", "image", "url", "router_port", "expires", "pid", "error", "config"}
-)
-INSTANCE_FIELDS = frozenset({"name", "address", "state"})
+ENV_FIELDS = {"state", "health", "image", "url", "router_port", "expires", "pid", "error", "config"}
+INSTANCE_FIELDS = {"name", "address", "state"}
 
 _SCHEMA = """
 CREATE TABLE envs (
@@ -71,7 +69,10 @@ def _update(c: sqlite3.Connection, table: str, fields: dict[str, Any], where: st
     try:
         c.execute(f"UPDATE {table} SET {sets} WHERE {where}", (*fields.values(), *key))
     except sqlite3.IntegrityError as e:  # a router port or address another row holds
-        raise StateError(f"cannot update {table} {key}: {e}", hint="pick another value") from e
+        what = "/".join(map(str, key))
+        raise StateError(
+            f"cannot update {table} {what}: {e}", hint="that value is held by another row"
+        ) from e
 
 
 def _insert(c: sqlite3.Connection, duplicate: StateError, sql: str, *args: Any) -> None:
@@ -164,7 +165,7 @@ class StateDB:
             conn.execute("PRAGMA foreign_keys = ON")
             if wal and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("BEGIN")
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield conn
             conn.execute("COMMIT")
         except sqlite3.Error as e:

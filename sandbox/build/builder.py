@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sandbox.build import fingerprint
 from sandbox.build.applayer import apply_app_layer
 from sandbox.build.base import remove_mountpoint_dirs, run_mmdebstrap, stop_leftover_mmdebstrap
 from sandbox.build.debcache import PackageCache
+from sandbox.build.formats import APP_FORMAT, BASE_FORMAT
 from sandbox.build.hostapt import PrivateApt, host_sources
 from sandbox.build.lock import Lock, lock_path, package_inputs, read_lock, resolve, write_lock
 from sandbox.build.normalize import clean_rootfs, write_layer
@@ -39,9 +41,6 @@ from sandbox.store.layers import merge_indexes
 from sandbox.store.store import TAG
 from sandbox.workspace import Workspace
 
-# bump when a layer's bytes would change for the same inputs
-BASE_FORMAT = 3
-APP_FORMAT = 2
 MANIFEST_SCHEMA = 1
 
 
@@ -175,6 +174,8 @@ class Builder:
             if tag:
                 self.store.set_ref(name, tag, image)
             manifest = self.store.manifest(image)
+            inputs = [lock_path(loaded.path), *(rf.src for rf in loaded.resolved_files if rf.src is not None)]
+            fingerprint.record(self.ws, name, inputs, image, (BASE_FORMAT, APP_FORMAT))
         return BuildResult(
             digest=image,
             recipe=name,

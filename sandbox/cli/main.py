@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -30,8 +31,50 @@ class Ctx:
         return find_workspace()
 
 
+# command name → module that defines it; imported only when that command runs (fast start-up)
+LAZY_COMMANDS = {
+    "build": "build_cmds",
+    "lock": "build_cmds",
+    "images": "image_cmds",
+    "image": "image_cmds",
+    **{
+        c: "env_cmds"
+        for c in (
+            "up",
+            "down",
+            "stop",
+            "start",
+            "ls",
+            "status",
+            "exec",
+            "shell",
+            "logs",
+            "snapshot",
+            "restore",
+            "clone",
+            "gc",
+            "diff",
+        )
+    },
+}
+
+
 class SandboxGroup(click.Group):
-    """Turns expected errors into one line + hint (exit 1), unexpected ones into a crash report (exit 2)."""
+    """Turns expected errors into one line + hint (exit 1), unexpected ones into a crash report (exit 2).
+
+    Commands are loaded lazily, so that `sandbox up` does not pay for the image builder's imports.
+    """
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = LAZY_COMMANDS.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f"sandbox.cli.{module}")
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for module in sorted(set(LAZY_COMMANDS.values())):
+            importlib.import_module(f"sandbox.cli.{module}")
+        return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -96,6 +139,4 @@ def json_option(f: Any) -> Any:
 
 
 def main() -> None:
-    from sandbox.cli import build_cmds, env_cmds, image_cmds  # noqa: F401  (registers commands)
-
     cli(prog_name="sandbox")

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from sandbox.config.recipe import EnvKey, EnvValue, RecipeName, fail
+from sandbox.config.fields import EnvKey, EnvValue, RecipeName, fail
 from sandbox.config.units import Duration, Size, format_size
 
 PROFILE_NAME_RE = r"[a-z][a-z0-9]{0,30}"

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
-from sandbox.config.recipe import fail
+from sandbox.config.fields import fail
 
 DURATION_UNITS: dict[str, float] = {
     "w": 604800.0,

@@ -10,7 +10,6 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from sandbox.config.recipe import Recipe
 from sandbox.config.sshkeys import looks_private
 from sandbox.config.yamlmarks import locate
 from sandbox.errors import ConfigIssue, Location
@@ -103,8 +102,12 @@ _EXPECTED = {
 }
 
 
-def error_issue(err: ErrorDetails, raw: Any, model: type[BaseModel] = Recipe) -> ConfigIssue:
-    """One pydantic error as a ConfigIssue located in the marked `raw` data."""
+def error_issue(err: ErrorDetails, raw: Any, model: type[BaseModel] | None = None) -> ConfigIssue:
+    """One pydantic error as a ConfigIssue located in the marked `raw` data (model: Recipe by default)."""
+    if model is None:
+        from sandbox.config.recipe import Recipe
+
+        model = Recipe
     loc = clean_loc(err["loc"])
     kind = err["type"]
     ctx = err.get("ctx") or {}
@@ -129,7 +132,9 @@ def error_issue(err: ErrorDetails, raw: Any, model: type[BaseModel] = Recipe) ->
     return ConfigIssue(locate(raw, loc), format_path(loc), message, hint)
 
 
-def validation_issues(exc: ValidationError, raw: Any, model: type[BaseModel] = Recipe) -> list[ConfigIssue]:
+def validation_issues(
+    exc: ValidationError, raw: Any, model: type[BaseModel] | None = None
+) -> list[ConfigIssue]:
     return [error_issue(err, raw, model) for err in exc.errors()]
 
 

@@ -184,7 +184,7 @@ def test_instances_roundtrip(db: StateDB) -> None:
     with pytest.raises(NotFound):
         db.set_instance("dev-1", 7, state="running")
     with pytest.raises(TypeError):
-        db.set_instance("dev-1", 1, env="x")
+        db.set_instance("dev-1", 1, created=1.0)
     assert [i.idx for i in db.instances("dev-1")] == [0, 1]
     assert db.delete_instance("dev-1", 0) is True
     assert db.delete_instance("dev-1", 0) is False
@@ -316,22 +316,29 @@ def test_events_order_filter_and_limit(db: StateDB) -> None:
 
 
 def _run(target: Any, *args: Any) -> list[Any]:
-    """Run target(i, barrier, queue, *args) in NPROC forked processes; return their queue results."""
-    barrier, queue = FORK.Barrier(NPROC), FORK.Queue()
-    procs = [FORK.Process(target=target, args=(i, barrier, queue, *args)) for i in range(NPROC)]
+    """Run target(i, barrier, queue, *args) in NPROC forked processes; return their queue results.
+
+    Daemonic children and a barrier timeout: a broken worker fails the test, never hangs pytest.
+    """
+    barrier, queue = FORK.Barrier(NPROC, timeout=20), FORK.Queue()
+    procs = [FORK.Process(target=target, args=(i, barrier, queue, *args), daemon=True) for i in range(NPROC)]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    try:
+        results = [queue.get(timeout=30) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    assert [p.exitcode for p in procs] == [0] * NPROC
     return results
 
 
 def _claim_worker(i: int, barrier: Any, queue: Any, path: Path) -> None:
     try:
-        db = StateDB(path)  # a fresh file: schema creation races too
         barrier.wait()
+        db = StateDB(path)  # a fresh file: schema creation races too
         claim(db, "staging-1", owner=f"user{i}")
         queue.put("won")
     except EnvExists:

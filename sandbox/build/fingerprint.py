@@ -1,0 +1,71 @@
+"""A fast "is the image still current?" check that needs no recipe parsing.
+
+After every build the builder records the size and mtime of every input file
+it could have read (all of recipes/, each `src` tree, the lock file) and the
+image digest it produced. `sandbox up` asks `current_image` first: if no
+input changed and the image is still in the store, it skips loading the
+recipe at all. Any doubt falls back to a full (still cached) build check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from sandbox.fsutil import atomic_write
+from sandbox.workspace import Workspace
+
+VERSION = 1
+
+
+def _stats(paths: Iterable[Path]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for top in paths:
+        if top.is_file():
+            st = top.stat()
+            out[str(top)] = [st.st_mtime_ns, st.st_size]
+            continue
+        for dirpath, dirs, files in os.walk(top):
+            dirs.sort()
+            out[dirpath] = [0, len(files) + len(dirs)]  # a new or removed file changes the count
+            for name in sorted(files):
+                p = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(p)
+                except OSError:
+                    continue
+                out[p] = [st.st_mtime_ns, st.st_size]
+    return out
+
+
+def _path(ws: Workspace, recipe: str) -> Path:
+    return ws.state / "fingerprints" / f"{recipe}.json"
+
+
+def record(ws: Workspace, recipe: str, inputs: list[Path], digest: str, formats: tuple[int, int]) -> None:
+    tops = sorted({ws.recipes, *inputs})
+    doc = {
+        "version": VERSION,
+        "formats": list(formats),
+        "tops": [str(t) for t in tops],
+        "stats": _stats(tops),
+        "digest": digest,
+    }
+    atomic_write(_path(ws, recipe), json.dumps(doc, sort_keys=True).encode())
+
+
+def current_image(ws: Workspace, recipe: str, formats: tuple[int, int]) -> str | None:
+    """The digest of the last build of `recipe` if none of its inputs changed since, else None."""
+    try:
+        doc = json.loads(_path(ws, recipe).read_text())
+    except (OSError, ValueError):
+        return None
+    if doc.get("version") != VERSION or doc.get("formats") != list(formats):
+        return None
+    if _stats(Path(t) for t in doc["tops"]) != doc["stats"]:
+        return None
+    digest = str(doc["digest"])
+    manifest = ws.images / "manifests" / f"{digest.removeprefix('sha256:')}.json"
+    return digest if manifest.is_file() else None
