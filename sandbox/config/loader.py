@@ -12,10 +12,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sandbox.config.fields import EnvKey, EnvValue
 from sandbox.config.merging import concat_merge as _concat
 from sandbox.config.merging import deep_merge as _deep
 from sandbox.config.merging import display_path
-from sandbox.config.fields import EnvKey, EnvValue
 from sandbox.config.recipe import App, Base, FileEntry, Recipe, User
 from sandbox.config.sshkeys import looks_private, parse_key_file
 from sandbox.config.templates import TemplateProblem, recipe_context, render_template
