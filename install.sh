@@ -15,7 +15,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # system packages: the image builder and the Python to run sandbox with
-APT_PACKAGES="mmdebstrap python3 python3-venv python3-pip uidmap util-linux tar"
+# mmdebstrap builds images; lxc runs them (no daemon); nginx-light is each env's router
+APT_PACKAGES="mmdebstrap python3 python3-venv python3-pip uidmap util-linux tar lxc nginx-light iproute2 curl"
 missing=""
 for p in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -43,8 +44,19 @@ echo ">> sandbox $("$VENV/bin/sandbox" --version | awk '{print $NF}') installed 
 
 [ "${1:-}" = "--no-run" ] && exit 0
 
-# the main job on the embedded default
+# the main job on the embedded default (LXC, SQLite, mmdebstrap, nginx)
+SB="$VENV/bin/sandbox"
 echo ">> sandbox build web"
-"$VENV/bin/sandbox" build web
-"$VENV/bin/sandbox" image inspect web
-"$VENV/bin/sandbox" images
+"$SB" build web
+"$SB" image inspect web
+if "$SB" ls --json | grep -q '"name": "staging-1"'; then
+    echo ">> sandbox down staging-1 (left from an earlier run)"
+    "$SB" down staging-1
+fi
+echo ">> sandbox up staging-1 --wait"
+"$SB" up staging-1 --wait
+URL=$("$SB" ls --json | "$VENV/bin/python" -c 'import json,sys; print([e["url"] for e in json.load(sys.stdin) if e["name"] == "staging-1"][0])')
+echo ">> curl ${URL}healthz   (through staging-1's nginx router)"
+curl -fsS "${URL}healthz"
+echo
+"$SB" ls

@@ -37,10 +37,13 @@ def gc(envs: Envs, *, images: bool = False, now: float | None = None) -> GcRepor
         envs.teardown(env.name)
         envs.state.event("gc", f"removed ({why})", env=env.name)
         report.removed_envs.append(env.name)
-    known = {i.name for i in envs.state.all_instances()}
     for name in backend_names():
         backend = get_backend(name, envs.ws, envs.sink)
-        for inst in backend.instances():
+        # list what exists first, then ask the DB: an `up` running meanwhile records its
+        # instance before it creates it, so it is never mistaken for an orphan
+        present = backend.instances()
+        known = {i.name for i in envs.state.all_instances()}
+        for inst in present:
             if inst not in known:
                 envs.sink(Event("progress", phase="gc", message=f"removing orphan instance {inst}"))
                 backend.destroy(inst)
@@ -52,9 +55,11 @@ def gc(envs: Envs, *, images: bool = False, now: float | None = None) -> GcRepor
                     backend.forget_image(digest)
                     report.removed_images.append(digest)
         _stale_temp_dirs(getattr(backend, "rootfs_dir", None))
+        _stale_temp_dirs(getattr(backend, "lxcpath", None))
+    routers = sorted(envs.routers.iterdir()) if envs.routers.is_dir() else []
     env_names = {e.name for e in envs.state.list_envs()}
-    if envs.routers.is_dir():
-        for d in sorted(envs.routers.iterdir()):
+    if routers:
+        for d in routers:
             if d.is_dir() and d.name not in env_names:
                 Router(envs.routers, d.name).remove()
                 report.removed_routers.append(d.name)

@@ -18,8 +18,8 @@ from sandbox.backends.base import Backend, ExecResult, InstanceSpec, MountSpec, 
 from sandbox.backends.hostsetup import gateway
 from sandbox.build.fingerprint import current_image
 from sandbox.build.formats import APP_FORMAT, BASE_FORMAT
-from sandbox.config.profile_loader import LoadedProfile, env_profile_name, load_profile_by_name
-from sandbox.config.units import parse_duration
+from sandbox.config.names import env_profile_name
+from sandbox.config.profile_cache import ProfileData, recall, remember
 from sandbox.errors import SandboxError
 from sandbox.events import Event, EventSink, null_sink
 from sandbox.fsutil import pid_alive
@@ -70,40 +70,50 @@ class Envs:
         self.routers = ws.state / "routers"
 
     # -- helpers -----------------------------------------------------------
-    def _profile(self, env_name: str) -> LoadedProfile:
+    def _profile(self, env_name: str) -> ProfileData:
+        """The env's merged profile: from the cache while profiles/ is unchanged, else loaded and checked."""
         try:
-            profile = env_profile_name(env_name)
+            name = env_profile_name(env_name)
         except ValueError as e:
             raise SandboxError(str(e), hint="e.g. staging-42, dev-alice, prod") from e
-        return load_profile_by_name(self.ws.profiles, profile, display_root=self.ws.root)
+        cached = recall(self.ws.state, self.ws.profiles, name)
+        if cached is not None:
+            return cached
+        from sandbox.config.profile_loader import load_profile_by_name  # YAML + pydantic: only on a miss
+
+        lp = load_profile_by_name(self.ws.profiles, name, display_root=self.ws.root)
+        data = ProfileData(
+            lp.profile.name, lp.profile.model_dump(mode="json"), lp.digest(), [str(s) for s in lp.sources]
+        )
+        remember(self.ws.state, self.ws.profiles, data)
+        return data
 
     def _backend(self, name: str) -> Backend:
         return get_backend(name, self.ws, self.sink)
 
-    def _image(self, lp: LoadedProfile, override: str | None) -> str:
-        ref = override or lp.profile.image
+    def _image(self, p: ProfileData, override: str | None) -> str:
+        ref = override or p.data.get("image")
         if ref is not None:
-            return self.store.resolve(ref)
-        assert lp.profile.recipe is not None
-        quick = current_image(self.ws, lp.profile.recipe, (BASE_FORMAT, APP_FORMAT))
+            return self.store.resolve(str(ref))
+        recipe = str(p.data["recipe"])
+        quick = current_image(self.ws, recipe, (BASE_FORMAT, APP_FORMAT))
         if quick is not None:
             return quick
         from sandbox.build.builder import Builder  # only when a build may be needed
 
-        return Builder(self.ws, self.sink).build(lp.profile.recipe).digest
+        return Builder(self.ws, self.sink).build(recipe).digest
 
     def _app(self, digest: str) -> dict[str, Any] | None:
-        app: dict[str, Any] | None = self.store.manifest(digest).get("app")
+        app: dict[str, Any] | None = self.store.summary(digest).get("app")
         return app
 
     def _spec(self, env: Env, idx: int, address: str) -> InstanceSpec:
         p = env.config["profile"]
         res = p.get("resources") or {}
         mounts = tuple(
-            MountSpec(
-                src=str((self.ws.root / m["src"]).resolve()), dest=m["dest"], readonly=bool(m.get("readonly"))
-            )
+            MountSpec(src=str(src), dest=m["dest"], readonly=bool(m.get("readonly")), is_file=src.is_file())
             for m in p.get("mounts") or []
+            for src in [(self.ws.root / m["src"]).resolve()]
         )
         return InstanceSpec(
             name=f"{env.name}-{idx}",
@@ -132,28 +142,23 @@ class Envs:
         wait: bool = False,
         timeout: float | None = None,
     ) -> EnvView:
-        lp = self._profile(name)
-        p = lp.profile
-        ttl_s = parse_duration(ttl) if ttl is not None else p.ttl
-        backend = self._backend(p.backend)
+        p = self._profile(name)
+        ttl_s = _ttl(ttl) if ttl is not None else p.data.get("ttl")
+        backend = self._backend(p.data["backend"])
         backend.check()
-        digest = self._image(lp, image)
+        digest = self._image(p, image)
         now = time.time()
-        config = {
-            "profile": p.model_dump(mode="json"),
-            "profile_digest": lp.digest(),
-            "sources": [str(s) for s in lp.sources],
-        }
+        config = {"profile": p.data, "profile_digest": p.digest, "sources": p.sources}
         env = self.state.claim_env(
             name,
             profile=p.name,
             image=digest,
-            backend=p.backend,
+            backend=p.data["backend"],
             owner=owner or default_owner(self.settings),
             config=config,
             expires=now + ttl_s if ttl_s else None,
             pid=os.getpid(),
-            max_per_owner=p.max_per_owner,
+            max_per_owner=p.data.get("max_per_owner"),
         )
         self.state.event("up", f"up {name} with {digest[:19]}", env=name)
         try:
@@ -398,16 +403,12 @@ class Envs:
 
     def clone(self, src: str, dst: str, *, owner: str | None = None, wait: bool = False) -> EnvView:
         source = self.state.get_env(src)
-        lp = self._profile(dst)
+        p = self._profile(dst)
         backend = self._backend(source.backend)
         backend.require("clone")
         backend.check()
-        p = lp.profile
-        config = {
-            **source.config,
-            "profile": {**p.model_dump(mode="json"), "instances": self._count(src)},
-            "cloned_from": src,
-        }
+        ttl = p.data.get("ttl")
+        config = {**source.config, "profile": {**p.data, "instances": self._count(src)}, "cloned_from": src}
         env = self.state.claim_env(
             dst,
             profile=p.name,
@@ -415,9 +416,9 @@ class Envs:
             backend=source.backend,
             owner=owner or default_owner(self.settings),
             config=config,
-            expires=time.time() + p.ttl if p.ttl else None,
+            expires=time.time() + ttl if ttl else None,
             pid=os.getpid(),
-            max_per_owner=p.max_per_owner,
+            max_per_owner=p.data.get("max_per_owner"),
         )
         try:
             self._create_instances(env, backend, clone_from=src)
@@ -435,3 +436,12 @@ def _router_probe(url: str) -> Probe:
     u = urlsplit(url)
     p = http_probe(u.hostname or "127.0.0.1", u.port or 80, u.path or "/")
     return Probe(p.ok, "router: " + p.detail)
+
+
+def _ttl(text: str) -> float:
+    from sandbox.config.units import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise SandboxError(f"--ttl {text!r}: {e}", hint="e.g. --ttl 90m, --ttl 4h, --ttl 7d") from e

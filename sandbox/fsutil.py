@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -69,3 +69,24 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def tree_stats(paths: Iterable[Path]) -> dict[str, list[int]]:
+    """(mtime_ns, size) of every file below `paths`, and an entry count per directory."""
+    out: dict[str, list[int]] = {}
+    for top in paths:
+        if top.is_file():
+            st = top.stat()
+            out[str(top)] = [st.st_mtime_ns, st.st_size]
+            continue
+        for dirpath, dirs, files in os.walk(top):
+            dirs.sort()
+            out[dirpath] = [0, len(files) + len(dirs)]  # a new or removed file changes the count
+            for name in sorted(files):
+                p = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(p)
+                except OSError:
+                    continue
+                out[p] = [st.st_mtime_ns, st.st_size]
+    return out

@@ -6,8 +6,6 @@ import ipaddress
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sandbox.config.validate import error_issue
-from sandbox.config.yamlmarks import load_yaml
 from sandbox.errors import ConfigError
 from sandbox.workspace import Workspace
 
@@ -32,6 +30,13 @@ class Routers(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     port_range: tuple[int, int] = Field((18000, 18999), description="Ports for `router.port: auto`.")
 
+    @field_validator("port_range")
+    @classmethod
+    def _range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1] <= 65535:
+            raise ValueError("must be [start, end] with 1 <= start <= end <= 65535")
+        return v
+
 
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -42,8 +47,11 @@ class Settings(BaseModel):
 
 def load_settings(ws: Workspace) -> Settings:
     path = ws.root / "sandbox.yaml"
-    if not path.is_file():
-        return Settings()
+    if not path.is_file() or not path.read_text().strip():
+        return Settings()  # an empty sandbox.yaml just marks the workspace
+    from sandbox.config.validate import error_issue  # only when there is a file to check
+    from sandbox.config.yamlmarks import load_yaml
+
     raw = load_yaml(path, "sandbox.yaml")
     try:
         return Settings.model_validate(raw)

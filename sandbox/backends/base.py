@@ -33,6 +33,7 @@ class MountSpec:
     src: str  # absolute host path
     dest: str  # absolute path in the instance
     readonly: bool = False
+    is_file: bool = False  # a single file rather than a directory
 
 
 @dataclass(frozen=True)

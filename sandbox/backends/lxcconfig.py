@@ -30,6 +30,11 @@ class LxcInstanceConfig:
     mounts: tuple[MountSpec, ...] = ()
 
 
+def _fstab(path: str) -> str:
+    """Escape a path for an fstab-style line (space, tab, newline, backslash as octal)."""
+    return "".join(f"\\{ord(ch):03o}" if ch in " \t\n\\" else ch for ch in path)
+
+
 def render_lxc_config(c: LxcInstanceConfig) -> str:
     lines = [
         "# written by sandbox; recreated on every `sandbox up`",
@@ -66,6 +71,7 @@ def render_lxc_config(c: LxcInstanceConfig) -> str:
     if c.pids is not None:
         lines.append(f"{key}.pids.max = {c.pids}")
     for m in c.mounts:
-        opts = "bind,create=dir" + (",ro" if m.readonly else "")
-        lines.append(f"lxc.mount.entry = {m.src} {m.dest.lstrip('/')} none {opts} 0 0")
+        kind = "file" if m.is_file else "dir"
+        opts = f"bind,create={kind}" + (",ro" if m.readonly else "")
+        lines.append(f"lxc.mount.entry = {_fstab(m.src)} {_fstab(m.dest.lstrip('/'))} none {opts} 0 0")
     return "\n".join(lines) + "\n"

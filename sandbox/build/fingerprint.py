@@ -10,34 +10,12 @@ recipe at all. Any doubt falls back to a full (still cached) build check.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable
 from pathlib import Path
 
-from sandbox.fsutil import atomic_write
+from sandbox.fsutil import atomic_write, tree_stats
 from sandbox.workspace import Workspace
 
 VERSION = 1
-
-
-def _stats(paths: Iterable[Path]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for top in paths:
-        if top.is_file():
-            st = top.stat()
-            out[str(top)] = [st.st_mtime_ns, st.st_size]
-            continue
-        for dirpath, dirs, files in os.walk(top):
-            dirs.sort()
-            out[dirpath] = [0, len(files) + len(dirs)]  # a new or removed file changes the count
-            for name in sorted(files):
-                p = os.path.join(dirpath, name)
-                try:
-                    st = os.stat(p)
-                except OSError:
-                    continue
-                out[p] = [st.st_mtime_ns, st.st_size]
-    return out
 
 
 def _path(ws: Workspace, recipe: str) -> Path:
@@ -50,7 +28,7 @@ def record(ws: Workspace, recipe: str, inputs: list[Path], digest: str, formats:
         "version": VERSION,
         "formats": list(formats),
         "tops": [str(t) for t in tops],
-        "stats": _stats(tops),
+        "stats": tree_stats(tops),
         "digest": digest,
     }
     atomic_write(_path(ws, recipe), json.dumps(doc, sort_keys=True).encode())
@@ -64,7 +42,7 @@ def current_image(ws: Workspace, recipe: str, formats: tuple[int, int]) -> str |
         return None
     if doc.get("version") != VERSION or doc.get("formats") != list(formats):
         return None
-    if _stats(Path(t) for t in doc["tops"]) != doc["stats"]:
+    if tree_stats(Path(t) for t in doc["tops"]) != doc["stats"]:
         return None
     digest = str(doc["digest"])
     manifest = ws.images / "manifests" / f"{digest.removeprefix('sha256:')}.json"

@@ -31,7 +31,7 @@ _WHERE = {
     "TemplateProblem": "sandbox.config.templates",
     "User": "sandbox.config.recipe",
     "did_you_mean": "sandbox.config.validate",
-    "env_profile_name": "sandbox.config.profile_loader",
+    "env_profile_name": "sandbox.config.names",
     "format_path": "sandbox.config.validate",
     "load_profile": "sandbox.config.profile_loader",
     "load_profile_by_name": "sandbox.config.profile_loader",
@@ -50,10 +50,10 @@ _WHERE = {
 
 if TYPE_CHECKING:
     from sandbox.config.loader import LoadedRecipe, ResolvedFile, load_recipe, merge
+    from sandbox.config.names import env_profile_name
     from sandbox.config.profile import Health, Mount, PortMap, Profile, Resources, Router
     from sandbox.config.profile_loader import (
         LoadedProfile,
-        env_profile_name,
         load_profile,
         load_profile_by_name,
     )

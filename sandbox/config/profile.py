@@ -23,10 +23,9 @@ from pydantic import (
 )
 
 from sandbox.config.fields import EnvKey, EnvValue, RecipeName, fail
+from sandbox.config.names import PROFILE_NAME_HINT, PROFILE_NAME_RE
 from sandbox.config.units import Duration, Size, format_size
 
-PROFILE_NAME_RE = r"[a-z][a-z0-9]{0,30}"
-PROFILE_NAME_HINT = "lowercase letter first, then lowercase letters and digits, at most 31; no '-'"
 """No '-': an environment is named PROFILE or PROFILE-SUFFIX."""
 IMAGE_REF_HINT = "an image reference: RECIPE, RECIPE:TAG, sha256:DIGEST or a digest prefix (6+ hex digits)"
 MIN_MEMORY = 32 << 20

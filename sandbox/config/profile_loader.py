@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from sandbox.config.merging import concat_merge, deep_merge, display_path
-from sandbox.config.profile import NEITHER, NEITHER_HINT, PARTIAL, PROFILE_NAME_HINT, PROFILE_NAME_RE, Profile
+from sandbox.config.names import PROFILE_NAME_HINT, PROFILE_NAME_RE
+from sandbox.config.profile import NEITHER, NEITHER_HINT, PARTIAL, Profile
 from sandbox.config.validate import error_issue, format_path, sort_issues
 from sandbox.config.yamlmarks import MarkedDict, locate, read_yaml, to_plain
 from sandbox.errors import ConfigError, ConfigIssue, IssueCollector, Location, NotFound
@@ -24,11 +25,6 @@ DEEP_MERGED = ("resources", "health", "router", "env")
 REPLACED_BY = {"mounts": "dest"}  # concatenated; a child item replaces the parent's with the same dest
 ANY_ADDRESS = "0.0.0.0"
 EITHER = ("recipe", "image")  # a child setting one clears the parent's other
-ENV_NAME_RE = rf"{PROFILE_NAME_RE}(-[a-z0-9]{{1,20}})?"
-ENV_NAME_HINT = (
-    "an environment name is PROFILE or PROFILE-SUFFIX in lowercase, e.g. staging or staging-42: "
-    "the profile name is a letter then up to 30 letters or digits, the suffix 1-20 letters or digits"
-)
 
 
 @dataclass(frozen=True)
@@ -48,13 +44,6 @@ class LoadedProfile:
         """sha256 of the canonical JSON of the merged profile."""
         data = json.dumps(self.profile.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(data.encode()).hexdigest()
-
-
-def env_profile_name(env_name: str) -> str:
-    """The profile of an environment: 'staging-42' -> 'staging', 'prod' -> 'prod'; ValueError if malformed."""
-    if not isinstance(env_name, str) or not re.fullmatch(ENV_NAME_RE, env_name):
-        raise ValueError(f"invalid environment name {env_name!r}: {ENV_NAME_HINT}")
-    return env_name.partition("-")[0]
 
 
 def merge_profiles(parent: MarkedDict, child: MarkedDict) -> MarkedDict:

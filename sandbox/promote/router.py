@@ -19,8 +19,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
 from sandbox.errors import SandboxError
 from sandbox.fsutil import atomic_write, pid_alive
 
@@ -42,6 +40,8 @@ class RouterConfig:
 
 def render_nginx_conf(cfg: RouterConfig, prefix: Path, user: str = "nobody", group: str = "nogroup") -> str:
     """The nginx.conf for a router (pure)."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined  # only when a config is written
+
     jenv = Environment(
         loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True
     )
@@ -103,10 +103,24 @@ class Router:
             os.chown(self.prefix / d, pw.pw_uid, pw.pw_gid)
 
     def apply(self, cfg: RouterConfig, user: str = "nobody") -> None:
-        """Write, check and (re)load the config; a failed check keeps the running one."""
+        """Write, check and (re)load the config; a failed check keeps the running one.
+
+        A reload is preceded by `nginx -t`; a first start needs no separate check,
+        since nginx checks the config itself and starts nothing if it is invalid.
+        """
         self._prepare(user)
         pw = pwd.getpwnam(user)
         text = render_nginx_conf(cfg, self.prefix, user, grp.getgrgid(pw.pw_gid).gr_name)
+        pid = self.pid
+        if pid is None:
+            atomic_write(self.conf, text.encode())
+            p = self._nginx()
+            if p.returncode != 0:
+                raise RouterError(
+                    f"nginx for {self.env} did not start: {p.stderr.strip()}",
+                    hint=f"is {cfg.listen}:{cfg.port} free? (ss -ltnp)",
+                )
+            return
         candidate = self.prefix / "nginx.conf.new"
         candidate.write_text(text)
         check = self._nginx("-t", "-q", conf=candidate)
@@ -116,18 +130,8 @@ class Router:
                 f"nginx rejected the config of router {self.env}: {check.stderr.strip()}",
                 hint="the running router keeps its previous config",
             )
-        atomic_write(self.conf, text.encode())
-        candidate.unlink()
-        pid = self.pid
-        if pid is None:
-            p = self._nginx()
-            if p.returncode != 0:
-                raise RouterError(
-                    f"nginx for {self.env} did not start: {p.stderr.strip()}",
-                    hint=f"is {cfg.listen}:{cfg.port} free? (ss -ltnp)",
-                )
-        else:
-            os.kill(pid, signal.SIGHUP)
+        os.replace(candidate, self.conf)
+        os.kill(pid, signal.SIGHUP)
 
     def stop(self, timeout: float = 10.0) -> None:
         pid = self.pid

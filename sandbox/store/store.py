@@ -116,8 +116,20 @@ class ImageStore:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         path = self.manifest_path(digest)
         if not path.exists():
+            atomic_write(self._summary_path(digest), canonical_json(_summarize(manifest)))
             atomic_write(path, data)
         return digest
+
+    def _summary_path(self, digest: str) -> Path:
+        return self.root / "summaries" / f"{_hex(digest)}.json"
+
+    def summary(self, digest: str) -> dict[str, Any]:
+        """The manifest without its file index (small and fast to read: what `up` needs)."""
+        try:
+            data: dict[str, Any] = json.loads(self._summary_path(digest).read_bytes())
+            return data
+        except (OSError, ValueError):
+            return _summarize(self.manifest(digest))
 
     def set_ref(self, recipe: str, tag: str, digest: str) -> None:
         if not TAG.match(tag):
@@ -219,6 +231,7 @@ class ImageStore:
             if d == digest:
                 (self.root / "refs" / recipe / tag).unlink()
         self.manifest_path(digest).unlink()
+        self._summary_path(digest).unlink(missing_ok=True)
         used = {layer["digest"] for other in self.digests() for layer in self.manifest(other)["layers"]}
         removed = []
         blob_dir = self.root / "blobs" / "sha256"
@@ -250,6 +263,10 @@ class ImageStore:
                 p.unlink()
                 removed.append(p)
         return removed
+
+
+def _summarize(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in manifest.items() if k not in ("files", "packages")}
 
 
 def _hex(digest: str) -> str:
