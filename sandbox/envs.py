@@ -8,6 +8,7 @@ at any point leaves rows that `ls` shows and `gc` cleans.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from sandbox.fsutil import pid_alive
 from sandbox.health import Probe, http_probe, probe_instance, wait_until
 from sandbox.promote.router import Router, RouterConfig, port_in_use
 from sandbox.settings import Settings, load_settings
-from sandbox.state import Env, StateDB
+from sandbox.state import Env, Instance, StateDB
 from sandbox.store import ImageStore
 from sandbox.workspace import Workspace
 
@@ -185,11 +186,42 @@ class Envs:
             spec = self._spec(env, idx, addr)
             self._emit(f"creating {iname} at {addr}")
             if clone_from is not None:
-                backend.clone(f"{clone_from}-{min(idx, self._count(clone_from) - 1)}", spec)
+                sources = self.state.instances(clone_from)
+                backend.clone(sources[min(idx, len(sources) - 1)].name, spec)
             else:
                 backend.create(spec)
             backend.start(iname)
-            self.state.set_instance(env.name, idx, state="running")
+            self.state.set_instance(env.name, idx, state="running", image=env.image, routed=True)
+
+    def new_instance(self, name: str, image: str) -> Instance:
+        """One more instance of env `name` running `image`, started but not yet routed."""
+        env = self.state.get_env(name)
+        backend = self._backend(env.backend)
+        gw, _ = gateway(self.settings.network.subnet)
+        idx = max((i.idx for i in self.state.instances(name)), default=-1) + 1
+        iname = f"{name}-{idx}"
+        self.state.add_instance(name, idx, iname, "creating")
+        self.state.set_instance(name, idx, image=image, routed=False)
+        addr = self.state.allocate_address(name, idx, self.settings.network.subnet, reserved={gw})
+        backend.prepare_image(image)
+        spec = self._spec(env, idx, addr)
+        backend.create(dataclasses.replace(spec, image=image))
+        backend.start(iname)
+        return self.state.set_instance(name, idx, state="running")
+
+    def remove_instance(self, name: str, inst: Instance) -> None:
+        env = self.state.get_env(name)
+        self._backend(env.backend).destroy(inst.name)
+        self.state.delete_instance(name, inst.idx)
+
+    def probe_instance(self, name: str, inst: Instance, image: str | None = None) -> Probe:
+        env = self.state.get_env(name)
+        health = env.config["profile"].get("health") or {}
+        app = self._app(image or inst.image or env.image) or {}
+        path = health.get("path") or app.get("health")
+        return probe_instance(
+            self._backend(env.backend), inst.name, app.get("port"), path, health.get("command")
+        )
 
     def _count(self, env: str) -> int:
         return len(self.state.instances(env))
@@ -213,11 +245,47 @@ class Envs:
         else:
             port = int(r["port"])
             self.state.set_env(env.name, router_port=port)
-        backends = tuple(f"{i.address}:{app['port']}" for i in instances if i.address)
-        Router(self.routers, env.name).apply(
-            RouterConfig(env.name, r["listen"], port, r["server_name"], backends)
-        )
+        self.reroute(env.name)
         return f"http://{r['listen']}:{port}/"
+
+    def router(self, name: str) -> Router:
+        return Router(self.routers, name)
+
+    def router_mode(self, name: str) -> dict[str, Any]:
+        mode: dict[str, Any] = self.state.get_env(name).config.get("router_mode") or {}
+        return mode
+
+    def set_router_mode(self, name: str, **changes: Any) -> None:
+        """Maintenance/read-only flags of the router, kept in the env's config, then applied."""
+        env = self.state.get_env(name)
+        mode = {**(env.config.get("router_mode") or {}), **changes}
+        self.state.set_env(name, config={**env.config, "router_mode": mode})
+        self.reroute(name)
+
+    def reroute(self, name: str) -> None:
+        """Render the env's router from the state (routed instances, mode), check it and reload."""
+        env = self.state.get_env(name)
+        r = env.config["profile"].get("router")
+        if not r or env.router_port is None:
+            return
+        app = self._app(env.image) or {}
+        mode = env.config.get("router_mode") or {}
+        backends = tuple(
+            f"{i.address}:{app['port']}" for i in self.state.instances(name) if i.address and i.routed
+        )
+        maintenance = mode.get("maintenance")
+        self.router(name).apply(
+            RouterConfig(
+                name,
+                r["listen"],
+                int(env.router_port),
+                r["server_name"],
+                backends,
+                drain_timeout=float(r.get("drain_timeout", 30)),
+                maintenance=tuple(maintenance) if maintenance is not None else None,
+                readonly=bool(mode.get("readonly")),
+            )
+        )
 
     def teardown(self, name: str, backend: Backend | None = None) -> None:
         try:
@@ -368,6 +436,11 @@ class Envs:
         """Run argv in instance `index`; with `attach` the terminal is the command's (output not captured)."""
         backend, iname = self._instance(name, index)
         return backend.exec(iname, argv, user=user, interactive=attach)
+
+    def put_file(self, name: str, index: int, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+        """Write one file into a running instance (static file sync)."""
+        backend, iname = self._instance(name, index)
+        backend.put_file(iname, path, data, mode, uid, gid)
 
     def logs_argv(self, name: str, index: int, follow: bool, lines: int) -> list[str]:
         backend, iname = self._instance(name, index)

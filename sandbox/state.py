@@ -23,11 +23,11 @@ from sandbox.fsutil import pid_alive
 if TYPE_CHECKING:
     from sandbox.workspace import Workspace
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
 TRANSIENT_STATES = ("creating", "deleting")  # a dead pid in these states means a crash mid-operation
 ENV_FIELDS = {"state", "health", "image", "url", "router_port", "expires", "pid", "error", "config"}
-INSTANCE_FIELDS = {"name", "address", "state"}
+INSTANCE_FIELDS = {"name", "address", "state", "image", "routed"}
 
 _SCHEMA = """
 CREATE TABLE envs (
@@ -48,6 +48,21 @@ CREATE TABLE events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, env TEXT,
     kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}');
 CREATE INDEX events_env ON events(env, id);
+"""
+
+# version 2: which image each instance runs and whether the router sends it traffic; deploys
+_SCHEMA_V2 = """
+ALTER TABLE instances ADD COLUMN image TEXT;
+ALTER TABLE instances ADD COLUMN routed INTEGER NOT NULL DEFAULT 1;
+CREATE TABLE deploys (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT NOT NULL, from_image TEXT NOT NULL,
+    to_image TEXT NOT NULL, strategy TEXT NOT NULL, state TEXT NOT NULL, pid INTEGER,
+    started REAL NOT NULL, updated REAL NOT NULL, finished REAL, forced INTEGER NOT NULL DEFAULT 0,
+    kind TEXT NOT NULL DEFAULT 'promote', source TEXT, error TEXT, steps TEXT NOT NULL DEFAULT '[]');
+CREATE INDEX deploys_env ON deploys(env, id);
+CREATE TABLE verifications (
+    image TEXT NOT NULL, env TEXT NOT NULL, ts REAL NOT NULL, ok INTEGER NOT NULL, detail TEXT NOT NULL,
+    PRIMARY KEY (image, env, ts));
 """
 
 _DB_HINT = (
@@ -126,6 +141,8 @@ class Instance:
     address: str | None
     state: str
     created: float
+    image: str | None = None
+    routed: bool = True
 
 
 @dataclass(frozen=True)
@@ -138,6 +155,11 @@ class Snapshot:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Snapshot:
         return cls(row["env"], row["name"], row["created"], json.loads(row["data"]))
+
+
+def _instance(row: sqlite3.Row) -> Instance:
+    d = dict(row)
+    return Instance(**{**d, "routed": bool(d.get("routed", 1))})
 
 
 class StateDB:
@@ -153,6 +175,10 @@ class StateDB:
         return cls(ws.state / "state.db")
 
     # -- connections and transactions -------------------------------------------------------
+
+    def transaction(self, write: bool = True) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A transaction on the state DB for modules that keep their own tables (deploys)."""
+        return self._tx(write=write)
 
     @contextlib.contextmanager
     def _tx(self, write: bool = True, wal: bool = False) -> Iterator[sqlite3.Connection]:
@@ -193,10 +219,12 @@ class StateDB:
                     f"this sandbox understands up to {SCHEMA_VERSION}",
                     hint="upgrade sandbox, or move the workspace's .sandbox/state.db away to start afresh",
                 )
-            if version == 0:
-                for stmt in _SCHEMA.split(";"):
+            steps = {1: _SCHEMA, 2: _SCHEMA_V2}
+            for v in range(version + 1, SCHEMA_VERSION + 1):  # create or migrate, one version at a time
+                for stmt in steps[v].split(";"):
                     if stmt.strip():
                         c.execute(stmt)
+            if version != SCHEMA_VERSION:
                 c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- environments -----------------------------------------------------------------------
@@ -318,7 +346,7 @@ class StateDB:
         if row is None:
             self._get_env(c, env)
             raise NotFound(f"instance {idx} of {env!r} not found", hint=f"`sandbox status {env}` lists them")
-        return Instance(**dict(row))
+        return _instance(row)
 
     def allocate_address(self, env: str, idx: int, subnet: str, reserved: Iterable[str] = ()) -> str:
         """Assign instance (env, idx) the lowest free host address of `subnet`, unique across envs.
@@ -360,10 +388,10 @@ class StateDB:
 
     def instances(self, env: str) -> list[Instance]:
         rows = self._rows("SELECT * FROM instances WHERE env = ? ORDER BY idx", env)
-        return [Instance(**dict(r)) for r in rows]
+        return [_instance(r) for r in rows]
 
     def all_instances(self) -> list[Instance]:
-        return [Instance(**dict(r)) for r in self._rows("SELECT * FROM instances ORDER BY env, idx")]
+        return [_instance(r) for r in self._rows("SELECT * FROM instances ORDER BY env, idx")]
 
     def delete_instance(self, env: str, idx: int) -> bool:
         return self._write("DELETE FROM instances WHERE env = ? AND idx = ?", env, idx) > 0

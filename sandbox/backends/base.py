@@ -120,6 +120,10 @@ class Backend(abc.ABC):
     ) -> ExecResult:
         """Run argv in the instance (as `user`); interactive attaches the terminal and returns its code."""
 
+    @abc.abstractmethod
+    def put_file(self, name: str, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+        """Write a file into a running instance (owner ids as the instance sees them)."""
+
     def logs_argv(self, name: str, follow: bool, lines: int) -> list[str]:
         """A host command that prints (and with `follow`, streams) the instance's app logs."""
         self.require("logs")

@@ -308,6 +308,30 @@ class LxcBackend(Backend):
             raise BackendError(f"command timed out after {timeout}s in {name}: {' '.join(argv)}") from e
         return ExecResult(p.returncode, p.stdout, p.stderr)
 
+    def put_file(self, name: str, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+        cmd = [
+            "lxc-attach",
+            "-P",
+            str(self.lxcpath),
+            "-n",
+            name,
+            "--clear-env",
+            "--",
+            "install",
+            "-D",
+            "-m",
+            f"{mode:o}",
+            "-o",
+            str(uid),
+            "-g",
+            str(gid),
+            "/dev/stdin",
+            path,
+        ]
+        p = subprocess.run(cmd, input=data, capture_output=True, check=False)
+        if p.returncode != 0:
+            raise BackendError(f"cannot write {path} in {name}: {p.stderr.decode(errors='replace').strip()}")
+
     def logs_argv(self, name: str, follow: bool, lines: int) -> list[str]:
         return [
             "lxc-attach",

@@ -37,9 +37,8 @@ LAZY_COMMANDS = {
     "lock": "build_cmds",
     "images": "image_cmds",
     "image": "image_cmds",
-    **{
-        c: "env_cmds"
-        for c in (
+    **dict.fromkeys(
+        [
             "up",
             "down",
             "stop",
@@ -54,8 +53,10 @@ LAZY_COMMANDS = {
             "clone",
             "gc",
             "diff",
-        )
-    },
+        ],
+        "env_cmds",
+    ),
+    **dict.fromkeys(["verify", "promote", "rollback", "history", "maintenance", "readonly"], "promote_cmds"),
 }
 
 

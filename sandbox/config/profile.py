@@ -196,6 +196,22 @@ class Router(BaseModel):
     )
 
 
+class Promotion(BaseModel):
+    """How `sandbox promote --to` this environment behaves."""
+
+    model_config = STRICT
+    compatible: bool = Field(
+        True,
+        description="Whether system package/user changes are backward compatible; false → maintenance page.",
+    )
+    require_verified: bool = Field(
+        True, description="Only promote images that passed `sandbox verify` on another env (or --force)."
+    )
+    allow: list[str] = Field(
+        default_factory=list, description="Addresses/CIDRs that still get through the maintenance page."
+    )
+
+
 class Profile(BaseModel):
     """A profile: how an environment runs an image (instances, resources, health, router ...)."""
 
@@ -227,6 +243,7 @@ class Profile(BaseModel):
     )
     health: Health = Field(default_factory=Health, description="Health check of each instance.")
     router: Router | None = Field(None, description="nginx in front of the instances; none when omitted.")
+    promotion: Promotion = Field(default_factory=Promotion, description="Rules for promotions to this env.")
 
     @field_validator("image")
     @classmethod

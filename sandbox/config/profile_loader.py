@@ -21,7 +21,7 @@ from sandbox.config.yamlmarks import MarkedDict, locate, read_yaml, to_plain
 from sandbox.errors import ConfigError, ConfigIssue, IssueCollector, Location, NotFound
 
 Loc = tuple[str | int, ...]
-DEEP_MERGED = ("resources", "health", "router", "env")
+DEEP_MERGED = ("resources", "health", "router", "env", "promotion")
 REPLACED_BY = {"mounts": "dest"}  # concatenated; a child item replaces the parent's with the same dest
 ANY_ADDRESS = "0.0.0.0"
 EITHER = ("recipe", "image")  # a child setting one clears the parent's other

@@ -23,6 +23,10 @@ from sandbox.errors import SandboxError
 from sandbox.fsutil import atomic_write, pid_alive
 
 TEMPLATES = Path(__file__).parent / "templates"
+MAINTENANCE_PAGE = (
+    "<!doctype html><title>Back soon</title><h1>We are updating</h1>"
+    "<p>This site is being updated and will be back in a moment.</p>\n"
+)
 
 
 class RouterError(SandboxError):
@@ -36,6 +40,9 @@ class RouterConfig:
     port: int
     server_name: str
     backends: tuple[str, ...]  # "ADDR:PORT"
+    drain_timeout: float = 30.0
+    maintenance: tuple[str, ...] | None = None  # None: off; else the addresses that still get through
+    readonly: bool = False
 
 
 def render_nginx_conf(cfg: RouterConfig, prefix: Path, user: str = "nobody", group: str = "nogroup") -> str:
@@ -55,6 +62,9 @@ def render_nginx_conf(cfg: RouterConfig, prefix: Path, user: str = "nobody", gro
         listen=cfg.listen,
         port=cfg.port,
         server_name=cfg.server_name,
+        drain_timeout=max(1, int(cfg.drain_timeout)),
+        maintenance=cfg.maintenance,
+        readonly=cfg.readonly,
     )
 
 
@@ -97,6 +107,10 @@ class Router:
 
     def _prepare(self, user: str) -> None:
         pw = pwd.getpwnam(user)
+        (self.prefix / "html").mkdir(parents=True, exist_ok=True)
+        page = self.prefix / "html" / "maintenance.html"
+        if not page.exists():
+            page.write_text(MAINTENANCE_PAGE)
         for d in ("logs", "tmp", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
             (self.prefix / d).mkdir(parents=True, exist_ok=True)
         for d in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
@@ -149,3 +163,30 @@ class Router:
         self.stop()
         if self.prefix.exists():
             shutil.rmtree(self.prefix)
+
+    def draining_workers(self) -> list[int]:
+        """Pids of this router's old workers still finishing requests after a reload."""
+        master = self.pid
+        if master is None:
+            return []
+        out = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                stat = (proc / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if ppid == master and b"shutting down" in (proc / "cmdline").read_bytes():
+                    out.append(int(proc.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until no old worker is left (in-flight requests done); False if `timeout` passed."""
+        deadline = time.monotonic() + timeout
+        while self.draining_workers():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True

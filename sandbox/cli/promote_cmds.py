@@ -1,0 +1,204 @@
+"""Promotion commands: verify, promote, rollback, history, maintenance, readonly."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from typing import Any
+
+import click
+from rich.markup import escape
+
+from sandbox.cli.main import Ctx, cli, json_option
+from sandbox.envs import Envs
+from sandbox.errors import SandboxError
+from sandbox.promote.probe import LoadProbe, summary
+from sandbox.promote.rolling import Promoter, PromoteResult
+
+
+@cli.command()
+@click.argument("env")
+@json_option
+@click.pass_obj
+def verify(obj: Ctx, env: str) -> None:
+    """Check ENV (health, then the recipe's smoke command) and record the result for promotions."""
+    ok, detail = Promoter(Envs(obj.ws, obj.output)).verify(env)
+    obj.output.result(
+        {"env": env, "ok": ok, "detail": detail},
+        f"{'[green]verified[/]' if ok else '[red]failed[/]'} {env}: {escape(detail)}",
+    )
+    if not ok:
+        sys.exit(1)
+
+
+def _with_probe(obj: Ctx, envs: Envs, target: str, rps: float | None, run: Any) -> tuple[PromoteResult, Any]:
+    if not rps:
+        return run(), None
+    env = envs.state.get_env(target)
+    if not env.url:
+        raise SandboxError(f"{target} has no router URL to probe", hint="give the profile a router:")
+    app = envs._app(env.image) or {}
+    probe = LoadProbe(env.url, rps=rps, health_path=app.get("health") or "/")
+    probe.start()
+    time.sleep(2.0)
+    probe.mark("during")
+    try:
+        result = run()
+    finally:
+        probe.mark("after")
+        time.sleep(2.0)
+        reports = probe.stop()
+    return result, summary(reports)
+
+
+def _print(obj: Ctx, result: PromoteResult, probe: Any) -> None:
+    lines = [
+        f"[bold]{result.state}[/] {result.env}: {result.from_image[:19]} → {result.to_image[:19]} "
+        f"strategy [bold]{result.plan.strategy}[/] ({'; '.join(result.plan.reasons)})"
+    ]
+    if result.per_backend:
+        lines.append(
+            f"  per backend: {', '.join(f'{s:.2f}s' for s in result.per_backend)}; "
+            f"total {result.seconds:.2f}s"
+        )
+    for phase, r in (probe or {}).items():
+        lines.append(
+            f"  probe {phase:<7} {r['requests']} requests, {r['non_2xx']} non-2xx, {r['errors']} errors, "
+            f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, images {', '.join(i[7:19] for i in r['images'])}"
+        )
+    obj.output.result({**result.to_dict(), "probe": probe}, "\n".join(lines))
+
+
+@cli.command()
+@click.argument("ref", required=False)
+@click.option("--from", "from_env", metavar="ENV", help="Promote the image ENV runs (e.g. staging-42).")
+@click.option("--to", "to_env", metavar="ENV", required=True, help="The env to promote to (e.g. prod).")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the strategy and the diff; change nothing.")
+@click.option(
+    "--probe", "rps", type=float, metavar="RPS", help="Run a load probe through the router meanwhile."
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="Skip the verification gate (recorded in the history).")
+@click.option("--resume", is_flag=True, help="Finish a promotion that was interrupted.")
+@json_option
+@click.pass_obj
+def promote(
+    obj: Ctx,
+    ref: str | None,
+    from_env: str | None,
+    to_env: str,
+    plan_only: bool,
+    rps: float | None,
+    yes: bool,
+    force: bool,
+    resume: bool,
+) -> None:
+    """Promote image REF (or the image of --from ENV) to --to ENV, one backend at a time."""
+    envs = Envs(obj.ws, obj.output)
+    p = Promoter(envs)
+    if resume:
+        result, probe = _with_probe(obj, envs, to_env, rps, lambda: p.resume(to_env))
+        _print(obj, result, probe)
+        return
+    if bool(ref) == bool(from_env):
+        raise SandboxError(
+            "give exactly one of REF or --from ENV", hint="sandbox promote --from staging-42 --to prod"
+        )
+    candidate = envs.state.get_env(from_env).image if from_env else envs.store.resolve(str(ref))
+    plan = p.plan(to_env, candidate)
+    if plan_only:
+        d = plan.diff
+        text = (
+            f"{to_env}: {plan.from_image[:19]} → {plan.to_image[:19]}\n"
+            f"strategy: [bold]{plan.plan.strategy}[/]"
+            f" ({'; '.join(plan.plan.reasons)})\n"
+            f"packages: +{len(d['packages']['added'])} -{len(d['packages']['removed'])} "
+            f"~{len(d['packages']['changed'])}; files: +{len(d['files']['added'])} "
+            f"-{len(d['files']['removed'])} ~{len(d['files']['changed'])}"
+        )
+        obj.output.result(plan.to_dict(), text)
+        return
+    if not yes and not obj.output.as_json:
+        if not sys.stdin.isatty():
+            raise SandboxError("promotion needs confirmation", hint="pass --yes when not on a terminal")
+        click.confirm(f"promote {candidate[:19]} to {to_env} ({plan.plan.strategy})?", abort=True)
+    result, probe = _with_probe(
+        obj, envs, to_env, rps, lambda: p.promote(to_env, candidate, source=from_env or ref, force=force)
+    )
+    _print(obj, result, probe)
+
+
+@cli.command()
+@click.option("--to", "to_env", metavar="ENV", required=True, help="The env to roll back.")
+@click.option(
+    "--probe", "rps", type=float, metavar="RPS", help="Run a load probe through the router meanwhile."
+)
+@json_option
+@click.pass_obj
+def rollback(obj: Ctx, to_env: str, rps: float | None) -> None:
+    """Put --to ENV back on the image it ran before its last promotion (same rolling swap)."""
+    envs = Envs(obj.ws, obj.output)
+    result, probe = _with_probe(obj, envs, to_env, rps, lambda: Promoter(envs).rollback(to_env))
+    _print(obj, result, probe)
+
+
+@cli.command()
+@click.argument("env")
+@click.option("-n", "--limit", type=int, default=20, show_default=True)
+@json_option
+@click.pass_obj
+def history(obj: Ctx, env: str, limit: int) -> None:
+    """Promotions and rollbacks of ENV, newest first, with their steps."""
+    deploys = Promoter(Envs(obj.ws, obj.output)).deploys.history(env, limit)
+    lines = []
+    for d in deploys:
+        when = dt.datetime.fromtimestamp(d.started).strftime("%Y-%m-%d %H:%M:%S")
+        took = f"{d.finished - d.started:.1f}s" if d.finished else "-"
+        lines.append(
+            f"#{d.id} {when} {d.kind:<8} {d.state:<11} {d.from_image[7:19]} → {d.to_image[7:19]} "
+            f"{d.strategy:<11} {took}{' forced' if d.forced else ''}"
+            f"{' ' + escape(d.error) if d.error else ''}"
+        )
+    obj.output.result([d.to_dict() for d in deploys], "\n".join(lines) or f"no promotions of {env} yet")
+
+
+@cli.command()
+@click.argument("switch", type=click.Choice(["on", "off"]))
+@click.argument("env")
+@click.option(
+    "--allow", "allow", multiple=True, metavar="ADDR", help="Address or CIDR that still gets through."
+)
+@json_option
+@click.pass_obj
+def maintenance(obj: Ctx, switch: str, env: str, allow: tuple[str, ...]) -> None:
+    """Show everyone but --allow addresses the "we are updating" page (503), or stop showing it."""
+    import ipaddress
+
+    for a in allow:
+        try:
+            ipaddress.ip_network(a, strict=False)
+        except ValueError as e:
+            raise SandboxError(
+                f"--allow {a!r} is not an address or CIDR", hint="e.g. --allow 10.0.0.5"
+            ) from e
+    envs = Envs(obj.ws, obj.output)
+    envs.set_router_mode(env, maintenance=list(allow) if switch == "on" else None)
+    obj.output.result(
+        {"env": env, "maintenance": switch == "on", "allow": list(allow)},
+        f"maintenance {switch} for {env}" + (f" (allowed: {', '.join(allow)})" if allow else ""),
+    )
+
+
+@cli.command()
+@click.argument("switch", type=click.Choice(["on", "off"]))
+@click.argument("env")
+@json_option
+@click.pass_obj
+def readonly(obj: Ctx, switch: str, env: str) -> None:
+    """Answer writes with 503 + Retry-After (the app sees /run/sandbox/readonly), or stop."""
+    envs = Envs(obj.ws, obj.output)
+    p = Promoter(envs)
+    p._set_readonly_flag(env, switch == "on")
+    envs.set_router_mode(env, readonly=switch == "on")
+    obj.output.result({"env": env, "readonly": switch == "on"}, f"read-only {switch} for {env}")

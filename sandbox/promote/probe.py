@@ -1,0 +1,190 @@
+"""A built-in load probe: constant traffic through a router while a promotion runs.
+
+It mixes keep-alive GETs, GETs on new connections, keep-alive POSTs and one
+slow request at a time, records status and latency per phase (before, during,
+after), and which image answered. Like a browser, it retries a request once
+when a reused keep-alive connection turns out to be closed before any byte
+of the response arrived; everything else counts as a failure.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+STALE = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected, ConnectionAbortedError)
+
+
+@dataclass
+class Sample:
+    t: float
+    phase: str
+    kind: str
+    status: int | None
+    latency: float
+    error: str | None = None
+    image: str | None = None
+    retried: bool = False
+
+
+@dataclass
+class PhaseReport:
+    requests: int = 0
+    ok: int = 0
+    non_2xx: int = 0
+    errors: int = 0
+    retried: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    images: list[str] = field(default_factory=list)
+    first_errors: list[str] = field(default_factory=list)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000
+
+
+class LoadProbe:
+    def __init__(
+        self,
+        url: str,
+        rps: float = 50.0,
+        concurrency: int = 4,
+        slow_seconds: float = 3.0,
+        health_path: str = "/healthz",
+    ) -> None:
+        u = urlsplit(url)
+        self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
+        self.rps, self.concurrency, self.slow_seconds = rps, concurrency, slow_seconds
+        self.health_path = health_path
+        self.phase = "before"
+        self.samples: list[Sample] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- control -----------------------------------------------------------
+    def start(self) -> None:
+        for i in range(self.concurrency):
+            t = threading.Thread(target=self._worker, args=(i,), daemon=True)
+            t.start()
+            self._threads.append(t)
+        if self.slow_seconds > 0:
+            t = threading.Thread(target=self._slow, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def mark(self, phase: str) -> None:
+        self.phase = phase
+
+    def stop(self, timeout: float = 60.0) -> dict[str, PhaseReport]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout)
+        return self.report()
+
+    # -- workers -----------------------------------------------------------
+    def _record(self, s: Sample) -> None:
+        with self._lock:
+            self.samples.append(s)
+
+    def _request(
+        self,
+        conn: http.client.HTTPConnection | None,
+        method: str,
+        path: str,
+        body: bytes | None,
+        timeout: float,
+    ) -> tuple[http.client.HTTPConnection, int, bytes, bool]:
+        """One request; on a reused keep-alive connection found closed, reconnect and retry once."""
+        reused = conn is not None and conn.sock is not None
+        if conn is None:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": "text/plain"})
+            resp = conn.getresponse()
+            return conn, resp.status, resp.read(), False
+        except STALE:
+            if not reused:
+                raise
+            conn.close()
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            conn.request(method, path, body=body, headers={"Content-Type": "text/plain"})
+            resp = conn.getresponse()
+            return conn, resp.status, resp.read(), True
+
+    def _worker(self, n: int) -> None:
+        interval = self.concurrency / self.rps
+        kinds = ("get-keepalive", "get-new", "post-keepalive")
+        conn: http.client.HTTPConnection | None = None
+        i = n
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            kind = kinds[i % len(kinds)]
+            i += 1
+            phase, t0 = self.phase, time.monotonic()
+            status, err, image, retried = None, None, None, False
+            try:
+                if kind == "get-new":
+                    c, status, body, retried = self._request(None, "GET", self.health_path, None, 10)
+                    c.close()
+                elif kind == "get-keepalive":
+                    conn, status, body, retried = self._request(conn, "GET", self.health_path, None, 10)
+                else:
+                    conn, status, body, retried = self._request(conn, "POST", "/notes", b"probe", 10)
+                if kind != "post-keepalive" and status == 200:
+                    image = json.loads(body).get("image")
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                err = f"{type(e).__name__}: {e}"
+                if conn is not None:
+                    conn.close()
+                conn = None
+            self._record(Sample(t0, phase, kind, status, time.monotonic() - t0, err, image, retried))
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def _slow(self) -> None:
+        while not self._stop.is_set():
+            phase, t0 = self.phase, time.monotonic()
+            status, err = None, None
+            try:
+                c, status, _body, _r = self._request(None, "GET", f"/slow?s={self.slow_seconds}", None, 60)
+                c.close()
+            except (OSError, http.client.HTTPException) as e:
+                err = f"{type(e).__name__}: {e}"
+            self._record(Sample(t0, phase, "get-slow", status, time.monotonic() - t0, err))
+
+    # -- results -----------------------------------------------------------
+    def report(self) -> dict[str, PhaseReport]:
+        out: dict[str, PhaseReport] = {}
+        with self._lock:
+            samples = list(self.samples)
+        for phase in dict.fromkeys(s.phase for s in samples):
+            ss = [s for s in samples if s.phase == phase]
+            r = PhaseReport(requests=len(ss))
+            r.ok = sum(1 for s in ss if s.status is not None and 200 <= s.status < 300)
+            r.non_2xx = sum(1 for s in ss if s.status is not None and not 200 <= s.status < 300)
+            r.errors = sum(1 for s in ss if s.error)
+            r.retried = sum(1 for s in ss if s.retried)
+            fast = [s.latency for s in ss if s.kind != "get-slow" and s.error is None]
+            r.p50_ms, r.p99_ms = round(_pct(fast, 0.5), 2), round(_pct(fast, 0.99), 2)
+            r.images = sorted({s.image for s in ss if s.image})
+            r.first_errors = [
+                f"{s.kind}: {s.error or s.status}"
+                for s in ss
+                if s.error or (s.status is not None and not 200 <= s.status < 300)
+            ][:5]
+            out[phase] = r
+        return out
+
+
+def summary(reports: dict[str, PhaseReport]) -> dict[str, Any]:
+    return {phase: dict(r.__dict__) for phase, r in reports.items()}

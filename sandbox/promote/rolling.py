@@ -1,0 +1,318 @@
+"""`sandbox promote` and `sandbox rollback`: replace an env's image while it keeps serving.
+
+The swap converges: it reads where the env is from the state DB (which
+instance runs which image, which ones the router sends traffic to) and takes
+the next safe step, so the same code starts a promotion, resumes one after a
+crash and rolls one back:
+
+    start a new instance → health check → route it → unroute an old one → drain → stop the old one
+
+There are never fewer healthy routed backends than before.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.envs import Envs
+from sandbox.errors import SandboxError
+from sandbox.events import Event
+from sandbox.health import wait_until
+from sandbox.promote.deploys import Deploy, Deploys
+from sandbox.promote.plan import Plan, make_plan
+from sandbox.state import Env, Instance
+from sandbox.store import diff_manifests
+
+
+class PromotionError(SandboxError):
+    """The promotion stopped; what was swapped has been rolled back."""
+
+
+class GateError(SandboxError):
+    """The candidate image has not been verified."""
+
+
+@dataclass
+class PromoteResult:
+    env: str
+    from_image: str
+    to_image: str
+    plan: Plan
+    deploy: int | None = None
+    seconds: float = 0.0
+    per_backend: list[float] = field(default_factory=list)
+    diff: dict[str, Any] = field(default_factory=dict)
+    state: str = "planned"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: v for k, v in self.__dict__.items() if k != "plan"}, "plan": self.plan.to_dict()}
+
+
+class Promoter:
+    def __init__(self, envs: Envs) -> None:
+        self.envs = envs
+        self.state = envs.state
+        self.deploys = Deploys(envs.state)
+        self.sink = envs.sink
+
+    def _emit(self, message: str) -> None:
+        self.sink(Event("progress", phase="promote", message=message))
+
+    # -- verification ------------------------------------------------------
+    def verify(self, name: str) -> tuple[bool, str]:
+        """Health plus the recipe's smoke command on every instance; recorded for the promotion gate."""
+        env = self.state.get_env(name)
+        app = self.envs._app(env.image) or {}
+        details = []
+        ok = True
+        try:
+            self.envs.wait_healthy(name)
+        except SandboxError as e:
+            ok, details = False, [e.message]
+        if ok and app.get("smoke"):
+            for inst in self.state.instances(name):
+                r = self.envs.exec(
+                    name, ["/bin/sh", "-c", app["smoke"]], self._index(name, inst), user=app.get("user")
+                )
+                if r.code != 0:
+                    ok = False
+                    details.append(
+                        f"{inst.name}: smoke `{app['smoke']}` exited {r.code}: "
+                        f"{(r.stderr or r.stdout).strip()[-300:]}"
+                    )
+        detail = "; ".join(details) or ("healthy, smoke passed" if app.get("smoke") else "healthy")
+        self.deploys.record_verification(env.image, name, ok, detail)
+        return ok, detail
+
+    def _index(self, name: str, inst: Instance) -> int:
+        return [i.name for i in self.state.instances(name)].index(inst.name)
+
+    # -- planning ----------------------------------------------------------
+    def plan(self, target: str, candidate: str) -> PromoteResult:
+        env = self.state.get_env(target)
+        store = self.envs.store
+        d = diff_manifests(env.image, store.manifest(env.image), candidate, store.manifest(candidate))
+        promo = env.config["profile"].get("promotion") or {}
+        plan = make_plan(
+            d, store.summary(candidate).get("app"), compatible=bool(promo.get("compatible", True))
+        )
+        return PromoteResult(target, env.image, candidate, plan, diff=d.to_dict())
+
+    # -- promote / rollback / resume ---------------------------------------
+    def promote(
+        self,
+        target: str,
+        candidate: str,
+        *,
+        source: str | None = None,
+        force: bool = False,
+        kind: str = "promote",
+    ) -> PromoteResult:
+        t0 = time.monotonic()
+        result = self.plan(target, candidate)
+        env = self.state.get_env(target)
+        if env.state != "running":
+            raise PromotionError(f"{target} is {env.state}, not running", hint=f"sandbox start {target}")
+        promo = env.config["profile"].get("promotion") or {}
+        if kind == "promote" and promo.get("require_verified", True) and not force:
+            where = [e for e in self.deploys.verified_on(candidate) if e != target]
+            if not where:
+                raise GateError(
+                    f"image {candidate[:19]} has not passed `sandbox verify` on a staging env",
+                    hint="sandbox up staging-N --image IMAGE && sandbox verify staging-N, "
+                    "or --force (recorded in the history)",
+                )
+        if result.plan.strategy == "noop":
+            result.state = "noop"
+            return result
+        deploy = self.deploys.begin(
+            target, env.image, candidate, result.plan.strategy, kind=kind, source=source, forced=force
+        )
+        result.deploy = deploy.id
+        self._run(deploy, result)
+        result.seconds = time.monotonic() - t0
+        return result
+
+    def resume(self, target: str) -> PromoteResult:
+        d = self.deploys.interrupted(target)
+        if d is None:
+            raise PromotionError(f"no interrupted promotion of {target}", hint=f"sandbox history {target}")
+        d = self.deploys.take_over(d)
+        self.deploys.step(d.id, "resumed")
+        t0 = time.monotonic()
+        result = PromoteResult(target, d.from_image, d.to_image, Plan(d.strategy, ["resumed"]), deploy=d.id)
+        self._run(d, result)
+        result.seconds = time.monotonic() - t0
+        return result
+
+    def rollback(self, target: str) -> PromoteResult:
+        """Back to the image before the last promotion (finishing an interrupted one backwards)."""
+        d = self.deploys.interrupted(target)
+        if d is not None:
+            d = self.deploys.take_over(d)
+            self.deploys.step(d.id, "rolling back")
+            t0 = time.monotonic()
+            result = PromoteResult(
+                target, d.to_image, d.from_image, Plan("rolling", ["interrupted"]), deploy=d.id
+            )
+            self._converge(d, d.from_image, result)
+            self._finish_modes(target)
+            self.state.set_env(target, image=d.from_image)
+            self.deploys.finish(d.id, "rolled-back")
+            result.seconds, result.state = time.monotonic() - t0, "rolled-back"
+            return result
+        previous = self.deploys.previous_image(target)
+        if previous is None:
+            raise PromotionError(
+                f"{target} has no earlier image to roll back to", hint=f"sandbox history {target}"
+            )
+        return self.promote(target, previous, kind="rollback", source="rollback")
+
+    # -- the swap ----------------------------------------------------------
+    def _run(self, d: Deploy, result: PromoteResult) -> None:
+        strategy = d.strategy
+        try:
+            if strategy == "static":
+                self._static(d)
+            else:
+                if strategy == "maintenance":
+                    promo = self.state.get_env(d.env).config["profile"].get("promotion") or {}
+                    self.envs.set_router_mode(d.env, maintenance=list(promo.get("allow") or []))
+                    self.deploys.step(d.id, "maintenance on")
+                if strategy == "migrate":
+                    self._migrate(d)
+                self._converge(d, d.to_image, result)
+            self._finish_modes(d.env)
+            self.state.set_env(d.env, image=d.to_image)
+            self.deploys.finish(d.id, "done")
+            result.state = "done"
+            self.state.event(
+                d.kind, f"{d.kind} {d.from_image[:19]} → {d.to_image[:19]} ({strategy})", env=d.env
+            )
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt | SystemExit):
+                raise  # leave it resumable
+            self.sink(Event("warning", phase="promote", message=f"{e}; rolling back"))
+            self.deploys.step(d.id, "rolling back", error=str(e))
+            self._converge(d, d.from_image, result)
+            self._finish_modes(d.env)
+            self.deploys.finish(d.id, "rolled-back", error=str(e))
+            self.state.event(d.kind, f"rolled back: {e}", env=d.env)
+            raise PromotionError(
+                f"{d.kind} of {d.env} stopped and was rolled back: {e}",
+                hint=f"sandbox history {d.env}; sandbox logs {d.env}",
+            ) from e
+
+    def _finish_modes(self, env: str) -> None:
+        mode = self.envs.router_mode(env)
+        if mode.get("readonly") or mode.get("maintenance") is not None:
+            self._set_readonly_flag(env, False)
+            self.envs.set_router_mode(env, readonly=False, maintenance=None)
+
+    def _converge(self, d: Deploy, image: str, result: PromoteResult) -> None:
+        """Replace every instance not running `image`, one at a time; safe to repeat after a crash."""
+        env = self.state.get_env(d.env)
+        drain = float((env.config["profile"].get("router") or {}).get("drain_timeout", 30))
+        self.envs.reroute(d.env)  # the router matches the state, whatever happened before
+        for inst in self.state.instances(d.env):
+            if inst.image == image and not inst.routed:  # half-made by an interrupted run
+                self.envs.remove_instance(d.env, inst)
+        for old in [i for i in self.state.instances(d.env) if i.image != image]:
+            t0 = time.monotonic()
+            if old.routed:
+                new = self._start_healthy(d, env, image)
+                self.state.set_instance(d.env, new.idx, routed=True)
+                self.envs.reroute(d.env)
+                self.deploys.step(d.id, "routed", instance=new.name)
+                self.state.set_instance(d.env, old.idx, routed=False)
+                self.envs.reroute(d.env)
+                self.deploys.step(d.id, "unrouted", instance=old.name)
+            self._emit(f"draining {old.name}")
+            if not self.envs.router(d.env).drain(drain):
+                self.deploys.step(d.id, "drain timeout", instance=old.name)
+            self.envs.remove_instance(d.env, old)
+            self.deploys.step(d.id, "stopped", instance=old.name)
+            result.per_backend.append(round(time.monotonic() - t0, 3))
+
+    def _start_healthy(self, d: Deploy, env: Env, image: str) -> Instance:
+        health = env.config["profile"].get("health") or {}
+        self._emit("starting a new instance")
+        new = self.envs.new_instance(d.env, image)
+        self.deploys.step(d.id, "started", instance=new.name, address=new.address)
+        probe, took = wait_until(
+            lambda: self.envs.probe_instance(d.env, new, image),
+            float(health.get("timeout", 120)),
+            float(health.get("interval", 0.5)),
+        )
+        if not probe.ok:
+            self.deploys.step(d.id, "unhealthy", instance=new.name, detail=probe.detail)
+            self.envs.remove_instance(d.env, new)
+            raise PromotionError(f"new instance {new.name} did not become healthy: {probe.detail}")
+        self.deploys.step(d.id, "healthy", instance=new.name, seconds=round(took, 3))
+        return new
+
+    def _migrate(self, d: Deploy) -> None:
+        env = self.state.get_env(d.env)
+        app = self.envs._app(d.to_image) or {}
+        self.envs.set_router_mode(d.env, readonly=True)
+        self._set_readonly_flag(d.env, True)
+        self.deploys.step(d.id, "read-only on")
+        if app.get("migrate"):
+            new = self._start_healthy(d, env, d.to_image)
+            index = self._index(d.env, new)
+            r = self.envs.exec(d.env, ["/bin/sh", "-c", app["migrate"]], index, user=app.get("user"))
+            if r.code != 0:
+                self.envs.remove_instance(d.env, new)
+                raise PromotionError(
+                    f"migration `{app['migrate']}` exited {r.code}: {(r.stderr or r.stdout).strip()[-300:]}"
+                )
+            self.deploys.step(d.id, "migrated", instance=new.name)
+            # the migrated instance joins the pool; _converge then replaces an old one for it
+            self.state.set_instance(d.env, new.idx, routed=True)
+            self.envs.reroute(d.env)
+            olds = [i for i in self.state.instances(d.env) if i.image != d.to_image and i.routed]
+            if olds:
+                self.state.set_instance(d.env, olds[0].idx, routed=False)
+                self.envs.reroute(d.env)
+
+    def _set_readonly_flag(self, env: str, on: bool) -> None:
+        """The flag file the app can read (/run/sandbox/readonly) in every instance."""
+        cmd = "mkdir -p /run/sandbox && touch /run/sandbox/readonly" if on else "rm -f /run/sandbox/readonly"
+        for i, _inst in enumerate(self.state.instances(env)):
+            self.envs.exec(env, ["/bin/sh", "-c", cmd], i)
+
+    def _static(self, d: Deploy) -> None:
+        """Only static files changed: copy them into the running instances, no restart."""
+        store = self.envs.store
+        plan = self.plan(d.env, d.to_image).plan
+        want = store.manifest(d.to_image)["files"]
+        blobs = [store.blob_path(la["digest"]) for la in store.manifest(d.to_image)["layers"]]
+        contents = _read_files(blobs, [p for p in plan.static_files if p in want])
+        for i, inst in enumerate(self.state.instances(d.env)):
+            for path in plan.static_files:
+                if path in want and want[path]["type"] == "file":
+                    meta = want[path]
+                    self.envs.put_file(
+                        d.env, i, path, contents[path], int(meta["mode"], 8), meta["uid"], meta["gid"]
+                    )
+                elif path not in want:
+                    self.envs.exec(d.env, ["rm", "-f", path], i)
+            self.state.set_instance(d.env, inst.idx, image=d.to_image)
+            self.deploys.step(d.id, "synced", instance=inst.name, files=len(plan.static_files))
+
+
+def _read_files(blobs: list[Any], paths: list[str]) -> dict[str, bytes]:
+    import tarfile
+
+    wanted = {"." + p for p in paths}
+    out: dict[str, bytes] = {}
+    for blob in blobs:  # later layers win
+        with tarfile.open(blob) as tar:
+            for ti in tar:
+                if ti.name in wanted and ti.isreg():
+                    f = tar.extractfile(ti)
+                    assert f is not None
+                    out[ti.name[1:]] = f.read()
+    return out
