@@ -211,6 +211,11 @@ class LxcBackend(Backend):
 
     def start(self, name: str) -> None:
         d = self._dir(name)
+        address = self._meta(name).get("address")
+        if address:
+            # the address may have belonged to an instance removed moments ago: forget its MAC, or
+            # the host keeps sending to it until the neighbour entry times out (tens of seconds)
+            run(["ip", "neigh", "flush", "to", address], timeout=10)
         p = self._lxc("lxc-start", name, "-o", str(d / "lxc.log"), "-l", "WARN")
         if p.returncode != 0:
             log = (d / "lxc.log").read_text(errors="replace")[-2000:] if (d / "lxc.log").exists() else ""

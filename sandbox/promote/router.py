@@ -145,7 +145,26 @@ class Router:
                 hint="the running router keeps its previous config",
             )
         os.replace(candidate, self.conf)
+        before = set(self._workers(pid, shutting_down=False))
         os.kill(pid, signal.SIGHUP)
+        self._wait_reloaded(pid, before)
+
+    def _wait_reloaded(self, master: int, before: set[int], timeout: float = 10.0) -> None:
+        """Wait until the new config serves: new workers up, every old one shutting down.
+
+        Until then an old worker may still accept connections with the old config, so
+        the caller must not, say, stop an instance it has just taken out.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            live = set(self._workers(master, shutting_down=False))
+            if live and not (live & before):
+                return
+            time.sleep(0.01)
+        raise RouterError(
+            f"nginx of {self.env} did not apply its new config within {timeout:.0f}s",
+            hint=f"see {self.prefix / 'logs' / 'error.log'}",
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         pid = self.pid
@@ -167,8 +186,9 @@ class Router:
     def draining_workers(self) -> list[int]:
         """Pids of this router's old workers still finishing requests after a reload."""
         master = self.pid
-        if master is None:
-            return []
+        return [] if master is None else self._workers(master, shutting_down=True)
+
+    def _workers(self, master: int, shutting_down: bool) -> list[int]:
         out = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
@@ -176,7 +196,10 @@ class Router:
             try:
                 stat = (proc / "stat").read_text()
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                if ppid == master and b"shutting down" in (proc / "cmdline").read_bytes():
+                if ppid != master:
+                    continue
+                cmdline = (proc / "cmdline").read_bytes()
+                if b"worker process" in cmdline and (b"shutting down" in cmdline) == shutting_down:
                     out.append(int(proc.name))
             except (OSError, ValueError, IndexError):
                 continue
