@@ -47,10 +47,20 @@ class RouterConfig:
 
 def render_nginx_conf(cfg: RouterConfig, prefix: Path, user: str = "nobody", group: str = "nogroup") -> str:
     """The nginx.conf for a router (pure)."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined  # only when a config is written
+    from jinja2 import (  # only when a config is written
+        Environment,
+        FileSystemBytecodeCache,
+        FileSystemLoader,
+        StrictUndefined,
+    )
 
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sandbox" / "jinja"
+    cache.mkdir(parents=True, exist_ok=True)
     jenv = Environment(
-        loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, keep_trailing_newline=True
+        bytecode_cache=FileSystemBytecodeCache(str(cache)),  # compiled once, not on every `up`
+        loader=FileSystemLoader(TEMPLATES),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
     )
     return jenv.get_template("nginx.conf.j2").render(
         env=cfg.env,

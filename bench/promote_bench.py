@@ -1,0 +1,174 @@
+"""Benchmark for `sandbox promote`: time per backend, latency during the swap, wrk/hey beside it.
+
+    python bench/promote_bench.py [--rounds 5] [--out bench/results]
+
+In one run, against prod (2 instances behind its router):
+  steady     wrk for 10 s with no promotion: p50/p99 latency
+  promotion  `rounds` promotions alternating two images, each under wrk and the built-in probe:
+             seconds per backend, wrk's p99, non-2xx and socket errors, probe p99 during vs steady
+  hey        one more promotion under `hey`, with its status-code counts and errors
+Target: p99 during the swap <= 2x steady. Needs root, lxc, nginx, wrk, hey (apt-get install wrk hey).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SB = [sys.executable, "-m", "sandbox"]
+PORT = 19690
+
+
+def sh(
+    argv: list[str], check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+    if check and p.returncode != 0:
+        sys.exit(f"failed: {' '.join(argv)}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    def ms(v: str) -> float:
+        n = float(re.match(r"[\d.]+", v).group(0))  # type: ignore[union-attr]
+        return n / 1000 if v.endswith("us") else n * 1000 if v.endswith("s") and not v.endswith("ms") else n
+
+    res: dict[str, float] = {"non_2xx": 0, "socket_errors": 0}
+    for q in ("50%", "99%"):
+        m = re.search(rf"^\s+{re.escape(q)}\s+(\S+)", out, re.M)
+        if m:
+            res[f"p{q[:-1]}_ms"] = ms(m.group(1))
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = float(m.group(1)) if m else 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non_2xx"] = float(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["socket_errors"] = float(sum(int(x) for x in m.groups())) if m else 0
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = ap.parse_args()
+    for tool in ("wrk", "hey"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing: apt-get install wrk hey")
+    from sandbox.promote.probe import LoadProbe, summary
+
+    ws = REPO / ".sandbox" / "bench-promote"
+    c = [*SB, "-C", str(ws)]
+    if ws.exists():
+        for e in json.loads(sh([*c, "ls", "--json"], check=False).stdout or "[]"):
+            sh([*c, "down", e["name"]], check=False)
+        shutil.rmtree(ws)
+    ws.mkdir(parents=True)
+    shutil.copytree(REPO / "recipes", ws / "recipes", ignore=shutil.ignore_patterns("*.lock"))
+    shutil.copytree(REPO / "profiles", ws / "profiles")
+    prod = (ws / "profiles" / "prod.yaml").read_text()
+    (ws / "profiles" / "prod.yaml").write_text(re.sub(r"port: 8080", f"port: {PORT}", prod))
+    (ws / "sandbox.yaml").write_text(
+        "network: {bridge: sbxpbench0, subnet: 10.217.0.0/24}\nrouters: {port_range: [19600, 19680]}\n"
+    )
+    env = {**os.environ, "SANDBOX_CACHE": str(REPO / ".sandbox" / "cache")}
+    print("building two images …", flush=True)
+    sh([*c, "build", "web", "--tag", "v1"], env=env)
+    tpl = ws / "recipes" / "web" / "templates" / "settings.py.j2"
+    tpl.write_text(tpl.read_text().replace("GREETING", "GREETING_V2 = 1\nGREETING"))
+    sh([*c, "build", "web", "--tag", "v2"], env=env)
+    sh([*c, "up", "prod", "--wait"], env=env)
+    url = f"http://127.0.0.1:{PORT}/healthz"
+
+    steady = parse_wrk(sh(["wrk", "-t2", "-c16", "-d10s", "--latency", url]).stdout)
+    probe = LoadProbe(f"http://127.0.0.1:{PORT}/", rps=100, concurrency=6)
+    probe.start()
+    time.sleep(5)
+    rounds = []
+    for i in range(args.rounds):
+        target = "v2" if i % 2 == 0 else "v1"
+        wrk = subprocess.Popen(
+            ["wrk", "-t2", "-c16", "-d20s", "--latency", url], stdout=subprocess.PIPE, text=True
+        )
+        time.sleep(3)
+        probe.mark(f"swap{i}")
+        p = sh([*c, "--json", "promote", f"web:{target}", "--to", "prod", "--yes", "--force"], env=env)
+        probe.mark(f"between{i}")
+        out, _ = wrk.communicate()
+        r = json.loads(p.stdout)
+        rounds.append(
+            {"to": target, "seconds": r["seconds"], "per_backend": r["per_backend"], "wrk": parse_wrk(out)}
+        )
+        print(f"  round {i}: {r['per_backend']} s per backend, wrk {rounds[-1]['wrk']}", flush=True)
+    hey = subprocess.Popen(["hey", "-z", "20s", "-c", "16", url], stdout=subprocess.PIPE, text=True)
+    time.sleep(3)
+    probe.mark("swap-hey")
+    sh(
+        [*c, "promote", "web:v2" if args.rounds % 2 == 0 else "web:v1", "--to", "prod", "--yes", "--force"],
+        env=env,
+    )
+    probe.mark("after")
+    hey_out, _ = hey.communicate()
+    time.sleep(3)
+    reports = summary(probe.stop())
+    codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", hey_out))
+    hey_errors = re.findall(r"Error distribution:(.*)", hey_out, re.S)
+
+    swap_p99 = [reports[k]["p99_ms"] for k in reports if k.startswith("swap")]
+    steady_probe_p99 = reports["before"]["p99_ms"]
+    report = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "steady_wrk": steady,
+        "rounds": rounds,
+        "probe": reports,
+        "hey": {"status_codes": codes, "errors": hey_errors[0].strip() if hey_errors else ""},
+        "seconds_per_backend_median": sorted(x for r in rounds for x in r["per_backend"])[
+            len([x for r in rounds for x in r["per_backend"]]) // 2
+        ],
+        "p99_swap_over_steady_wrk": max(r["wrk"].get("p99_ms", 0) for r in rounds)
+        / max(steady.get("p99_ms", 1), 1e-9),
+        "p99_swap_over_steady_probe": max(swap_p99) / max(steady_probe_p99, 1e-9) if swap_p99 else None,
+        "failures": {
+            "probe_non_2xx": sum(r["non_2xx"] for r in reports.values()),
+            "probe_errors": sum(r["errors"] for r in reports.values()),
+            "wrk_non_2xx": sum(r["wrk"]["non_2xx"] for r in rounds),
+            "wrk_socket_errors": sum(r["wrk"]["socket_errors"] for r in rounds),
+        },
+    }
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in (
+                    "steady_wrk",
+                    "seconds_per_backend_median",
+                    "p99_swap_over_steady_wrk",
+                    "p99_swap_over_steady_probe",
+                    "failures",
+                    "hey",
+                )
+            },
+            indent=1,
+        )
+    )
+    sh([*c, "down", "prod"], check=False)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"promote-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written {path}")
+    shutil.rmtree(ws, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

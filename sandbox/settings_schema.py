@@ -1,0 +1,60 @@
+"""The schema of `sandbox.yaml` (pydantic), used when the file is new or changed."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sandbox.errors import ConfigError
+
+
+class NetworkModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    bridge: str = Field("sandbox0", pattern=r"^[a-z][a-z0-9_-]{0,14}$", description="Bridge sandbox owns.")
+    subnet: str = Field(
+        "10.213.0.0/24", description="IPv4 subnet of instances; the first host is the gateway."
+    )
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, v: str) -> str:
+        net = ipaddress.ip_network(v, strict=True)
+        if net.version != 4 or net.prefixlen > 28:
+            raise ValueError("must be an IPv4 network of /28 or larger")
+        return v
+
+
+class RoutersModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    port_range: tuple[int, int] = Field((18000, 18999), description="Ports for `router.port: auto`.")
+
+    @field_validator("port_range")
+    @classmethod
+    def _range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1] <= 65535:
+            raise ValueError("must be [start, end] with 1 <= start <= end <= 65535")
+        return v
+
+
+class SettingsModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    network: NetworkModel = Field(default_factory=NetworkModel, description="sandbox's bridge and subnet.")
+    routers: RoutersModel = Field(default_factory=RoutersModel, description="Router settings.")
+    owner: str | None = Field(None, description="Default owner of envs (else $SUDO_USER or $USER).")
+
+
+def validate_settings(path: Path) -> dict[str, Any]:
+    """The checked settings of `path` as plain data; ConfigError with file:line otherwise."""
+    if not path.read_text().strip():
+        return SettingsModel().model_dump()  # an empty sandbox.yaml just marks the workspace
+    from sandbox.config.validate import error_issue
+    from sandbox.config.yamlmarks import load_yaml
+
+    raw = load_yaml(path, "sandbox.yaml")
+    try:
+        return SettingsModel.model_validate(raw).model_dump()
+    except ValidationError as e:
+        raise ConfigError([error_issue(err, raw, SettingsModel) for err in e.errors()]) from e
