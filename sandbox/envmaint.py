@@ -50,6 +50,7 @@ def gc(envs: Envs, *, images: bool = False, now: float | None = None) -> GcRepor
                 report.removed_instances.append(inst)
         if images:
             used = {e.image for e in envs.state.list_envs()}
+            used |= {i.image for i in envs.state.all_instances() if i.image}
             for digest in getattr(backend, "unpacked_images", lambda: [])():
                 if digest not in used:
                     backend.forget_image(digest)

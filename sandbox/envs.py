@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -207,6 +208,9 @@ class Envs:
         spec = self._spec(env, idx, addr)
         backend.create(dataclasses.replace(spec, image=image))
         backend.start(iname)
+        if (env.config.get("router_mode") or {}).get("readonly"):
+            # the app must see read-only mode from its first request on
+            backend.exec(iname, ["/bin/sh", "-c", "mkdir -p /run/sandbox && touch /run/sandbox/readonly"])
         return self.state.set_instance(name, idx, state="running")
 
     def remove_instance(self, name: str, inst: Instance) -> None:
@@ -452,6 +456,11 @@ class Envs:
         backend = self._backend(env.backend)
         backend.require("snapshot")
         snap = snap or time.strftime("snap-%Y%m%d-%H%M%S")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", snap) or ".." in snap:
+            raise SandboxError(
+                f"invalid snapshot name {snap!r}",
+                hint="lowercase letters, digits, '.', '_' and '-', e.g. before-upgrade",
+            )
         done = []
         try:
             for inst in self.state.instances(name):
@@ -467,6 +476,8 @@ class Envs:
 
     def restore(self, name: str, snap: str) -> EnvView:
         env = self.state.get_env(name)
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", snap) or ".." in snap:
+            raise SandboxError(f"invalid snapshot name {snap!r}", hint=f"see `sandbox status {name}`")
         self.state.get_snapshot(name, snap)
         backend = self._backend(env.backend)
         for inst in self.state.instances(name):
@@ -515,6 +526,9 @@ def _ttl(text: str) -> float:
     from sandbox.config.units import parse_duration
 
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError as e:
         raise SandboxError(f"--ttl {text!r}: {e}", hint="e.g. --ttl 90m, --ttl 4h, --ttl 7d") from e
+    if seconds <= 0:
+        raise SandboxError(f"--ttl {text!r} must be longer than zero", hint="e.g. --ttl 90m, --ttl 4h")
+    return seconds

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
+_LOCK = threading.RLock()
 TRANSIENT_STATES = ("creating", "deleting")  # a dead pid in these states means a crash mid-operation
 ENV_FIELDS = {"state", "health", "image", "url", "router_port", "expires", "pid", "error", "config"}
 INSTANCE_FIELDS = {"name", "address", "state", "image", "routed"}
@@ -182,25 +185,42 @@ class StateDB:
 
     @contextlib.contextmanager
     def _tx(self, write: bool = True, wal: bool = False) -> Iterator[sqlite3.Connection]:
-        """One transaction on a fresh connection; writes take the write lock up front."""
+        """One transaction; writes take the write lock up front.
+
+        The connection is kept for the life of this process (a forked child opens its
+        own): opening one per call would also checkpoint the WAL on every close.
+        """
         conn: sqlite3.Connection | None = None
+        _LOCK.acquire()  # one transaction at a time on the shared connection (threads)
         try:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            conn.execute("PRAGMA foreign_keys = ON")
-            if wal and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
+            conn = self._connection(wal)
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield conn
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             raise StateError(f"state database {self.path}: {e}", hint=_DB_HINT) from e
         finally:
-            if conn is not None:
-                if conn.in_transaction:
-                    conn.rollback()
-                conn.close()
+            if conn is not None and conn.in_transaction:
+                conn.rollback()
+            _LOCK.release()
+
+    def _connection(self, wal: bool) -> sqlite3.Connection:
+        pid = os.getpid()
+        cached = getattr(self, "_conn", None)
+        if cached is not None and getattr(self, "_conn_pid", None) == pid:
+            conn: sqlite3.Connection = cached
+            return conn
+        conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if wal and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable across crashes of sandbox in WAL mode
+        self._conn, self._conn_pid = conn, pid
+        return conn
 
     def _rows(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         with self._tx(write=False) as c:

@@ -115,6 +115,9 @@ class Promoter:
         env = self.state.get_env(target)
         if env.state != "running":
             raise PromotionError(f"{target} is {env.state}, not running", hint=f"sandbox start {target}")
+        if result.plan.strategy == "noop":
+            result.state = "noop"
+            return result
         promo = env.config["profile"].get("promotion") or {}
         if kind == "promote" and promo.get("require_verified", True) and not force:
             where = [e for e in self.deploys.verified_on(candidate) if e != target]
@@ -124,9 +127,6 @@ class Promoter:
                     hint="sandbox up staging-N --image IMAGE && sandbox verify staging-N, "
                     "or --force (recorded in the history)",
                 )
-        if result.plan.strategy == "noop":
-            result.state = "noop"
-            return result
         deploy = self.deploys.begin(
             target, env.image, candidate, result.plan.strategy, kind=kind, source=source, forced=force
         )
@@ -158,7 +158,7 @@ class Promoter:
                 target, d.to_image, d.from_image, Plan("rolling", ["interrupted"]), deploy=d.id
             )
             self._converge(d, d.from_image, result)
-            self._finish_modes(target)
+            self._finish_modes(target, d.strategy)
             self.state.set_env(target, image=d.from_image)
             self.deploys.finish(d.id, "rolled-back")
             result.seconds, result.state = time.monotonic() - t0, "rolled-back"
@@ -184,7 +184,7 @@ class Promoter:
                 if strategy == "migrate":
                     self._migrate(d)
                 self._converge(d, d.to_image, result)
-            self._finish_modes(d.env)
+            self._finish_modes(d.env, strategy)
             self.state.set_env(d.env, image=d.to_image)
             self.deploys.finish(d.id, "done")
             result.state = "done"
@@ -197,7 +197,7 @@ class Promoter:
             self.sink(Event("warning", phase="promote", message=f"{e}; rolling back"))
             self.deploys.step(d.id, "rolling back", error=str(e))
             self._converge(d, d.from_image, result)
-            self._finish_modes(d.env)
+            self._finish_modes(d.env, strategy)
             self.deploys.finish(d.id, "rolled-back", error=str(e))
             self.state.event(d.kind, f"rolled back: {e}", env=d.env)
             raise PromotionError(
@@ -205,11 +205,13 @@ class Promoter:
                 hint=f"sandbox history {d.env}; sandbox logs {d.env}",
             ) from e
 
-    def _finish_modes(self, env: str) -> None:
-        mode = self.envs.router_mode(env)
-        if mode.get("readonly") or mode.get("maintenance") is not None:
+    def _finish_modes(self, env: str, strategy: str) -> None:
+        """Undo the mode this strategy switched on (modes switched on by hand stay)."""
+        if strategy == "migrate":
             self._set_readonly_flag(env, False)
-            self.envs.set_router_mode(env, readonly=False, maintenance=None)
+            self.envs.set_router_mode(env, readonly=False)
+        elif strategy == "maintenance":
+            self.envs.set_router_mode(env, maintenance=None)
 
     def _converge(self, d: Deploy, image: str, result: PromoteResult) -> None:
         """Replace every instance not running `image`, one at a time; safe to repeat after a crash."""
