@@ -8,10 +8,9 @@ import sys
 import time
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
 from sandbox.cli.main import Ctx, cli, json_option
+from sandbox.cli.markup import escape
 from sandbox.envs import Envs, EnvView, default_owner
 
 
@@ -110,6 +109,8 @@ def ls_cmd(obj: Ctx, mine: bool) -> None:
     if not views:
         obj.output.out.print("no environments: sandbox up staging-1")
         return
+    from rich.table import Table
+
     table = Table(box=None)
     for col in ("NAME", "PROFILE", "IMAGE", "BACKEND", "OWNER", "STATE", "HEALTH", "AGE", "EXPIRES", "URL"):
         table.add_column(col)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 
 import click
-from rich.table import Table
 
 from sandbox.build.builder import Builder
 from sandbox.cli.main import Ctx, cli, json_option
@@ -27,6 +26,8 @@ def _size(n: int) -> str:
 def images(obj: Ctx) -> None:
     """List the images in the store."""
     rows = ImageStore(obj.ws.images).summaries()
+    from rich.table import Table
+
     table = Table(box=None)
     for col in ("IMAGE", "REFS", "RECIPE", "PACKAGES", "FILES", "SIZE", "CREATED"):
         table.add_column(col)

@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 import click
-from rich.markup import escape
 
 from sandbox.cli.main import Ctx, cli, json_option
+from sandbox.cli.markup import escape
 from sandbox.envs import Envs
 from sandbox.errors import SandboxError
 from sandbox.promote.probe import LoadProbe, summary
