@@ -26,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from sandbox.workspace import Workspace
+
 REPO = Path(__file__).resolve().parents[1]
 SB = [sys.executable, "-m", "sandbox"]
 
@@ -114,7 +116,7 @@ def main() -> None:
 
     # the anchor: a plain LXC container on the same unpacked rootfs, cloned with overlayfs
     digest = json.loads(sh([*c, "image", "inspect", "web", "--json"]).stdout)["digest"]
-    lower = next((ws / ".sandbox" / "rootfs").glob(digest.removeprefix("sha256:") + "-*")) / "rootfs"
+    lower = next((Workspace(ws).runtime / "rootfs").glob(digest.removeprefix("sha256:") + "-*")) / "rootfs"
     raw = ws / ".sandbox" / "raw-lxc"
     (raw / "base").mkdir(parents=True)
     (raw / "base" / "config").write_text(
@@ -148,7 +150,7 @@ def main() -> None:
     usage = []
     for n in names:
         p = sh(
-            ["lxc-cgroup", "-P", str(ws / ".sandbox" / "lxc"), "-n", f"{n}-0", "memory.usage_in_bytes"],
+            ["lxc-cgroup", "-P", str(Workspace(ws).runtime / "lxc"), "-n", f"{n}-0", "memory.usage_in_bytes"],
             check=False,
         )
         if p.returncode == 0 and p.stdout.strip().isdigit():

@@ -69,7 +69,7 @@ class Envs:
         self.settings = load_settings(ws)
         self.state = StateDB.for_workspace(ws)
         self.store = ImageStore(ws.images)
-        self.routers = ws.state / "routers"
+        self.routers = ws.runtime / "routers"
 
     # -- helpers -----------------------------------------------------------
     def _profile(self, env_name: str) -> ProfileData:
@@ -460,6 +460,11 @@ class Envs:
             raise SandboxError(
                 f"invalid snapshot name {snap!r}",
                 hint="lowercase letters, digits, '.', '_' and '-', e.g. before-upgrade",
+            )
+        if any(s.name == snap for s in self.state.snapshots(name)):
+            raise SandboxError(
+                f"{name} already has a snapshot {snap!r}",
+                hint=f"pick another name, or `sandbox restore {name} {snap}`",
             )
         done = []
         try:

@@ -50,9 +50,16 @@ def validate_settings(path: Path) -> dict[str, Any]:
     """The checked settings of `path` as plain data; ConfigError with file:line otherwise."""
     if not path.read_text().strip():
         return SettingsModel().model_dump()  # an empty sandbox.yaml just marks the workspace
+    import yaml
+
     from sandbox.config.validate import error_issue
     from sandbox.config.yamlmarks import load_yaml
 
+    try:
+        if yaml.safe_load(path.read_text()) is None:  # only comments: all defaults
+            return SettingsModel().model_dump()
+    except yaml.YAMLError:
+        pass  # load_yaml below reports it with file:line
     raw = load_yaml(path, "sandbox.yaml")
     try:
         return SettingsModel.model_validate(raw).model_dump()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,30 @@ class Workspace:
     def tmp(self) -> Path:
         return self.state / "tmp"
 
+    @property
+    def runtime(self) -> Path:
+        """Where containers and routers live: .sandbox/ when unprivileged ids can reach it, else
+        /var/lib/sandbox/ID (a checkout in /root, mode 0700, is common). SANDBOX_RUNTIME overrides.
+
+        The choice is recorded in .sandbox/runtime on first use, so it never moves under running envs.
+        """
+        env = os.environ.get("SANDBOX_RUNTIME")
+        if env:
+            return Path(env)
+        marker = self.state / "runtime"
+        try:
+            return Path(marker.read_text().strip())
+        except OSError:
+            pass
+        self.state.mkdir(parents=True, exist_ok=True)
+        if _reachable_by_others(self.state):
+            chosen = self.state
+        else:
+            chosen = Path("/var/lib/sandbox") / hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        chosen.mkdir(parents=True, exist_ok=True, mode=0o755)
+        marker.write_text(f"{chosen}\n")
+        return chosen
+
     def recipe_path(self, ref: str) -> Path:
         """`web`, `recipes/web.yaml` or any path to a .yaml file."""
         p = Path(ref)
@@ -68,3 +94,19 @@ def find_workspace(start: Path | None = None) -> Workspace:
         f"no sandbox workspace at or above {here}",
         hint="run inside a folder with recipes/ (or sandbox.yaml), or set SANDBOX_WORKSPACE",
     )
+
+
+def blocking_dir(path: Path) -> Path | None:
+    """The first directory from / to `path` that others (container ids) may not traverse, if any."""
+    p = path.resolve()
+    for d in (*reversed(p.parents), p):
+        try:
+            if not os.stat(d).st_mode & stat.S_IXOTH:
+                return d
+        except OSError:
+            return d
+    return None
+
+
+def _reachable_by_others(path: Path) -> bool:
+    return blocking_dir(path) is None

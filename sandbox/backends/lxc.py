@@ -26,6 +26,7 @@ from sandbox.build.overlay import remove_tree
 from sandbox.events import Event
 from sandbox.settings import load_settings
 from sandbox.store import ImageStore
+from sandbox.workspace import blocking_dir
 
 TOOLS = ("lxc-start", "lxc-stop", "lxc-attach", "lxc-info", "lxc-freeze", "lxc-unfreeze")
 EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -37,11 +38,11 @@ class LxcBackend(Backend):
 
     @property
     def lxcpath(self) -> Path:
-        return self.ws.state / "lxc"
+        return self.ws.runtime / "lxc"
 
     @property
     def rootfs_dir(self) -> Path:
-        return self.ws.state / "rootfs"
+        return self.ws.runtime / "rootfs"
 
     def _dir(self, name: str) -> Path:
         return self.lxcpath / name
@@ -66,6 +67,13 @@ class LxcBackend(Backend):
             if "overlay" not in f.read():
                 raise BackendError("the kernel has no overlayfs", hint="modprobe overlay")
         self._ids()
+        runtime = self.ws.runtime
+        blocked = blocking_dir(runtime)
+        if blocked is not None:
+            raise BackendError(
+                f"container root cannot reach {runtime}: {blocked} does not let others traverse it",
+                hint=f"chmod o+x {blocked}, or point SANDBOX_RUNTIME at a directory under /var/lib",
+            )
         s = load_settings(self.ws)
         ensure_bridge(s.network.bridge, s.network.subnet)
 
@@ -218,7 +226,8 @@ class LxcBackend(Backend):
             run(["ip", "neigh", "flush", "to", address], timeout=10)
         p = self._lxc("lxc-start", name, "-o", str(d / "lxc.log"), "-l", "WARN")
         if p.returncode != 0:
-            log = (d / "lxc.log").read_text(errors="replace")[-2000:] if (d / "lxc.log").exists() else ""
+            text = (d / "lxc.log").read_text(errors="replace") if (d / "lxc.log").exists() else ""
+            log = "\n".join([ln for ln in text.splitlines() if " ERROR " in ln][-12:])
             raise BackendError(
                 f"lxc-start {name} failed: {p.stderr.strip()}\n{log}".rstrip(),
                 hint="`lxc-checkconfig` shows missing kernel features",

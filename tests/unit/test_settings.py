@@ -146,10 +146,5 @@ def test_an_empty_sandbox_yaml_means_defaults(tmp_path: Path, text: str) -> None
     assert load(tmp_path, text) == Settings()  # it may just mark the workspace root
 
 
-@pytest.mark.xfail(
-    reason="BUG: settings.py load_settings treats only a blank sandbox.yaml as empty; one holding only"
-    " comments (an empty YAML document) fails with 'sandbox.yaml:1: empty file'",
-    strict=True,
-)
 def test_a_comment_only_sandbox_yaml_means_defaults(tmp_path: Path) -> None:
     assert load(tmp_path, "# marks the sandbox workspace\n") == Settings()

@@ -1,0 +1,316 @@
+"""The router's maintenance and read-only modes: rendered config (fixtures), `nginx -t`, and what a real
+nginx on 127.0.0.1 answers in each mode (in front of a tiny local backend; every wait bounded)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import grp
+import http.client
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.promote.router import MAINTENANCE_PAGE, RouterConfig, render_nginx_conf
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nginx"
+PREFIX = Path("/ws/.sandbox/routers/prod")
+BASE = RouterConfig("prod", "127.0.0.1", 19490, "_", ("10.216.0.2:8000", "10.216.0.3:8000"))
+MODES = {
+    "prod-modes-none": BASE,
+    "prod-maintenance-allow": dataclasses.replace(BASE, maintenance=("127.0.0.1", "10.0.0.0/8")),
+    "prod-maintenance": dataclasses.replace(BASE, maintenance=()),
+    "prod-readonly": dataclasses.replace(BASE, readonly=True),
+    "prod-maintenance-readonly": dataclasses.replace(BASE, maintenance=("192.0.2.7",), readonly=True),
+}
+NGINX = shutil.which("nginx")
+needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def me() -> tuple[str, str]:
+    pw = pwd.getpwuid(os.getuid())
+    return pw.pw_name, grp.getgrgid(pw.pw_gid).gr_name
+
+
+def prepare(prefix: Path) -> None:
+    """What Router._prepare makes: logs, temp dirs and the maintenance page."""
+    for d in ("logs", "html", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+        (prefix / d).mkdir(parents=True, exist_ok=True)
+    (prefix / "html" / "maintenance.html").write_text(MAINTENANCE_PAGE)
+
+
+# -- rendering (pure) -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(MODES))
+def test_each_mode_matches_its_fixture(name: str) -> None:
+    assert render_nginx_conf(MODES[name], PREFIX) == (FIXTURES / f"{name}.conf").read_text()
+
+
+def test_no_mode_has_neither_block() -> None:
+    text = render_nginx_conf(BASE, PREFIX)
+    assert "geo " not in text and "@maintenance" not in text
+    assert "limit_except" not in text and "@readonly" not in text
+
+
+def test_maintenance_lists_exactly_the_allowlist_and_defaults_everyone_else_to_the_page() -> None:
+    text = render_nginx_conf(MODES["prod-maintenance-allow"], PREFIX)
+    geo = text.split("geo $remote_addr $sandbox_maintenance {", 1)[1].split("}", 1)[0]
+    assert [ln.strip() for ln in geo.strip().splitlines()] == ["default 1;", "127.0.0.1 0;", "10.0.0.0/8 0;"]
+    assert "error_page 503 @maintenance;" in text and "return 503;" in text
+    assert f"root {PREFIX}/html;" in text and "rewrite ^ /maintenance.html break;" in text
+    assert "add_header Retry-After 60 always;" in text
+    assert "limit_except" not in text
+
+
+def test_maintenance_without_allowlist_has_only_the_default() -> None:
+    text = render_nginx_conf(MODES["prod-maintenance"], PREFIX)
+    geo = text.split("geo $remote_addr $sandbox_maintenance {", 1)[1].split("}", 1)[0]
+    assert [ln.strip() for ln in geo.strip().splitlines()] == ["default 1;"]
+
+
+def test_readonly_denies_everything_but_reads_with_a_retry_after() -> None:
+    text = render_nginx_conf(MODES["prod-readonly"], PREFIX)
+    assert "limit_except GET HEAD OPTIONS {" in text and "deny all;" in text
+    assert "error_page 403 =503 @readonly;" in text
+    assert "add_header Retry-After 30 always;" in text and "return 503" in text
+    assert "geo " not in text and "@maintenance" not in text
+
+
+def test_both_modes_render_both_blocks() -> None:
+    text = render_nginx_conf(MODES["prod-maintenance-readonly"], PREFIX)
+    assert "192.0.2.7 0;" in text and "@maintenance" in text and "limit_except" in text
+    assert text.count("proxy_pass http://app_prod;") == 1
+
+
+# -- nginx -t -------------------------------------------------------------------------------------
+
+
+@needs_nginx
+@pytest.mark.parametrize("name", sorted(MODES))
+def test_nginx_accepts_each_mode(tmp_path: Path, name: str) -> None:
+    prepare(tmp_path)
+    user, group = me()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        render_nginx_conf(dataclasses.replace(MODES[name], port=free_port()), tmp_path, user, group)
+    )
+    p = subprocess.run(
+        ["nginx", "-t", "-p", str(tmp_path), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "test is successful" in p.stderr
+
+
+# -- a real nginx on 127.0.0.1 in each mode ------------------------------------------------------
+
+
+class Backend(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._send(200, b"from the backend\n")
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._send(201, b"stored\n")
+
+
+@dataclasses.dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclasses.dataclass
+class Live:
+    """nginx started by this test (stopped by its own pid) in front of a local backend."""
+
+    prefix: Path
+    backend: str
+    port: int = 0
+    pid: int | None = None
+
+    def start(self, maintenance: tuple[str, ...] | None, readonly: bool) -> None:
+        self.port = free_port()
+        user, group = me()
+        cfg = RouterConfig(
+            "prod", "127.0.0.1", self.port, "_", (self.backend,), maintenance=maintenance, readonly=readonly
+        )
+        conf = self.prefix / "nginx.conf"
+        conf.write_text(render_nginx_conf(cfg, self.prefix, user, group))
+        p = subprocess.run(
+            ["nginx", "-p", str(self.prefix), "-c", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert p.returncode == 0, p.stderr
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                self.pid = int((self.prefix / "nginx.pid").read_text())
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            time.sleep(0.05)
+        raise AssertionError("nginx did not start listening within 10 s")
+
+    def stop(self) -> None:
+        if self.pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGQUIT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        self.pid = None
+
+    def request(self, method: str, path: str = "/") -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            body = b"a note" if method == "POST" else None
+            conn.request(method, path, body=body, headers={"Content-Type": "text/plain"})
+            r = conn.getresponse()
+            return Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Live]:
+    if NGINX is None:
+        pytest.skip("nginx is not installed")
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Backend)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    prepare(tmp_path)
+    lv = Live(tmp_path, f"127.0.0.1:{srv.server_address[1]}")
+    try:
+        yield lv
+    finally:
+        lv.stop()
+        srv.shutdown()
+        srv.server_close()
+        t.join(5)
+
+
+def is_maintenance_page(r: Reply) -> bool:
+    return (
+        r.status == 503
+        and b"We are updating" in r.body
+        and r.headers.get("retry-after") == "60"
+        and r.headers.get("content-type", "").startswith("text/html")
+    )
+
+
+def test_live_no_mode_passes_reads_and_writes(live: Live) -> None:
+    live.start(None, False)
+    assert live.request("GET").status == 200
+    r = live.request("POST", "/notes")
+    assert (r.status, r.body) == (201, b"stored\n")
+
+
+def test_live_maintenance_shows_the_page_to_everyone_not_allowed(live: Live) -> None:
+    live.start((), False)
+    for path in ("/", "/healthz", "/static/style.css"):
+        r = live.request("GET", path)
+        assert is_maintenance_page(r), (path, r)
+    assert live.request("HEAD").status == 503
+
+
+@pytest.mark.xfail(
+    reason="BUG: during maintenance a POST gets '405 Not Allowed' (no page, no Retry-After) instead of "
+    "the 503 page: @maintenance serves the page as a static file, which nginx refuses for POST",
+    strict=True,
+)
+def test_live_maintenance_answers_writes_with_the_page_too(live: Live) -> None:
+    live.start((), False)
+    r = live.request("POST", "/notes")
+    assert r.status == 503 and r.headers.get("retry-after") == "60" and b"We are updating" in r.body
+
+
+def test_live_maintenance_lets_the_allowlist_through(live: Live) -> None:
+    live.start(("127.0.0.1",), False)
+    assert live.request("GET").body == b"from the backend\n"
+    assert live.request("POST", "/notes").status == 201
+
+
+def test_live_maintenance_allowlist_takes_cidrs(live: Live) -> None:
+    live.start(("127.0.0.0/8",), False)
+    assert live.request("GET").status == 200
+
+
+def test_live_readonly_refuses_writes_with_retry_after_and_serves_reads(live: Live) -> None:
+    live.start(None, True)
+    r = live.request("POST", "/notes")
+    assert r.status == 503 and r.headers.get("retry-after") == "30", r
+    assert b"read-only" in r.body
+    for method in ("PUT", "DELETE", "PATCH"):
+        assert live.request(method, "/notes").status == 503, method
+    assert live.request("GET").status == 200
+    assert live.request("HEAD").status == 200
+
+
+def test_live_readonly_with_maintenance_allowlist_still_refuses_writes(live: Live) -> None:
+    live.start(("127.0.0.1",), True)
+    assert live.request("GET").status == 200
+    r = live.request("POST", "/notes")
+    assert r.status == 503 and r.headers.get("retry-after") == "30"
+
+
+@pytest.mark.xfail(
+    reason="BUG: with maintenance and read-only both on, a GET gets nginx's bare 503 page (no 'We are "
+    "updating', no Retry-After): location / has its own error_page (403 =503 @readonly), so the "
+    "server-level `error_page 503 @maintenance` is not inherited",
+    strict=True,
+)
+def test_live_maintenance_and_readonly_together_still_show_the_page(live: Live) -> None:
+    live.start((), True)
+    assert is_maintenance_page(live.request("GET")), live.request("GET")
