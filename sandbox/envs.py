@@ -201,8 +201,8 @@ class Envs:
         gw, _ = gateway(self.settings.network.subnet)
         idx = max((i.idx for i in self.state.instances(name)), default=-1) + 1
         iname = f"{name}-{idx}"
-        self.state.add_instance(name, idx, iname, "creating")
-        self.state.set_instance(name, idx, image=image, routed=False)
+        # one transaction: a crash can never leave a row that looks like a routed old instance
+        self.state.add_instance(name, idx, iname, "creating", image=image, routed=False)
         addr = self.state.allocate_address(name, idx, self.settings.network.subnet, reserved={gw})
         backend.prepare_image(image)
         spec = self._spec(env, idx, addr)

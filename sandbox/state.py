@@ -314,8 +314,16 @@ class StateDB:
         return [Env.from_row(r) for r in self._rows(f"SELECT * FROM envs{where} ORDER BY name", *args)]
 
     def delete_env(self, name: str) -> bool:
-        """Delete the env with its instances and snapshots (cascade); False if it did not exist."""
-        return self._write("DELETE FROM envs WHERE name = ?", name) > 0
+        """Delete the env with its instances and snapshots (cascade); False if it did not exist.
+
+        A deploy still marked running is abandoned with it: nothing of it exists any more.
+        """
+        with self._tx() as c:
+            c.execute(
+                "UPDATE deploys SET state = 'abandoned', finished = ? WHERE env = ? AND state = 'running'",
+                (time.time(), name),
+            )
+            return c.execute("DELETE FROM envs WHERE name = ?", (name,)).rowcount > 0
 
     def stale_envs(self, now: float | None = None, alive: Callable[[int], bool] = pid_alive) -> list[Env]:
         """Envs left "creating"/"deleting" by a process that is gone, and envs past their expiry."""
@@ -350,15 +358,27 @@ class StateDB:
 
     # -- instances --------------------------------------------------------------------------
 
-    def add_instance(self, env: str, idx: int, name: str, state: str, now: float | None = None) -> Instance:
+    def add_instance(
+        self,
+        env: str,
+        idx: int,
+        name: str,
+        state: str,
+        now: float | None = None,
+        image: str | None = None,
+        routed: bool = True,
+    ) -> Instance:
         with self._tx() as c:
             self._get_env(c, env)
             dup = StateError(
                 f"instance {idx} of {env!r} or an instance named {name!r} already exists",
                 hint=f"`sandbox down {env}` first, or `sandbox gc` to clean up after a crash",
             )
-            sql = "INSERT INTO instances (env, idx, name, state, created) VALUES (?, ?, ?, ?, ?)"
-            _insert(c, dup, sql, env, idx, name, state, _t(now))
+            sql = (
+                "INSERT INTO instances (env, idx, name, state, created, image, routed)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)"
+            )
+            _insert(c, dup, sql, env, idx, name, state, _t(now), image, int(routed))
             return self._get_instance(c, env, idx)
 
     def _get_instance(self, c: sqlite3.Connection, env: str, idx: int) -> Instance:

@@ -323,6 +323,11 @@ class LxcBackend(Backend):
         return ExecResult(p.returncode, p.stdout, p.stderr)
 
     def put_file(self, name: str, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+        # `cat` reads fd 0 as it is: container root may not reopen the host-owned pipe via /dev/stdin
+        script = (
+            'mkdir -p "$(dirname "$1")" && cat > "$1.sbxnew" && chown "$2" "$1.sbxnew" '
+            '&& chmod "$3" "$1.sbxnew" && mv -f "$1.sbxnew" "$1"'
+        )
         cmd = [
             "lxc-attach",
             "-P",
@@ -331,16 +336,13 @@ class LxcBackend(Backend):
             name,
             "--clear-env",
             "--",
-            "install",
-            "-D",
-            "-m",
-            f"{mode:o}",
-            "-o",
-            str(uid),
-            "-g",
-            str(gid),
-            "/dev/stdin",
+            "/bin/sh",
+            "-c",
+            script,
+            "sh",
             path,
+            f"{uid}:{gid}",
+            f"{mode:o}",
         ]
         p = subprocess.run(cmd, input=data, capture_output=True, check=False)
         if p.returncode != 0:

@@ -95,6 +95,23 @@ class Deploys:
             row = c.execute("SELECT * FROM deploys WHERE id = ?", (cur.lastrowid,)).fetchone()
         return _deploy(row)
 
+    def ensure_free(self, env: str) -> None:
+        """Raise DeployLocked/DeployInterrupted if a deploy of `env` is running or died part-way."""
+        d = self.running(env)
+        if d is None:
+            return
+        last = d.steps[-1]["step"] if d.steps else "start"
+        if d.alive:
+            raise DeployLocked(
+                f"a {d.kind} of {env} is already running (pid {d.pid}, deploy #{d.id}, at step {last})",
+                hint="wait for it to finish; `sandbox history` shows its steps",
+            )
+        raise DeployInterrupted(
+            f"{d.kind} #{d.id} of {env} was interrupted at step {last} (pid {d.pid} is gone)",
+            hint=f"finish it with `sandbox promote --resume --to {env}` or undo it with "
+            f"`sandbox rollback --to {env}`",
+        )
+
     def interrupted(self, env: str) -> Deploy | None:
         d = self.running(env)
         return d if d is not None and not d.alive else None

@@ -115,6 +115,7 @@ class Promoter:
         env = self.state.get_env(target)
         if env.state != "running":
             raise PromotionError(f"{target} is {env.state}, not running", hint=f"sandbox start {target}")
+        self.deploys.ensure_free(target)  # even "nothing to do" is not true while a deploy is half done
         if result.plan.strategy == "noop":
             result.state = "noop"
             return result
@@ -221,9 +222,16 @@ class Promoter:
         for inst in self.state.instances(d.env):
             if inst.image == image and not inst.routed:  # half-made by an interrupted run
                 self.envs.remove_instance(d.env, inst)
+        wanted = int(env.config["profile"].get("instances", 1))
         for old in [i for i in self.state.instances(d.env) if i.image != image]:
             t0 = time.monotonic()
-            if old.routed:
+            routed = [i for i in self.state.instances(d.env) if i.routed]
+            if old.routed and len(routed) > wanted:
+                # its replacement is already routed (a crash between "routed" and "unrouted")
+                self.state.set_instance(d.env, old.idx, routed=False)
+                self.envs.reroute(d.env)
+                self.deploys.step(d.id, "unrouted", instance=old.name)
+            elif old.routed:
                 new = self._start_healthy(d, env, image)
                 self.state.set_instance(d.env, new.idx, routed=True)
                 self.envs.reroute(d.env)
