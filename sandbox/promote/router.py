@@ -74,6 +74,7 @@ def render_nginx_conf(cfg: RouterConfig, prefix: Path, user: str = "nobody", gro
         server_name=cfg.server_name,
         drain_timeout=max(1, int(cfg.drain_timeout)),
         maintenance=cfg.maintenance,
+        maintenance_page=MAINTENANCE_PAGE.strip().replace("\\", "\\\\").replace('"', '\\"'),
         readonly=cfg.readonly,
     )
 

@@ -76,7 +76,7 @@ def test_maintenance_lists_exactly_the_allowlist_and_defaults_everyone_else_to_t
     geo = text.split("geo $remote_addr $sandbox_maintenance {", 1)[1].split("}", 1)[0]
     assert [ln.strip() for ln in geo.strip().splitlines()] == ["default 1;", "127.0.0.1 0;", "10.0.0.0/8 0;"]
     assert "error_page 503 @maintenance;" in text and "return 503;" in text
-    assert f"root {PREFIX}/html;" in text and "rewrite ^ /maintenance.html break;" in text
+    assert 'return 503 "<!doctype html>' in text and "We are updating" in text
     assert "add_header Retry-After 60 always;" in text
     assert "limit_except" not in text
 
@@ -265,11 +265,6 @@ def test_live_maintenance_shows_the_page_to_everyone_not_allowed(live: Live) -> 
     assert live.request("HEAD").status == 503
 
 
-@pytest.mark.xfail(
-    reason="BUG: during maintenance a POST gets '405 Not Allowed' (no page, no Retry-After) instead of "
-    "the 503 page: @maintenance serves the page as a static file, which nginx refuses for POST",
-    strict=True,
-)
 def test_live_maintenance_answers_writes_with_the_page_too(live: Live) -> None:
     live.start((), False)
     r = live.request("POST", "/notes")
@@ -305,12 +300,6 @@ def test_live_readonly_with_maintenance_allowlist_still_refuses_writes(live: Liv
     assert r.status == 503 and r.headers.get("retry-after") == "30"
 
 
-@pytest.mark.xfail(
-    reason="BUG: with maintenance and read-only both on, a GET gets nginx's bare 503 page (no 'We are "
-    "updating', no Retry-After): location / has its own error_page (403 =503 @readonly), so the "
-    "server-level `error_page 503 @maintenance` is not inherited",
-    strict=True,
-)
 def test_live_maintenance_and_readonly_together_still_show_the_page(live: Live) -> None:
     live.start((), True)
     assert is_maintenance_page(live.request("GET")), live.request("GET")
