@@ -95,3 +95,28 @@ def _ip(args: list[str]) -> None:
         raise BackendError(
             f"ip {' '.join(args)} failed: {p.stderr.strip()}", hint="sandbox needs root to create its bridge"
         )
+
+
+# every container's root is the same host uid, so per-user kernel limits are shared by all of
+# them; the defaults (128 inotify instances) stop systemd from booting after ~16 containers
+HOST_LIMITS = {
+    "fs/inotify/max_user_instances": 8192,
+    "fs/inotify/max_user_watches": 1048576,
+    "kernel/keys/maxkeys": 2000,
+    "kernel/keys/maxbytes": 2000000,
+}
+
+
+def raise_host_limits(proc_sys: Path = Path("/proc/sys")) -> list[str]:
+    """Raise per-user kernel limits that many containers share; returns what was changed."""
+    changed = []
+    for key, want in HOST_LIMITS.items():
+        path = proc_sys / key
+        try:
+            current = int(path.read_text().split()[0])
+            if current < want:
+                path.write_text(f"{want}\n")
+                changed.append(f"{key.replace('/', '.')} {current} → {want}")
+        except (OSError, ValueError):
+            continue
+    return changed

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec, run
-from sandbox.backends.hostsetup import IdRange, ensure_bridge, ensure_subids, gateway
+from sandbox.backends.hostsetup import IdRange, ensure_bridge, ensure_subids, gateway, raise_host_limits
 from sandbox.backends.lxcconfig import LxcInstanceConfig, render_lxc_config
 from sandbox.backends.unpack import unpack_image
 from sandbox.build.overlay import remove_tree
@@ -73,6 +73,10 @@ class LxcBackend(Backend):
             raise BackendError(
                 f"container root cannot reach {runtime}: {blocked} does not let others traverse it",
                 hint=f"chmod o+x {blocked}, or point SANDBOX_RUNTIME at a directory under /var/lib",
+            )
+        for change in raise_host_limits():
+            self.sink(
+                Event("log", phase="up", message=f"raised the host limit {change} (for many containers)")
             )
         s = load_settings(self.ws)
         ensure_bridge(s.network.bridge, s.network.subnet)
