@@ -123,7 +123,8 @@ def main() -> None:
     (raw / "base" / "config").write_text(
         "lxc.include = /usr/share/lxc/config/common.conf\nlxc.include = /usr/share/lxc/config/userns.conf\n"
         "lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n"
-        f"lxc.rootfs.path = dir:{raw / 'base' / 'rootfs'}\nlxc.mount.auto = cgroup:mixed proc:mixed sys:mixed\n"
+        f"lxc.rootfs.path = dir:{raw / 'base' / 'rootfs'}\n"
+        "lxc.mount.auto = cgroup:mixed proc:mixed sys:mixed\n"
         "lxc.net.0.type = veth\nlxc.net.0.link = sbxbench0\nlxc.net.0.flags = up\n"
         "lxc.net.0.ipv4.address = 10.215.0.250/24\nlxc.net.0.ipv4.gateway = 10.215.0.1\n"
         "lxc.apparmor.profile = unconfined\nlxc.signal.halt = SIGRTMIN+3\n"
