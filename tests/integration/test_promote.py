@@ -759,6 +759,14 @@ def test_maintenance_and_readonly_modes(prod: Path, promo: Images) -> None:
         assert r.status == 503 and b"We are updating" in r.body, (path, r)
         assert r.headers.get("retry-after") == "60"
 
+    r = via_router("POST", "/notes", b"during maintenance")  # writes get the page too
+    assert r.status == 503 and b"We are updating" in r.body and r.headers.get("retry-after") == "60", r
+
+    ok(sbx(ws, "readonly", "on", "prod"))  # both modes at once: the page still wins for everyone
+    r = via_router("GET", "/")
+    assert r.status == 503 and b"We are updating" in r.body and r.headers.get("retry-after") == "60", r
+    ok(sbx(ws, "readonly", "off", "prod"))
+
     ok(sbx(ws, "maintenance", "off", "prod"))
     assert via_router("GET", "/").status == 200
 
