@@ -153,11 +153,8 @@ def test_failing_run_command_names_the_key_and_leaves_no_trace(built: Built) -> 
 def test_symlinks_in_the_image_never_lead_to_the_host(built: Built, tmp_path: Path) -> None:
     import tempfile
 
-    from tests.integration.conftest import REPO
-
-    # not below /tmp: the image's /tmp is emptied by normalization
-    (REPO / ".sandbox").mkdir(exist_ok=True)
-    host_target = Path(tempfile.mkdtemp(prefix="esc-target-", dir=REPO / ".sandbox"))
+    # not below /tmp (wherever the checkout is): the image's /tmp is emptied by normalization
+    host_target = Path(tempfile.mkdtemp(prefix="sandbox-esc-target-", dir="/var/lib"))
     app = built.ws / "recipes" / "esc" / "tree"
     app.mkdir(parents=True)
     (app / "hop").symlink_to(str(host_target))  # absolute: must resolve inside the image
