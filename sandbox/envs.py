@@ -26,7 +26,7 @@ from sandbox.errors import SandboxError
 from sandbox.events import Event, EventSink, null_sink
 from sandbox.fsutil import pid_alive
 from sandbox.health import Probe, http_probe, probe_instance, wait_until
-from sandbox.promote.router import Router, RouterConfig, port_in_use
+from sandbox.promote.router import PortForward, Router, RouterConfig, port_in_use
 from sandbox.settings import Settings, load_settings
 from sandbox.state import Env, Instance, StateDB
 from sandbox.store import ImageStore
@@ -236,6 +236,11 @@ class Envs:
         app = self._app(env.image) or {}
         instances = self.state.instances(env.name)
         if not r:
+            if p.get("ports"):
+                raise SandboxError(
+                    "the profile's ports are forwarded by the env's router",
+                    hint="give the profile a router: section",
+                )
             first = instances[0].address if instances else None
             return f"http://{first}:{app.get('port', 80)}/" if first else ""
         if app.get("port") is None:
@@ -278,6 +283,16 @@ class Envs:
             f"{i.address}:{app['port']}" for i in self.state.instances(name) if i.address and i.routed
         )
         maintenance = mode.get("maintenance")
+        routed = [i for i in self.state.instances(name) if i.address and i.routed]
+        ports = tuple(
+            PortForward(
+                p["address"],
+                int(p["host"]),
+                p.get("proto", "tcp"),
+                tuple(f"{i.address}:{p['container']}" for i in routed),
+            )
+            for p in env.config["profile"].get("ports") or []
+        )
         self.router(name).apply(
             RouterConfig(
                 name,
@@ -288,6 +303,7 @@ class Envs:
                 drain_timeout=float(r.get("drain_timeout", 30)),
                 maintenance=tuple(maintenance) if maintenance is not None else None,
                 readonly=bool(mode.get("readonly")),
+                ports=ports,
             )
         )
 

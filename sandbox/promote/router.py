@@ -23,6 +23,7 @@ from sandbox.errors import SandboxError
 from sandbox.fsutil import atomic_write, pid_alive
 
 TEMPLATES = Path(__file__).parent / "templates"
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"  # Debian's libnginx-mod-stream
 MAINTENANCE_PAGE = (
     "<!doctype html><title>Back soon</title><h1>We are updating</h1>"
     "<p>This site is being updated and will be back in a moment.</p>\n"
@@ -31,6 +32,16 @@ MAINTENANCE_PAGE = (
 
 class RouterError(SandboxError):
     """nginx refused the config or could not start."""
+
+
+@dataclass(frozen=True)
+class PortForward:
+    """A profile port: address:host on the host → container port of every routed instance."""
+
+    address: str
+    host: int
+    proto: str
+    backends: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,7 @@ class RouterConfig:
     drain_timeout: float = 30.0
     maintenance: tuple[str, ...] | None = None  # None: off; else the addresses that still get through
     readonly: bool = False
+    ports: tuple[PortForward, ...] = ()
 
 
 def render_nginx_conf(cfg: RouterConfig, prefix: Path, user: str = "nobody", group: str = "nogroup") -> str:
@@ -76,6 +88,8 @@ def render_nginx_conf(cfg: RouterConfig, prefix: Path, user: str = "nobody", gro
         maintenance=cfg.maintenance,
         maintenance_page=MAINTENANCE_PAGE.strip().replace("\\", "\\\\").replace('"', '\\"'),
         readonly=cfg.readonly,
+        ports=cfg.ports,
+        stream_module=STREAM_MODULE if cfg.ports else "",
     )
 
 
@@ -128,6 +142,11 @@ class Router:
             os.chown(self.prefix / d, pw.pw_uid, pw.pw_gid)
 
     def apply(self, cfg: RouterConfig, user: str = "nobody") -> None:
+        if cfg.ports and not Path(STREAM_MODULE).exists():
+            raise RouterError(
+                "the profile forwards ports, which needs nginx's stream module",
+                hint="apt-get install libnginx-mod-stream",
+            )
         """Write, check and (re)load the config; a failed check keeps the running one.
 
         A reload is preceded by `nginx -t`; a first start needs no separate check,
