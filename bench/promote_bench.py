@@ -87,7 +87,7 @@ def main() -> None:
     tpl = ws / "recipes" / "web" / "templates" / "settings.py.j2"
     tpl.write_text(tpl.read_text().replace("GREETING", "GREETING_V2 = 1\nGREETING"))
     sh([*c, "build", "web", "--tag", "v2"], env=env)
-    sh([*c, "up", "prod", "--wait"], env=env)
+    sh([*c, "up", "prod", "--image", "web:v1", "--wait"], env=env)
     url = f"http://127.0.0.1:{PORT}/healthz"
 
     steady = parse_wrk(sh(["wrk", "-t2", "-c16", "-d10s", "--latency", url]).stdout)
