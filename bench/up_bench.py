@@ -68,6 +68,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--idle", type=int, default=50)
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument(
+        "--only-idle", dest="only_idle", action="store_true", help="Only the idle-envs part."
+    )
     args = ap.parse_args()
 
     ws = REPO / ".sandbox" / "bench-up"
@@ -104,7 +107,7 @@ def main() -> None:
     res: dict[str, list[float]] = {
         k: [] for k in ("up_running", "up_healthy", "raw_running", "raw_healthy", "up_small", "up_big")
     }
-    for i in range(args.runs):
+    for i in range(0 if args.only_idle else args.runs):
         res["up_running"].append(timed([*c, "up", f"staging-r{i}"], env))
         sh([*c, "down", f"staging-r{i}"], env)
         res["up_healthy"].append(timed([*c, "up", f"staging-h{i}", "--wait"], env))
@@ -129,7 +132,7 @@ def main() -> None:
         "lxc.net.0.ipv4.address = 10.215.0.250/24\nlxc.net.0.ipv4.gateway = 10.215.0.1\n"
         "lxc.apparmor.profile = unconfined\nlxc.signal.halt = SIGRTMIN+3\n"
     )
-    for i in range(args.runs):
+    for i in range(0 if args.only_idle else args.runs):
         name = f"raw{i}"
         t0 = time.perf_counter()
         sh(["lxc-copy", "-P", str(raw), "-n", "base", "-N", name, "-s", "-B", "overlayfs"])
@@ -162,13 +165,15 @@ def main() -> None:
     for n in names:
         sh([*c, "down", n], env)
 
-    med = {k: median(v) for k, v in res.items()}
+    med = {k: median(v) if v else 0.0 for k, v in res.items()}
     report = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "image_bytes": sizes,
         "seconds": res,
         "median": med,
-        "ratios": {
+        "ratios": {}
+        if args.only_idle
+        else {
             "up_over_raw_running": med["up_running"] / med["raw_running"],
             "up_over_raw_healthy": med["up_healthy"] / med["raw_healthy"],
             "big_over_small": med["up_big"] / med["up_small"],
