@@ -288,12 +288,7 @@ class LxcBackend(Backend):
         timeout: float | None = None,
     ) -> ExecResult:
         cmd = [
-            "lxc-attach",
-            "-P",
-            str(self.lxcpath),
-            "-n",
-            name,
-            "--clear-env",
+            *self._attach(name),
             "--set-var",
             f"PATH={EXEC_PATH}",
             "--set-var",
@@ -326,6 +321,10 @@ class LxcBackend(Backend):
             raise BackendError(f"command timed out after {timeout}s in {name}: {' '.join(argv)}") from e
         return ExecResult(p.returncode, p.stdout, p.stderr)
 
+    def _attach(self, name: str) -> list[str]:
+        """The start of every command run inside instance `name` (a clean environment)."""
+        return ["lxc-attach", "-P", str(self.lxcpath), "-n", name, "--clear-env"]
+
     def put_file(self, name: str, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
         # `cat` reads fd 0 as it is: container root may not reopen the host-owned pipe via /dev/stdin
         script = (
@@ -333,12 +332,7 @@ class LxcBackend(Backend):
             '&& chmod "$3" "$1.sbxnew" && mv -f "$1.sbxnew" "$1"'
         )
         cmd = [
-            "lxc-attach",
-            "-P",
-            str(self.lxcpath),
-            "-n",
-            name,
-            "--clear-env",
+            *self._attach(name),
             "--",
             "/bin/sh",
             "-c",
@@ -354,12 +348,7 @@ class LxcBackend(Backend):
 
     def logs_argv(self, name: str, follow: bool, lines: int) -> list[str]:
         return [
-            "lxc-attach",
-            "-P",
-            str(self.lxcpath),
-            "-n",
-            name,
-            "--clear-env",
+            *self._attach(name),
             "--",
             "journalctl",
             "--no-pager",

@@ -83,12 +83,12 @@ class Builder:
 
     # -- lock --------------------------------------------------------------
     def _apt(self, loaded: LoadedRecipe) -> PrivateApt:
-        b = loaded.recipe.base
+        return self._private_apt(loaded.recipe.base.suite, loaded.recipe.base.architecture)
+
+    def _private_apt(self, suite: str, architecture: str) -> PrivateApt:
+        """apt on the host's sources with its own state in the cache, one per suite and architecture."""
         apt = PrivateApt(
-            self.ws.cache / "apt" / f"{b.suite}-{b.architecture}",
-            b.suite,
-            b.architecture,
-            host_sources(b.suite),
+            self.ws.cache / "apt" / f"{suite}-{architecture}", suite, architecture, host_sources(suite)
         )
         apt.prepare()
         return apt
@@ -261,14 +261,7 @@ class Builder:
         return digest, False
 
     def _apt_for_lock(self, lock: Lock) -> PrivateApt:
-        apt = PrivateApt(
-            self.ws.cache / "apt" / f"{lock.suite}-{lock.architecture}",
-            lock.suite,
-            lock.architecture,
-            host_sources(lock.suite),
-        )
-        apt.prepare()
-        return apt
+        return self._private_apt(lock.suite, lock.architecture)
 
     def _unpack(self, digest: str) -> None:
         """Re-create the unpacked base from its blob (a cache that was cleared)."""
