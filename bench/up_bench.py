@@ -68,9 +68,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--idle", type=int, default=50)
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
-    ap.add_argument(
-        "--only-idle", dest="only_idle", action="store_true", help="Only the idle-envs part."
-    )
+    ap.add_argument("--only-idle", dest="only_idle", action="store_true", help="Only the idle-envs part.")
     args = ap.parse_args()
 
     ws = REPO / ".sandbox" / "bench-up"
