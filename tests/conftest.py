@@ -41,3 +41,13 @@ def _integration_prerequisites(request: pytest.FixtureRequest) -> None:
         problem = integration_problem()
         if problem is not None:
             pytest.fail(f"integration prerequisites missing: {problem}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """In CI nothing may be skipped: a skip there means a tool or daemon is missing, which is a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and integration_required() and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, which must not happen: {report.longrepr}"
