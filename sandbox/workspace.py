@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -41,7 +42,7 @@ class Workspace:
     def tmp(self) -> Path:
         return self.state / "tmp"
 
-    @property
+    @functools.cached_property
     def runtime(self) -> Path:
         """Where containers and routers live: .sandbox/ when unprivileged ids can reach it, else
         /var/lib/sandbox/ID (a checkout in /root, mode 0700, is common). SANDBOX_RUNTIME overrides.
