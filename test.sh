@@ -1,6 +1,6 @@
 #!/bin/sh
 # Quick start, command 2 of 2: install the test needs and run the whole suite
-# (ruff, mypy, unit and integration tests against real mmdebstrap). .ci/run calls this.
+# (ruff, mypy, unit and integration tests against real mmdebstrap, lxc, docker, lxd, libvirt). .ci/run calls this.
 #   ./test.sh [pytest args...]
 set -eu
 cd "$(dirname "$0")"
@@ -8,6 +8,8 @@ HERE=$(pwd)
 VENV=${SANDBOX_VENV:-$HERE/.venv}
 
 SANDBOX_EXTRAS="[test]" ./install.sh --no-run
+# the daemons of the lxd, docker and libvirt backends (their tests need them running)
+scripts/backends.sh
 
 echo ">> ruff"
 "$VENV/bin/ruff" check sandbox tests bench

@@ -10,6 +10,7 @@ from typing import Any
 from sandbox.backends.base import backend_names, get_backend
 from sandbox.build.overlay import remove_tree
 from sandbox.envs import Envs
+from sandbox.errors import SandboxError
 from sandbox.events import Event
 from sandbox.fsutil import pid_alive
 from sandbox.promote.router import Router
@@ -38,10 +39,14 @@ def gc(envs: Envs, *, images: bool = False, now: float | None = None) -> GcRepor
         envs.state.event("gc", f"removed ({why})", env=env.name)
         report.removed_envs.append(env.name)
     for name in backend_names():
-        backend = get_backend(name, envs.ws, envs.sink)
         # list what exists first, then ask the DB: an `up` running meanwhile records its
         # instance before it creates it, so it is never mistaken for an orphan
-        present = backend.instances()
+        try:
+            backend = get_backend(name, envs.ws, envs.sink)
+            present = backend.instances()
+        except SandboxError as e:  # a backend whose SDK or daemon this host lacks holds nothing
+            envs.sink(Event("log", phase="gc", message=f"skipped the {name} backend: {e}"))
+            continue
         known = {i.name for i in envs.state.all_instances()}
         for inst in present:
             if inst not in known:

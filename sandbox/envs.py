@@ -90,8 +90,12 @@ class Envs:
         remember(self.ws.state, self.ws.profiles, data)
         return data
 
-    def _backend(self, name: str) -> Backend:
-        return get_backend(name, self.ws, self.sink)
+    def _backend(self, name: str, remote: str | None = None) -> Backend:
+        return get_backend(name, self.ws, self.sink, remote)
+
+    def _env_backend(self, env: Env) -> Backend:
+        """The backend an env runs on (with the profile's `remote:` it was created with)."""
+        return self._backend(env.backend, env.config.get("profile", {}).get("remote"))
 
     def _image(self, p: ProfileData, override: str | None) -> str:
         ref = override or p.data.get("image")
@@ -146,7 +150,7 @@ class Envs:
     ) -> EnvView:
         p = self._profile(name)
         ttl_s = _ttl(ttl) if ttl is not None else p.data.get("ttl")
-        backend = self._backend(p.data["backend"])
+        backend = self._backend(p.data["backend"], p.data.get("remote"))
         backend.check()
         digest = self._image(p, image)
         now = time.time()
@@ -192,12 +196,14 @@ class Envs:
             else:
                 backend.create(spec)
             backend.start(iname)
-            self.state.set_instance(env.name, idx, state="running", image=env.image, routed=True)
+            self.state.set_instance(
+                env.name, idx, state="running", image=env.image, routed=True, **_picked(backend, iname)
+            )
 
     def new_instance(self, name: str, image: str) -> Instance:
         """One more instance of env `name` running `image`, started but not yet routed."""
         env = self.state.get_env(name)
-        backend = self._backend(env.backend)
+        backend = self._env_backend(env)
         gw, _ = gateway(self.settings.network.subnet)
         idx = max((i.idx for i in self.state.instances(name)), default=-1) + 1
         iname = f"{name}-{idx}"
@@ -208,6 +214,7 @@ class Envs:
         spec = self._spec(env, idx, addr)
         backend.create(dataclasses.replace(spec, image=image))
         backend.start(iname)
+        self.state.set_instance(name, idx, **_picked(backend, iname))
         if (env.config.get("router_mode") or {}).get("readonly"):
             # the app must see read-only mode from its first request on
             backend.exec(iname, ["/bin/sh", "-c", "mkdir -p /run/sandbox && touch /run/sandbox/readonly"])
@@ -215,7 +222,7 @@ class Envs:
 
     def remove_instance(self, name: str, inst: Instance) -> None:
         env = self.state.get_env(name)
-        self._backend(env.backend).destroy(inst.name)
+        self._env_backend(env).destroy(inst.name)
         self.state.delete_instance(name, inst.idx)
 
     def probe_instance(self, name: str, inst: Instance, image: str | None = None) -> Probe:
@@ -223,9 +230,7 @@ class Envs:
         health = env.config["profile"].get("health") or {}
         app = self._app(image or inst.image or env.image) or {}
         path = health.get("path") or app.get("health")
-        return probe_instance(
-            self._backend(env.backend), inst.name, app.get("port"), path, health.get("command")
-        )
+        return probe_instance(self._env_backend(env), inst.name, app.get("port"), path, health.get("command"))
 
     def _count(self, env: str) -> int:
         return len(self.state.instances(env))
@@ -314,7 +319,7 @@ class Envs:
             env = None
         if env is not None:
             self.state.set_env(name, state="deleting", pid=os.getpid())
-            backend = backend or self._backend(env.backend)
+            backend = backend or self._env_backend(env)
         Router(self.routers, name).remove()
         if backend is not None:
             for inst in self.state.instances(name):
@@ -331,7 +336,7 @@ class Envs:
 
     def stop(self, name: str) -> EnvView:
         env = self.state.get_env(name)
-        backend = self._backend(env.backend)
+        backend = self._env_backend(env)
         for inst in self.state.instances(name):
             backend.stop(inst.name)
             self.state.set_instance(name, inst.idx, state="stopped")
@@ -341,7 +346,7 @@ class Envs:
 
     def start(self, name: str, wait: bool = False, timeout: float | None = None) -> EnvView:
         env = self.state.get_env(name)
-        backend = self._backend(env.backend)
+        backend = self._env_backend(env)
         backend.check()
         for inst in self.state.instances(name):
             if backend.state(inst.name) != "running":
@@ -356,7 +361,7 @@ class Envs:
     # -- health ------------------------------------------------------------
     def probe(self, name: str) -> dict[str, Probe]:
         env = self.state.get_env(name)
-        backend = self._backend(env.backend)
+        backend = self._env_backend(env)
         p = env.config["profile"]
         health = p.get("health") or {}
         app = self._app(env.image) or {}
@@ -409,7 +414,7 @@ class Envs:
     def _view(self, env: Env, live: bool) -> EnvView:
         insts = self.state.instances(env.name)
         states = []
-        backend = self._backend(env.backend) if live else None
+        backend = self._env_backend(env) if live else None
         for i in insts:
             st = backend.state(i.name) if backend else i.state
             states.append({"name": i.name, "address": i.address, "state": st})
@@ -448,7 +453,7 @@ class Envs:
                 f"{name} has no instance {index}",
                 hint=f"{name} has instances 0..{len(insts) - 1}" if insts else None,
             )
-        return self._backend(env.backend), insts[index].name
+        return self._env_backend(env), insts[index].name
 
     def exec(
         self, name: str, argv: list[str], index: int = 0, user: str | None = None, attach: bool = False
@@ -469,7 +474,7 @@ class Envs:
     # -- snapshots and clones ----------------------------------------------
     def snapshot(self, name: str, snap: str | None = None) -> str:
         env = self.state.get_env(name)
-        backend = self._backend(env.backend)
+        backend = self._env_backend(env)
         backend.require("snapshot")
         snap = snap or time.strftime("snap-%Y%m%d-%H%M%S")
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", snap) or ".." in snap:
@@ -500,7 +505,7 @@ class Envs:
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", snap) or ".." in snap:
             raise SandboxError(f"invalid snapshot name {snap!r}", hint=f"see `sandbox status {name}`")
         self.state.get_snapshot(name, snap)
-        backend = self._backend(env.backend)
+        backend = self._env_backend(env)
         for inst in self.state.instances(name):
             backend.restore(inst.name, snap)
         self.state.event("restore", f"restore {snap}", env=name)
@@ -509,7 +514,7 @@ class Envs:
     def clone(self, src: str, dst: str, *, owner: str | None = None, wait: bool = False) -> EnvView:
         source = self.state.get_env(src)
         p = self._profile(dst)
-        backend = self._backend(source.backend)
+        backend = self._env_backend(source)
         backend.require("clone")
         backend.check()
         ttl = p.data.get("ttl")
@@ -553,3 +558,8 @@ def _ttl(text: str) -> float:
     if seconds <= 0:
         raise SandboxError(f"--ttl {text!r} must be longer than zero", hint="e.g. --ttl 90m, --ttl 4h")
     return seconds
+
+
+def _picked(backend: Backend, iname: str) -> dict[str, str]:
+    """The address a backend chose itself (one without "static-address"), to record after start."""
+    return {} if "static-address" in backend.capabilities else {"address": backend.address(iname)}

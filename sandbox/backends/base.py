@@ -63,12 +63,21 @@ class Backend(abc.ABC):
     """The contract every backend implements (create from image, start, stop, destroy, exec …)."""
 
     name: ClassVar[str]
-    #: what this backend can do beyond the basics: "snapshot", "clone", "init", "logs", "static-address"
+    #: what this backend can do beyond the basics: "snapshot", "clone", "init" (systemd: cron and
+    #: services run), "logs", "static-address" (uses InstanceSpec.address; otherwise the backend
+    #: picks the address and envs asks `address()` after start), "remote" (profile `remote:`)
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, ws: Workspace, sink: EventSink = null_sink) -> None:
+    def __init__(self, ws: Workspace, sink: EventSink = null_sink, remote: str | None = None) -> None:
         self.ws = ws
         self.sink = sink
+        #: where the backend's daemon runs (profile `remote:`); None is this host
+        self.remote = remote
+        if remote is not None and "remote" not in self.capabilities:
+            raise UnsupportedOperation(
+                f"the {self.name} backend has no remote hosts (remote: {remote!r})",
+                hint="remove `remote:` from the profile, or pick the lxd, docker or libvirt backend",
+            )
 
     def require(self, capability: str) -> None:
         if capability not in self.capabilities:
@@ -156,14 +165,19 @@ class Backend(abc.ABC):
 
 _REGISTRY: dict[str, str] = {
     "lxc": "sandbox.backends.lxc:LxcBackend",
+    "lxd": "sandbox.backends.lxd:LxdBackend",
+    "docker": "sandbox.backends.docker:DockerBackend",
+    "libvirt": "sandbox.backends.libvirt:LibvirtBackend",
 }
+#: the pip extra that brings each backend's SDK (`pip install 'sandbox[docker]'`)
+EXTRAS = {"lxd": "lxd", "docker": "docker", "libvirt": "libvirt"}
 
 
 def backend_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_backend(name: str, ws: Workspace, sink: EventSink = null_sink) -> Backend:
+def get_backend(name: str, ws: Workspace, sink: EventSink = null_sink, remote: str | None = None) -> Backend:
     """The backend registered as `name`, imported on first use."""
     target = _REGISTRY.get(name)
     if target is None:
@@ -172,8 +186,19 @@ def get_backend(name: str, ws: Workspace, sink: EventSink = null_sink) -> Backen
             hint=f"available backends: {', '.join(backend_names())}",
         )
     module, _, cls = target.partition(":")
-    backend_cls: type[Backend] = getattr(importlib.import_module(module), cls)
-    return backend_cls(ws, sink)
+    try:
+        backend_cls: type[Backend] = getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise UnsupportedOperation(
+                f"backend {name!r} is not available yet", hint=f"available: {', '.join(backend_names())}"
+            ) from e
+        extra = EXTRAS.get(name, name)
+        raise BackendError(
+            f"the {name} backend needs the Python package {e.name!r}, which is not installed",
+            hint=f"pip install 'sandbox[{extra}]' (into sandbox's venv)",
+        ) from e
+    return backend_cls(ws, sink, remote)
 
 
 def run(

@@ -130,73 +130,78 @@ def write_layer(root: Path, out: IO[bytes], sde: int, *, overlay_upper: bool = F
     0/0) become `.wh.NAME` entries and opaque dirs get `.wh..wh..opq`, as in
     OCI layers; the index records them as "whiteout" and "opaque".
     """
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        return add_tree(tar, root, sde, overlay_upper=overlay_upper)
+
+
+def add_tree(
+    tar: tarfile.TarFile, root: Path, sde: int, *, overlay_upper: bool = False, prefix: str = "./"
+) -> Index:
+    """Add `root` to an open tar, deterministically, member names under `prefix` (see write_layer)."""
     index: Index = {}
     seen_inodes: dict[tuple[int, int], str] = {}
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for rel, st in walk_sorted(root):
-            path = root / rel if rel else root
-            key = "/" + rel
-            name = "./" + rel
-            ti = tarfile.TarInfo(name)
-            ti.mtime = min(int(st.st_mtime), sde)
-            ti.mode = stat.S_IMODE(st.st_mode)
-            ti.uid, ti.gid = st.st_uid, st.st_gid
-            ti.uname = ti.gname = ""
-            entry: dict[str, Any] = {"mode": f"{ti.mode:04o}", "uid": st.st_uid, "gid": st.st_gid}
-            m = st.st_mode
-            if overlay_upper and stat.S_ISCHR(m) and st.st_rdev == 0:
-                parent, _, base = rel.rpartition("/")
-                wh = tarfile.TarInfo("./" + (parent + "/" if parent else "") + ".wh." + base)
-                wh.mtime, wh.mode, wh.uname, wh.gname = ti.mtime, 0, "", ""
-                tar.addfile(wh)
-                index[key] = {"type": "whiteout"}
-                continue
-            ti.pax_headers = _xattrs(path)
-            if stat.S_ISDIR(m):
-                ti.type = tarfile.DIRTYPE
-                entry["type"] = "dir"
+    for rel, st in walk_sorted(root):
+        path = root / rel if rel else root
+        key = "/" + rel
+        name = prefix + rel if rel or prefix == "./" else prefix.rstrip("/")
+        ti = tarfile.TarInfo(name)
+        ti.mtime = min(int(st.st_mtime), sde)
+        ti.mode = stat.S_IMODE(st.st_mode)
+        ti.uid, ti.gid = st.st_uid, st.st_gid
+        ti.uname = ti.gname = ""
+        entry: dict[str, Any] = {"mode": f"{ti.mode:04o}", "uid": st.st_uid, "gid": st.st_gid}
+        m = st.st_mode
+        if overlay_upper and stat.S_ISCHR(m) and st.st_rdev == 0:
+            parent, _, base = rel.rpartition("/")
+            wh = tarfile.TarInfo(prefix + (parent + "/" if parent else "") + ".wh." + base)
+            wh.mtime, wh.mode, wh.uname, wh.gname = ti.mtime, 0, "", ""
+            tar.addfile(wh)
+            index[key] = {"type": "whiteout"}
+            continue
+        ti.pax_headers = _xattrs(path)
+        if stat.S_ISDIR(m):
+            ti.type = tarfile.DIRTYPE
+            entry["type"] = "dir"
+            tar.addfile(ti)
+            if overlay_upper and _is_opaque(path):
+                entry["opaque"] = True
+                opq = tarfile.TarInfo(name.rstrip("/") + "/.wh..wh..opq")
+                opq.mtime, opq.mode, opq.uname, opq.gname = ti.mtime, 0, "", ""
+                tar.addfile(opq)
+        elif stat.S_ISREG(m):
+            ino = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and ino in seen_inodes:
+                first = seen_inodes[ino]
+                ti.type = tarfile.LNKTYPE
+                ti.linkname = prefix + first.lstrip("/")
                 tar.addfile(ti)
-                if overlay_upper and _is_opaque(path):
-                    entry["opaque"] = True
-                    opq = tarfile.TarInfo(name.rstrip("/") + "/.wh..wh..opq")
-                    opq.mtime, opq.mode, opq.uname, opq.gname = ti.mtime, 0, "", ""
-                    tar.addfile(opq)
-            elif stat.S_ISREG(m):
-                ino = (st.st_dev, st.st_ino)
-                if st.st_nlink > 1 and ino in seen_inodes:
-                    first = seen_inodes[ino]
-                    ti.type = tarfile.LNKTYPE
-                    ti.linkname = "./" + first.lstrip("/")
-                    tar.addfile(ti)
-                    entry.update({k: index[first][k] for k in ("type", "size", "sha256")})
-                    entry["hardlink"] = first
-                else:
-                    if st.st_nlink > 1:
-                        seen_inodes[ino] = key
-                    ti.size = st.st_size
-                    with open(path, "rb") as f:
-                        reader = _HashingReader(f)
-                        tar.addfile(ti, reader)
-                    entry.update({"type": "file", "size": st.st_size, "sha256": reader.h.hexdigest()})
-            elif stat.S_ISLNK(m):
-                ti.type = tarfile.SYMTYPE
-                ti.linkname = os.readlink(path)
-                tar.addfile(ti)
-                entry.update({"type": "symlink", "target": ti.linkname})
-            elif stat.S_ISCHR(m) or stat.S_ISBLK(m):
-                ti.type = tarfile.CHRTYPE if stat.S_ISCHR(m) else tarfile.BLKTYPE
-                ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-                tar.addfile(ti)
-                entry.update(
-                    {"type": "char" if stat.S_ISCHR(m) else "block", "dev": [ti.devmajor, ti.devminor]}
-                )
-            elif stat.S_ISFIFO(m):
-                ti.type = tarfile.FIFOTYPE
-                tar.addfile(ti)
-                entry["type"] = "fifo"
-            else:  # sockets do not belong in an image
-                continue
-            index[key] = entry
+                entry.update({k: index[first][k] for k in ("type", "size", "sha256")})
+                entry["hardlink"] = first
+            else:
+                if st.st_nlink > 1:
+                    seen_inodes[ino] = key
+                ti.size = st.st_size
+                with open(path, "rb") as f:
+                    reader = _HashingReader(f)
+                    tar.addfile(ti, reader)
+                entry.update({"type": "file", "size": st.st_size, "sha256": reader.h.hexdigest()})
+        elif stat.S_ISLNK(m):
+            ti.type = tarfile.SYMTYPE
+            ti.linkname = os.readlink(path)
+            tar.addfile(ti)
+            entry.update({"type": "symlink", "target": ti.linkname})
+        elif stat.S_ISCHR(m) or stat.S_ISBLK(m):
+            ti.type = tarfile.CHRTYPE if stat.S_ISCHR(m) else tarfile.BLKTYPE
+            ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+            tar.addfile(ti)
+            entry.update({"type": "char" if stat.S_ISCHR(m) else "block", "dev": [ti.devmajor, ti.devminor]})
+        elif stat.S_ISFIFO(m):
+            ti.type = tarfile.FIFOTYPE
+            tar.addfile(ti)
+            entry["type"] = "fifo"
+        else:  # sockets do not belong in an image
+            continue
+        index[key] = entry
     return index
 
 

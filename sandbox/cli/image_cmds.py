@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import click
 
@@ -133,3 +134,25 @@ def rm(obj: Ctx, refs: tuple[str, ...]) -> None:
         Builder(obj.ws).forget_layers(blobs)
         out.append({"digest": digest, "removed_layers": blobs})
     obj.output.result(out, "\n".join(f"removed {o['digest']}" for o in out))
+
+
+@image.command("export")
+@click.argument("ref")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["tar", "docker", "lxd", "qcow2"]),
+    default="tar",
+    show_default=True,
+    help="tar: flattened rootfs; docker: `docker load` archive; lxd: `lxc image import` tarball; "
+    "qcow2: bootable disk.",
+)
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), help="File or directory to write to.")
+@json_option
+@click.pass_obj
+def export(obj: Ctx, ref: str, fmt: str, out: Path | None) -> None:
+    """Write an image as a file that docker, LXD, qemu or tar use directly."""
+    from sandbox.export import export_image
+
+    done = export_image(obj.ws, ref, fmt, out, obj.output)
+    obj.output.result(done.__dict__, f"wrote {done.path} ({_size(done.size)}, {fmt} of {done.image[:19]})")

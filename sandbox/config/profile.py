@@ -34,6 +34,13 @@ PARTIAL = "partial"
 NEITHER = "give 'recipe' or 'image' (in this file or a parent)"
 NEITHER_HINT = "recipe: NAME runs the latest image of recipes/NAME.yaml; image: REF runs that image"
 
+REMOTE_SCHEMES: dict[str, tuple[str, ...]] = {
+    "lxc": (),
+    "lxd": ("https",),
+    "docker": ("ssh", "tcp", "unix"),
+    "libvirt": ("qemu", "qemu+ssh", "qemu+tcp", "qemu+tls", "qemu+unix"),
+}
+
 _TAG = r"[a-z0-9][a-z0-9._-]{0,62}"
 _IMAGE_REF = re.compile(rf"sha256:[0-9a-f]{{6,64}}|{_TAG}(?::{_TAG})?")
 
@@ -230,6 +237,11 @@ class Profile(BaseModel):
     backend: Literal["lxc", "lxd", "docker", "libvirt"] = Field(
         "lxc", description="Backend running instances."
     )
+    remote: str | None = Field(
+        None,
+        description="Host of the backend's daemon: lxd https://HOST:8443, docker ssh://USER@HOST or "
+        "tcp://HOST:2376, libvirt a URI such as qemu+ssh://USER@HOST/system; this host when omitted.",
+    )
     instances: Annotated[StrictInt, Field(ge=1, le=64)] = Field(1, description="Number of instances (1-64).")
     resources: Resources = Field(default_factory=Resources, description="Limits per instance.")
     ports: list[PortMap] = Field(default_factory=list, description="Host ports forwarded to the instance.")
@@ -253,6 +265,22 @@ class Profile(BaseModel):
                 "give either 'recipe' or 'image', not both", "a profile runs one recipe's image or one image"
             )
         return value
+
+    @model_validator(mode="after")
+    def _remote_fits_backend(self) -> Profile:
+        if self.remote is not None:
+            schemes = REMOTE_SCHEMES[self.backend]
+            if not schemes:
+                fail(
+                    f"the {self.backend} backend has no remote hosts",
+                    "remove 'remote' or pick lxd/docker/libvirt",
+                )
+            if not re.fullmatch(rf"({'|'.join(map(re.escape, schemes))})://[^\s]+", self.remote):
+                fail(
+                    f"{self.remote!r} is not a remote for the {self.backend} backend",
+                    f"use {' or '.join(s + '://...' for s in schemes)}",
+                )
+        return self
 
     @model_validator(mode="after")
     def _recipe_or_image(self, info: ValidationInfo) -> Profile:
