@@ -53,6 +53,7 @@ class BuildResult:
     cached: dict[str, bool] = field(default_factory=dict)
     layers: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    flavours: dict[str, str] = field(default_factory=dict)  # e.g. {"vm": digest} (`--flavour vm`)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class BuildResult:
             "cached": self.cached,
             "layers": self.layers,
             "seconds": round(self.seconds, 3),
+            **({"flavours": self.flavours} if self.flavours else {}),
         }
 
 

@@ -70,9 +70,18 @@ def resolve_in_root(root: Path, dest: str) -> Path:
 
 
 def run_in_root(
-    root: Path, command: list[str], env: dict[str, str] | None = None, input_text: str | None = None
+    root: Path,
+    command: list[str],
+    env: dict[str, str] | None = None,
+    input_text: str | None = None,
+    *,
+    host_dev: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `command` chrooted in `root`, in a private mount+pid namespace with /proc."""
+    """Run `command` chrooted in `root`, in a private mount+pid namespace with /proc.
+
+    With `host_dev`, the host's /dev is bind-mounted at the root's /dev (in that namespace only),
+    for a root without device nodes (a flattened image) whose package scripts need /dev/null.
+    """
     base_env = {
         "PATH": CHROOT_PATH,
         "HOME": "/root",
@@ -90,7 +99,11 @@ def run_in_root(
         "--fork",
         "--kill-child",
         f"--mount-proc={root}/proc",
-        "chroot",
+        *(
+            ["/bin/sh", "-c", 'mount --rbind /dev "$0/dev" && exec chroot "$0" "$@"']
+            if host_dev
+            else ["chroot"]
+        ),
         str(root),
         *command,
     ]

@@ -12,11 +12,22 @@ from sandbox.cli.main import Ctx, cli, json_option
 @click.argument("recipe")
 @click.option("--locked", is_flag=True, help="Fail if the recipe no longer matches its lock file.")
 @click.option("--tag", metavar="TAG", help="Also point RECIPE:TAG at the built image.")
+@click.option(
+    "--flavour",
+    type=click.Choice(["container", "vm"]),
+    default="container",
+    show_default=True,
+    help="vm: also build the VM flavour (kernel, udev, guest agent; pinned in RECIPE.vm.lock).",
+)
 @json_option
 @click.pass_obj
-def build(obj: Ctx, recipe: str, locked: bool, tag: str | None) -> None:
+def build(obj: Ctx, recipe: str, locked: bool, tag: str | None, flavour: str) -> None:
     """Build RECIPE (a name in recipes/ or a path) into an image in images/."""
     result = Builder(obj.ws, obj.output).build(recipe, locked=locked, tag=tag)
+    if flavour == "vm":
+        from sandbox.build.vmflavour import VmFlavour
+
+        result.flavours["vm"] = VmFlavour(obj.ws, obj.output).build(result.digest, locked=locked)
     how = (
         "no-op (cached)"
         if result.cached.get("image")
@@ -26,6 +37,7 @@ def build(obj: Ctx, recipe: str, locked: bool, tag: str | None) -> None:
         result.to_dict(),
         f"[bold]{result.ref}[/] {result.digest}\n[dim]{how} in {result.seconds:.2f}s"
         + ("; lock file written" if result.lock_created else "")
+        + "".join(f"\n{k} flavour: {v}" for k, v in result.flavours.items())
         + "[/]",
     )
 

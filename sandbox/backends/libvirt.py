@@ -1,0 +1,435 @@
+"""KVM (or TCG) virtual machines through libvirt (libvirt-python, imported only here).
+
+Per image: its VM flavour (build/vmflavour.py) as a raw ext4 disk plus the
+kernel and initrd from its /boot (backends/vmdisk.py), under
+runtime/libvirt/images/. Per instance: a qcow2 overlay on that disk, a config
+disk, a persistent domain named `sbx-<workspace id>-<instance>` and tagged with
+sandbox metadata (backends/libvirtxml.py), booted directly from the kernel with
+the instance's address on the kernel command line. exec and files go through
+qemu-guest-agent (backends/guestagent.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import libvirt_qemu
+
+from sandbox.backends import guestagent, vmdisk
+from sandbox.backends.base import (
+    Backend,
+    BackendError,
+    ExecResult,
+    InstanceSpec,
+    UnsupportedOperation,
+    run,
+)
+from sandbox.backends.hostsetup import ensure_bridge, gateway
+from sandbox.backends.libvirtxml import DomainConfig, kernel_cmdline, mac_for, render_domain_xml
+from sandbox.backends.vmaccel import choose_accel
+from sandbox.build.overlay import remove_tree
+from sandbox.events import Event
+from sandbox.settings import load_settings
+from sandbox.store import ImageStore
+
+DEFAULT_URI = "qemu:///system"
+DEFAULT_MEMORY_MIB = 512
+#: how long exec waits for the guest agent of a booting VM (TCG boots take ~45 s on 2 cores)
+AGENT_WAIT = 300.0
+
+# libvirt error codes → (what it means, how to fix it); everything else keeps libvirt's message
+_HINTS: dict[str, tuple[str, str]] = {
+    "VIR_ERR_NO_CONNECT": ("cannot connect to libvirtd", "start it: `libvirtd -d` (scripts/backends.sh)"),
+    "VIR_ERR_AUTH_FAILED": ("libvirt refused the connection", "run sandbox as root, or check polkit"),
+    "VIR_ERR_AUTH_CANCELLED": ("libvirt refused the connection", "run sandbox as root, or check polkit"),
+    "VIR_ERR_OPERATION_DENIED": ("libvirt denied the operation", "run sandbox as root"),
+    "VIR_ERR_DOM_EXIST": ("a domain of that name exists", "`sandbox gc` removes leftovers"),
+    "VIR_ERR_AGENT_UNRESPONSIVE": (
+        "the guest agent does not answer",
+        "the VM may still be booting, or qemu-guest-agent failed: see `sandbox logs`",
+    ),
+    "VIR_ERR_NO_DOMAIN": ("no such domain", "`sandbox ls` shows what exists"),
+}
+
+
+def translate(e: Exception, what: str) -> BackendError:
+    """The one place where a libvirtError becomes a BackendError with a hint."""
+    code = e.get_error_code() if isinstance(e, libvirt.libvirtError) else None
+    message = (e.get_error_message() if isinstance(e, libvirt.libvirtError) else None) or str(e)
+    for name, (meaning, hint) in _HINTS.items():
+        if code is not None and code == getattr(libvirt, name, None):
+            return BackendError(f"{what}: {meaning} ({message})", hint=hint)
+    if "Failed to connect socket" in message:
+        return BackendError(
+            f"{what}: cannot connect to libvirtd ({message})", hint=_HINTS["VIR_ERR_NO_CONNECT"][1]
+        )
+    if "Permission denied" in message:
+        return BackendError(f"{what}: permission denied ({message})", hint="run sandbox as root")
+    return BackendError(f"{what}: {message}", hint="see libvirtd's log; `virsh list --all` shows the domains")
+
+
+@contextlib.contextmanager
+def _calls(what: str) -> Iterator[None]:
+    try:
+        yield
+    except libvirt.libvirtError as e:
+        raise translate(e, what) from e
+
+
+def workspace_id(root: Path) -> str:
+    return hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+
+
+class LibvirtBackend(Backend):
+    name = "libvirt"
+    capabilities = frozenset({"snapshot", "clone", "init", "logs", "static-address", "remote"})
+
+    _conn: Any = None
+
+    @property
+    def uri(self) -> str:
+        return self.remote or os.environ.get("SANDBOX_LIBVIRT_URI") or DEFAULT_URI
+
+    @property
+    def root(self) -> Path:
+        return self.ws.runtime / "libvirt"
+
+    def _dir(self, name: str) -> Path:
+        return self.root / "instances" / name
+
+    def domain_name(self, name: str) -> str:
+        return f"sbx-{workspace_id(self.ws.root)}-{name}"
+
+    def conn(self) -> Any:
+        if self._conn is None:
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # no stderr noise
+            with _calls(f"connecting to {self.uri}"):
+                self._conn = libvirt.open(self.uri)
+        return self._conn
+
+    def _domain(self, name: str) -> Any | None:
+        try:
+            return self.conn().lookupByName(self.domain_name(name))
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise translate(e, f"looking up {name}") from e
+
+    def _dom(self, name: str) -> Any:
+        dom = self._domain(name)
+        if dom is None:
+            raise BackendError(f"instance {name} does not exist", hint="`sandbox ls` shows what exists")
+        return dom
+
+    # -- prerequisites -----------------------------------------------------
+    def check(self) -> None:
+        for tool, pkg in (("qemu-img", "qemu-utils"), ("mkfs.ext4", "e2fsprogs")):
+            if shutil.which(tool) is None:
+                raise BackendError(f"{tool} is not installed", hint=f"apt-get install {pkg}")
+        self.conn()
+        s = load_settings(self.ws)
+        if self.remote is None:
+            ensure_bridge(s.network.bridge, s.network.subnet)
+
+    # -- images ------------------------------------------------------------
+    def _image_dir(self, vm_digest: str) -> Path:
+        return self.root / "images" / vm_digest.removeprefix("sha256:")
+
+    def _vm_digest(self, digest: str) -> str:
+        from sandbox.build.vmflavour import vm_flavour  # the builder: only when an image is prepared
+
+        return vm_flavour(self.ws, digest, self.sink)
+
+    def prepare_image(self, digest: str) -> None:
+        self._boot_files(digest)
+
+    def _boot_files(self, digest: str) -> vmdisk.BootFiles:
+        meta = self.root / "images" / f"{digest.removeprefix('sha256:')}.vm"
+        if meta.is_file():
+            files = vmdisk.boot_files(self._image_dir(meta.read_text().strip()))
+            if files.disk.is_file():
+                return files
+        vm = self._vm_digest(digest)
+        d = self._image_dir(vm)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        with _flock(self.root / "images" / ".lock"):
+            if not vmdisk.boot_files(d).disk.is_file():
+                t0 = time.monotonic()
+                tmp = d.with_name(f".disk-{os.getpid()}-{d.name}")
+                remove_tree(tmp)
+                tmp.mkdir(mode=0o755)
+                try:
+                    vmdisk.make_image_disk(self.ws, ImageStore(self.ws.images), vm, tmp, self.sink)
+                    os.rename(tmp, d)
+                except BaseException:
+                    remove_tree(tmp)
+                    raise
+                self.sink(Event("log", phase="up", message=f"VM disk made in {time.monotonic() - t0:.1f}s"))
+            meta.write_text(vm + "\n")
+        return vmdisk.boot_files(d)
+
+    def forget_image(self, digest: str) -> None:
+        meta = self.root / "images" / f"{digest.removeprefix('sha256:')}.vm"
+        if meta.is_file():
+            remove_tree(self._image_dir(meta.read_text().strip()))
+            meta.unlink()
+
+    def accel(self, kernel: Path) -> str:
+        accel, why = choose_accel(self.root / "accel.json", kernel)
+        self.sink(Event("log", phase="up", message=f"libvirt: {accel} ({why})"))
+        return accel
+
+    # -- instances ---------------------------------------------------------
+    def _meta(self, name: str) -> dict[str, str]:
+        try:
+            data: dict[str, str] = json.loads((self._dir(name) / "sandbox.json").read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+    def create(self, spec: InstanceSpec, disk_from: Path | None = None) -> None:
+        if spec.mounts:
+            raise UnsupportedOperation(
+                f"the libvirt backend cannot share host folders with a VM ({len(spec.mounts)} mounts: "
+                + ", ".join(m.dest for m in spec.mounts)
+                + ")",
+                hint="remove `mounts:` from the profile, or use the lxc, lxd or docker backend",
+            )
+        if spec.address is None:
+            raise BackendError(f"instance {spec.name} has no address", hint="this is a bug in sandbox")
+        files = self._boot_files(spec.image)
+        s = load_settings(self.ws)
+        gw, _ = gateway(s.network.subnet)
+        d = self._dir(spec.name)
+        if d.exists() or self._domain(spec.name) is not None:
+            raise BackendError(f"instance {spec.name} already exists", hint="`sandbox gc` removes leftovers")
+        d.mkdir(parents=True, mode=0o755)
+        disk = d / "disk.qcow2"
+        if disk_from is not None:
+            vmdisk.copy_overlay(disk_from, disk)
+        else:
+            vmdisk.make_overlay(files.disk, disk)
+        env = {"SANDBOX_ENV": spec.env, "SANDBOX_INSTANCE": spec.name, "SANDBOX_IMAGE": spec.image}
+        env.update(spec.env_vars)
+        vmdisk.make_config_disk(
+            {"instance.env": "".join(f'{k}="{_quote(v)}"\n' for k, v in sorted(env.items())),
+             "hostname": f"{spec.name}\n"},
+            d / "config.img",
+        )  # fmt: skip
+        dom_name = self.domain_name(spec.name)
+        cfg = DomainConfig(
+            name=dom_name,
+            instance=spec.name,
+            workspace=workspace_id(self.ws.root),
+            env=spec.env,
+            image=spec.image,
+            domain_type="kvm" if self.accel(files.kernel) == "kvm" else "qemu",
+            memory_mib=int(spec.memory // (1 << 20)) if spec.memory else DEFAULT_MEMORY_MIB,
+            vcpus=max(1, math.ceil(spec.cpus)) if spec.cpus else 1,
+            kernel=str(files.kernel),
+            initrd=str(files.initrd),
+            cmdline=kernel_cmdline(spec.address, s.network.subnet, gw),
+            disk=str(disk),
+            config_disk=str(d / "config.img"),
+            bridge=s.network.bridge,
+            mac=mac_for(dom_name),
+            console_log=str(d / "console.log"),
+            address=spec.address,
+        )
+        xml = render_domain_xml(cfg)
+        (d / "domain.xml").write_text(xml)
+        meta = {"image": spec.image, "env": spec.env, "address": spec.address, "index": str(spec.index)}
+        (d / "sandbox.json").write_text(json.dumps(meta))
+        with _calls(f"defining the domain of {spec.name}"):
+            self.conn().defineXML(xml)
+
+    def start(self, name: str) -> None:
+        address = self._meta(name).get("address")
+        if address and self.remote is None:
+            # the address may have belonged to an instance removed moments ago: forget its MAC
+            run(["ip", "neigh", "flush", "to", address], timeout=10)
+        dom = self._dom(name)
+        with _calls(f"starting {name}"):
+            if not dom.isActive():
+                dom.create()
+
+    def stop(self, name: str, timeout: float = 10.0) -> None:
+        dom = self._domain(name)
+        if dom is None:
+            return
+        with _calls(f"stopping {name}"):
+            if dom.isActive():
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.shutdown()
+                deadline = time.monotonic() + timeout
+                while dom.isActive() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                if dom.isActive():
+                    dom.destroy()
+
+    def destroy(self, name: str) -> None:
+        dom = self._domain(name)
+        if dom is not None:
+            with _calls(f"removing {name}"):
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefine()
+        if self._dir(name).exists():
+            remove_tree(self._dir(name))
+
+    def state(self, name: str) -> str:
+        dom = self._domain(name)
+        if dom is None:
+            return "missing"
+        with _calls(f"reading the state of {name}"):
+            return "running" if dom.isActive() else "stopped"
+
+    def address(self, name: str) -> str:
+        addr = self._meta(name).get("address")
+        if not addr:
+            raise BackendError(f"instance {name} has no recorded address")
+        return addr
+
+    # -- guest agent -------------------------------------------------------
+    def _agent(self, name: str, wait: float = AGENT_WAIT) -> guestagent.Send:
+        dom = self._dom(name)
+
+        def send(cmd: str, timeout: int) -> str:
+            with _calls(f"guest agent of {name}"):
+                reply: str = libvirt_qemu.qemuAgentCommand(dom, cmd, timeout, 0)
+                return reply
+
+        deadline = time.monotonic() + wait
+        while not guestagent.ping(_quiet(send)):
+            if not dom.isActive():
+                raise BackendError(f"instance {name} is not running", hint=f"sandbox start {name}")
+            if time.monotonic() > deadline:
+                raise BackendError(
+                    f"the guest agent of {name} did not answer within {wait:.0f}s",
+                    hint="the VM may hang at boot: see `sandbox logs`",
+                )
+            time.sleep(1.0)
+        return send
+
+    def exec(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        interactive: bool = False,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        if interactive and argv == ["/bin/bash", "-l"]:
+            raise UnsupportedOperation(
+                "the libvirt backend has no interactive shell (commands run through the guest agent)",
+                hint=f"run single commands: sandbox exec ENV -- CMD; the serial console: {self._dir(name)}",
+            )
+        r = guestagent.guest_exec(self._agent(name), argv, user=user, env=env, timeout=timeout, what=name)
+        if interactive:  # no terminal through the agent: the output is shown when the command ends
+            sys.stdout.write(r.stdout)
+            sys.stdout.flush()
+            sys.stderr.write(r.stderr)
+            sys.stderr.flush()
+        return r
+
+    def put_file(self, name: str, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+        guestagent.put_file(self._agent(name), path, data, mode, uid, gid, what=name)
+
+    def logs_argv(self, name: str, follow: bool, lines: int) -> list[str]:
+        """The serial console (boot messages and systemd's status lines)."""
+        return ["tail", "-n", str(lines), *(["-F"] if follow else []), str(self._dir(name) / "console.log")]
+
+    # -- snapshots and clones ----------------------------------------------
+    @contextlib.contextmanager
+    def _paused(self, name: str) -> Iterator[None]:
+        """The domain paused (qemu flushes its disk caches when it stops), resumed afterwards."""
+        dom = self._dom(name)
+        running = dom.isActive() and dom.info()[0] == libvirt.VIR_DOMAIN_RUNNING
+        if running:
+            with contextlib.suppress(BackendError):
+                guestagent.guest_exec(self._agent(name, wait=5), ["sync"], timeout=30)
+            with _calls(f"pausing {name}"):
+                dom.suspend()
+        try:
+            yield
+        finally:
+            if running:
+                with _calls(f"resuming {name}"):
+                    dom.resume()
+
+    def snapshot(self, name: str, snap: str) -> dict[str, str]:
+        dest = self._dir(name) / "snaps" / f"{snap}.qcow2"
+        if dest.exists():
+            raise BackendError(f"snapshot {snap} of {name} exists")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with self._paused(name):
+            vmdisk.copy_overlay(self._dir(name) / "disk.qcow2", dest)
+        return {"path": str(dest)}
+
+    def restore(self, name: str, snap: str) -> None:
+        src = self._dir(name) / "snaps" / f"{snap}.qcow2"
+        if not src.is_file():
+            raise BackendError(f"instance {name} has no snapshot {snap}")
+        was_running = self.state(name) == "running"
+        if was_running:
+            with _calls(f"stopping {name}"):
+                self._dom(name).destroy()  # the disk is replaced: nothing to shut down cleanly
+        vmdisk.copy_overlay(src, self._dir(name) / "disk.qcow2")
+        if was_running:
+            self.start(name)
+
+    def delete_snapshot(self, name: str, snap: str) -> None:
+        (self._dir(name) / "snaps" / f"{snap}.qcow2").unlink(missing_ok=True)
+
+    def clone(self, src: str, spec: InstanceSpec) -> None:
+        tmp = self.root / "instances" / f".clone-{os.getpid()}-{spec.name}.qcow2"
+        try:
+            with self._paused(src):
+                vmdisk.copy_overlay(self._dir(src) / "disk.qcow2", tmp)
+            self.create(spec, disk_from=tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def instances(self) -> list[str]:
+        prefix = self.domain_name("")
+        with _calls("listing domains"):
+            names = [d.name() for d in self.conn().listAllDomains()]
+        return sorted(n[len(prefix) :] for n in names if n.startswith(prefix))
+
+
+def _quiet(send: guestagent.Send) -> guestagent.Send:
+    """`send` with every error as an agent error (for pings while the VM boots)."""
+
+    def wrapped(cmd: str, timeout: int) -> str:
+        try:
+            return send(cmd, timeout)
+        except BackendError as e:
+            return json.dumps({"error": {"desc": e.message}})
+
+    return wrapped
+
+
+def _quote(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield

@@ -1,0 +1,131 @@
+"""Disks for VMs, made without root mounts or loop devices.
+
+Per image (once): the VM flavour's root filesystem as a raw ext4 file
+(`mkfs.ext4 -d`), with its kernel and initrd copied out of /boot beside it.
+Per instance: a qcow2 overlay whose backing file is that raw disk (copy-on-
+write), and a small read-only config disk (ext4, label `sbxconfig`) with the
+instance's own files (instance.env, hostname), which the guest copies at boot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox.backends.base import BackendError, run
+from sandbox.build.vmflavour import CONFIG_LABEL
+from sandbox.events import Event, EventSink
+from sandbox.store import ImageStore
+from sandbox.workspace import Workspace
+
+#: free space the root filesystem gets beyond the image's own size
+HEADROOM = 1536 << 20
+MIN_SIZE = 2 << 30
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    disk: Path  # raw ext4 root filesystem
+    kernel: Path
+    initrd: Path
+
+
+def boot_files(d: Path) -> BootFiles:
+    return BootFiles(d / "root.raw", d / "vmlinuz", d / "initrd.img")
+
+
+def disk_size(used: int) -> int:
+    """Size of the raw disk: the tree plus headroom, rounded up to 256 MiB, at least 2 GiB."""
+    step = 256 << 20
+    return max(MIN_SIZE, -(-(used + used // 4 + HEADROOM) // step) * step)
+
+
+def make_ext4(src: Path, out: Path, size: int, label: str, seed: str, sde: int | None = None) -> None:
+    """A raw ext4 file of `size` bytes holding the tree `src` (owners and modes kept).
+
+    The UUID and directory hash seed come from `seed` and the timestamps from `sde`, so the
+    same tree gives the same bytes.
+    """
+    fs_uuid = str(uuid.UUID(hashlib.sha256(seed.encode()).hexdigest()[:32]))
+    with open(out, "wb") as f:
+        f.truncate(size)
+    argv = ["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, "-E", f"hash_seed={fs_uuid}"]
+    argv += ["-d", str(src), str(out)]
+    env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(sde)} if sde is not None else None
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
+    except FileNotFoundError as e:
+        raise BackendError("mkfs.ext4 is not installed", hint="apt-get install e2fsprogs") from e
+    if p.returncode != 0:
+        raise BackendError(f"mkfs.ext4 -d {src} failed: {p.stderr.strip()}")
+
+
+def tree_size(root: Path) -> int:
+    """Bytes of the regular files below `root` (hard links counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            st = os.lstat(os.path.join(dirpath, name))
+            if st.st_ino not in seen:
+                seen.add(st.st_ino)
+                total += st.st_size
+    return total
+
+
+def newest(boot: Path, pattern: str) -> Path:
+    found = sorted(boot.glob(pattern))
+    if not found:
+        raise BackendError(f"the VM image has no {pattern} in /boot", hint="its VM flavour is incomplete")
+    return found[-1]
+
+
+def make_image_disk(ws: Workspace, store: ImageStore, vm_digest: str, dest: Path, sink: EventSink) -> None:
+    """Write root.raw, vmlinuz and initrd.img of VM image `vm_digest` into the new dir `dest`."""
+    from sandbox.export.rootfs import flattened
+
+    sde = int(store.manifest(vm_digest)["created"])
+    files = boot_files(dest)
+    with flattened(ws, store, vm_digest) as root:
+        sink(Event("progress", phase="up", message=f"making the VM disk of {vm_digest[7:19]}"))
+        shutil.copyfile(newest(root / "boot", "vmlinuz-*"), files.kernel)
+        shutil.copyfile(newest(root / "boot", "initrd.img-*"), files.initrd)
+        make_ext4(root, files.disk, disk_size(tree_size(root)), "root", vm_digest, sde)
+    for f in (files.disk, files.kernel, files.initrd):
+        os.chmod(f, 0o644)
+
+
+def make_overlay(backing: Path, out: Path) -> None:
+    """A qcow2 file whose unwritten blocks read from the raw `backing` disk."""
+    p = run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(backing), str(out)],
+        check_tool="qemu-img",
+    )
+    if p.returncode != 0:
+        raise BackendError(f"qemu-img create {out.name} failed: {p.stderr.strip()}")
+
+
+def copy_overlay(src: Path, out: Path) -> None:
+    """A copy of an overlay that keeps the same backing file (a clone or a snapshot)."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    p = run(["cp", "--reflink=auto", "--sparse=always", str(src), str(tmp)], timeout=600)
+    if p.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise BackendError(f"cannot copy {src.name}: {p.stderr.strip()}")
+    os.replace(tmp, out)
+
+
+def make_config_disk(files: dict[str, str], out: Path) -> None:
+    """The small read-only disk with an instance's own files."""
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".cfg-") as tmp:
+        for rel, text in files.items():
+            (Path(tmp) / rel).write_text(text)
+        os.chmod(tmp, 0o755)
+        make_ext4(Path(tmp), out, 4 << 20, CONFIG_LABEL, str(out))
+    os.chmod(out, 0o644)
