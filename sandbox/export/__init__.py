@@ -55,6 +55,19 @@ def default_path(ws: Workspace, store: ImageStore, digest: str, fmt: str) -> Pat
     return Path.cwd() / f"{recipe}-{digest[7:19]}{SUFFIX[fmt]}"
 
 
+def temp_path(path: Path) -> Path:
+    """Where an exporter writes before the rename to `path`."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def final_path(tmp: Path) -> Path:
+    """The path an exporter's temp file is renamed to (for files an exporter writes beside it)."""
+    name = tmp.name
+    if name.startswith(".") and name.endswith(f".{os.getpid()}.tmp"):
+        return tmp.with_name(name[1 : -len(f".{os.getpid()}.tmp")])
+    return tmp
+
+
 def export_image(
     ws: Workspace, ref: str, fmt: str, out: Path | None = None, sink: EventSink = null_sink
 ) -> Exported:
@@ -76,7 +89,7 @@ def export_image(
         if e.name != module:
             raise
         raise ExportError(f"export format {fmt!r} is not available yet", hint="use --format tar") from e
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         extra = exporter(ws, store, digest, tmp, sink)
         os.replace(tmp, path)
