@@ -352,3 +352,68 @@ def test_a_taken_docker_name_is_reported_and_the_other_container_kept(contract: 
         assert [n for n in instances_on_backend(contract.ws, "docker") if n.startswith("cdocker-9-1")] == []
     finally:
         subprocess.run(["docker", "rm", "-f", foreign], capture_output=True, check=False)
+
+
+class _DockerOverTcp:
+    """A loopback TCP port forwarded to the local dockerd's unix socket: a `tcp://` remote for tests."""
+
+    def __init__(self) -> None:
+        import socket
+        import socketserver
+        import threading
+
+        class Pipe(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                upstream = socket.socket(socket.AF_UNIX)
+                upstream.connect("/var/run/docker.sock")
+                a, b = self.request, upstream
+
+                def pump(src: socket.socket, dst: socket.socket) -> None:
+                    with contextlib.suppress(OSError):
+                        while data := src.recv(65536):
+                            dst.sendall(data)
+                    with contextlib.suppress(OSError):
+                        dst.shutdown(socket.SHUT_WR)
+
+                t = threading.Thread(target=pump, args=(b, a), daemon=True)
+                t.start()
+                pump(a, b)
+                t.join(600)
+                upstream.close()
+
+        socketserver.ThreadingTCPServer.daemon_threads = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Pipe)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _DockerOverTcp:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_docker_remote_over_tcp_runs_an_env(contract: Contract) -> None:
+    if _docker_problem() is not None:
+        pytest.fail("dockerd is not running") if integration_required() else pytest.skip("no dockerd")
+    with _DockerOverTcp() as fwd:
+        path = contract.ws / "profiles" / "cremote.yaml"
+        path.write_text(
+            "name: cremote\nrecipe: web\nbackend: docker\n"
+            f"remote: tcp://127.0.0.1:{fwd.port}\ninstances: 1\n"
+            "health: {path: /healthz, interval: 0.3s, timeout: 60s}\n"
+            "router: {listen: 127.0.0.1, port: auto}\n"
+        )
+        try:
+            v = ok(sbx(contract.ws, "up", "cremote-1", "--image", contract.v1, "--wait", "--json"))
+            assert healthz(v["url"])["image"] == contract.v1
+            assert out(contract.ws, "cremote-1", "id", "-un", user="app") == "app"
+            logs = sandbox(contract.ws, "logs", "cremote-1", "-n", "20")
+            assert logs.code == 0 and "gunicorn" in logs.stdout + logs.stderr, logs
+            ok(sbx(contract.ws, "down", "cremote-1"))
+            gone = subprocess.run(["docker", "inspect", "cremote-1-0"], capture_output=True, check=False)
+            assert gone.returncode != 0, "down left the container behind"
+        finally:
+            path.unlink()
