@@ -11,6 +11,7 @@ image always gives the same bytes.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import json
 import tarfile
@@ -19,7 +20,7 @@ from typing import IO, Any
 
 from sandbox.events import Event, EventSink
 from sandbox.store import ImageStore
-from sandbox.store.layers import read_files
+from sandbox.store.layers import read_top_file
 from sandbox.workspace import Workspace
 
 APP_JSON = "/etc/sandbox/app.json"
@@ -35,11 +36,17 @@ def repo_tag(store: ImageStore, digest: str) -> str:
     return f"sandbox/{recipe}:{digest[7:19]}"
 
 
+@functools.lru_cache(maxsize=32)
+def _app_meta(images: Path, digest: str) -> str:
+    store = ImageStore(images)
+    blobs = [store.blob_path(la["digest"]) for la in store.manifest(digest)["layers"]]
+    raw = read_top_file(blobs, APP_JSON)
+    return raw.decode() if raw else "{}"
+
+
 def app_meta(store: ImageStore, digest: str) -> dict[str, Any]:
     """The recipe's app as the image records it (/etc/sandbox/app.json), or {} without an app."""
-    blobs = [store.blob_path(la["digest"]) for la in store.manifest(digest)["layers"]]
-    raw = read_files(blobs, [APP_JSON]).get(APP_JSON)
-    meta: dict[str, Any] = json.loads(raw) if raw else {}
+    meta: dict[str, Any] = json.loads(_app_meta(store.root, digest))
     return meta
 
 
