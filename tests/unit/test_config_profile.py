@@ -564,3 +564,30 @@ def test_env_profile_name(env: str, profile: str) -> None:
 def test_env_profile_name_rejects(env: str) -> None:
     with pytest.raises(ValueError, match=r"PROFILE or PROFILE-SUFFIX.*lowercase"):
         env_profile_name(env)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("backend: lxc\nremote: https://h:8443\n", "has no remote hosts"),
+        ("backend: docker\nremote: https://h:8443\n", "not a remote for the docker backend"),
+        ("backend: lxd\nremote: ssh://h\n", "not a remote for the lxd backend"),
+        ("backend: docker\ncapabilities: [NET_BIND]\n", "did you mean NET_BIND_SERVICE"),
+        ("backend: docker\ncapabilities: [FLY]\n", "not a Linux capability"),
+    ],
+)
+def test_backend_remote_and_capabilities_are_checked(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, "remote", f"name: remote\nrecipe: web\n{text}")
+    assert message in str(info.value) + "".join(str(i) for i in info.value.issues)
+
+
+def test_backend_remote_and_capabilities_are_accepted(tmp_path: Path) -> None:
+    p = load(
+        tmp_path,
+        "remote",
+        "name: remote\nrecipe: web\nbackend: docker\nremote: ssh://deploy@web1\n"
+        "capabilities: [cap_net_raw]\n",
+    ).profile
+    assert p.remote == "ssh://deploy@web1" and p.capabilities == ["NET_RAW"]
+    assert load(tmp_path, "v", "name: v\nrecipe: web\nbackend: libvirt\nremote: qemu+ssh://h/system\n")

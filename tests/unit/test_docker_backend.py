@@ -1,0 +1,158 @@
+"""The docker backend's pure parts: the image config and archive, init-only features, error
+translation, container arguments, and the profile keys it reads (remote, capabilities). No daemon."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.backends.base import BackendError, InstanceSpec, MountSpec, UnsupportedOperation, get_backend
+from sandbox.backends.docker import DockerBackend, _translated
+from sandbox.export import ExportError, export_image
+from sandbox.export.docker import image_config, repo_tag, write_docker_archive
+from sandbox.store import ImageStore
+from sandbox.workspace import Workspace
+from tests.unit.imagefactory import Image, make_image
+
+APP_JSON = {
+    "app": {"command": "gunicorn app:app", "user": "app", "port": 8000, "workdir": "/srv/app"},
+    "env": {"APP_ENV": "production", "QUOTED": 'a "b"'},
+    "recipe": "web",
+}
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    (tmp_path / "recipes").mkdir()
+    return Workspace(tmp_path)
+
+
+def _image(ws: Workspace, tmp_path: Path, extra: dict[str, bytes] | None = None) -> Image:
+    files = {
+        "etc/sandbox/app.json": json.dumps(APP_JSON).encode(),
+        "srv/app/app.py": b"app\n",
+        **(extra or {}),
+    }
+    return make_image(ImageStore(ws.images), tmp_path / "work", app_files=files)
+
+
+def test_image_config_runs_the_app_as_its_unit_does(ws: Workspace, tmp_path: Path) -> None:
+    img = _image(ws, tmp_path)
+    cfg = image_config(ImageStore(ws.images), img.digest)
+    c = cfg["config"]
+    assert c["Cmd"] == ["/usr/local/bin/sandbox-app"] and c["User"] == "app" and c["WorkingDir"] == "/srv/app"
+    assert "APP_ENV=production" in c["Env"] and 'QUOTED=a "b"' in c["Env"] and c["Env"][0].startswith("PATH=")
+    assert c["ExposedPorts"] == {"8000/tcp": {}}
+    assert c["Labels"] == {"io.sandbox.digest": img.digest, "io.sandbox.recipe": "web"}
+    assert cfg["rootfs"]["diff_ids"] == [img.base, img.app]
+
+
+def test_docker_archive_is_deterministic_and_has_every_layer(ws: Workspace, tmp_path: Path) -> None:
+    img = _image(ws, tmp_path)
+    store = ImageStore(ws.images)
+    a, b = io.BytesIO(), io.BytesIO()
+    info = write_docker_archive(store, img.digest, a)
+    write_docker_archive(store, img.digest, b)
+    assert a.getvalue() == b.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(a.getvalue())) as tar:
+        names = tar.getnames()
+        index = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        layer = tar.extractfile(f"{img.app[7:]}/layer.tar").read()  # type: ignore[union-attr]
+    assert index[0]["RepoTags"] == [repo_tag(store, img.digest)] == [info["tag"]]
+    assert index[0]["Layers"] == [f"{img.base[7:]}/layer.tar", f"{img.app[7:]}/layer.tar"]
+    assert layer == store.blob_path(img.app).read_bytes()
+    assert f"{info['config'][7:]}.json" in names and "repositories" in names
+
+
+def test_init_only_features_are_listed_and_package_defaults_ignored(ws: Workspace, tmp_path: Path) -> None:
+    img = _image(
+        ws,
+        tmp_path,
+        {
+            "etc/cron.d/app-cleanup": b"*/15 * * * * app true\n",
+            "etc/cron.d/e2scrub_all": b"",
+            "etc/systemd/system/multi-user.target.wants/cron.service": b"",
+            "etc/systemd/system/multi-user.target.wants/sandbox-app.service": b"",
+        },
+    )
+    assert DockerBackend(ws).unsupported(img.digest) == ["cron job app-cleanup", "service cron"]
+    plain = make_image(ImageStore(ws.images), tmp_path / "w2", name="plain")
+    assert DockerBackend(ws).unsupported(plain.digest) == []
+
+
+def test_container_arguments_drop_privileges_and_publish_on_loopback(ws: Workspace, tmp_path: Path) -> None:
+    img = _image(ws, tmp_path)
+    spec = InstanceSpec(
+        name="staging-1-0",
+        env="staging-1",
+        index=0,
+        image=img.digest,
+        env_vars={"APP_ENV": "staging"},
+        cpus=0.5,
+        memory=256 << 20,
+        pids=100,
+        mounts=(MountSpec("/data", "/srv/data", readonly=True),),
+        capabilities=("NET_BIND_SERVICE",),
+    )
+    args: dict[str, Any] = DockerBackend(ws)._create_args(spec, "sandbox/web:x")
+    assert args["cap_drop"] == ["ALL"] and args["cap_add"] == ["NET_BIND_SERVICE"]
+    assert args["security_opt"] == ["no-new-privileges"] and args["init"] is True
+    assert args["ports"] == {"8000/tcp": ("127.0.0.1", None)}
+    assert args["environment"]["APP_ENV"] == "staging"  # the profile's env wins over the recipe's
+    assert args["environment"]["SANDBOX_INSTANCE"] == "staging-1-0"
+    assert (args["mem_limit"], args["nano_cpus"], args["pids_limit"]) == (256 << 20, 500_000_000, 100)
+    assert args["labels"]["io.sandbox.workspace"] == ws.id
+    assert args["mounts"][0]["Target"] == "/srv/data" and args["mounts"][0]["ReadOnly"] is True
+
+
+def test_sdk_errors_become_backend_errors_with_a_hint() -> None:
+    import docker.errors
+    import requests
+
+    cases: list[tuple[Exception, str, str]] = [
+        (requests.exceptions.ConnectionError("refused"), "does not answer", "scripts/backends.sh docker"),
+        (
+            docker.errors.DockerException("Error while fetching server API version: PermissionError"),
+            "permission denied",
+            "docker group",
+        ),
+        (docker.errors.APIError("conflict", response=_Resp(409)), "docker:", "name is taken"),
+        (docker.errors.NotFound("No such container: x"), "No such container", "sandbox gc"),
+    ]
+    for exc, message, hint in cases:
+        with pytest.raises(BackendError) as info, _translated(None):
+            raise exc
+        assert message in str(info.value) and hint in (info.value.hint or ""), (exc, info.value)
+    with pytest.raises(BackendError) as info, _translated("tcp://10.0.0.9:2376"):
+        raise requests.exceptions.ConnectionError("refused")
+    assert "tcp://10.0.0.9:2376" in str(info.value) and "reachable" in (info.value.hint or "")
+
+
+class _Resp:
+    def __init__(self, status: int) -> None:
+        self.status_code = status
+        self.reason = "x"
+        self.url = "http://docker/x"
+
+
+def test_remote_on_a_backend_without_remotes_is_refused(ws: Workspace) -> None:
+    with pytest.raises(UnsupportedOperation, match="no remote hosts"):
+        get_backend("lxc", ws, remote="https://h:8443")
+    with pytest.raises(UnsupportedOperation, match="not available"):
+        get_backend("podman", ws)
+
+
+def test_export_of_an_unknown_format_or_ref_is_an_error(ws: Workspace, tmp_path: Path) -> None:
+    img = _image(ws, tmp_path)
+    with pytest.raises(ExportError, match="unknown export format"):
+        export_image(ws, img.digest, "zip", tmp_path / "x")
+    out = tmp_path / "out"
+    out.mkdir()
+    done = export_image(ws, img.digest, "docker", out)
+    assert Path(done.path).parent == out and done.size == Path(done.path).stat().st_size
+    assert [p.name for p in out.iterdir()] == [Path(done.path).name]
