@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -37,6 +36,12 @@ from sandbox.backends.base import (
     run,
 )
 from sandbox.backends.hostsetup import ensure_bridge, gateway
+from sandbox.backends.instancefiles import (
+    APP_ENV_FILE,
+    INSTANCE_ENV_FILE,
+    instance_files,
+    parse_env_file,
+)
 from sandbox.backends.libvirtxml import DomainConfig, kernel_cmdline, mac_for, render_domain_xml
 from sandbox.backends.vmaccel import choose_accel
 from sandbox.build.overlay import remove_tree
@@ -45,6 +50,8 @@ from sandbox.settings import load_settings
 from sandbox.store import ImageStore
 
 DEFAULT_URI = "qemu:///system"
+#: config disk file → the instance file it carries (the guest's sandbox-instance.service copies them)
+CONFIG_FILES = {"instance.env": INSTANCE_ENV_FILE, "hostname": "etc/hostname", "hosts": "etc/hosts"}
 DEFAULT_MEMORY_MIB = 512
 #: how long exec waits for the guest agent of a booting VM (TCG boots take ~45 s on 2 cores)
 AGENT_WAIT = 300.0
@@ -88,10 +95,6 @@ def _calls(what: str) -> Iterator[None]:
         raise translate(e, what) from e
 
 
-def workspace_id(root: Path) -> str:
-    return hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
-
-
 class LibvirtBackend(Backend):
     name = "libvirt"
     capabilities = frozenset({"snapshot", "clone", "init", "logs", "static-address", "remote"})
@@ -110,7 +113,7 @@ class LibvirtBackend(Backend):
         return self.root / "instances" / name
 
     def domain_name(self, name: str) -> str:
-        return f"sbx-{workspace_id(self.ws.root)}-{name}"
+        return f"sbx-{self.ws.id}-{name}"
 
     def conn(self) -> Any:
         if self._conn is None:
@@ -209,7 +212,7 @@ class LibvirtBackend(Backend):
             )
         if spec.address is None:
             raise BackendError(f"instance {spec.name} has no address", hint="this is a bug in sandbox")
-        files = self._boot_files(spec.image)
+        boot = self._boot_files(spec.image)
         s = load_settings(self.ws)
         gw, _ = gateway(s.network.subnet)
         d = self._dir(spec.name)
@@ -220,26 +223,21 @@ class LibvirtBackend(Backend):
         if disk_from is not None:
             vmdisk.copy_overlay(disk_from, disk)
         else:
-            vmdisk.make_overlay(files.disk, disk)
-        env = {"SANDBOX_ENV": spec.env, "SANDBOX_INSTANCE": spec.name, "SANDBOX_IMAGE": spec.image}
-        env.update(spec.env_vars)
-        vmdisk.make_config_disk(
-            {"instance.env": "".join(f'{k}="{_quote(v)}"\n' for k, v in sorted(env.items())),
-             "hostname": f"{spec.name}\n"},
-            d / "config.img",
-        )  # fmt: skip
+            vmdisk.make_overlay(boot.disk, disk)
+        files = instance_files(spec)
+        vmdisk.make_config_disk({flat: files[rel] for flat, rel in CONFIG_FILES.items()}, d / "config.img")
         dom_name = self.domain_name(spec.name)
         cfg = DomainConfig(
             name=dom_name,
             instance=spec.name,
-            workspace=workspace_id(self.ws.root),
+            workspace=self.ws.id,
             env=spec.env,
             image=spec.image,
-            domain_type="kvm" if self.accel(files.kernel) == "kvm" else "qemu",
+            domain_type="kvm" if self.accel(boot.kernel) == "kvm" else "qemu",
             memory_mib=int(spec.memory // (1 << 20)) if spec.memory else DEFAULT_MEMORY_MIB,
             vcpus=max(1, math.ceil(spec.cpus)) if spec.cpus else 1,
-            kernel=str(files.kernel),
-            initrd=str(files.initrd),
+            kernel=str(boot.kernel),
+            initrd=str(boot.initrd),
             cmdline=kernel_cmdline(spec.address, s.network.subnet, gw),
             disk=str(disk),
             config_disk=str(d / "config.img"),
@@ -338,7 +336,12 @@ class LibvirtBackend(Backend):
                 "the libvirt backend has no interactive shell (commands run through the guest agent)",
                 hint=f"run single commands: sandbox exec ENV -- CMD; the serial console: {self._dir(name)}",
             )
-        r = guestagent.guest_exec(self._agent(name), argv, user=user, env=env, timeout=timeout, what=name)
+        send = self._agent(name)
+        files = guestagent.guest_exec(
+            send, ["/bin/sh", "-c", 'cat "$0" 2>/dev/null; echo; cat "$1" 2>/dev/null', f"/{APP_ENV_FILE}",
+                   f"/{INSTANCE_ENV_FILE}"], timeout=30)  # fmt: skip
+        environ = {**parse_env_file(files.stdout), **(env or {})}  # what the app sees, as on every backend
+        r = guestagent.guest_exec(send, argv, user=user, env=environ, timeout=timeout, what=name)
         if interactive:  # no terminal through the agent: the output is shown when the command ends
             sys.stdout.write(r.stdout)
             sys.stdout.flush()
@@ -421,10 +424,6 @@ def _quiet(send: guestagent.Send) -> guestagent.Send:
             return json.dumps({"error": {"desc": e.message}})
 
     return wrapped
-
-
-def _quote(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 @contextlib.contextmanager

@@ -35,11 +35,11 @@ from sandbox.store.layers import merge_indexes
 from sandbox.workspace import Workspace
 
 #: bump when the vm layer's bytes change for the same inputs
-VM_FORMAT = 3
+VM_FORMAT = 4
 #: what a VM needs beyond a container image: a kernel (with its initramfs), udev (device nodes,
 #: module loading, the guest agent's virtio port) and the guest agent (exec, files)
 VM_PACKAGES = ("linux-image-cloud-amd64", "udev", "qemu-guest-agent")
-#: the config disk each instance gets (see backends/libvirt): instance.env and hostname
+#: the config disk each instance gets (see backends/libvirt): instance.env, hostname, hosts
 CONFIG_LABEL = "sbxconfig"
 
 # boot-time setup of a VM: the network from the kernel's `ip=` (systemd-network-generator ->
@@ -68,7 +68,8 @@ VM_FILES: dict[str, str] = {
         f'[ "$(blkid -o value -s LABEL /dev/vdb)" = {CONFIG_LABEL} ] || exit 0\n'
         "mkdir -p $m /etc/sandbox\n"
         "mount -o ro /dev/vdb $m\n"
-        "for f in instance.env; do [ -f $m/$f ] && install -m 0644 $m/$f /etc/sandbox/$f; done\n"
+        "[ -f $m/instance.env ] && install -m 0644 $m/instance.env /etc/sandbox/instance.env\n"
+        "[ -f $m/hosts ] && install -m 0644 $m/hosts /etc/hosts\n"
         "if [ -f $m/hostname ]; then install -m 0644 $m/hostname /etc/hostname; "
         'hostname "$(cat /etc/hostname)"; fi\n'
         "umount $m\n"

@@ -83,9 +83,32 @@ def _docker_problem() -> str | None:
     return None if _cmd_ok("docker", "info") else "dockerd is not running (scripts/backends.sh docker)"
 
 
+def _libvirt_problem() -> str | None:
+    missing = [t for t in ("virsh", "qemu-img", "mkfs.ext4", "nginx") if shutil.which(t) is None]
+    if missing:
+        return f"missing {', '.join(missing)} (scripts/backends.sh libvirt)"
+    return None if _cmd_ok("virsh", "-c", "qemu:///system", "version") else "libvirtd is not running"
+
+
+def _separate_kernel(ws: Path, env: str) -> None:
+    """A VM: its own kernel (another boot id), and qemu on the host runs unprivileged (not root)."""
+    host_boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert out(ws, env, "cat", "/proc/sys/kernel/random/boot_id") != host_boot
+    assert out(ws, env, "hostname") == f"{env}-0"
+    domain = f"guest=sbx-{Workspace(ws).id}-{env}-0,".encode()
+    uids = set()
+    for p in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if p.name.isdigit() and domain in (p / "cmdline").read_bytes():
+                uids.add(p.stat().st_uid)
+    assert uids and 0 not in uids, uids
+
+
 BACKENDS: dict[str, BackendCase] = {
     "lxc": BackendCase("lxc", _lxc_problem, _isolated_userns),
     "docker": BackendCase("docker", _docker_problem, _dropped_privileges),
+    # a TCG boot takes about a minute on 2 busy cores (KVM cannot boot a kernel on the test hosts)
+    "libvirt": BackendCase("libvirt", _libvirt_problem, _separate_kernel, boot_timeout="420s"),
 }
 
 
