@@ -42,6 +42,7 @@ from sandbox.backends.instancefiles import (
     instance_files,
     parse_env_file,
 )
+from sandbox.backends.libvirtconn import _calls, translate
 from sandbox.backends.libvirtxml import DomainConfig, kernel_cmdline, mac_for, render_domain_xml
 from sandbox.backends.vmaccel import choose_accel
 from sandbox.build.overlay import remove_tree
@@ -55,44 +56,6 @@ CONFIG_FILES = {"instance.env": INSTANCE_ENV_FILE, "hostname": "etc/hostname", "
 DEFAULT_MEMORY_MIB = 512
 #: how long exec waits for the guest agent of a booting VM (TCG boots take ~45 s on 2 cores)
 AGENT_WAIT = 300.0
-
-# libvirt error codes → (what it means, how to fix it); everything else keeps libvirt's message
-_HINTS: dict[str, tuple[str, str]] = {
-    "VIR_ERR_NO_CONNECT": ("cannot connect to libvirtd", "start it: `libvirtd -d` (scripts/backends.sh)"),
-    "VIR_ERR_AUTH_FAILED": ("libvirt refused the connection", "run sandbox as root, or check polkit"),
-    "VIR_ERR_AUTH_CANCELLED": ("libvirt refused the connection", "run sandbox as root, or check polkit"),
-    "VIR_ERR_OPERATION_DENIED": ("libvirt denied the operation", "run sandbox as root"),
-    "VIR_ERR_DOM_EXIST": ("a domain of that name exists", "`sandbox gc` removes leftovers"),
-    "VIR_ERR_AGENT_UNRESPONSIVE": (
-        "the guest agent does not answer",
-        "the VM may still be booting, or qemu-guest-agent failed: see `sandbox logs`",
-    ),
-    "VIR_ERR_NO_DOMAIN": ("no such domain", "`sandbox ls` shows what exists"),
-}
-
-
-def translate(e: Exception, what: str) -> BackendError:
-    """The one place where a libvirtError becomes a BackendError with a hint."""
-    code = e.get_error_code() if isinstance(e, libvirt.libvirtError) else None
-    message = (e.get_error_message() if isinstance(e, libvirt.libvirtError) else None) or str(e)
-    for name, (meaning, hint) in _HINTS.items():
-        if code is not None and code == getattr(libvirt, name, None):
-            return BackendError(f"{what}: {meaning} ({message})", hint=hint)
-    if "Failed to connect socket" in message:
-        return BackendError(
-            f"{what}: cannot connect to libvirtd ({message})", hint=_HINTS["VIR_ERR_NO_CONNECT"][1]
-        )
-    if "Permission denied" in message:
-        return BackendError(f"{what}: permission denied ({message})", hint="run sandbox as root")
-    return BackendError(f"{what}: {message}", hint="see libvirtd's log; `virsh list --all` shows the domains")
-
-
-@contextlib.contextmanager
-def _calls(what: str) -> Iterator[None]:
-    try:
-        yield
-    except libvirt.libvirtError as e:
-        raise translate(e, what) from e
 
 
 class LibvirtBackend(Backend):
@@ -188,6 +151,11 @@ class LibvirtBackend(Backend):
         if meta.is_file():
             remove_tree(self._image_dir(meta.read_text().strip()))
             meta.unlink()
+
+    def unpacked_images(self) -> list[str]:
+        """Images (the env's digests, not their VM flavours) whose VM disk this backend keeps."""
+        d = self.root / "images"
+        return sorted("sha256:" + p.name.removesuffix(".vm") for p in d.glob("*.vm")) if d.is_dir() else []
 
     def accel(self, kernel: Path) -> str:
         accel, why = choose_accel(self.root / "accel.json", kernel)

@@ -6,7 +6,7 @@ import libvirt
 import pytest
 
 from sandbox.backends.base import BackendError
-from sandbox.backends.libvirt import _calls, translate
+from sandbox.backends.libvirtconn import _calls, translate
 
 
 def error(code: int, message: str) -> libvirt.libvirtError:
