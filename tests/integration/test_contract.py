@@ -71,6 +71,7 @@ class BackendCase:
     isolation: Callable[[Path, str], None]
     profile: str = ""  # extra profile lines (e.g. fewer resources for VMs)
     boot_timeout: str = "90s"
+    drain_timeout: str = "5s"  # how long a replaced instance may finish its requests
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -108,7 +109,10 @@ BACKENDS: dict[str, BackendCase] = {
     "lxc": BackendCase("lxc", _lxc_problem, _isolated_userns),
     "docker": BackendCase("docker", _docker_problem, _dropped_privileges),
     # a TCG boot takes about a minute on 2 busy cores (KVM cannot boot a kernel on the test hosts)
-    "libvirt": BackendCase("libvirt", _libvirt_problem, _separate_kernel, boot_timeout="420s"),
+    # and a request the probe makes slow takes several seconds more under emulation
+    "libvirt": BackendCase(
+        "libvirt", _libvirt_problem, _separate_kernel, boot_timeout="420s", drain_timeout="30s"
+    ),
 }
 
 
@@ -182,7 +186,7 @@ def contract(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             f"name: c{case.name}\nrecipe: web\nbackend: {case.name}\ninstances: 2\n"
             "resources: {memory: 512M}\nenv: {APP_ENV: contract}\n"
             f"health: {{path: /healthz, interval: 0.3s, timeout: {case.boot_timeout}}}\n"
-            "router: {listen: 127.0.0.1, port: auto, drain_timeout: 5s}\n"
+            f"router: {{listen: 127.0.0.1, port: auto, drain_timeout: {case.drain_timeout}}}\n"
             "promotion: {require_verified: false}\n" + case.profile
         )
     v1 = built.digest
