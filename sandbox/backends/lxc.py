@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec, run
 from sandbox.backends.hostsetup import IdRange, ensure_bridge, ensure_subids, gateway, raise_host_limits
+from sandbox.backends.instancefiles import instance_files
 from sandbox.backends.lxcconfig import LxcInstanceConfig, render_lxc_config
 from sandbox.backends.unpack import unpack_image
 from sandbox.build.overlay import remove_tree
@@ -193,18 +194,7 @@ class LxcBackend(Backend):
 
     def _write_instance_files(self, upper: Path, spec: InstanceSpec, uid: int, gid: int) -> None:
         """Files that make this instance itself: hostname, hosts, the env the app sees."""
-        env = {
-            "SANDBOX_ENV": spec.env,
-            "SANDBOX_INSTANCE": spec.name,
-            "SANDBOX_IMAGE": spec.image,
-            **spec.env_vars,
-        }
-        files = {
-            "etc/hostname": f"{spec.name}\n",
-            "etc/hosts": f"127.0.0.1 localhost\n127.0.1.1 {spec.name}\n::1 localhost ip6-localhost\n",
-            "etc/sandbox/instance.env": "".join(f'{k}="{_quote(v)}"\n' for k, v in sorted(env.items())),
-        }
-        for rel, text in files.items():
+        for rel, text in instance_files(spec).items():
             path = upper / rel
             parent = upper
             for part in rel.split("/")[:-1]:
@@ -423,10 +413,6 @@ class LxcBackend(Backend):
         if not self.lxcpath.is_dir():
             return []
         return sorted(p.name for p in self.lxcpath.iterdir() if (p / "config").exists())
-
-
-def _quote(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _cgroup_v2() -> bool:
