@@ -1,26 +1,21 @@
-"""The files that make an instance itself, the same on every backend: hostname, hosts, the app's env.
+"""What makes an instance itself, the same on every backend: its hostname, hosts and the env the app sees.
 
-The app's unit reads /etc/sandbox/instance.env (EnvironmentFile), so every backend writes the same
-text there and the app sees the same variables on LXC, LXD or any other system-container backend.
+Backends with a filesystem of their own (lxc, lxd, libvirt) write `instance_files`; docker passes
+`instance_env` as the container's environment. The env files use systemd's EnvironmentFile quoting,
+which `parse_env_file` reads back (for `sandbox exec`, which runs with the app's environment).
 """
 
 from __future__ import annotations
 
+import re
+
 from sandbox.backends.base import InstanceSpec
 
-ENV_FILE = "etc/sandbox/instance.env"
-
-
-def identity_files(name: str) -> dict[str, str]:
-    """/etc/hostname and /etc/hosts of an instance called `name` (paths relative to the root)."""
-    return {
-        "etc/hostname": f"{name}\n",
-        "etc/hosts": f"127.0.0.1 localhost\n127.0.1.1 {name}\n::1 localhost ip6-localhost\n",
-    }
+APP_ENV_FILE = "etc/sandbox/app.env"  # the recipe's env, written by the build
+INSTANCE_ENV_FILE = "etc/sandbox/instance.env"  # sandbox's and the profile's, written per instance
 
 
 def instance_env(spec: InstanceSpec) -> dict[str, str]:
-    """The variables the app sees: sandbox's own, then the profile's `env:`."""
     return {
         "SANDBOX_ENV": spec.env,
         "SANDBOX_INSTANCE": spec.name,
@@ -29,15 +24,28 @@ def instance_env(spec: InstanceSpec) -> dict[str, str]:
     }
 
 
-def env_file_text(spec: InstanceSpec) -> str:
-    """instance.env: one quoted KEY="value" line per variable, sorted."""
-    return "".join(f'{k}="{_quote(v)}"\n' for k, v in sorted(instance_env(spec).items()))
-
-
 def instance_files(spec: InstanceSpec) -> dict[str, str]:
-    """Every per-instance file: identity and env (paths relative to the root)."""
-    return {**identity_files(spec.name), ENV_FILE: env_file_text(spec)}
+    """Path relative to the instance's root → text."""
+    env = instance_env(spec)
+    return {
+        "etc/hostname": f"{spec.name}\n",
+        "etc/hosts": f"127.0.0.1 localhost\n127.0.1.1 {spec.name}\n::1 localhost ip6-localhost\n",
+        INSTANCE_ENV_FILE: "".join(f'{k}="{quote_env(v)}"\n' for k, v in sorted(env.items())),
+    }
 
 
-def _quote(v: str) -> str:
+def quote_env(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """KEY="value" lines as sandbox writes them (systemd EnvironmentFile quoting)."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep or not key or key.startswith("#"):
+            continue
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value[1:-1])
+        out[key.strip()] = value
+    return out

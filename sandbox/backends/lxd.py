@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec
-from sandbox.backends.instancefiles import instance_files
+from sandbox.backends.instancefiles import APP_ENV_FILE, INSTANCE_ENV_FILE, instance_files, parse_env_file
 from sandbox.backends.lxdapi import LOCAL_HINT, LXC_REMOTE, connect, lxc_conf, lxd_errors
 from sandbox.backends.lxdconfig import (
     ADDRESS_KEY,
@@ -200,10 +200,14 @@ class LxdBackend(Backend):
             raise BackendError(f"instance {name} has no recorded address")
         return str(addr)
 
+    def _read(self, inst: Any, path: str) -> str | None:
+        """A file of the instance, or None if it has none."""
+        with self._api(f"reading {path} of {inst.name}"):
+            r = inst.api.files.get(params={"path": path}, is_api=False)
+        return r.content.decode(errors="replace") if r.status_code == 200 else None
+
     def _user_ids(self, inst: Any, user: str) -> tuple[int, int, str]:
-        with self._api(f"reading /etc/passwd of {inst.name}"):
-            text = inst.files.get("/etc/passwd").decode(errors="replace")
-        for line in text.splitlines():
+        for line in (self._read(inst, "/etc/passwd") or "").splitlines():
             f = line.split(":")
             if f[0] == user and len(f) >= 6:
                 return int(f[2]), int(f[3]), f[5]
@@ -212,11 +216,15 @@ class LxdBackend(Backend):
     def _exec_env(
         self, inst: Any, user: str | None, env: Mapping[str, str] | None
     ) -> tuple[dict[str, str], int, int]:
-        """The clean environment the lxc backend gives commands, and the ids to run them as."""
+        """What the lxc backend gives commands: the app's environment, a clean PATH, HOME, USER;
+        and the ids to run them as."""
         uid, gid, home = 0, 0, "/root"
         if user and user != "root":
             uid, gid, home = self._user_ids(inst, user)
-        out = {"PATH": EXEC_PATH, "LANG": "C.UTF-8", "HOME": home}
+        out: dict[str, str] = {}
+        for rel in (APP_ENV_FILE, INSTANCE_ENV_FILE):
+            out |= parse_env_file(self._read(inst, "/" + rel) or "")
+        out |= {"PATH": EXEC_PATH, "LANG": "C.UTF-8", "HOME": home}
         if uid != 0:
             out |= {"USER": str(user), "LOGNAME": str(user)}
         return {**out, **(env or {})}, uid, gid

@@ -118,7 +118,13 @@ def connect(remote: str | None) -> Any:
                 hint=f"copy the server's /var/lib/lxd/server.crt to {verify}",
             )
         crt, key = client_cert()
-        client = pylxd.Client(endpoint=remote, cert=(str(crt), str(key)), verify=str(verify), timeout=60)
+        from pylxd.client import get_session_for_url
+
+        session = get_session_for_url(remote, verify=str(verify), cert=(str(crt), str(key)))
+        # pylxd pins the server certificate given as `verify`; with the environment trusted, requests
+        # would replace it by $REQUESTS_CA_BUNDLE (and send LXD's traffic through any proxy)
+        session.trust_env = False
+        client = pylxd.Client(endpoint=remote, cert=(str(crt), str(key)), session=session, timeout=60)
         if not client.trusted:
             raise BackendError(
                 f"the LXD server {remote} does not trust sandbox's client certificate",
@@ -145,7 +151,7 @@ def translate(e: Exception, what: str, remote: str | None) -> NoReturn:
     low = text.lower()
     kind = type(e).__name__
     status = getattr(getattr(e, "response", None), "status_code", None)
-    if kind in ("SSLError",) or "certificate verify failed" in low:
+    if kind == "SSLError" or "certificate verify failed" in low or "fingerprints did not match" in low:
         raise BackendError(
             f"{what}: the TLS certificate of {where} does not match: {text}",
             hint=f"put the server's current server.crt at {server_cert(remote or '')}",

@@ -16,7 +16,8 @@ from typing import IO, Any
 
 import yaml
 
-from sandbox.backends.instancefiles import identity_files
+from sandbox.backends.base import InstanceSpec
+from sandbox.backends.instancefiles import instance_files
 from sandbox.build.normalize import add_tree
 from sandbox.events import Event, EventSink
 from sandbox.export.rootfs import flattened
@@ -35,9 +36,11 @@ LXD_ARCH = {
 }
 #: what LXD renders into each instance at create and copy time: the files every backend gives an
 #: instance, with the instance's name as an LXD template expression
+_NAMED = InstanceSpec(name="{{ container.name }}", env="", index=0, image="")
 TEMPLATES = {
     f"{rel.rsplit('/', 1)[-1]}.tpl": ("/" + rel, text)
-    for rel, text in identity_files("{{ container.name }}").items()
+    for rel, text in instance_files(_NAMED).items()
+    if rel in ("etc/hostname", "etc/hosts")
 }
 DIGEST_PROPERTY = "sandbox.digest"
 
