@@ -9,7 +9,6 @@ device per profile mount, and `user.sandbox.*` keys that tag it as this workspac
 
 from __future__ import annotations
 
-import hashlib
 import math
 import socket
 from typing import Any
@@ -27,7 +26,7 @@ MOUNT_PREFIX = "sbx-mount-"
 
 def workspace_id(ws: Workspace) -> str:
     """Tags this workspace's instances (host + path: two machines may share one remote LXD)."""
-    return hashlib.sha256(f"{socket.gethostname()}:{ws.root.resolve()}".encode()).hexdigest()[:16]
+    return f"{ws.id}@{socket.gethostname()}"
 
 
 def image_alias(digest: str) -> str:
