@@ -163,7 +163,7 @@ def lws(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LxdW
 def test_export_is_imported_and_launched_by_lxc(lws: LxdWs, tmp_path: Path) -> None:
     f = tmp_path / "web.lxd.tar"
     t0 = time.monotonic()
-    ok(sbx(lws.ws, "image", "export", "v1", "--format", "lxd", "-o", str(f), "--json"))
+    ok(sbx(lws.ws, "image", "export", lws.v1, "--format", "lxd", "-o", str(f), "--json"))
     TIMES["export"] = time.monotonic() - t0
     with open(f, "rb") as fh:
         fp = hashlib.file_digest(fh, "sha256").hexdigest()
@@ -186,7 +186,7 @@ def test_export_is_imported_and_launched_by_lxc(lws: LxdWs, tmp_path: Path) -> N
         assert f"127.0.1.1 {name}" in lxc("exec", name, "--", "cat", "/etc/hosts")
         inside = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/healthz').status)"
         assert lxc("exec", name, "--", "python3", "-c", inside).strip() == "200"
-        assert lxc("exec", name, "--", "sh", "-c", "ps -o comm= -p 1").strip() == "systemd"
+        assert lxc("exec", name, "--", "cat", "/proc/1/comm").strip() == "systemd"
     finally:
         lxc("delete", "-f", name, check=False)
         lxc("image", "alias", "delete", alias, check=False)  # the image stays: `up` reuses it by fingerprint
@@ -198,7 +198,7 @@ def test_export_is_imported_and_launched_by_lxc(lws: LxdWs, tmp_path: Path) -> N
 @pytest.fixture(scope="module")
 def env1(lws: LxdWs) -> Iterator[dict[str, Any]]:
     t0 = time.monotonic()
-    v = ok(sbx(lws.ws, "up", "clxd-1", "--image", "v1", "--wait", "--json"))
+    v = ok(sbx(lws.ws, "up", "clxd-1", "--image", lws.v1, "--wait", "--json"))
     TIMES["up clxd-1"] = time.monotonic() - t0
     yield v
 
@@ -325,11 +325,11 @@ def test_rolling_promotion_on_lxd_fails_no_request(lws: LxdWs) -> None:
     finally:
         tpl.write_text(text)
     assert v2 != lws.v1
-    v = ok(sbx(ws, "up", "plxd-1", "--image", "v1", "--wait", "--json"))
+    v = ok(sbx(ws, "up", "plxd-1", "--image", lws.v1, "--wait", "--json"))
     assert len(v["instances"]) == 2
     old = {i["name"] for i in v["instances"]}
     t0 = time.monotonic()
-    res = ok(sbx(ws, "promote", "v2", "--to", "plxd-1", "--yes", "--force", "--probe", "20", "--json"))
+    res = ok(sbx(ws, "promote", v2, "--to", "plxd-1", "--yes", "--force", "--probe", "20", "--json"))
     TIMES["promote (2 instances, incl. import)"] = time.monotonic() - t0
     assert res["state"] == "done" and res["to_image"] == v2
     assert set(res["probe"]) == {"before", "during", "after"}
@@ -390,20 +390,20 @@ def test_remote_over_https_with_a_trusted_client_certificate(lws: LxdWs, https_l
         PROFILE.format(name="rlxd", remote=f"remote: {url}\n", instances=1)
     )
     # 1. the server's certificate is unknown: a clear error, nothing created
-    r = sbx(ws, "up", "rlxd-1", "--image", "v1", "--json")
+    r = sbx(ws, "up", "rlxd-1", "--image", lws.v1, "--json")
     assert r.code == 1 and "does not know the certificate" in r.stdout and "server.crt" in r.stdout
     assert "rlxd-1" not in [e["name"] for e in ok(sandbox(ws, "ls", "--json"))]
     certs = conf / "lxd" / "servercerts"
     certs.mkdir(parents=True, exist_ok=True)
     shutil.copy("/var/lib/lxd/server.crt", certs / f"{url.removeprefix('https://').replace(':', '_')}.crt")
     # 2. known server, but it does not trust sandbox's client certificate yet
-    r = sbx(ws, "up", "rlxd-1", "--image", "v1", "--json")
+    r = sbx(ws, "up", "rlxd-1", "--image", lws.v1, "--json")
     assert r.code == 1 and "does not trust" in r.stdout and "lxc config trust add" in r.stdout, r.stdout
     crt = conf / "lxd" / "client.crt"
     assert crt.exists() and (conf / "lxd" / "client.key").stat().st_mode & 0o077 == 0
     lxc("config", "trust", "add", str(crt))
     # 3. trusted: the env runs on the "remote", exec and logs go through it too
-    v = ok(sbx(ws, "up", "rlxd-1", "--image", "v1", "--wait", "--json"))
+    v = ok(sbx(ws, "up", "rlxd-1", "--image", lws.v1, "--wait", "--json"))
     try:
         assert healthz(v["url"])["image"] == lws.v1
         assert out(ws, "rlxd-1", "id", "-un", user="app") == "app"
