@@ -82,7 +82,9 @@ def main() -> None:
         t0 = time.monotonic()
         subprocess.run(["lxc", "init", alias, name, "-q"], check=True, capture_output=True)
         nic = ["nic", "nictype=routed", f"ipv4.address={a.address}"]
-        subprocess.run(["lxc", "config", "device", "add", name, "eth0", *nic], check=True, capture_output=True)
+        subprocess.run(
+            ["lxc", "config", "device", "add", name, "eth0", *nic], check=True, capture_output=True
+        )
         subprocess.run(["lxc", "start", name], check=True, capture_output=True)
         healthy(f"http://{a.address}:8000/healthz")
         res["raw"].append(time.monotonic() - t0)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec, run
 from sandbox.backends.hostsetup import IdRange, ensure_bridge, ensure_subids, gateway, raise_host_limits
-from sandbox.backends.instancefiles import instance_files
+from sandbox.backends.instancefiles import APP_ENV_FILE, INSTANCE_ENV_FILE, instance_files, parse_env_file
 from sandbox.backends.lxcconfig import LxcInstanceConfig, render_lxc_config
 from sandbox.backends.unpack import unpack_image
 from sandbox.build.overlay import remove_tree
@@ -194,7 +194,8 @@ class LxcBackend(Backend):
 
     def _write_instance_files(self, upper: Path, spec: InstanceSpec, uid: int, gid: int) -> None:
         """Files that make this instance itself: hostname, hosts, the env the app sees."""
-        for rel, text in instance_files(spec).items():
+        files = instance_files(spec)
+        for rel, text in files.items():
             path = upper / rel
             parent = upper
             for part in rel.split("/")[:-1]:
@@ -267,6 +268,20 @@ class LxcBackend(Backend):
                     return int(f[2]), int(f[3]), f[5]
         raise BackendError(f"user {user!r} does not exist in instance {name}")
 
+    def _app_env(self, name: str) -> dict[str, str]:
+        """The app's environment: the recipe's env file, then this instance's (sandbox and profile)."""
+        meta = self._meta(name)
+        out: dict[str, str] = {}
+        for rel in (APP_ENV_FILE, INSTANCE_ENV_FILE):
+            for root in (self._dir(name) / "delta0", self._image_root(meta.get("image", ""))):
+                try:
+                    text = (root / rel).read_text()
+                except OSError:
+                    continue
+                out.update(parse_env_file(text))
+                break
+        return out
+
     def exec(
         self,
         name: str,
@@ -277,8 +292,10 @@ class LxcBackend(Backend):
         interactive: bool = False,
         timeout: float | None = None,
     ) -> ExecResult:
-        cmd = [
-            *self._attach(name),
+        cmd = [*self._attach(name)]
+        for k, v in self._app_env(name).items():  # what the app sees, as on every backend
+            cmd += ["--set-var", f"{k}={v}"]
+        cmd += [
             "--set-var",
             f"PATH={EXEC_PATH}",
             "--set-var",

@@ -77,3 +77,19 @@ def read_files(blobs: list[Path], paths: list[str]) -> dict[str, bytes]:
                     assert f is not None
                     out[ti.name[1:]] = f.read()
     return out
+
+
+def read_top_file(blobs: list[Path], path: str) -> bytes | None:
+    """The file `path` as the image shows it, reading layers from the top down (stops at the first hit)."""
+    parent, _, base = path.rpartition("/")
+    whiteout = f".{parent}/.wh.{base}"
+    for blob in reversed(blobs):
+        with tarfile.open(blob) as tar:
+            for ti in tar:
+                if ti.name == whiteout:
+                    return None
+                if ti.name == "." + path and ti.isreg():
+                    f = tar.extractfile(ti)
+                    assert f is not None
+                    return f.read()
+    return None
