@@ -83,9 +83,20 @@ def _docker_problem() -> str | None:
     return None if _cmd_ok("docker", "info") else "dockerd is not running (scripts/backends.sh docker)"
 
 
+def _lxd_problem() -> str | None:
+    if shutil.which("lxc") is None:
+        return "the lxc client is missing (scripts/backends.sh lxd)"
+    return (
+        None
+        if _cmd_ok("lxd", "waitready", "--timeout=10")
+        else "LXD is not running (scripts/backends.sh lxd)"
+    )
+
+
 BACKENDS: dict[str, BackendCase] = {
     "lxc": BackendCase("lxc", _lxc_problem, _isolated_userns),
     "docker": BackendCase("docker", _docker_problem, _dropped_privileges),
+    "lxd": BackendCase("lxd", _lxd_problem, _isolated_userns),
 }
 
 
