@@ -21,6 +21,7 @@ ENV_KEY = "user.sandbox.env"
 IMAGE_KEY = "user.sandbox.image"
 ADDRESS_KEY = "user.sandbox.address"
 NIC = "eth0"
+SANDBOX_POOL = "sandbox"  # used when it exists; made by scripts/backends.sh
 MOUNT_PREFIX = "sbx-mount-"
 
 
@@ -52,9 +53,11 @@ def nic(address: str) -> dict[str, str]:
     return {"type": "nic", "nictype": "routed", "ipv4.address": address, "name": NIC}
 
 
-def devices(spec: InstanceSpec) -> dict[str, dict[str, str]]:
-    """The instance's own devices (the root disk comes from LXD's default profile)."""
+def devices(spec: InstanceSpec, pool: str | None = None) -> dict[str, dict[str, str]]:
+    """The instance's own devices; the root disk is on `pool`, else as LXD's default profile says."""
     out: dict[str, dict[str, str]] = {}
+    if pool is not None:
+        out["root"] = {"type": "disk", "path": "/", "pool": pool}
     if spec.address is not None:
         out[NIC] = nic(spec.address)
     for i, m in enumerate(spec.mounts):
@@ -75,18 +78,20 @@ def instance_config(spec: InstanceSpec, ws_id: str) -> dict[str, str]:
     }
 
 
-def create_request(spec: InstanceSpec, ws_id: str) -> dict[str, Any]:
+def create_request(spec: InstanceSpec, ws_id: str, pool: str | None = None) -> dict[str, Any]:
     """POST /1.0/instances body that creates `spec` (stopped) from its imported image."""
     return {
         "name": spec.name,
         "type": "container",
         "source": {"type": "image", "alias": image_alias(spec.image)},
         "config": instance_config(spec, ws_id),
-        "devices": devices(spec),
+        "devices": devices(spec, pool),
     }
 
 
-def copy_request(src: str, spec: InstanceSpec, ws_id: str, profiles: list[str]) -> dict[str, Any]:
+def copy_request(
+    src: str, spec: InstanceSpec, ws_id: str, profiles: list[str], pool: str | None = None
+) -> dict[str, Any]:
     """POST /1.0/instances body that creates `spec` as a copy of instance `src` (without its snapshots);
     `profiles` are the source's (LXD gives a copy none unless told, and so no root disk)."""
     return {
@@ -95,7 +100,7 @@ def copy_request(src: str, spec: InstanceSpec, ws_id: str, profiles: list[str]) 
         "profiles": list(profiles),
         "source": {"type": "copy", "source": src, "instance_only": True},
         "config": instance_config(spec, ws_id),
-        "devices": devices(spec),
+        "devices": devices(spec, pool),
     }
 
 

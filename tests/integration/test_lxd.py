@@ -142,6 +142,7 @@ def lws(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LxdW
         pytest.skip(problem)
     ws = new_workspace(tmp_path_factory.mktemp("lxd"), "ws")
     (ws / "recipes" / "web.lock").write_bytes((built.ws / "recipes" / "web.lock").read_bytes())
+    subprocess.run(["cp", "-al", str(built.ws / "images"), str(ws / "images")], check=True)  # no rebuild
     (ws / "sandbox.yaml").write_text(SETTINGS)
     (ws / "profiles").mkdir()
     (ws / "profiles" / "clxd.yaml").write_text(PROFILE.format(name="clxd", remote="", instances=1))
@@ -175,7 +176,8 @@ def test_export_is_imported_and_launched_by_lxc(lws: LxdWs, tmp_path: Path) -> N
         text = lxc("image", "import", str(f), "--alias", alias)
         TIMES["lxc image import"] = time.monotonic() - t0
         assert fp in text and fingerprint_of(alias) == fp
-        lxc("init", alias, name)
+        pool = ["-s", "sandbox"] if lxc("storage", "show", "sandbox", check=False) else []
+        lxc("init", alias, name, *pool)
         lxc(
             "config", "device", "add", name, "eth0", "nic", "nictype=routed", f"ipv4.address={EXPORT_ADDRESS}"
         )

@@ -186,3 +186,8 @@ def test_lxd_errors_passes_backend_errors_and_translates_the_rest() -> None:
         raise BackendError("mine")
     with pytest.raises(BackendError, match="not running"), lxd_errors("x"):
         raise lxd_exc.ClientConnectionFailed("connection refused")
+
+
+def test_root_disk_goes_to_sandboxs_pool_when_there_is_one() -> None:
+    assert "root" not in devices(spec())
+    assert devices(spec(), "sandbox")["root"] == {"type": "disk", "path": "/", "pool": "sandbox"}
