@@ -15,154 +15,40 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox.errors import EnvExists, EnvNotFound, NotFound, QuotaExceeded, StateError
+from sandbox.errors import EnvExists, NotFound, QuotaExceeded, StateError
 from sandbox.fsutil import pid_alive
+from sandbox.staterows import (
+    ENV_FIELDS,
+    INSTANCE_FIELDS,
+    SCHEMA,
+    SCHEMA_V2,
+    TRANSIENT_STATES,
+    Env,
+    Instance,
+    Snapshot,
+    dump_json,
+    env_missing,
+    insert_row,
+    instance_from_row,
+    now_or,
+    update_row,
+)
 
 if TYPE_CHECKING:
     from sandbox.workspace import Workspace
 
+__all__ = ["Env", "Instance", "Snapshot", "StateDB"]
+
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
 _LOCK = threading.RLock()
-TRANSIENT_STATES = ("creating", "deleting")  # a dead pid in these states means a crash mid-operation
-ENV_FIELDS = {"state", "health", "image", "url", "router_port", "expires", "pid", "error", "config"}
-INSTANCE_FIELDS = {"name", "address", "state", "image", "routed"}
-
-_SCHEMA = """
-CREATE TABLE envs (
-    name TEXT PRIMARY KEY, profile TEXT NOT NULL, image TEXT NOT NULL, backend TEXT NOT NULL,
-    owner TEXT NOT NULL, state TEXT NOT NULL, health TEXT NOT NULL,
-    created REAL NOT NULL, updated REAL NOT NULL, expires REAL, pid INTEGER,
-    router_port INTEGER, url TEXT, config TEXT NOT NULL DEFAULT '{}', error TEXT);
-CREATE UNIQUE INDEX envs_router_port ON envs(router_port) WHERE router_port IS NOT NULL;
-CREATE INDEX envs_owner ON envs(owner, profile);
-CREATE TABLE instances (
-    env TEXT NOT NULL REFERENCES envs(name) ON DELETE CASCADE, idx INTEGER NOT NULL,
-    name TEXT NOT NULL UNIQUE, address TEXT UNIQUE, state TEXT NOT NULL, created REAL NOT NULL,
-    PRIMARY KEY (env, idx));
-CREATE TABLE snapshots (
-    env TEXT NOT NULL REFERENCES envs(name) ON DELETE CASCADE, name TEXT NOT NULL,
-    created REAL NOT NULL, data TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (env, name));
-CREATE TABLE events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, env TEXT,
-    kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}');
-CREATE INDEX events_env ON events(env, id);
-"""
-
-# version 2: which image each instance runs and whether the router sends it traffic; deploys
-_SCHEMA_V2 = """
-ALTER TABLE instances ADD COLUMN image TEXT;
-ALTER TABLE instances ADD COLUMN routed INTEGER NOT NULL DEFAULT 1;
-CREATE TABLE deploys (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT NOT NULL, from_image TEXT NOT NULL,
-    to_image TEXT NOT NULL, strategy TEXT NOT NULL, state TEXT NOT NULL, pid INTEGER,
-    started REAL NOT NULL, updated REAL NOT NULL, finished REAL, forced INTEGER NOT NULL DEFAULT 0,
-    kind TEXT NOT NULL DEFAULT 'promote', source TEXT, error TEXT, steps TEXT NOT NULL DEFAULT '[]');
-CREATE INDEX deploys_env ON deploys(env, id);
-CREATE TABLE verifications (
-    image TEXT NOT NULL, env TEXT NOT NULL, ts REAL NOT NULL, ok INTEGER NOT NULL, detail TEXT NOT NULL,
-    PRIMARY KEY (image, env, ts));
-"""
-
 _DB_HINT = (
     "retry; if it persists, check disk space and the permissions of the workspace's .sandbox/"
     " (a corrupt state.db can be moved away: sandbox then starts with no environments)"
 )
-
-
-def _t(now: float | None) -> float:
-    return time.time() if now is None else now
-
-
-def _dump(value: dict[str, Any] | None) -> str:
-    return json.dumps(value or {}, sort_keys=True)
-
-
-def _update(c: sqlite3.Connection, table: str, fields: dict[str, Any], where: str, *key: Any) -> None:
-    sets = ", ".join(f"{k} = ?" for k in fields)  # keys are checked against ENV/INSTANCE_FIELDS
-    try:
-        c.execute(f"UPDATE {table} SET {sets} WHERE {where}", (*fields.values(), *key))
-    except sqlite3.IntegrityError as e:  # a router port or address another row holds
-        what = "/".join(map(str, key))
-        raise StateError(
-            f"cannot update {table} {what}: {e}", hint="that value is held by another row"
-        ) from e
-
-
-def _insert(c: sqlite3.Connection, duplicate: StateError, sql: str, *args: Any) -> None:
-    try:
-        c.execute(sql, args)
-    except sqlite3.IntegrityError as e:
-        raise duplicate from e
-
-
-def _env_missing(name: str) -> EnvNotFound:
-    return EnvNotFound(f"environment {name!r} not found", hint="`sandbox ls` lists the environments")
-
-
-@dataclass(frozen=True)
-class Env:
-    name: str
-    profile: str
-    image: str
-    backend: str
-    owner: str
-    state: str
-    health: str
-    created: float
-    updated: float
-    expires: float | None
-    pid: int | None
-    router_port: int | None
-    url: str | None
-    config: dict[str, Any]
-    error: str | None
-
-    def expired(self, now: float | None = None) -> bool:
-        return self.expires is not None and self.expires < _t(now)
-
-    def age(self, now: float | None = None) -> float:
-        return _t(now) - self.created
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Env:
-        return cls(**{**dict(row), "config": json.loads(row["config"])})
-
-
-@dataclass(frozen=True)
-class Instance:
-    env: str
-    idx: int
-    name: str
-    address: str | None
-    state: str
-    created: float
-    image: str | None = None
-    routed: bool = True
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    env: str
-    name: str
-    created: float
-    data: dict[str, Any]
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Snapshot:
-        return cls(row["env"], row["name"], row["created"], json.loads(row["data"]))
-
-
-def _instance(row: sqlite3.Row) -> Instance:
-    d = dict(row)
-    return Instance(**{**d, "routed": bool(d.get("routed", 1))})
 
 
 class StateDB:
@@ -239,7 +125,7 @@ class StateDB:
                     f"this sandbox understands up to {SCHEMA_VERSION}",
                     hint="upgrade sandbox, or move the workspace's .sandbox/state.db away to start afresh",
                 )
-            steps = {1: _SCHEMA, 2: _SCHEMA_V2}
+            steps = {1: SCHEMA, 2: SCHEMA_V2}
             for v in range(version + 1, SCHEMA_VERSION + 1):  # create or migrate, one version at a time
                 for stmt in steps[v].split(";"):
                     if stmt.strip():
@@ -264,7 +150,7 @@ class StateDB:
         now: float | None = None,
     ) -> Env:
         """Insert env `name` in state "creating"; of concurrent claims of one name exactly one wins."""
-        t = _t(now)
+        t = now_or(now)
         with self._tx() as c:
             row = c.execute("SELECT owner, state FROM envs WHERE name = ?", (name,)).fetchone()
             if row is not None:
@@ -284,7 +170,7 @@ class StateDB:
             c.execute(
                 "INSERT INTO envs (name, profile, image, backend, owner, state, health, created, updated,"
                 " expires, pid, config) VALUES (?, ?, ?, ?, ?, 'creating', 'unknown', ?, ?, ?, ?, ?)",
-                (name, profile, image, backend, owner, t, t, expires, pid, _dump(config)),
+                (name, profile, image, backend, owner, t, t, expires, pid, dump_json(config)),
             )
             return self._get_env(c, name)
 
@@ -293,16 +179,16 @@ class StateDB:
         bad = set(fields) - ENV_FIELDS
         if bad:
             raise TypeError(f"set_env: unknown field(s) {', '.join(sorted(bad))}")
-        values = {k: _dump(v) if k == "config" else v for k, v in fields.items()}
+        values = {k: dump_json(v) if k == "config" else v for k, v in fields.items()}
         with self._tx() as c:
             self._get_env(c, name)
-            _update(c, "envs", {**values, "updated": _t(now)}, "name = ?", name)
+            update_row(c, "envs", {**values, "updated": now_or(now)}, "name = ?", name)
             return self._get_env(c, name)
 
     def _get_env(self, c: sqlite3.Connection, name: str) -> Env:
         row = c.execute("SELECT * FROM envs WHERE name = ?", (name,)).fetchone()
         if row is None:
-            raise _env_missing(name)
+            raise env_missing(name)
         return Env.from_row(row)
 
     def get_env(self, name: str) -> Env:
@@ -327,7 +213,7 @@ class StateDB:
 
     def stale_envs(self, now: float | None = None, alive: Callable[[int], bool] = pid_alive) -> list[Env]:
         """Envs left "creating"/"deleting" by a process that is gone, and envs past their expiry."""
-        t = _t(now)
+        t = now_or(now)
         return [
             e
             for e in self.list_envs()
@@ -348,7 +234,8 @@ class StateDB:
             for port in range(start, end + 1):
                 if port not in held and not in_use(port):
                     c.execute(
-                        "UPDATE envs SET router_port = ?, updated = ? WHERE name = ?", (port, _t(now), env)
+                        "UPDATE envs SET router_port = ?, updated = ? WHERE name = ?",
+                        (port, now_or(now), env),
                     )
                     return port
         raise StateError(
@@ -378,7 +265,7 @@ class StateDB:
                 "INSERT INTO instances (env, idx, name, state, created, image, routed)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)"
             )
-            _insert(c, dup, sql, env, idx, name, state, _t(now), image, int(routed))
+            insert_row(c, dup, sql, env, idx, name, state, now_or(now), image, int(routed))
             return self._get_instance(c, env, idx)
 
     def _get_instance(self, c: sqlite3.Connection, env: str, idx: int) -> Instance:
@@ -386,7 +273,7 @@ class StateDB:
         if row is None:
             self._get_env(c, env)
             raise NotFound(f"instance {idx} of {env!r} not found", hint=f"`sandbox status {env}` lists them")
-        return _instance(row)
+        return instance_from_row(row)
 
     def allocate_address(self, env: str, idx: int, subnet: str, reserved: Iterable[str] = ()) -> str:
         """Assign instance (env, idx) the lowest free host address of `subnet`, unique across envs.
@@ -423,15 +310,15 @@ class StateDB:
         with self._tx() as c:
             self._get_instance(c, env, idx)
             if fields:
-                _update(c, "instances", fields, "env = ? AND idx = ?", env, idx)
+                update_row(c, "instances", fields, "env = ? AND idx = ?", env, idx)
             return self._get_instance(c, env, idx)
 
     def instances(self, env: str) -> list[Instance]:
         rows = self._rows("SELECT * FROM instances WHERE env = ? ORDER BY idx", env)
-        return [_instance(r) for r in rows]
+        return [instance_from_row(r) for r in rows]
 
     def all_instances(self) -> list[Instance]:
-        return [_instance(r) for r in self._rows("SELECT * FROM instances ORDER BY env, idx")]
+        return [instance_from_row(r) for r in self._rows("SELECT * FROM instances ORDER BY env, idx")]
 
     def delete_instance(self, env: str, idx: int) -> bool:
         return self._write("DELETE FROM instances WHERE env = ? AND idx = ?", env, idx) > 0
@@ -441,7 +328,7 @@ class StateDB:
     def add_snapshot(
         self, env: str, name: str, data: dict[str, Any] | None = None, now: float | None = None
     ) -> Snapshot:
-        t = _t(now)
+        t = now_or(now)
         with self._tx() as c:
             self._get_env(c, env)
             dup = StateError(
@@ -449,8 +336,8 @@ class StateDB:
                 hint=f"pick another snapshot name (`sandbox snapshot {env} NAME`)",
             )
             sql = "INSERT INTO snapshots (env, name, created, data) VALUES (?, ?, ?, ?)"
-            _insert(c, dup, sql, env, name, t, _dump(data))
-        return Snapshot(env, name, t, json.loads(_dump(data)))
+            insert_row(c, dup, sql, env, name, t, dump_json(data))
+        return Snapshot(env, name, t, json.loads(dump_json(data)))
 
     def snapshots(self, env: str) -> list[Snapshot]:
         rows = self._rows("SELECT * FROM snapshots WHERE env = ? ORDER BY created, name", env)
@@ -475,7 +362,7 @@ class StateDB:
         self, kind: str, message: str, env: str | None = None, data: dict[str, Any] | None = None
     ) -> None:
         sql = "INSERT INTO events (ts, env, kind, message, data) VALUES (?, ?, ?, ?, ?)"
-        self._write(sql, time.time(), env, kind, message, _dump(data))
+        self._write(sql, time.time(), env, kind, message, dump_json(data))
 
     def events(self, env: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The latest `limit` events (of `env`, or all), oldest first."""

@@ -48,7 +48,7 @@ start_docker() {
 }
 
 start_lxd() {
-    apt_install lxd
+    apt_install lxd btrfs-progs
     if ! lxd waitready --timeout=1 >/dev/null 2>&1; then
         echo ">> starting lxd"
         if has_systemd; then systemctl start lxd || systemctl start snap.lxd.daemon; else
@@ -61,6 +61,15 @@ start_lxd() {
     lxc storage show default >/dev/null 2>&1 || lxc storage create default dir >/dev/null
     lxc profile device show default 2>/dev/null | grep -q "^root:" ||
         lxc profile device add default root disk path=/ pool=default >/dev/null
+    # sandbox's own pool on btrfs (a sparse loop file): an instance is a snapshot of its image
+    # (~0.5 s) instead of a full copy (~10-25 s on `dir`). Without loop devices or btrfs, sandbox
+    # uses the default profile's pool.
+    if ! lxc storage show sandbox >/dev/null 2>&1; then
+        if grep -qw btrfs /proc/filesystems && losetup -f >/dev/null 2>&1; then
+            lxc storage create sandbox btrfs size="${SANDBOX_LXD_POOL_SIZE:-30GiB}" >/dev/null ||
+                echo "note: no btrfs pool for LXD (instances are full copies on the default pool)" >&2
+        fi
+    fi
 }
 
 start_libvirt() {

@@ -105,9 +105,20 @@ def _separate_kernel(ws: Path, env: str) -> None:
     assert uids and 0 not in uids, uids
 
 
+def _lxd_problem() -> str | None:
+    if shutil.which("lxc") is None:
+        return "the lxc client is missing (scripts/backends.sh lxd)"
+    return (
+        None
+        if _cmd_ok("lxd", "waitready", "--timeout=10")
+        else "LXD is not running (scripts/backends.sh lxd)"
+    )
+
+
 BACKENDS: dict[str, BackendCase] = {
     "lxc": BackendCase("lxc", _lxc_problem, _isolated_userns),
     "docker": BackendCase("docker", _docker_problem, _dropped_privileges),
+    "lxd": BackendCase("lxd", _lxd_problem, _isolated_userns),
     # a TCG boot takes about a minute on 2 busy cores (KVM cannot boot a kernel on the test hosts)
     # and a request the probe makes slow takes several seconds more under emulation
     "libvirt": BackendCase(

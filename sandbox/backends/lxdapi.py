@@ -1,0 +1,193 @@
+"""The lxd backend's connection to LXD (local socket or a remote over HTTPS) and its ONE error translation.
+
+Every pylxd/requests call of the backend runs inside `lxd_errors(...)`, which turns what LXD
+or the transport raised into a BackendError with a hint: daemon not running, permission denied
+(socket or an untrusted client certificate), name taken, not found.
+
+A remote is `remote: https://HOST:8443` in a profile. sandbox authenticates with its own client
+certificate, made on first use, and verifies the server with the server's certificate, which the
+user copies from the remote once (LXD keeps it at /var/lib/lxd/server.crt):
+
+    ~/.config/sandbox/lxd/client.crt, client.key    (SANDBOX_CONFIG overrides ~/.config/sandbox)
+    ~/.config/sandbox/lxd/servercerts/HOST_PORT.crt (the remote's server.crt)
+
+and on the remote: `lxc config trust add client.crt` (LXD 5.0: `lxc config trust add --name sandbox
+client.crt`). The same directory is an `LXD_CONF` for the `lxc` client (remote `sandbox`), which
+interactive exec and logs use.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+from sandbox.backends.base import BackendError
+from sandbox.backends.lxdconfig import remote_name
+
+LOCAL_HINT = "start LXD with scripts/backends.sh lxd (as root)"
+LXC_REMOTE = "sandbox"  # the remote's name in the lxc client's config (LXD_CONF)
+
+
+def config_dir() -> Path:
+    """sandbox's per-user config dir: $SANDBOX_CONFIG, $XDG_CONFIG_HOME/sandbox or ~/.config/sandbox."""
+    env = os.environ.get("SANDBOX_CONFIG")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".config") / "sandbox"
+
+
+def lxd_dir() -> Path:
+    return config_dir() / "lxd"
+
+
+def client_cert() -> tuple[Path, Path]:
+    """sandbox's client certificate and key for LXD remotes, made on first use (EC P-384, 10 years)."""
+    d = lxd_dir()
+    crt, key = d / "client.crt", d / "client.key"
+    if crt.exists() and key.exists():
+        return crt, key
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pk = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"sandbox@{socket.gethostname()}")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(pk.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .sign(pk, hashes.SHA384())
+    )
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            pk.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return crt, key
+
+
+def server_cert(remote: str) -> Path:
+    return lxd_dir() / "servercerts" / f"{remote_name(remote)}.crt"
+
+
+def lxc_conf(remote: str) -> Path:
+    """An LXD_CONF dir for the `lxc` client that names `remote` "sandbox" (for exec -t and logs)."""
+    crt, key = client_cert()
+    conf = lxd_dir() / f"lxc-{remote_name(remote)}"
+    (conf / "servercerts").mkdir(parents=True, exist_ok=True)
+    for src, dest in ((crt, conf / "client.crt"), (key, conf / "client.key")):
+        if not dest.exists():
+            dest.symlink_to(src)
+    (conf / "servercerts" / f"{LXC_REMOTE}.crt").write_bytes(server_cert(remote).read_bytes())
+    (conf / "config.yml").write_text(
+        f"default-remote: local\nremotes:\n  {LXC_REMOTE}:\n    addr: {remote}\n"
+        "    protocol: lxd\n    auth_type: tls\n    public: false\n"
+    )
+    return conf
+
+
+def connect(remote: str | None) -> Any:
+    """A pylxd Client of this host's LXD (unix socket) or of `remote` (HTTPS, client certificate)."""
+    import pylxd
+
+    with lxd_errors("connecting to LXD", remote):
+        if remote is None:
+            return pylxd.Client()
+        verify = server_cert(remote)
+        if not verify.exists():
+            raise BackendError(
+                f"sandbox does not know the certificate of the LXD server {remote}",
+                hint=f"copy the server's /var/lib/lxd/server.crt to {verify}",
+            )
+        crt, key = client_cert()
+        from pylxd.client import get_session_for_url
+
+        session = get_session_for_url(remote, verify=str(verify), cert=(str(crt), str(key)))
+        # pylxd pins the server certificate given as `verify`; with the environment trusted, requests
+        # would replace it by $REQUESTS_CA_BUNDLE (and send LXD's traffic through any proxy)
+        session.trust_env = False
+        client = pylxd.Client(endpoint=remote, cert=(str(crt), str(key)), session=session, timeout=60)
+        if not client.trusted:
+            raise BackendError(
+                f"the LXD server {remote} does not trust sandbox's client certificate",
+                hint=f"on that host: lxc config trust add {crt} (copy the file there first)",
+            )
+        return client
+
+
+@contextmanager
+def lxd_errors(what: str, remote: str | None = None) -> Iterator[None]:
+    """The one place where pylxd, requests and socket errors become BackendErrors."""
+    try:
+        yield
+    except BackendError:
+        raise
+    except Exception as e:
+        translate(e, what, remote)
+
+
+def translate(e: Exception, what: str, remote: str | None) -> NoReturn:
+    """Raise the BackendError (with a hint) for an exception of pylxd/requests."""
+    where = remote or "this host"
+    text = str(e).strip() or type(e).__name__
+    low = text.lower()
+    kind = type(e).__name__
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if kind == "SSLError" or "certificate verify failed" in low or "fingerprints did not match" in low:
+        raise BackendError(
+            f"{what}: the TLS certificate of {where} does not match: {text}",
+            hint=f"put the server's current server.crt at {server_cert(remote or '')}",
+        ) from e
+    if (
+        isinstance(e, PermissionError)
+        or status == 403
+        or "permission denied" in low
+        or "not authorized" in low
+    ):
+        hint = (
+            f"on {remote}: lxc config trust add {lxd_dir() / 'client.crt'}"
+            if remote
+            else "run sandbox as root, or as a member of the lxd group"
+        )
+        raise BackendError(f"{what}: permission denied by LXD on {where}: {text}", hint=hint) from e
+    if kind in ("ClientConnectionFailed", "ConnectionError", "FileNotFoundError", "ConnectionRefusedError"):
+        hint = (
+            LOCAL_HINT
+            if remote is None
+            else f"check that {remote} is reachable and LXD listens there (core.https_address)"
+        )
+        raise BackendError(
+            f"{what}: LXD is not running or not reachable on {where}: {text}", hint=hint
+        ) from e
+    if kind == "Conflict" or status == 409 or "already exists" in low:
+        raise BackendError(
+            f"{what}: the name is taken on {where}: {text}",
+            hint="`sandbox gc` removes leftovers; another workspace on this LXD may use the same env name",
+        ) from e
+    if kind == "NotFound" or status == 404:
+        raise BackendError(
+            f"{what}: not found on {where}: {text}", hint="`sandbox ls` shows what exists"
+        ) from e
+    if kind == "Timeout" or isinstance(e, TimeoutError):
+        raise BackendError(f"{what}: LXD on {where} did not answer in time: {text}", hint=LOCAL_HINT) from e
+    raise BackendError(
+        f"{what}: LXD on {where} failed: {text}", hint="see `lxc info --show-log NAME` on that host"
+    ) from e
