@@ -133,6 +133,7 @@ class Envs:
             memory=res.get("memory"),
             pids=res.get("pids"),
             mounts=mounts,
+            capabilities=tuple(p.get("capabilities") or ()),
         )
 
     def _emit(self, message: str, **data: Any) -> None:
@@ -365,7 +366,7 @@ class Envs:
         for inst in self.state.instances(name):
             if backend.state(inst.name) != "running":
                 backend.start(inst.name)
-            self.state.set_instance(name, inst.idx, state="running")
+            self.state.set_instance(name, inst.idx, state="running", **_picked(backend, inst.name))
         url = self._route(env)
         self.state.set_env(name, state="running", url=url)
         if wait:
@@ -522,6 +523,9 @@ class Envs:
         backend = self._env_backend(env)
         for inst in self.state.instances(name):
             backend.restore(inst.name, snap)
+            if backend.state(inst.name) == "running":  # a re-made container may have a new address
+                self.state.set_instance(name, inst.idx, **_picked(backend, inst.name))
+        self.reroute(name)
         self.state.event("restore", f"restore {snap}", env=name)
         return self.view(name)
 

@@ -42,6 +42,11 @@ class Workspace:
     def tmp(self) -> Path:
         return self.state / "tmp"
 
+    @property
+    def id(self) -> str:
+        """A short name of this workspace on this host (labels its containers in daemons)."""
+        return hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+
     @functools.cached_property
     def runtime(self) -> Path:
         """Where containers and routers live: .sandbox/ when unprivileged ids can reach it, else
@@ -58,10 +63,7 @@ class Workspace:
         except OSError:
             pass
         self.state.mkdir(parents=True, exist_ok=True)
-        if _reachable_by_others(self.state):
-            chosen = self.state
-        else:
-            chosen = Path("/var/lib/sandbox") / hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        chosen = self.state if _reachable_by_others(self.state) else Path("/var/lib/sandbox") / self.id
         chosen.mkdir(parents=True, exist_ok=True, mode=0o755)
         marker.write_text(f"{chosen}\n")
         return chosen

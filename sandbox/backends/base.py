@@ -50,6 +50,7 @@ class InstanceSpec:
     memory: int | None = None  # bytes
     pids: int | None = None
     mounts: tuple[MountSpec, ...] = ()
+    capabilities: tuple[str, ...] = ()  # Linux capabilities the app keeps (docker drops all others)
 
 
 @dataclass(frozen=True)

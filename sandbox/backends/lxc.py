@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec, run
 from sandbox.backends.hostsetup import IdRange, ensure_bridge, ensure_subids, gateway, raise_host_limits
+from sandbox.backends.instancefiles import APP_ENV_FILE, INSTANCE_ENV_FILE, instance_files, parse_env_file
 from sandbox.backends.lxcconfig import LxcInstanceConfig, render_lxc_config
 from sandbox.backends.unpack import unpack_image
 from sandbox.build.overlay import remove_tree
@@ -193,17 +194,7 @@ class LxcBackend(Backend):
 
     def _write_instance_files(self, upper: Path, spec: InstanceSpec, uid: int, gid: int) -> None:
         """Files that make this instance itself: hostname, hosts, the env the app sees."""
-        env = {
-            "SANDBOX_ENV": spec.env,
-            "SANDBOX_INSTANCE": spec.name,
-            "SANDBOX_IMAGE": spec.image,
-            **spec.env_vars,
-        }
-        files = {
-            "etc/hostname": f"{spec.name}\n",
-            "etc/hosts": f"127.0.0.1 localhost\n127.0.1.1 {spec.name}\n::1 localhost ip6-localhost\n",
-            "etc/sandbox/instance.env": "".join(f'{k}="{_quote(v)}"\n' for k, v in sorted(env.items())),
-        }
+        files = instance_files(spec)
         for rel, text in files.items():
             path = upper / rel
             parent = upper
@@ -284,6 +275,20 @@ class LxcBackend(Backend):
                     return int(f[2]), int(f[3]), f[5]
         raise BackendError(f"user {user!r} does not exist in instance {name}")
 
+    def _app_env(self, name: str) -> dict[str, str]:
+        """The app's environment: the recipe's env file, then this instance's (sandbox and profile)."""
+        meta = self._meta(name)
+        out: dict[str, str] = {}
+        for rel in (APP_ENV_FILE, INSTANCE_ENV_FILE):
+            for root in (self._dir(name) / "delta0", self._image_root(meta.get("image", ""))):
+                try:
+                    text = (root / rel).read_text()
+                except OSError:
+                    continue
+                out.update(parse_env_file(text))
+                break
+        return out
+
     def exec(
         self,
         name: str,
@@ -294,8 +299,10 @@ class LxcBackend(Backend):
         interactive: bool = False,
         timeout: float | None = None,
     ) -> ExecResult:
-        cmd = [
-            *self._attach(name),
+        cmd = [*self._attach(name)]
+        for k, v in self._app_env(name).items():  # what the app sees, as on every backend
+            cmd += ["--set-var", f"{k}={v}"]
+        cmd += [
             "--set-var",
             f"PATH={EXEC_PATH}",
             "--set-var",
@@ -430,10 +437,6 @@ class LxcBackend(Backend):
         if not self.lxcpath.is_dir():
             return []
         return sorted(p.name for p in self.lxcpath.iterdir() if (p / "config").exists())
-
-
-def _quote(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _cgroup_v2() -> bool:

@@ -5,6 +5,7 @@ A profile is `profiles/NAME.yaml`; an environment named `NAME` or `NAME-SUFFIX` 
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import posixpath
 import re
@@ -52,6 +53,67 @@ def _profile_name(what: str) -> AfterValidator:
         return value
 
     return AfterValidator(check)
+
+
+CAPABILITIES = frozenset(
+    [
+        "AUDIT_CONTROL",
+        "AUDIT_READ",
+        "AUDIT_WRITE",
+        "BLOCK_SUSPEND",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "KILL",
+        "LEASE",
+        "LINUX_IMMUTABLE",
+        "MAC_ADMIN",
+        "MAC_OVERRIDE",
+        "MKNOD",
+        "NET_ADMIN",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_RAW",
+        "PERFMON",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_CHROOT",
+        "SYS_MODULE",
+        "SYS_NICE",
+        "SYS_PACCT",
+        "SYS_PTRACE",
+        "SYS_RAWIO",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "",
+    ]
+)
+
+
+def _capability(value: str) -> str:
+    name = value.upper().removeprefix("CAP_")
+    if name not in CAPABILITIES:
+        close = sorted(c for c in CAPABILITIES if c.startswith(name)) or difflib.get_close_matches(
+            name, CAPABILITIES, n=1
+        )
+        fail(
+            f"{value!r} is not a Linux capability",
+            f"did you mean {close[0]}?" if close else "e.g. NET_BIND_SERVICE (see capabilities(7))",
+        )
+    return name
 
 
 def _image_ref(value: str) -> str:
@@ -241,6 +303,11 @@ class Profile(BaseModel):
         None,
         description="Host of the backend's daemon: lxd https://HOST:8443, docker ssh://USER@HOST or "
         "tcp://HOST:2376, libvirt a URI such as qemu+ssh://USER@HOST/system; this host when omitted.",
+    )
+    capabilities: list[Annotated[str, AfterValidator(_capability)]] = Field(
+        default_factory=list,
+        description="Linux capabilities the app keeps on the docker backend, e.g. NET_BIND_SERVICE; "
+        "all others are dropped.",
     )
     instances: Annotated[StrictInt, Field(ge=1, le=64)] = Field(1, description="Number of instances (1-64).")
     resources: Resources = Field(default_factory=Resources, description="Limits per instance.")

@@ -24,6 +24,7 @@ from sandbox.promote.deploys import Deploy, Deploys
 from sandbox.promote.plan import Plan, make_plan
 from sandbox.state import Env, Instance
 from sandbox.store import diff_manifests
+from sandbox.store.layers import read_files
 
 
 class PromotionError(SandboxError):
@@ -312,7 +313,7 @@ class Promoter:
         plan = self.plan(d.env, d.to_image).plan
         want = store.manifest(d.to_image)["files"]
         blobs = [store.blob_path(la["digest"]) for la in store.manifest(d.to_image)["layers"]]
-        contents = _read_files(blobs, [p for p in plan.static_files if p in want])
+        contents = read_files(blobs, [p for p in plan.static_files if p in want])
         for i, inst in enumerate(self.state.instances(d.env)):
             for path in plan.static_files:
                 if path in want and want[path]["type"] == "file":
@@ -324,18 +325,3 @@ class Promoter:
                     self.envs.exec(d.env, ["rm", "-f", path], i)
             self.state.set_instance(d.env, inst.idx, image=d.to_image)
             self.deploys.step(d.id, "synced", instance=inst.name, files=len(plan.static_files))
-
-
-def _read_files(blobs: list[Any], paths: list[str]) -> dict[str, bytes]:
-    import tarfile
-
-    wanted = {"." + p for p in paths}
-    out: dict[str, bytes] = {}
-    for blob in blobs:  # later layers win
-        with tarfile.open(blob) as tar:
-            for ti in tar:
-                if ti.name in wanted and ti.isreg():
-                    f = tar.extractfile(ti)
-                    assert f is not None
-                    out[ti.name[1:]] = f.read()
-    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+from pathlib import Path
 from typing import IO, Any
 
 Index = dict[str, dict[str, Any]]
@@ -62,3 +63,17 @@ def merge_indexes(layers: list[Index]) -> Index:
                     continue
             merged[key] = {k: v for k, v in entry.items() if k != "opaque"}
     return merged
+
+
+def read_files(blobs: list[Path], paths: list[str]) -> dict[str, bytes]:
+    """The contents of regular files `paths` (absolute in the image) from an image's layer tars."""
+    wanted = {"." + p for p in paths}
+    out: dict[str, bytes] = {}
+    for blob in blobs:  # later layers win
+        with tarfile.open(blob) as tar:
+            for ti in tar:
+                if ti.name in wanted and ti.isreg():
+                    f = tar.extractfile(ti)
+                    assert f is not None
+                    out[ti.name[1:]] = f.read()
+    return out

@@ -1,0 +1,354 @@
+"""One contract, every backend: the same envs, commands and promotion on each real daemon.
+
+Parameterized over BACKENDS (lxc, docker, and each backend added since). For each one, one env of
+2 instances is brought up once (module scope) and taken through: health through its router, exec as
+the app user, isolation, snapshot/restore, clone, a rolling promotion under load with no failed
+request, and down with nothing left behind. Bad input is checked once per case.
+
+Everything runs in this module's own workspace (a copy of the session build's store) with its own
+bridge, subnet and router ports, so it never meets the envs of another workspace on this host.
+Traffic goes only to 127.0.0.1 (routers) and to the addresses of instances this run created; every
+wait is bounded; every env and container made here is removed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.backends.base import get_backend
+from sandbox.promote.probe import LoadProbe
+from sandbox.workspace import Workspace
+from tests.conftest import integration_required
+from tests.integration.conftest import Built, Run, new_workspace, sandbox
+
+pytestmark = pytest.mark.integration
+
+BRIDGE = "sbxcon0"
+SUBNET = ipaddress.ip_network("10.221.0.0/24")
+SETTINGS = f"network: {{bridge: {BRIDGE}, subnet: {SUBNET}}}\nrouters: {{port_range: [19700, 19799]}}\n"
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+CREATED: set[str] = set()  # addresses of instances this run created: the only non-loopback targets
+MADE: set[str] = set()
+
+
+def _cmd_ok(*argv: str) -> bool:
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _isolated_userns(ws: Path, env: str) -> None:
+    """Container root is not host root: uid 0 inside maps to an unprivileged host range."""
+    first = out(ws, env, "cat", "/proc/self/uid_map").split()
+    assert first[:2] == ["0", str(int(first[1]))] and int(first[1]) >= 100000, first
+
+
+def _dropped_privileges(ws: Path, env: str) -> None:
+    """Without a user namespace: even root in the container holds no capability and cannot gain one."""
+    status = out(ws, env, "cat", "/proc/self/status")
+    assert "CapEff:\t0000000000000000" in status, status
+    assert "NoNewPrivs:\t1" in status, status
+
+
+@dataclass(frozen=True)
+class BackendCase:
+    name: str
+    problem: Callable[[], str | None]  # why this host cannot run it (None: it can)
+    isolation: Callable[[Path, str], None]
+    profile: str = ""  # extra profile lines (e.g. fewer resources for VMs)
+    boot_timeout: str = "90s"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _lxc_problem() -> str | None:
+    missing = [t for t in ("lxc-start", "lxc-attach", "nginx") if shutil.which(t) is None]
+    return f"missing {', '.join(missing)} (./install.sh)" if missing else None
+
+
+def _docker_problem() -> str | None:
+    return None if _cmd_ok("docker", "info") else "dockerd is not running (scripts/backends.sh docker)"
+
+
+BACKENDS: dict[str, BackendCase] = {
+    "lxc": BackendCase("lxc", _lxc_problem, _isolated_userns),
+    "docker": BackendCase("docker", _docker_problem, _dropped_privileges),
+}
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def sbx(ws: Path, *args: str, timeout: float = 300) -> Run:
+    if len(args) > 1 and args[0] in ("up", "clone"):
+        MADE.add(args[2] if args[0] == "clone" else args[1])
+    return sandbox(ws, *args, timeout=timeout)
+
+
+def ok(r: Run) -> Any:
+    assert r.code == 0, f"exit {r.code}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    return r.json if r.stdout.lstrip().startswith(("{", "[")) else r.stdout
+
+
+def out(ws: Path, env: str, *argv: str, user: str | None = None, index: int = 0) -> str:
+    r = sandbox(ws, "exec", env, "-i", str(index), *(["-u", user] if user else []), "--", *argv, timeout=120)
+    assert r.code == 0, f"{argv}: exit {r.code}: {r.stdout} {r.stderr}"
+    return r.stdout.strip()
+
+
+def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
+    host = urllib.request.urlparse(url).hostname or ""
+    assert host == "127.0.0.1" or host in CREATED, f"refusing to send traffic to {url}"
+    try:
+        with NO_PROXY.open(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def healthz(url: str) -> dict[str, Any]:
+    status, body = get(url.rstrip("/") + "/healthz")
+    assert status == 200, body
+    doc: dict[str, Any] = json.loads(body)
+    return doc
+
+
+def view(ws: Path, env: str) -> dict[str, Any]:
+    v: dict[str, Any] = ok(sbx(ws, "status", env, "--json"))
+    CREATED.update(i["address"] for i in v["instances"] if i.get("address"))
+    return v
+
+
+def instances_on_backend(ws: Path, backend: str) -> list[str]:
+    return get_backend(backend, Workspace(ws)).instances()
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Contract:
+    ws: Path
+    v1: str
+    v2: str
+
+
+@pytest.fixture(scope="module")
+def contract(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contract]:
+    """A workspace sharing the session build's store (hard links), with v2 (a code change) built."""
+    ws = new_workspace(tmp_path_factory.mktemp("contract"), "ws")
+    (ws / "recipes" / "web.lock").write_bytes((built.ws / "recipes" / "web.lock").read_bytes())
+    subprocess.run(["cp", "-al", str(built.ws / "images"), str(ws / "images")], check=True)
+    (ws / "sandbox.yaml").write_text(SETTINGS)
+    (ws / "profiles").mkdir()
+    for case in BACKENDS.values():
+        (ws / "profiles" / f"c{case.name}.yaml").write_text(
+            f"name: c{case.name}\nrecipe: web\nbackend: {case.name}\ninstances: 2\n"
+            "resources: {memory: 512M}\nenv: {APP_ENV: contract}\n"
+            f"health: {{path: /healthz, interval: 0.3s, timeout: {case.boot_timeout}}}\n"
+            "router: {listen: 127.0.0.1, port: auto, drain_timeout: 5s}\n"
+            "promotion: {require_verified: false}\n" + case.profile
+        )
+    v1 = built.digest
+    tpl = ws / "recipes" / "web" / "templates" / "settings.py.j2"
+    text = tpl.read_text()
+    tpl.write_text(text.replace('GREETING = "{{ greeting }}"', 'GREETING = "{{ greeting }} (v2)"'))
+    v2 = ok(sbx(ws, "build", "web", "--tag", "v2", "--json"))["digest"]
+    tpl.write_text(text)
+    assert v1 != v2
+    try:
+        yield Contract(ws, v1, v2)
+    finally:
+        for name in sorted(MADE):
+            sandbox(ws, "down", name, timeout=300)
+        gc = sandbox(ws, "gc", "--json", timeout=300)
+        assert gc.code == 0, gc.stdout + gc.stderr
+
+
+@dataclass
+class Env:
+    ws: Path
+    backend: str
+    name: str
+    url: str
+    contract: Contract
+
+
+@pytest.fixture(scope="module", params=sorted(BACKENDS))
+def env(request: pytest.FixtureRequest, contract: Contract) -> Iterator[Env]:
+    case = BACKENDS[request.param]
+    problem = case.problem()
+    if problem is not None:
+        if integration_required():
+            pytest.fail(f"the {case.name} backend cannot run here: {problem}")
+        pytest.skip(problem)
+    name = f"c{case.name}-1"
+    v = ok(sbx(contract.ws, "up", name, "--image", contract.v1, "--wait", "--json", timeout=600))
+    assert v["backend"] == case.name and len(v["instances"]) == 2, v
+    yield Env(contract.ws, case.name, name, v["url"], contract)
+    with contextlib.suppress(Exception):
+        if any(e["name"] == name for e in ok(sandbox(contract.ws, "ls", "--json"))):
+            sandbox(contract.ws, "down", name, timeout=300)
+
+
+# -- the contract --------------------------------------------------------------------------------
+
+
+def test_up_serves_through_the_router_and_on_each_address(env: Env) -> None:
+    doc = healthz(env.url)
+    assert doc["image"] == env.contract.v1 and doc["env"] == "contract", doc
+    v = view(env.ws, env.name)
+    assert [i["health"] for i in v["instances"]] == ["healthy", "healthy"], v
+    addresses = {i["address"] for i in v["instances"]}
+    assert len(addresses) == 2
+    for addr in addresses:
+        assert healthz(f"http://{addr}:8000/")["image"] == env.contract.v1
+
+
+def test_exec_runs_as_the_app_user_with_the_envs_variables(env: Env) -> None:
+    assert out(env.ws, env.name, "id", "-un", user="app") == "app"
+    assert out(env.ws, env.name, "id", "-u") == "0"
+    line = out(env.ws, env.name, "sh", "-c", "echo $SANDBOX_ENV $SANDBOX_INSTANCE $APP_ENV", index=1)
+    assert line == f"{env.name} {env.name}-1 contract", line
+    r = sandbox(env.ws, "exec", env.name, "-u", "app", "--", "sh", "-c", "exit 7")
+    assert r.code == 7, (r.code, r.stderr)
+
+
+def test_the_app_user_is_unprivileged_and_isolated(env: Env) -> None:
+    status = out(env.ws, env.name, "cat", "/proc/self/status", user="app")
+    assert "\nUid:\t1001\t" in status and "CapEff:\t0000000000000000" in status, status
+    r = sandbox(env.ws, "exec", env.name, "-u", "app", "--", "touch", "/etc/sbx-contract")
+    assert r.code != 0
+    BACKENDS[env.backend].isolation(env.ws, env.name)
+
+
+def test_snapshot_and_restore(env: Env) -> None:
+    ok(sbx(env.ws, "snapshot", env.name, "s1"))
+    out(env.ws, env.name, "sh", "-c", "echo after > /srv/sbx-marker")
+    ok(sbx(env.ws, "restore", env.name, "s1", timeout=300))
+    r = sandbox(env.ws, "exec", env.name, "--", "test", "-e", "/srv/sbx-marker")
+    assert r.code == 1, "the file written after the snapshot survived the restore"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, AssertionError, ValueError):
+            if healthz(env.url)["image"] == env.contract.v1:
+                break
+        time.sleep(0.5)
+    assert healthz(env.url)["image"] == env.contract.v1
+
+
+def test_clone_copies_the_instance_data(env: Env) -> None:
+    out(env.ws, env.name, "sh", "-c", "echo cloned > /srv/sbx-clone-marker")
+    dst = f"c{env.backend}-2"
+    v = ok(sbx(env.ws, "clone", env.name, dst, "--wait", "--json", timeout=600))
+    assert v["url"] != env.url and v["backend"] == env.backend
+    assert out(env.ws, dst, "cat", "/srv/sbx-clone-marker") == "cloned"
+    assert healthz(v["url"])["image"] == env.contract.v1
+    ok(sbx(env.ws, "down", dst))
+    assert [n for n in instances_on_backend(env.ws, env.backend) if n.startswith(dst + "-")] == []
+
+
+def test_rolling_promotion_fails_no_request(env: Env) -> None:
+    probe = LoadProbe(env.url, rps=40, concurrency=4, slow_seconds=2.0)
+    probe.start()
+    try:
+        time.sleep(1.5)
+        probe.mark("promote")
+        ok(sbx(env.ws, "promote", env.contract.v2, "--to", env.name, "--yes", timeout=900))
+        probe.mark("after")
+        time.sleep(1.5)
+    finally:
+        reports = probe.stop(timeout=60)
+    bad = {p: (r.non_2xx, r.errors, r.first_errors) for p, r in reports.items() if r.non_2xx or r.errors}
+    assert bad == {}, bad
+    assert all(r.requests > 0 for r in reports.values()), reports
+    assert {healthz(env.url)["image"] for _ in range(6)} == {env.contract.v2}
+    v = view(env.ws, env.name)
+    assert len(v["instances"]) == 2 and {i["health"] for i in v["instances"]} == {"healthy"}, v
+
+
+def test_down_leaves_nothing_behind(env: Env) -> None:
+    ok(sbx(env.ws, "down", env.name, timeout=300))
+    assert [n for n in instances_on_backend(env.ws, env.backend) if n.startswith(env.name + "-")] == []
+    names = [e["name"] for e in ok(sbx(env.ws, "ls", "--json"))]
+    assert env.name not in names
+    with pytest.raises(OSError):
+        get(env.url.rstrip("/") + "/healthz", timeout=3)
+
+
+# -- bad input: one clear error, nothing left behind ----------------------------------------------
+
+
+def _bad_profile(contract: Contract, name: str, body: str) -> Run:
+    path = contract.ws / "profiles" / f"{name}.yaml"
+    path.write_text(f"name: {name}\nrecipe: web\n{body}")
+    try:
+        return sbx(contract.ws, "up", f"{name}-1")
+    finally:
+        path.unlink()
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "hint"),
+    [
+        ("backend: podman\n", "backend", "lxc"),
+        ("remote: https://example.invalid:8443\n", "no remote hosts", "remove 'remote'"),
+        ("backend: docker\nremote: http://127.0.0.1:1\n", "not a remote for the docker backend", "ssh://"),
+        ("backend: docker\ncapabilities: [NET_BIND]\n", "not a Linux capability", "NET_BIND_SERVICE"),
+    ],
+)
+def test_bad_backend_settings_are_refused_with_file_and_line(
+    contract: Contract, body: str, message: str, hint: str
+) -> None:
+    before = ok(sbx(contract.ws, "ls", "--json"))
+    r = _bad_profile(contract, "cbad", body)
+    assert r.code == 1, r.stdout + r.stderr
+    assert "cbad.yaml:" in r.stderr and message in r.stderr and hint in r.stderr, r.stderr
+    assert ok(sbx(contract.ws, "ls", "--json")) == before
+
+
+def test_an_unreachable_docker_daemon_is_reported_and_changes_nothing(contract: Contract) -> None:
+    before = ok(sbx(contract.ws, "ls", "--json"))
+    # port 9 on loopback (discard): nothing listens there on these hosts
+    r = _bad_profile(contract, "cgone", "backend: docker\nremote: tcp://127.0.0.1:9\n")
+    assert r.code == 1, r.stdout + r.stderr
+    assert "docker daemon on tcp://127.0.0.1:9 does not answer" in r.stderr, r.stderr
+    assert "hint:" in r.stderr
+    assert ok(sbx(contract.ws, "ls", "--json")) == before
+
+
+def test_a_taken_docker_name_is_reported_and_the_other_container_kept(contract: Contract) -> None:
+    if _docker_problem() is not None:
+        pytest.fail("dockerd is not running") if integration_required() else pytest.skip("no dockerd")
+    tag = ok(sbx(contract.ws, "image", "inspect", contract.v1, "--json"))["recipe"]["name"]
+    image = f"sandbox/{tag}:{contract.v1[7:19]}"
+    ok(sbx(contract.ws, "up", "cdocker-8", "--image", contract.v1))  # loads the image into docker
+    ok(sbx(contract.ws, "down", "cdocker-8"))
+    foreign = subprocess.run(
+        ["docker", "create", "--name", "cdocker-9-0", image], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    try:
+        r = sbx(contract.ws, "up", "cdocker-9", "--image", contract.v1)
+        assert r.code == 1, r.stdout + r.stderr
+        assert "cdocker-9-0 already exists" in r.stderr and "hint:" in r.stderr, r.stderr
+        assert "cdocker-9" not in [e["name"] for e in ok(sbx(contract.ws, "ls", "--json"))]
+        still = subprocess.run(
+            ["docker", "inspect", "-f", "{{.Id}}", "cdocker-9-0"], capture_output=True, text=True, check=False
+        )
+        assert still.stdout.strip() == foreign, "sandbox removed a container it did not create"
+        assert [n for n in instances_on_backend(contract.ws, "docker") if n.startswith("cdocker-9-1")] == []
+    finally:
+        subprocess.run(["docker", "rm", "-f", foreign], capture_output=True, check=False)
