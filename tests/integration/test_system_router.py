@@ -77,15 +77,6 @@ def own_nginx_masters(ws: Path) -> list[int]:
     return out
 
 
-def cpu_share(ws: Path, name: str) -> str:
-    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
-    argv = ["lxc-cgroup", "-P", str(Workspace(ws).runtime / "lxc"), "-n", name]
-    p = subprocess.run(
-        [*argv, "cpu.weight" if v2 else "cpu.shares"], capture_output=True, text=True, timeout=30
-    )
-    return p.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def sysenv(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sys]:
     missing = [t for t in ("lxc-start", "nginx", "ip") if not shutil.which(t)]
@@ -160,10 +151,7 @@ def test_up_promote_modes_down_through_a_system_nginx(sysenv: Sys) -> None:
     assert probe["during"]["requests"] > 0, probe
     assert {p: (x["non_2xx"], x["errors"]) for p, x in probe.items() if x["non_2xx"] or x["errors"]} == {}
     assert {served_image() for _ in range(6)} == {sysenv.v2}
-    insts = sbx(ws, "status", "prod", "--json")["instances"]
-    for i in insts:  # each booted at a low CPU share and got its normal share back before serving
-        assert cpu_share(ws, i["name"]) in ("1024", "100"), i["name"]
-    addresses = {i["address"] for i in insts}
+    addresses = {i["address"] for i in sbx(ws, "status", "prod", "--json")["instances"]}
     assert all(f"server {a}:8000 max_fails=0;" in conf.read_text() for a in addresses)
     assert all(f"server {a}:8000;" in stream.read_text() for a in addresses)
 
