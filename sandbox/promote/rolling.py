@@ -263,15 +263,13 @@ class Promoter:
         # it boots at a low CPU share: on a busy host the instances serving traffic come first
         self.envs.set_cpu_priority(d.env, new, low=True)
         self.deploys.step(d.id, "started", instance=new.name, address=new.address)
-        timeout, interval = float(health.get("timeout", 120)), float(health.get("interval", 0.5))
-        probe, took = wait_until(lambda: self.envs.probe_instance(d.env, new, image), timeout / 2, interval)
-        # its normal share before it serves anything, or when the low one makes its boot too slow
-        self.envs.set_cpu_priority(d.env, new, low=False)
-        if not probe.ok:
-            probe, more = wait_until(
-                lambda: self.envs.probe_instance(d.env, new, image), max(0.0, timeout - took), interval
-            )
-            took += more
+        probe, took = wait_until(
+            lambda: self.envs.probe_instance(d.env, new, image),
+            float(health.get("timeout", 120)),
+            float(health.get("interval", 0.5)),
+        )
+        if probe.ok:
+            self.envs.set_cpu_priority(d.env, new, low=False)  # before it serves anything
         if not probe.ok:
             self.deploys.step(d.id, "unhealthy", instance=new.name, detail=probe.detail)
             self.envs.remove_instance(d.env, new)
