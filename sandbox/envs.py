@@ -222,9 +222,6 @@ class Envs:
             backend.exec(iname, ["/bin/sh", "-c", "mkdir -p /run/sandbox && touch /run/sandbox/readonly"])
         return self.state.set_instance(name, idx, state="running")
 
-    def set_cpu_priority(self, name: str, inst: Instance, low: bool) -> None:
-        self._env_backend(self.state.get_env(name)).set_cpu_priority(inst.name, low)
-
     def remove_instance(self, name: str, inst: Instance) -> None:
         env = self.state.get_env(name)
         self._env_backend(env).destroy(inst.name)

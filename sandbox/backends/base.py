@@ -163,10 +163,6 @@ class Backend(abc.ABC):
     def forget_image(self, digest: str) -> None:  # noqa: B027  (optional: not every backend keeps copies)
         """Drop the backend's copy of an image no instance uses any more."""
 
-    def set_cpu_priority(self, name: str, low: bool) -> None:  # noqa: B027  (optional)
-        """Give a running instance a low CPU share (or its normal one back). A promotion boots its new
-        instance at a low share, so that the instances serving traffic keep their latency."""
-
 
 _REGISTRY: dict[str, str] = {
     "lxc": "sandbox.backends.lxc:LxcBackend",

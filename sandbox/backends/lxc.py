@@ -235,13 +235,6 @@ class LxcBackend(Backend):
         if p.returncode != 0 and self.state(name) == "running":
             self._lxc("lxc-stop", name, "-k")
 
-    def set_cpu_priority(self, name: str, low: bool) -> None:
-        """cpu.weight (cgroup v2) or cpu.shares (v1) of the container: an eighth of the default, or the
-        default. Only a share: when no one else wants the CPU, the instance still gets all of it."""
-        v2 = _cgroup_v2()
-        key, value = ("cpu.weight", 12 if low else 100) if v2 else ("cpu.shares", 128 if low else 1024)
-        self._lxc("lxc-cgroup", name, key, str(value))
-
     def destroy(self, name: str) -> None:
         d = self._dir(name)
         if not d.exists():

@@ -260,16 +260,12 @@ class Promoter:
         health = env.config["profile"].get("health") or {}
         self._emit("starting a new instance")
         new = self.envs.new_instance(d.env, image)
-        # it boots at a low CPU share: on a busy host the instances serving traffic come first
-        self.envs.set_cpu_priority(d.env, new, low=True)
         self.deploys.step(d.id, "started", instance=new.name, address=new.address)
         probe, took = wait_until(
             lambda: self.envs.probe_instance(d.env, new, image),
             float(health.get("timeout", 120)),
             float(health.get("interval", 0.5)),
         )
-        if probe.ok:
-            self.envs.set_cpu_priority(d.env, new, low=False)  # before it serves anything
         if not probe.ok:
             self.deploys.step(d.id, "unhealthy", instance=new.name, detail=probe.detail)
             self.envs.remove_instance(d.env, new)
