@@ -27,6 +27,7 @@ from sandbox.events import Event, EventSink, null_sink
 from sandbox.fsutil import pid_alive
 from sandbox.health import Probe, http_probe, probe_instance, wait_until
 from sandbox.promote.router import PortForward, Router, RouterConfig, port_in_use
+from sandbox.promote.sysrouter import SystemRouter, router_for, router_kind
 from sandbox.settings import Settings, load_settings
 from sandbox.state import Env, Instance, StateDB
 from sandbox.store import ImageStore
@@ -254,6 +255,8 @@ class Envs:
                 f"image {env.image[:19]} has no app: the router has nothing to route to",
                 hint="add an app: section to the recipe, or remove router: from the profile",
             )
+        if "router_nginx" not in env.config:  # own or system nginx: chosen once, kept for the env's life
+            env = self.state.set_env(env.name, config={**env.config, "router_nginx": self._router_kind()})
         if r.get("port") == "auto":
             lo, hi = self.settings.routers.port_range
             port = self.state.claim_router_port(env.name, lo, hi, lambda x: port_in_use(x, r["listen"]))
@@ -263,8 +266,16 @@ class Envs:
         self.reroute(env.name)
         return f"http://{r['listen']}:{port}/"
 
-    def router(self, name: str) -> Router:
-        return Router(self.routers, name)
+    def _router_kind(self) -> str:
+        return router_kind(self.settings.routers)
+
+    def router(self, name: str) -> Router | SystemRouter:
+        """The env's router: an nginx of its own, or include files in the system nginx."""
+        try:
+            kind = self.state.get_env(name).config.get("router_nginx") or self._router_kind()
+        except SandboxError:  # no such env (an orphaned router dir): what the settings say
+            kind = self._router_kind()
+        return router_for(self.settings.routers, self.routers, name, str(kind), str(self.ws.root))
 
     def router_mode(self, name: str) -> dict[str, Any]:
         mode: dict[str, Any] = self.state.get_env(name).config.get("router_mode") or {}
@@ -321,7 +332,7 @@ class Envs:
         if env is not None:
             self.state.set_env(name, state="deleting", pid=os.getpid())
             backend = backend or self._env_backend(env)
-        Router(self.routers, name).remove()
+        self.router(name).remove()
         if backend is not None:
             for inst in self.state.instances(name):
                 backend.destroy(inst.name)
@@ -341,7 +352,7 @@ class Envs:
         for inst in self.state.instances(name):
             backend.stop(inst.name)
             self.state.set_instance(name, inst.idx, state="stopped")
-        Router(self.routers, name).stop()
+        self.router(name).stop()
         self.state.set_env(name, state="stopped", health="unknown")
         return self.view(name)
 
