@@ -3,9 +3,11 @@
     python bench/promote_bench.py [--rounds 5] [--out bench/results]
 
 In one run, against prod (2 instances behind its router):
-  steady     wrk for 10 s with no promotion: p50/p99 latency
-  promotion  `rounds` promotions alternating two images, each under wrk and the built-in probe:
-             seconds per backend, wrk's p99, non-2xx and socket errors, probe p99 during vs steady
+  rounds     `rounds` times: a steady window (wrk for 8 s beside the probe, no promotion), then a
+             promotion (alternating two images) under the same wrk and probe: seconds per backend,
+             wrk's p99, non-2xx and socket errors, the probe's p99. Each round's ratio is its swap
+             p99 over the steady p99 just before it (other work on the host changes slowly, so
+             adjacent windows compare like with like); the report gives the median and the max
   hey        one more promotion under `hey`, with its status-code counts and errors
 Target: p99 during the swap <= 2x steady. Needs root, lxc, nginx, wrk, hey (apt-get install wrk hey).
 """
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -57,6 +60,28 @@ def parse_wrk(out: str) -> dict[str, float]:
     return res
 
 
+def median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2 if s else 0.0
+
+
+def by_step(samples: list[Any], steps: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The probe's p99 in the second after each kind of deploy step (where the swap's latency comes from)."""
+    offset = time.time() - time.monotonic()  # samples are on the monotonic clock, steps on the wall clock
+    out: dict[str, dict[str, float]] = {}
+    for name in sorted({s["step"] for s in steps}):
+        at = [s["ts"] - offset for s in steps if s["step"] == name]
+        lat = sorted(
+            x.latency for x in samples if x.kind != "get-slow" and any(0 <= x.t - t < 1.0 for t in at)
+        )
+        if lat:
+            out[name] = {
+                "n": len(lat),
+                "p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000, 2),
+            }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -90,13 +115,15 @@ def main() -> None:
     sh([*c, "up", "prod", "--image", "web:v1", "--wait"], env=env)
     url = f"http://127.0.0.1:{PORT}/healthz"
 
-    steady = parse_wrk(sh(["wrk", "-t2", "-c16", "-d10s", "--latency", url]).stdout)
     probe = LoadProbe(f"http://127.0.0.1:{PORT}/", rps=100, concurrency=6)
     probe.start()
-    time.sleep(5)
+    time.sleep(5)  # "before": the probe alone (the steady state of earlier versions of this bench)
     rounds = []
     for i in range(args.rounds):
         target = "v2" if i % 2 == 0 else "v1"
+        probe.mark(f"steady{i}")  # the same load as during a swap (wrk + probe), without a promotion
+        steady = parse_wrk(sh(["wrk", "-t2", "-c16", "-d8s", "--latency", url]).stdout)
+        probe.mark(f"idle{i}")
         wrk = subprocess.Popen(
             ["wrk", "-t2", "-c16", "-d20s", "--latency", url], stdout=subprocess.PIPE, text=True
         )
@@ -107,7 +134,13 @@ def main() -> None:
         out, _ = wrk.communicate()
         r = json.loads(p.stdout)
         rounds.append(
-            {"to": target, "seconds": r["seconds"], "per_backend": r["per_backend"], "wrk": parse_wrk(out)}
+            {
+                "to": target,
+                "seconds": r["seconds"],
+                "per_backend": r["per_backend"],
+                "wrk_steady": steady,
+                "wrk": parse_wrk(out),
+            }
         )
         print(f"  round {i}: {r['per_backend']} s per backend, wrk {rounds[-1]['wrk']}", flush=True)
     hey = subprocess.Popen(["hey", "-z", "20s", "-c", "16", url], stdout=subprocess.PIPE, text=True)
@@ -121,23 +154,37 @@ def main() -> None:
     hey_out, _ = hey.communicate()
     time.sleep(3)
     reports = summary(probe.stop())
+    history = json.loads(sh([*c, "--json", "history", "prod"]).stdout)
+    deploy_steps = [s for d in history for s in d["steps"]]
     codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", hey_out))
     hey_errors = re.findall(r"Error distribution:(.*)", hey_out, re.S)
 
-    swap_p99 = [reports[k]["p99_ms"] for k in reports if k.startswith("swap")]
-    steady_probe_p99 = reports["before"]["p99_ms"]
+    swap_p99 = [reports[f"swap{i}"]["p99_ms"] for i in range(len(rounds))]
+    wrk_ratios = [r["wrk"].get("p99_ms", 0) / max(r["wrk_steady"].get("p99_ms", 1), 1e-9) for r in rounds]
+    probe_ratios = [
+        reports[f"swap{i}"]["p99_ms"] / max(reports[f"steady{i}"]["p99_ms"], 1e-9) for i in range(len(rounds))
+    ]
     report = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "steady_wrk": steady,
+        "wrk_p99_ms": [(r["wrk_steady"].get("p99_ms"), r["wrk"].get("p99_ms")) for r in rounds],
+        "probe_p99_ms": [(reports[f"steady{i}"]["p99_ms"], swap_p99[i]) for i in range(len(rounds))],
         "rounds": rounds,
         "probe": reports,
         "hey": {"status_codes": codes, "errors": hey_errors[0].strip() if hey_errors else ""},
         "seconds_per_backend_median": sorted(x for r in rounds for x in r["per_backend"])[
             len([x for r in rounds for x in r["per_backend"]]) // 2
         ],
-        "p99_swap_over_steady_wrk": max(r["wrk"].get("p99_ms", 0) for r in rounds)
-        / max(steady.get("p99_ms", 1), 1e-9),
-        "p99_swap_over_steady_probe": max(swap_p99) / max(steady_probe_p99, 1e-9) if swap_p99 else None,
+        # per round: that promotion's p99 over the steady p99 just before it; median and worst
+        "p99_swap_over_steady_wrk": {"median": median(wrk_ratios), "max": max(wrk_ratios), "all": wrk_ratios},
+        "p99_swap_over_steady_probe": {
+            "median": median(probe_ratios),
+            "max": max(probe_ratios),
+            "all": probe_ratios,
+        },
+        # earlier versions of this bench divided by the p99 of the probe ALONE (no wrk beside it)
+        "p99_swap_over_probe_alone": max(swap_p99) / max(reports["before"]["p99_ms"], 1e-9),
+        "p99_by_step": by_step(probe.samples, deploy_steps),
+        "loadavg": os.getloadavg(),
         "failures": {
             "probe_non_2xx": sum(r["non_2xx"] for r in reports.values()),
             "probe_errors": sum(r["errors"] for r in reports.values()),
@@ -150,8 +197,11 @@ def main() -> None:
             {
                 k: report[k]
                 for k in (
-                    "steady_wrk",
+                    "wrk_p99_ms",
+                    "probe_p99_ms",
                     "seconds_per_backend_median",
+                    "p99_by_step",
+                    "loadavg",
                     "p99_swap_over_steady_wrk",
                     "p99_swap_over_steady_probe",
                     "failures",

@@ -67,7 +67,8 @@ def gc(envs: Envs, *, images: bool = False, now: float | None = None) -> GcRepor
     if routers:
         for d in routers:
             if d.is_dir() and d.name not in env_names:
-                Router(envs.routers, d.name).remove()
+                envs.router(d.name).remove()  # include files, when the settings say system
+                Router(envs.routers, d.name).remove()  # an nginx of its own, whatever they say
                 report.removed_routers.append(d.name)
     return report
 

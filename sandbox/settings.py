@@ -1,4 +1,5 @@
-"""Workspace settings (`sandbox.yaml`): the network sandbox's backends use, the router port range.
+"""Workspace settings (`sandbox.yaml`): the network sandbox's backends use, the routers (port range,
+own or system nginx).
 
 Plain dataclasses, so that reading them costs nothing when the file is absent or
 unchanged; the file is validated (pydantic, with file:line errors) only when it
@@ -23,6 +24,13 @@ class Network:
 @dataclass(frozen=True)
 class Routers:
     port_range: tuple[int, int] = (18000, 18999)
+    # own: an nginx process per env; system: one include file per env in the host's nginx;
+    # auto: system when that nginx runs (its pid file names a live process), else own
+    nginx: str = "own"
+    system_conf: str = "/etc/nginx/nginx.conf"
+    include_dir: str = "/etc/nginx/conf.d"  # included in the system config's http block
+    stream_include_dir: str | None = None  # included in its stream block (needed for profile ports)
+    pid_file: str = "/run/nginx.pid"
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,7 @@ class Settings:
         owner = d.get("owner")
         return cls(
             Network(**net),
-            Routers(port_range=tuple(routers.get("port_range", (18000, 18999)))),
+            Routers(**{**routers, "port_range": tuple(routers.get("port_range", (18000, 18999)))}),
             owner if isinstance(owner, str) else None,
         )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -30,6 +30,27 @@ class NetworkModel(BaseModel):
 class RoutersModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     port_range: tuple[int, int] = Field((18000, 18999), description="Ports for `router.port: auto`.")
+    nginx: Literal["own", "system", "auto"] = Field(
+        "own",
+        description="own: an nginx process per env; system: an include file per env in the host's "
+        "nginx; auto: system when that nginx runs, else own.",
+    )
+    system_conf: str = Field("/etc/nginx/nginx.conf", description="The system nginx's main config.")
+    include_dir: str = Field(
+        "/etc/nginx/conf.d", description="Directory the system config includes in its http block."
+    )
+    stream_include_dir: str | None = Field(
+        None,
+        description="Directory the system config includes in a stream block (needed for profile ports).",
+    )
+    pid_file: str = Field("/run/nginx.pid", description="The system nginx's pid file.")
+
+    @field_validator("system_conf", "include_dir", "stream_include_dir", "pid_file")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return v
 
     @field_validator("port_range")
     @classmethod

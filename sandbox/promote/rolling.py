@@ -5,7 +5,7 @@ instance runs which image, which ones the router sends traffic to) and takes
 the next safe step, so the same code starts a promotion, resumes one after a
 crash and rolls one back:
 
-    start a new instance → health check → route it → unroute an old one → drain → stop the old one
+    start a new instance → health check → route it and unroute an old one (one reload) → drain → stop
 
 There are never fewer healthy routed backends than before.
 """
@@ -234,18 +234,27 @@ class Promoter:
                 self.deploys.step(d.id, "unrouted", instance=old.name)
             elif old.routed:
                 new = self._start_healthy(d, env, image)
-                self.state.set_instance(d.env, new.idx, routed=True)
-                self.envs.reroute(d.env)
-                self.deploys.step(d.id, "routed", instance=new.name)
-                self.state.set_instance(d.env, old.idx, routed=False)
-                self.envs.reroute(d.env)
-                self.deploys.step(d.id, "unrouted", instance=old.name)
+                self._swap_routes(d, new, old)
             self._emit(f"draining {old.name}")
             if not self.envs.router(d.env).drain(drain):
                 self.deploys.step(d.id, "drain timeout", instance=old.name)
             self.envs.remove_instance(d.env, old)
             self.deploys.step(d.id, "stopped", instance=old.name)
             result.per_backend.append(round(time.monotonic() - t0, 3))
+
+    def _swap_routes(self, d: Deploy, new: Instance, old: Instance) -> None:
+        """Route the healthy `new` instance and unroute `old` with ONE reload.
+
+        The upstream goes from N to N backends (never fewer healthy ones), and every
+        reload costs the clients something (nginx closes idle keep-alive connections),
+        so the two steps of the issue's order share it. A crash between the two state
+        writes leaves both routed; `_converge` then unroutes the old one on resume.
+        """
+        self.state.set_instance(d.env, new.idx, routed=True)
+        self.state.set_instance(d.env, old.idx, routed=False)
+        self.envs.reroute(d.env)
+        self.deploys.step(d.id, "routed", instance=new.name)
+        self.deploys.step(d.id, "unrouted", instance=old.name)
 
     def _start_healthy(self, d: Deploy, env: Env, image: str) -> Instance:
         health = env.config["profile"].get("health") or {}
@@ -281,11 +290,11 @@ class Promoter:
                 )
             self.deploys.step(d.id, "migrated", instance=new.name)
             # the migrated instance joins the pool; _converge then replaces an old one for it
-            self.state.set_instance(d.env, new.idx, routed=True)
-            self.envs.reroute(d.env)
             olds = [i for i in self.state.instances(d.env) if i.image != d.to_image and i.routed]
             if olds:
-                self.state.set_instance(d.env, olds[0].idx, routed=False)
+                self._swap_routes(d, new, olds[0])
+            else:
+                self.state.set_instance(d.env, new.idx, routed=True)
                 self.envs.reroute(d.env)
 
     def _set_readonly_flag(self, env: str, on: bool) -> None:

@@ -73,7 +73,7 @@ def test_no_mode_has_neither_block() -> None:
 
 def test_maintenance_lists_exactly_the_allowlist_and_defaults_everyone_else_to_the_page() -> None:
     text = render_nginx_conf(MODES["prod-maintenance-allow"], PREFIX)
-    geo = text.split("geo $remote_addr $sandbox_maintenance {", 1)[1].split("}", 1)[0]
+    geo = text.split("geo $remote_addr $sandbox_maintenance_prod {", 1)[1].split("}", 1)[0]
     assert [ln.strip() for ln in geo.strip().splitlines()] == ["default 1;", "127.0.0.1 0;", "10.0.0.0/8 0;"]
     assert "error_page 503 @maintenance;" in text and "return 503;" in text
     assert 'return 503 "<!doctype html>' in text and "We are updating" in text
@@ -83,7 +83,7 @@ def test_maintenance_lists_exactly_the_allowlist_and_defaults_everyone_else_to_t
 
 def test_maintenance_without_allowlist_has_only_the_default() -> None:
     text = render_nginx_conf(MODES["prod-maintenance"], PREFIX)
-    geo = text.split("geo $remote_addr $sandbox_maintenance {", 1)[1].split("}", 1)[0]
+    geo = text.split("geo $remote_addr $sandbox_maintenance_prod {", 1)[1].split("}", 1)[0]
     assert [ln.strip() for ln in geo.strip().splitlines()] == ["default 1;"]
 
 

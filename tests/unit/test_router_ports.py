@@ -27,7 +27,7 @@ def test_ports_render_a_stream_block_with_every_backend(tmp_path: Path) -> None:
     text = render_nginx_conf(CFG, tmp_path)
     assert text.splitlines()[1] == f"load_module {STREAM_MODULE};"
     stream = text.split("stream {", 1)[1]
-    assert "listen 127.0.0.1:2222;" in stream and "proxy_pass port_tcp_2222;" in stream
+    assert "listen 127.0.0.1:2222;" in stream and "proxy_pass port_staging_1_tcp_2222;" in stream
     assert "server 10.213.0.2:22;" in stream and "server 10.213.0.3:22;" in stream
     assert "listen 0.0.0.0:5353 udp;" in stream and "server 10.213.0.2:53;" in stream
 

@@ -148,3 +148,45 @@ def test_an_empty_sandbox_yaml_means_defaults(tmp_path: Path, text: str) -> None
 
 def test_a_comment_only_sandbox_yaml_means_defaults(tmp_path: Path) -> None:
     assert load(tmp_path, "# marks the sandbox workspace\n") == Settings()
+
+
+def test_router_kind_defaults_to_an_own_nginx(tmp_path: Path) -> None:
+    r = load(tmp_path, None).routers
+    assert (r.nginx, r.system_conf, r.include_dir, r.stream_include_dir, r.pid_file) == (
+        "own",
+        "/etc/nginx/nginx.conf",
+        "/etc/nginx/conf.d",
+        None,
+        "/run/nginx.pid",
+    )
+
+
+def test_system_nginx_settings_are_read_and_survive_the_cache(tmp_path: Path) -> None:
+    (tmp_path / ".sandbox").mkdir()
+    text = (
+        "routers:\n  nginx: system\n  system_conf: /srv/nginx/nginx.conf\n  include_dir: /srv/nginx/conf.d\n"
+        "  stream_include_dir: /srv/nginx/stream.d\n  pid_file: /srv/nginx/nginx.pid\n"
+    )
+    first = load(tmp_path, text)
+    assert first.routers == Routers(
+        nginx="system",
+        system_conf="/srv/nginx/nginx.conf",
+        include_dir="/srv/nginx/conf.d",
+        stream_include_dir="/srv/nginx/stream.d",
+        pid_file="/srv/nginx/nginx.pid",
+    )
+    assert load(tmp_path, None) == first  # from .sandbox/fingerprints/settings.json
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "words"),
+    [
+        ("routers: {nginx: apache}\n", "routers.nginx", "'own', 'system' or 'auto'"),
+        ("routers: {include_dir: conf.d}\n", "routers.include_dir", "absolute path"),
+        ("routers: {stream_include_dir: stream.d}\n", "routers.stream_include_dir", "absolute path"),
+    ],
+    ids=["unknown-kind", "relative-include-dir", "relative-stream-dir"],
+)
+def test_bad_router_kind_settings_are_located(tmp_path: Path, text: str, path: str, words: str) -> None:
+    issue = only(tmp_path, text)
+    assert issue.location.line == 1 and issue.path == path and words in issue.message
