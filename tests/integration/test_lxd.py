@@ -258,29 +258,7 @@ def test_container_root_is_not_host_root(lws: LxdWs, env1: dict[str, Any]) -> No
     assert lxc("config", "get", "clxd-1-0", "security.privileged").strip() in ("", "false")
 
 
-def test_snapshot_restore_and_clone(lws: LxdWs, env1: dict[str, Any]) -> None:
-    ws = lws.ws
-    out(ws, "clxd-1", "sh", "-c", "echo before > /var/lib/app/marker")
-    ok(sbx(ws, "snapshot", "clxd-1", "s1", "--json"))
-    assert "s1" in lxc("info", "clxd-1-0")
-    out(ws, "clxd-1", "sh", "-c", "echo after > /var/lib/app/marker")
-    ok(sbx(ws, "restore", "clxd-1", "s1", "--json"))
-    assert out(ws, "clxd-1", "cat", "/var/lib/app/marker") == "before"
-    wait_healthz(env1["url"], 60)
-
-    out(ws, "clxd-1", "sh", "-c", "echo cloned > /var/lib/app/marker")
-    t0 = time.monotonic()
-    c = ok(sbx(ws, "clone", "clxd-1", "clxd-2", "--wait", "--json"))
-    TIMES["clone"] = time.monotonic() - t0
-    assert c["health"] == "healthy" and c["url"] != env1["url"]
-    assert healthz(c["url"])["image"] == lws.v1
-    assert out(ws, "clxd-2", "cat", "/var/lib/app/marker") == "cloned"
-    assert out(ws, "clxd-2", "hostname") == "clxd-2-0"
-    assert "SANDBOX_INSTANCE=clxd-2-0" in out(ws, "clxd-2", "env", user="app").splitlines()
-    assert c["instances"][0]["address"] != env1["instances"][0]["address"]
-    ok(sbx(ws, "down", "clxd-2", "--json"))
-    assert "clxd-2-0" not in [i["name"] for i in ours(ws)]
-    assert healthz(env1["url"])["image"] == lws.v1  # the source is untouched
+# snapshot/restore and clone on lxd: test_contract.py (test_snapshot_and_restore, test_clone_...)
 
 
 def test_gc_removes_orphans_but_never_foreign_instances(lws: LxdWs, env1: dict[str, Any]) -> None:
