@@ -7,9 +7,10 @@ cd "$(dirname "$0")"
 HERE=$(pwd)
 VENV=${SANDBOX_VENV:-$HERE/.venv}
 
-SANDBOX_EXTRAS="[test]" ./install.sh --no-run
-# the daemons of the lxd, docker and libvirt backends (their tests need them running)
+# the daemons of the lxd, docker and libvirt backends (their tests need them running), first:
+# they also bring what pip needs to build the backends' SDKs (libvirt-dev for libvirt-python)
 scripts/backends.sh
+SANDBOX_EXTRAS="[test]" ./install.sh --no-run
 
 echo ">> ruff"
 "$VENV/bin/ruff" check sandbox tests bench

@@ -73,7 +73,8 @@ start_lxd() {
 }
 
 start_libvirt() {
-    apt_install libvirt-daemon-system qemu-system-x86 qemu-utils libvirt-dev pkg-config e2fsprogs
+    # libvirt-dev, pkg-config, python3-dev and gcc build libvirt-python (the `libvirt` extra)
+    apt_install libvirt-daemon-system qemu-system-x86 qemu-utils libvirt-dev pkg-config python3-dev gcc e2fsprogs
     if virsh -c qemu:///system version >/dev/null 2>&1; then return; fi
     echo ">> starting libvirtd"
     if has_systemd; then systemctl start libvirtd; else
