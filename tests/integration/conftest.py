@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from sandbox.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,3 +97,95 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     assert r.code == 0, r.stdout + r.stderr
     yield Built(ws, r.json["digest"], r.json)
     assert mounts_below(ws) == []
+
+
+# -- helpers shared by the integration modules ----------------------------------------------------
+
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback/instances only
+
+
+def ok(r: Run) -> Any:
+    """The command succeeded: its JSON document (or its text output)."""
+    assert r.code == 0, f"exit {r.code}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    return r.json if r.stdout.lstrip().startswith(("{", "[")) else r.stdout
+
+
+def exec_in(
+    ws: Path, env: str, *argv: str, user: str | None = None, index: int = 0, timeout: float = 120
+) -> Run:
+    """`sandbox exec ENV -i INDEX [-u USER] -- ARGV`."""
+    return sandbox(
+        ws, "exec", env, "-i", str(index), *(["-u", user] if user else []), "--", *argv, timeout=timeout
+    )
+
+
+def exec_out(ws: Path, env: str, *argv: str, user: str | None = None, index: int = 0) -> str:
+    """The stripped stdout of a command that must succeed in instance `index` of `env`."""
+    r = exec_in(ws, env, *argv, user=user, index=index)
+    assert r.code == 0, f"{argv}: exit {r.code}: {r.stdout} {r.stderr}"
+    return r.stdout.strip()
+
+
+def http_get(url: str, allowed: Callable[[str], bool], timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET `url`, only to 127.0.0.1 or to a host `allowed` says this run created."""
+    host = urllib.request.urlparse(url).hostname or ""
+    assert host == "127.0.0.1" or allowed(host), f"refusing to send traffic to {url}"
+    try:
+        with NO_PROXY.open(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def healthz(url: str, allowed: Callable[[str], bool], timeout: float = 5.0) -> dict[str, Any]:
+    status, body = http_get(url.rstrip("/") + "/healthz", allowed, timeout)
+    assert status == 200, body
+    doc: dict[str, Any] = json.loads(body)
+    return doc
+
+
+def in_subnet(subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Callable[[str], bool]:
+    return lambda host: ipaddress.ip_address(host) in subnet
+
+
+def lxc_names(ws: Path, running: bool = False) -> list[str]:
+    """The LXC containers of workspace `ws` (lxc backend)."""
+    lxcpath = Workspace(ws).runtime / "lxc"
+    if not lxcpath.is_dir():
+        return []
+    argv = ["lxc-ls", "-P", str(lxcpath), "-1", *(["--running"] if running else [])]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    return p.stdout.split()
+
+
+def router_pids(ws: Path, env: str | None = None) -> list[int]:
+    """nginx masters started for this workspace's routers (of `env`, or of any env)."""
+    needle = f"{Workspace(ws).runtime / 'routers'}/{env + ' ' if env else ''}".encode()
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if cmd.startswith(b"nginx: master") and needle in cmd:
+                pids.append(int(p.name))
+    return pids
+
+
+def workspace_like(built: Built, base: Path, name: str) -> Path:
+    """A new workspace with the session build's lock and store (hard links): no rebuild."""
+    ws = new_workspace(base, name)
+    (ws / "recipes" / "web.lock").write_bytes((built.ws / "recipes" / "web.lock").read_bytes())
+    subprocess.run(["cp", "-al", str(built.ws / "images"), str(ws / "images")], check=True)
+    return ws
+
+
+def require(problem: str | None) -> None:
+    """A missing daemon or tool: a failure in CI, a skip elsewhere."""
+    from tests.conftest import integration_required
+
+    if problem is not None:
+        if integration_required():
+            pytest.fail(problem)
+        pytest.skip(problem)

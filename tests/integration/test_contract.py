@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +29,22 @@ from sandbox.backends.base import get_backend
 from sandbox.promote.probe import LoadProbe
 from sandbox.workspace import Workspace
 from tests.conftest import integration_required
-from tests.integration.conftest import Built, Run, new_workspace, sandbox
+from tests.integration.conftest import (
+    Built,
+    Run,
+    exec_out,
+    http_get,
+    ok,
+    sandbox,
+    workspace_like,
+)
+from tests.integration.conftest import healthz as shared_healthz
 
 pytestmark = pytest.mark.integration
 
 BRIDGE = "sbxcon0"
 SUBNET = ipaddress.ip_network("10.221.0.0/24")
 SETTINGS = f"network: {{bridge: {BRIDGE}, subnet: {SUBNET}}}\nrouters: {{port_range: [19700, 19799]}}\n"
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 CREATED: set[str] = set()  # addresses of instances this run created: the only non-loopback targets
 MADE: set[str] = set()
 
@@ -142,32 +147,16 @@ def sbx(ws: Path, *args: str, timeout: float = 300) -> Run:
     return sandbox(ws, *args, timeout=timeout)
 
 
-def ok(r: Run) -> Any:
-    assert r.code == 0, f"exit {r.code}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return r.json if r.stdout.lstrip().startswith(("{", "[")) else r.stdout
-
-
 def out(ws: Path, env: str, *argv: str, user: str | None = None, index: int = 0) -> str:
-    r = sandbox(ws, "exec", env, "-i", str(index), *(["-u", user] if user else []), "--", *argv, timeout=120)
-    assert r.code == 0, f"{argv}: exit {r.code}: {r.stdout} {r.stderr}"
-    return r.stdout.strip()
+    return exec_out(ws, env, *argv, user=user, index=index)
 
 
 def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
-    host = urllib.request.urlparse(url).hostname or ""
-    assert host == "127.0.0.1" or host in CREATED, f"refusing to send traffic to {url}"
-    try:
-        with NO_PROXY.open(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+    return http_get(url, CREATED.__contains__, timeout)
 
 
 def healthz(url: str) -> dict[str, Any]:
-    status, body = get(url.rstrip("/") + "/healthz")
-    assert status == 200, body
-    doc: dict[str, Any] = json.loads(body)
-    return doc
+    return shared_healthz(url, CREATED.__contains__, 10)
 
 
 def view(ws: Path, env: str) -> dict[str, Any]:
@@ -193,9 +182,7 @@ class Contract:
 @pytest.fixture(scope="module")
 def contract(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contract]:
     """A workspace sharing the session build's store (hard links), with v2 (a code change) built."""
-    ws = new_workspace(tmp_path_factory.mktemp("contract"), "ws")
-    (ws / "recipes" / "web.lock").write_bytes((built.ws / "recipes" / "web.lock").read_bytes())
-    subprocess.run(["cp", "-al", str(built.ws / "images"), str(ws / "images")], check=True)
+    ws = workspace_like(built, tmp_path_factory.mktemp("contract"), "ws")
     (ws / "sandbox.yaml").write_text(SETTINGS)
     (ws / "profiles").mkdir()
     for case in BACKENDS.values():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import os
 import re
 import shutil
@@ -31,7 +30,21 @@ import pytest
 from sandbox.backends.hostsetup import subid_range
 from sandbox.workspace import Workspace
 from tests.conftest import integration_required
-from tests.integration.conftest import REPO, Built, Run, sandbox, shared_cache
+from tests.integration.conftest import (
+    REPO,
+    Built,
+    Run,
+    exec_in,
+    exec_out,
+    in_subnet,
+    lxc_names,
+    ok,
+    router_pids,
+    sandbox,
+    shared_cache,
+)
+from tests.integration.conftest import healthz as shared_healthz
+from tests.integration.conftest import http_get as shared_http_get
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +56,6 @@ SETTINGS = f"network: {{bridge: {BRIDGE}, subnet: {SUBNET}}}\nrouters: {{port_ra
 STAGING_TTL = 7 * 86400
 MADE: set[str] = set()  # every env name a test asked for; the session finalizer downs each
 RESTORE: list[tuple[Path, int]] = []  # directory modes to put back at the end
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback/instances only
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -55,68 +67,26 @@ def sbx(ws: Path, *args: str, timeout: float = 180) -> Run:
     return sandbox(ws, *args, timeout=timeout)
 
 
-def ok(r: Run) -> Any:
-    assert r.code == 0, f"exit {r.code}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return r.json if r.stdout.lstrip().startswith(("{", "[")) else r.stdout
+def run_in(ws: Path, env: str, *argv: str, user: str | None = None, index: int = 0) -> Run:
+    return exec_in(ws, env, *argv, user=user, index=index, timeout=60)
+
+
+def out(ws: Path, env: str, *argv: str, user: str | None = None) -> str:
+    return exec_out(ws, env, *argv, user=user)
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    return shared_http_get(url, in_subnet(SUBNET), timeout)
+
+
+def healthz(url: str) -> dict[str, Any]:
+    return shared_healthz(url, in_subnet(SUBNET))
 
 
 def listing(ws: Path) -> dict[str, dict[str, Any]]:
     r = sandbox(ws, "ls", "--json")
     envs: list[dict[str, Any]] = ok(r)
     return {e["name"]: e for e in envs}
-
-
-def run_in(ws: Path, env: str, *argv: str, user: str | None = None, index: int = 0) -> Run:
-    return sandbox(
-        ws, "exec", env, "-i", str(index), *(["-u", user] if user else []), "--", *argv, timeout=60
-    )
-
-
-def out(ws: Path, env: str, *argv: str, user: str | None = None) -> str:
-    r = run_in(ws, env, *argv, user=user)
-    assert r.code == 0, f"{argv}: exit {r.code}: {r.stderr}"
-    return r.stdout.strip()
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    host = urllib.request.urlparse(url).hostname or ""
-    assert host == "127.0.0.1" or ipaddress.ip_address(host) in SUBNET, f"refusing to send traffic to {url}"
-    try:
-        with NO_PROXY.open(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def healthz(url: str) -> dict[str, Any]:
-    status, body = http_get(url.rstrip("/") + "/healthz")
-    assert status == 200, body
-    doc: dict[str, Any] = json.loads(body)
-    return doc
-
-
-def lxc_names(ws: Path, running: bool = False) -> list[str]:
-    lxcpath = Workspace(ws).runtime / "lxc"
-    if not lxcpath.is_dir():
-        return []
-    argv = ["lxc-ls", "-P", str(lxcpath), "-1", *(["--running"] if running else [])]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    return p.stdout.split()
-
-
-def router_pids(ws: Path, env: str | None = None) -> list[int]:
-    """nginx masters started for this workspace's routers (of `env`, or of any env)."""
-    needle = f"{ws / '.sandbox' / 'routers'}/{env + ' ' if env else ''}".encode()
-    pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue
-            if cmd.startswith(b"nginx: master") and needle in cmd:
-                pids.append(int(p.name))
-    return pids
 
 
 def leftovers(ws: Path, env: str) -> list[str]:

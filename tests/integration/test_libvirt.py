@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import integration_required
-from tests.integration.conftest import Built, Run, new_workspace, sandbox
+from tests.integration.conftest import Built, ok, require, sandbox, workspace_like
 
 pytestmark = pytest.mark.integration
 
@@ -34,11 +33,6 @@ def qemu_problem() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (scripts/backends.sh installs qemu)"
     return None
-
-
-def ok(r: Run) -> Any:
-    assert r.code == 0, f"exit {r.code}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return r.json
 
 
 def wait_health(port: int, limit: float) -> dict[str, Any]:
@@ -73,13 +67,8 @@ class VmBuild:
 @pytest.fixture(scope="module")
 def vmbuild(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmBuild]:
     problem = qemu_problem()
-    if problem is not None:
-        if integration_required():
-            pytest.fail(problem)
-        pytest.skip(problem)
-    ws = new_workspace(tmp_path_factory.mktemp("libvirt"), "ws")
-    (ws / "recipes" / "web.lock").write_bytes((built.ws / "recipes" / "web.lock").read_bytes())
-    subprocess.run(["cp", "-al", str(built.ws / "images"), str(ws / "images")], check=True)
+    require(problem)
+    ws = workspace_like(built, tmp_path_factory.mktemp("libvirt"), "ws")
     res = ok(sandbox(ws, "build", "web", "--flavour", "vm", "--json", timeout=900))
     assert res["digest"] == built.digest  # the same recipe and lock: the same image
     yield VmBuild(ws, res["digest"], res["flavours"]["vm"])

@@ -18,8 +18,6 @@ import shutil
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +26,18 @@ from typing import Any
 import pytest
 
 from sandbox.workspace import Workspace
-from tests.conftest import integration_required
-from tests.integration.conftest import Built, Run, new_workspace, sandbox
+from tests.integration.conftest import (
+    Built,
+    Run,
+    exec_out,
+    in_subnet,
+    ok,
+    require,
+    sandbox,
+    workspace_like,
+)
+from tests.integration.conftest import healthz as shared_healthz
+from tests.integration.conftest import http_get as shared_http_get
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +54,6 @@ router: {{listen: 127.0.0.1, port: auto, server_name: _, drain_timeout: 5s}}
 """
 EXPORT_ADDRESS = "10.218.0.250"  # the raw `lxc launch` of the export (outside what sandbox allocates first)
 MADE: set[str] = set()
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 TIMES: dict[str, float] = {}
 
 
@@ -64,11 +71,6 @@ def sbx(ws: Path, *args: str, timeout: float = 400) -> Run:
     return sandbox(ws, *args, timeout=timeout)
 
 
-def ok(r: Run) -> Any:
-    assert r.code == 0, f"exit {r.code}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return r.json if r.stdout.lstrip().startswith(("{", "[")) else r.stdout
-
-
 def lxc(*args: str, check: bool = True, timeout: float = 300) -> str:
     p = subprocess.run(["lxc", *args], capture_output=True, text=True, timeout=timeout, check=False)
     assert p.returncode == 0 or not check, f"lxc {' '.join(args)}: {p.stderr}"
@@ -76,26 +78,15 @@ def lxc(*args: str, check: bool = True, timeout: float = 300) -> str:
 
 
 def out(ws: Path, env: str, *argv: str, user: str | None = None, index: int = 0) -> str:
-    r = sandbox(ws, "exec", env, "-i", str(index), *(["-u", user] if user else []), "--", *argv, timeout=60)
-    assert r.code == 0, f"{argv}: exit {r.code}: {r.stderr}"
-    return r.stdout.strip()
+    return exec_out(ws, env, *argv, user=user, index=index)
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    host = urllib.request.urlparse(url).hostname or ""
-    assert host == "127.0.0.1" or ipaddress.ip_address(host) in SUBNET, f"refusing to send traffic to {url}"
-    try:
-        with NO_PROXY.open(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+    return shared_http_get(url, in_subnet(SUBNET), timeout)
 
 
 def healthz(url: str) -> dict[str, Any]:
-    status, body = http_get(url.rstrip("/") + "/healthz")
-    assert status == 200, body
-    doc: dict[str, Any] = json.loads(body)
-    return doc
+    return shared_healthz(url, in_subnet(SUBNET))
 
 
 def wait_healthz(url: str, limit: float = 90) -> dict[str, Any]:
@@ -136,13 +127,8 @@ class LxdWs:
 @pytest.fixture(scope="module")
 def lws(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LxdWs]:
     problem = lxd_problem()
-    if problem is not None:
-        if integration_required():
-            pytest.fail(problem)
-        pytest.skip(problem)
-    ws = new_workspace(tmp_path_factory.mktemp("lxd"), "ws")
-    (ws / "recipes" / "web.lock").write_bytes((built.ws / "recipes" / "web.lock").read_bytes())
-    subprocess.run(["cp", "-al", str(built.ws / "images"), str(ws / "images")], check=True)  # no rebuild
+    require(problem)
+    ws = workspace_like(built, tmp_path_factory.mktemp("lxd"), "ws")
     (ws / "sandbox.yaml").write_text(SETTINGS)
     (ws / "profiles").mkdir()
     (ws / "profiles" / "clxd.yaml").write_text(PROFILE.format(name="clxd", remote="", instances=1))

@@ -34,7 +34,17 @@ import pytest
 from sandbox.promote.probe import LoadProbe, PhaseReport
 from sandbox.workspace import Workspace
 from tests.conftest import integration_required
-from tests.integration.conftest import REPO, Built, Run, new_workspace, sandbox, shared_cache
+from tests.integration.conftest import (
+    REPO,
+    Built,
+    Run,
+    lxc_names,
+    new_workspace,
+    ok,
+    router_pids,
+    sandbox,
+    shared_cache,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -95,11 +105,6 @@ def sbx(ws: Path, *args: str, timeout: float = 180) -> Run:
     return sandbox(ws, *args, timeout=timeout)
 
 
-def ok(r: Run) -> Any:
-    assert r.code == 0, f"exit {r.code}\nstdout: {r.stdout}\nstderr: {r.stderr}"
-    return r.json if r.stdout.lstrip().startswith(("{", "[")) else r.stdout
-
-
 @dataclasses.dataclass
 class Reply:
     status: int
@@ -153,30 +158,6 @@ def prod_state(ws: Path) -> tuple[str, list[str], list[int]]:
     """What must not change when nothing is promoted: image, instances, deploy records."""
     s = status(ws)
     return s["image"], [i["name"] for i in s["instances"]], [d["id"] for d in history(ws)]
-
-
-def lxc_names(ws: Path, running: bool = False) -> list[str]:
-    lxcpath = Workspace(ws).runtime / "lxc"
-    if not lxcpath.is_dir():
-        return []
-    argv = ["lxc-ls", "-P", str(lxcpath), "-1", *(["--running"] if running else [])]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    return p.stdout.split()
-
-
-def router_pids(ws: Path) -> list[int]:
-    """nginx masters started for this workspace's routers."""
-    needle = f"{Workspace(ws).runtime / 'routers'}/".encode()
-    pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue
-            if cmd.startswith(b"nginx: master") and needle in cmd:
-                pids.append(int(p.name))
-    return pids
 
 
 def assert_converged(ws: Path, expected: str | None = None) -> str:
