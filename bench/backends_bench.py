@@ -6,8 +6,8 @@ For each backend (skipped with a note when its daemon is not running):
   up_healthy   `sandbox up bbNAME-K --wait` of 1 instance: create, start, router, app answers
                through the router (wall clock, includes Python start)
   raw_healthy  the backend's own client starting the same image until the app answers on the
-               instance's address: `docker run`, `lxc launch` (LXD), `virsh create`, or
-               `lxc-copy` + `lxc-start` (LXC; the image as sandbox unpacked it)
+               instance's address: `docker run`, `lxc launch` (LXD), `virsh create` (libvirt);
+               LXC's raw path (`lxc-copy` + `lxc-start`) is measured by bench/up_bench.py
   ratio        up_healthy / raw_healthy (median of --runs each)
 Not a test: it reports numbers. Own workspace, bridge and subnet; removes what it made.
 """
@@ -115,8 +115,23 @@ def raw_libvirt(ws: Path, digest: str, k: int) -> tuple[float, Callable[[], None
     return took, cleanup
 
 
+def raw_lxd(ws: Path, digest: str, k: int) -> tuple[float, Callable[[], None]]:
+    """`lxc launch` of the image sandbox imported, with a routed NIC, until the app answers."""
+    from sandbox.backends.lxdconfig import image_alias
+
+    name, addr = f"bbraw-lxd-{k}", f"10.222.0.{240 + k}"
+    pool = ["-s", "sandbox"] if sh(["lxc", "storage", "show", "sandbox"], check=False).returncode == 0 else []
+    t0 = time.perf_counter()
+    sh(["lxc", "init", image_alias(digest), name, *pool])
+    sh(["lxc", "config", "device", "add", name, "eth0", "nic", "nictype=routed", f"ipv4.address={addr}"])
+    sh(["lxc", "start", name])
+    wait_http(f"http://{addr}:8000/healthz")
+    return time.perf_counter() - t0, lambda: sh(["lxc", "delete", "-f", name], check=False) and None
+
+
 RAW: dict[str, Callable[[Path, str, int], tuple[float, Callable[[], None]]]] = {
     "docker": raw_docker,
+    "lxd": raw_lxd,
     "libvirt": raw_libvirt,
 }
 
