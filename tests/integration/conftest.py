@@ -189,3 +189,24 @@ def require(problem: str | None) -> None:
         if integration_required():
             pytest.fail(problem)
         pytest.skip(problem)
+
+
+def lxc_problem() -> str | None:
+    """Why the lxc backend and its nginx routers cannot run here (None: they can)."""
+    missing = [
+        t for t in ("lxc-start", "lxc-attach", "lxc-info", "lxc-ls", "nginx", "ip") if not shutil.which(t)
+    ]
+    if missing:
+        return f"missing tools: {', '.join(missing)} (apt-get install lxc nginx-light iproute2)"
+    if not Path("/proc/self/ns/user").exists():
+        return "the kernel has no user namespaces"
+    return None
+
+
+def docker_problem() -> str | None:
+    """Why dockerd cannot be used here (None: `docker info` answers)."""
+    try:
+        p = subprocess.run(["docker", "info"], capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"docker does not answer ({e}); scripts/backends.sh docker"
+    return None if p.returncode == 0 else "dockerd is not running (scripts/backends.sh docker)"

@@ -28,13 +28,15 @@ import pytest
 from sandbox.backends.base import get_backend
 from sandbox.promote.probe import LoadProbe
 from sandbox.workspace import Workspace
-from tests.conftest import integration_required
 from tests.integration.conftest import (
     Built,
     Run,
+    docker_problem,
     exec_out,
     http_get,
+    lxc_problem,
     ok,
+    require,
     sandbox,
     workspace_like,
 )
@@ -81,15 +83,6 @@ class BackendCase:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _lxc_problem() -> str | None:
-    missing = [t for t in ("lxc-start", "lxc-attach", "nginx") if shutil.which(t) is None]
-    return f"missing {', '.join(missing)} (./install.sh)" if missing else None
-
-
-def _docker_problem() -> str | None:
-    return None if _cmd_ok("docker", "info") else "dockerd is not running (scripts/backends.sh docker)"
-
-
 def _libvirt_problem() -> str | None:
     missing = [t for t in ("virsh", "qemu-img", "mkfs.ext4", "nginx") if shutil.which(t) is None]
     if missing:
@@ -122,8 +115,8 @@ def _lxd_problem() -> str | None:
 
 
 BACKENDS: dict[str, BackendCase] = {
-    "lxc": BackendCase("lxc", _lxc_problem, _isolated_userns),
-    "docker": BackendCase("docker", _docker_problem, _dropped_privileges),
+    "lxc": BackendCase("lxc", lxc_problem, _isolated_userns),
+    "docker": BackendCase("docker", docker_problem, _dropped_privileges),
     "lxd": BackendCase("lxd", _lxd_problem, _isolated_userns),
     # a TCG boot takes about a minute on 2 busy cores (KVM cannot boot a kernel on the test hosts)
     # and a request the probe makes slow takes several seconds more under emulation
@@ -222,10 +215,7 @@ class Env:
 def env(request: pytest.FixtureRequest, contract: Contract) -> Iterator[Env]:
     case = BACKENDS[request.param]
     problem = case.problem()
-    if problem is not None:
-        if integration_required():
-            pytest.fail(f"the {case.name} backend cannot run here: {problem}")
-        pytest.skip(problem)
+    require(None if problem is None else f"the {case.name} backend cannot run here: {problem}")
     name = f"c{case.name}-1"
     v = ok(sbx(contract.ws, "up", name, "--image", contract.v1, "--wait", "--json", timeout=600))
     assert v["backend"] == case.name and len(v["instances"]) == case.instances, v
@@ -365,8 +355,7 @@ def test_an_unreachable_docker_daemon_is_reported_and_changes_nothing(contract: 
 
 
 def test_a_taken_docker_name_is_reported_and_the_other_container_kept(contract: Contract) -> None:
-    if _docker_problem() is not None:
-        pytest.fail("dockerd is not running") if integration_required() else pytest.skip("no dockerd")
+    require(docker_problem())
     tag = ok(sbx(contract.ws, "image", "inspect", contract.v1, "--json"))["recipe"]["name"]
     image = f"sandbox/{tag}:{contract.v1[7:19]}"
     ok(sbx(contract.ws, "up", "cdocker-8", "--image", contract.v1))  # loads the image into docker
@@ -430,8 +419,7 @@ class _DockerOverTcp:
 
 
 def test_docker_remote_over_tcp_runs_an_env(contract: Contract) -> None:
-    if _docker_problem() is not None:
-        pytest.fail("dockerd is not running") if integration_required() else pytest.skip("no dockerd")
+    require(docker_problem())
     with _DockerOverTcp() as fwd:
         path = contract.ws / "profiles" / "cremote.yaml"
         path.write_text(

@@ -29,7 +29,6 @@ import pytest
 
 from sandbox.backends.hostsetup import subid_range
 from sandbox.workspace import Workspace
-from tests.conftest import integration_required
 from tests.integration.conftest import (
     REPO,
     Built,
@@ -38,7 +37,9 @@ from tests.integration.conftest import (
     exec_out,
     in_subnet,
     lxc_names,
+    lxc_problem,
     ok,
+    require,
     router_pids,
     sandbox,
     shared_cache,
@@ -141,17 +142,6 @@ def down_all(ws: Path, names: set[str]) -> None:
         sandbox(ws, "down", name, timeout=120)
 
 
-def lxc_problem() -> str | None:
-    missing = [
-        t for t in ("lxc-start", "lxc-attach", "lxc-info", "lxc-ls", "nginx", "ip") if not shutil.which(t)
-    ]
-    if missing:
-        return f"missing tools: {', '.join(missing)} (apt-get install lxc nginx-light iproute2)"
-    if not Path("/proc/self/ns/user").exists():
-        return "the kernel has no user namespaces"
-    return None
-
-
 def grant_traverse(path: Path) -> list[tuple[Path, int]]:
     """o+x on `path` and each parent lacking it: container root (a subordinate uid) must reach the
     rootfs below the workspace, and pytest makes its temp dirs 0700. Returns what to restore."""
@@ -184,11 +174,7 @@ def link_exists(name: str) -> bool:
 @pytest.fixture(scope="session")
 def envws(built: Built) -> Iterator[Path]:
     """The build workspace with the shipped profiles and its own network; emptied at the end."""
-    problem = lxc_problem()
-    if problem is not None:
-        if integration_required():
-            pytest.fail(f"environment tests need LXC and nginx: {problem}")
-        pytest.skip(problem)
+    require(lxc_problem())
     ws = built.ws
     shutil.copytree(REPO / "profiles", ws / "profiles", dirs_exist_ok=True)
     (ws / "sandbox.yaml").write_text(SETTINGS)

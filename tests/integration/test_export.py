@@ -18,8 +18,7 @@ import pytest
 
 from sandbox.export.docker import repo_tag
 from sandbox.store import ImageStore
-from tests.conftest import integration_required
-from tests.integration.conftest import Built, sandbox
+from tests.integration.conftest import Built, docker_problem, require, sandbox
 
 pytestmark = pytest.mark.integration
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -57,15 +56,8 @@ def test_export_refuses_bad_input_and_writes_nothing(built: Built, tmp_path: Pat
     assert list(tmp_path.iterdir()) == []
 
 
-def _docker_ok() -> bool:
-    return subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
-
-
 def test_docker_export_loads_and_runs_with_the_docker_client(built: Built, tmp_path: Path) -> None:
-    if not _docker_ok():
-        if integration_required():
-            pytest.fail("dockerd is not running (scripts/backends.sh docker)")
-        pytest.skip("dockerd is not running")
+    require(docker_problem())
     out = tmp_path / "web.docker.tar"
     r = sandbox(built.ws, "image", "export", built.digest, "--format", "docker", "-o", str(out))
     assert r.code == 0, r.stderr

@@ -33,14 +33,15 @@ import pytest
 
 from sandbox.promote.probe import LoadProbe, PhaseReport
 from sandbox.workspace import Workspace
-from tests.conftest import integration_required
 from tests.integration.conftest import (
     REPO,
     Built,
     Run,
     lxc_names,
+    lxc_problem,
     new_workspace,
     ok,
+    require,
     router_pids,
     sandbox,
     shared_cache,
@@ -276,17 +277,6 @@ def driver(ws: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
     )
 
 
-def lxc_problem() -> str | None:
-    missing = [
-        t for t in ("lxc-start", "lxc-attach", "lxc-info", "lxc-ls", "nginx", "ip") if not shutil.which(t)
-    ]
-    if missing:
-        return f"missing tools: {', '.join(missing)} (apt-get install lxc nginx-light iproute2)"
-    if not Path("/proc/self/ns/user").exists():
-        return "the kernel has no user namespaces"
-    return None
-
-
 def grant_traverse(path: Path) -> list[tuple[Path, int]]:
     """o+x on `path` and each parent lacking it: container root (a subordinate uid) must reach the rootfs
     and nginx's workers (nobody) the maintenance page below the workspace. Returns what to restore."""
@@ -342,11 +332,7 @@ def edited(path: Path, old: str, new: str) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def promo(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
     """Own workspace and network; images v1, v2, css and broken; emptied and put back at the end."""
-    problem = lxc_problem()
-    if problem is not None:
-        if integration_required():
-            pytest.fail(f"promotion tests need LXC and nginx: {problem}")
-        pytest.skip(problem)
+    require(lxc_problem())
     ws = new_workspace(tmp_path_factory.mktemp("promote"), "ws")
     (ws / "recipes" / "web.lock").write_bytes((built.ws / "recipes" / "web.lock").read_bytes())
     (ws / "sandbox.yaml").write_text(SETTINGS)

@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from sandbox.workspace import Workspace
-from tests.conftest import integration_required
-from tests.integration.conftest import Built, new_workspace, sandbox
+from tests.integration.conftest import Built, lxc_problem, new_workspace, require, sandbox
 from tests.sysnginx import OTHER_SITE, SystemNginx, system_nginx
 
 pytestmark = pytest.mark.integration
@@ -79,11 +78,7 @@ def own_nginx_masters(ws: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def sysenv(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sys]:
-    missing = [t for t in ("lxc-start", "nginx", "ip") if not shutil.which(t)]
-    if missing:
-        if integration_required():
-            pytest.fail(f"system-nginx tests need {missing}")
-        pytest.skip(f"missing {missing}")
+    require(lxc_problem())
     base = tmp_path_factory.mktemp("sysrouter")
     ws = new_workspace(base, "ws")
     (ws / "recipes" / "web.lock").write_bytes((built.ws / "recipes" / "web.lock").read_bytes())
