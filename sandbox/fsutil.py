@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -90,3 +91,12 @@ def tree_stats(paths: Iterable[Path]) -> dict[str, list[int]]:
                     continue
                 out[p] = [st.st_mtime_ns, st.st_size]
     return out
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (created with its parents) for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield

@@ -7,7 +7,9 @@ which `parse_env_file` reads back (for `sandbox exec`, which runs with the app's
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 from sandbox.backends.base import InstanceSpec
 
@@ -32,6 +34,21 @@ def instance_files(spec: InstanceSpec) -> dict[str, str]:
         "etc/hosts": f"127.0.0.1 localhost\n127.0.1.1 {spec.name}\n::1 localhost ip6-localhost\n",
         INSTANCE_ENV_FILE: "".join(f'{k}="{quote_env(v)}"\n' for k, v in sorted(env.items())),
     }
+
+
+def write_instance_files(root: Path, spec: InstanceSpec, uid: int, gid: int) -> None:
+    """`instance_files` into the directory tree `root` (an instance's upper dir), owned by uid:gid."""
+    for rel, text in instance_files(spec).items():
+        parent = root
+        for part in rel.split("/")[:-1]:
+            parent = parent / part
+            if not parent.exists():
+                parent.mkdir(mode=0o755)
+                os.chown(parent, uid, gid)
+        path = root / rel
+        path.write_text(text)
+        os.chown(path, uid, gid)
+        os.chmod(path, 0o644)
 
 
 def quote_env(v: str) -> str:

@@ -12,7 +12,6 @@ qemu-guest-agent (backends/guestagent.py).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -47,6 +46,7 @@ from sandbox.backends.libvirtxml import DomainConfig, kernel_cmdline, mac_for, r
 from sandbox.backends.vmaccel import choose_accel
 from sandbox.build.overlay import remove_tree
 from sandbox.events import Event
+from sandbox.fsutil import file_lock
 from sandbox.settings import load_settings
 from sandbox.store import ImageStore
 
@@ -130,7 +130,7 @@ class LibvirtBackend(Backend):
         vm = self._vm_digest(digest)
         d = self._image_dir(vm)
         d.parent.mkdir(parents=True, exist_ok=True)
-        with _flock(self.root / "images" / ".lock"):
+        with file_lock(self.root / "images" / ".lock"):
             if not vmdisk.boot_files(d).disk.is_file():
                 t0 = time.monotonic()
                 tmp = d.with_name(f".disk-{os.getpid()}-{d.name}")
@@ -392,11 +392,3 @@ def _quiet(send: guestagent.Send) -> guestagent.Send:
             return json.dumps({"error": {"desc": e.message}})
 
     return wrapped
-
-
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield

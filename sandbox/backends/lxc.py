@@ -7,22 +7,25 @@ dir and its own upper dir, so `up` costs the same for a small and a big image.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec, run
 from sandbox.backends.hostsetup import IdRange, ensure_bridge, ensure_subids, gateway, raise_host_limits
-from sandbox.backends.instancefiles import APP_ENV_FILE, INSTANCE_ENV_FILE, instance_files, parse_env_file
+from sandbox.backends.instancefiles import (
+    APP_ENV_FILE,
+    INSTANCE_ENV_FILE,
+    parse_env_file,
+    write_instance_files,
+)
 from sandbox.backends.lxcconfig import LxcInstanceConfig, render_lxc_config
-from sandbox.backends.unpack import unpack_image
+from sandbox.backends.lxcimages import image_root, unpack_once, unpacked_digests
 from sandbox.build.overlay import remove_tree
 from sandbox.events import Event
 from sandbox.settings import load_settings
@@ -92,34 +95,11 @@ class LxcBackend(Backend):
     # -- images ------------------------------------------------------------
     def _image_root(self, digest: str) -> Path:
         uids, _ = self._ids()
-        return self.rootfs_dir / f"{digest.removeprefix('sha256:')}-{uids.start}" / "rootfs"
+        return image_root(self.rootfs_dir, digest, uids.start)
 
     def prepare_image(self, digest: str) -> None:
-        root = self._image_root(digest)
-        if root.is_dir():
-            return
-        root.parent.parent.mkdir(parents=True, exist_ok=True)
-        with _flock(self.rootfs_dir / ".lock"):
-            if root.is_dir():
-                return
-            t0 = time.monotonic()
-            self.sink(
-                Event("progress", phase="up", message=f"unpacking image {digest[7:19]} (once per image)")
-            )
-            store = ImageStore(self.ws.images)
-            manifest = store.manifest(digest)
-            blobs = [store.blob_path(layer["digest"]) for layer in manifest["layers"]]
-            uids, gids = self._ids()
-            tmp = Path(tempfile.mkdtemp(dir=self.rootfs_dir, prefix=f".unpack-{os.getpid()}-"))
-            try:
-                (tmp / "rootfs").mkdir()
-                unpack_image(blobs, tmp / "rootfs", uids.start, gids.start)
-                os.chmod(tmp, 0o755)
-                os.rename(tmp, root.parent)
-            except BaseException:
-                remove_tree(tmp)
-                raise
-            self.sink(Event("log", phase="up", message=f"unpacked in {time.monotonic() - t0:.1f}s"))
+        uids, gids = self._ids()
+        unpack_once(self.rootfs_dir, ImageStore(self.ws.images), digest, uids.start, gids.start, self.sink)
 
     def forget_image(self, digest: str) -> None:
         root = self._image_root(digest)
@@ -128,14 +108,8 @@ class LxcBackend(Backend):
 
     def unpacked_images(self) -> list[str]:
         """Digests of the images unpacked for this backend."""
-        if not self.rootfs_dir.is_dir():
-            return []
         uids, _ = self._ids()
-        return sorted(
-            "sha256:" + p.name.rsplit("-", 1)[0]
-            for p in self.rootfs_dir.iterdir()
-            if p.is_dir() and p.name.endswith(f"-{uids.start}") and not p.name.startswith(".")
-        )
+        return unpacked_digests(self.rootfs_dir, uids.start)
 
     # -- instances ---------------------------------------------------------
     def _meta(self, name: str) -> dict[str, str]:
@@ -162,7 +136,7 @@ class LxcBackend(Backend):
         else:
             upper.mkdir()
             os.chown(upper, uids.start, gids.start)
-        self._write_instance_files(upper, spec, uids.start, gids.start)
+        write_instance_files(upper, spec, uids.start, gids.start)
         # overlayfs' workdir, created here because container root may not write to `d`
         (d / "work").mkdir()
         os.chown(d / "work", uids.start, gids.start)
@@ -191,21 +165,6 @@ class LxcBackend(Backend):
                 {"image": spec.image, "env": spec.env, "address": spec.address, "index": str(spec.index)}
             )
         )
-
-    def _write_instance_files(self, upper: Path, spec: InstanceSpec, uid: int, gid: int) -> None:
-        """Files that make this instance itself: hostname, hosts, the env the app sees."""
-        files = instance_files(spec)
-        for rel, text in files.items():
-            path = upper / rel
-            parent = upper
-            for part in rel.split("/")[:-1]:
-                parent = parent / part
-                if not parent.exists():
-                    parent.mkdir(mode=0o755)
-                    os.chown(parent, uid, gid)
-            path.write_text(text)
-            os.chown(path, uid, gid)
-            os.chmod(path, 0o644)
 
     def _lxc(
         self, tool: str, name: str, *args: str, timeout: float | None = 60
@@ -434,11 +393,3 @@ class LxcBackend(Backend):
 
 def _cgroup_v2() -> bool:
     return Path("/sys/fs/cgroup/cgroup.controllers").exists()
-
-
-@contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield

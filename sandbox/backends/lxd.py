@@ -9,7 +9,6 @@ the storage pool can, full copies on a `dir` pool). Errors are translated in lxd
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import os
@@ -19,7 +18,6 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec
@@ -36,6 +34,7 @@ from sandbox.backends.lxdconfig import (
     workspace_id,
 )
 from sandbox.events import Event
+from sandbox.fsutil import file_lock
 from sandbox.store import ImageStore
 
 EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -96,7 +95,7 @@ class LxdBackend(Backend):
         if self._image(digest) is not None:
             return
         self.ws.tmp.mkdir(parents=True, exist_ok=True)
-        with _flock(self.ws.tmp / "lxd-import.lock"):
+        with file_lock(self.ws.tmp / "lxd-import.lock"):
             if self._image(digest) is not None:
                 return
             self._import(digest)
@@ -358,10 +357,3 @@ class LxdBackend(Backend):
     def image_of(self, name: str) -> str | None:
         inst = self._get(name)
         return None if inst is None else inst.config.get(IMAGE_KEY)
-
-
-@contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
