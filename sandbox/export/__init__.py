@@ -50,9 +50,9 @@ class Exported:
 Exporter = Callable[[Workspace, ImageStore, str, Path, EventSink], dict[str, Any]]
 
 
-def default_path(ws: Workspace, store: ImageStore, digest: str, fmt: str) -> Path:
+def default_name(store: ImageStore, digest: str, fmt: str) -> str:
     recipe = store.manifest(digest).get("recipe", {}).get("name", "image")
-    return Path.cwd() / f"{recipe}-{digest[7:19]}{SUFFIX[fmt]}"
+    return f"{recipe}-{digest[7:19]}{SUFFIX[fmt]}"
 
 
 def temp_path(path: Path) -> Path:
@@ -77,9 +77,10 @@ def export_image(
         raise ExportError(f"unknown export format {fmt!r}", hint=f"formats: {', '.join(FORMATS)}")
     store = ImageStore(ws.images)
     digest = store.resolve(ref)
-    path = (out or default_path(ws, store, digest, fmt)).absolute()
+    name = default_name(store, digest, fmt)
+    path = (out or Path.cwd() / name).absolute()
     if path.is_dir():
-        path = path / default_path(ws, store, digest, fmt).name
+        path = path / name
     if not path.parent.is_dir():
         raise ExportError(f"cannot write {path}: {path.parent} is not a directory", hint="create it first")
     module, _, func = target.partition(":")

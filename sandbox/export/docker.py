@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import io
 import json
 import tarfile
@@ -84,8 +85,6 @@ def image_config(store: ImageStore, digest: str) -> dict[str, Any]:
 
 def write_docker_archive(store: ImageStore, digest: str, out: IO[bytes]) -> dict[str, Any]:
     """Write the `docker load` archive of `digest` to `out`; returns its tag and config digest."""
-    import hashlib
-
     manifest = store.manifest(digest)
     mtime = int(manifest["created"])
     config = json.dumps(image_config(store, digest), sort_keys=True, separators=(",", ":")).encode()
