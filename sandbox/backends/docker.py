@@ -23,6 +23,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import docker
+import docker.errors
+import requests.exceptions
+
 from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec
 from sandbox.backends.instancefiles import instance_env
 from sandbox.events import Event
@@ -53,8 +57,6 @@ class DockerBackend(Backend):
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                import docker
-
                 with _translated(self.remote):
                     if self.remote is None:
                         self._client = docker.from_env(timeout=120)
@@ -70,7 +72,6 @@ class DockerBackend(Backend):
         self._network()
 
     def _network(self) -> Any:
-        import docker.errors
 
         with _translated(self.remote):
             try:
@@ -85,7 +86,6 @@ class DockerBackend(Backend):
 
     # -- images --------------------------------------------------------------
     def prepare_image(self, digest: str) -> None:
-        import docker.errors
 
         store = ImageStore(self.ws.images)
         tag = repo_tag(store, digest)
@@ -108,7 +108,6 @@ class DockerBackend(Backend):
         self.sink(Event("log", phase="up", message=f"loaded in {time.monotonic() - t0:.1f}s as {tag}"))
 
     def forget_image(self, digest: str) -> None:
-        import docker.errors
 
         with _translated(self.remote), suppress(docker.errors.NotFound):
             self.client.images.remove(repo_tag(ImageStore(self.ws.images), digest))
@@ -177,7 +176,6 @@ class DockerBackend(Backend):
         self._create(spec, repo_tag(ImageStore(self.ws.images), spec.image))
 
     def _create(self, spec: InstanceSpec, image: str) -> None:
-        import docker.errors
 
         args = self._create_args(spec, image)
         path = self._spec_path(spec.name)
@@ -207,7 +205,6 @@ class DockerBackend(Backend):
             self._container(name).stop(timeout=int(timeout))
 
     def destroy(self, name: str) -> None:
-        import docker.errors
 
         with _translated(self.remote):
             with suppress(docker.errors.NotFound):
@@ -226,7 +223,6 @@ class DockerBackend(Backend):
         self._spec_path(name).unlink(missing_ok=True)
 
     def state(self, name: str) -> str:
-        import docker.errors
 
         with _translated(self.remote):
             try:
@@ -292,7 +288,6 @@ class DockerBackend(Backend):
 
     def restore(self, name: str, snap: str) -> None:
         """Replace the container by one from the snapshot, made first so a failure loses nothing."""
-        import docker.errors
 
         args = json.loads(self._spec_path(name).read_text())
         args["ports"] = {k: tuple(v) for k, v in (args.get("ports") or {}).items()} or None
@@ -309,7 +304,6 @@ class DockerBackend(Backend):
             self.start(name)
 
     def delete_snapshot(self, name: str, snap: str) -> None:
-        import docker.errors
 
         with _translated(self.remote), suppress(docker.errors.ImageNotFound):
             self.client.images.remove(f"{SNAP_REPO}:{name}.{snap}")
@@ -340,8 +334,6 @@ def _mount(m: Any) -> Any:
 @contextmanager
 def _translated(remote: str | None) -> Iterator[None]:
     """Every docker SDK error becomes a BackendError with the fix (the one place they are mapped)."""
-    import docker.errors
-    import requests.exceptions
 
     where = remote or "this host"
     try:

@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+import pylxd
+
 from sandbox.backends.base import BackendError
 from sandbox.backends.lxdconfig import remote_name
 
@@ -106,8 +108,6 @@ def lxc_conf(remote: str) -> Path:
 
 def connect(remote: str | None) -> Any:
     """A pylxd Client of this host's LXD (unix socket) or of `remote` (HTTPS, client certificate)."""
-    import pylxd
-
     with lxd_errors("connecting to LXD", remote):
         if remote is None:
             return pylxd.Client()

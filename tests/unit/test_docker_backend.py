@@ -156,3 +156,25 @@ def test_export_of_an_unknown_format_or_ref_is_an_error(ws: Workspace, tmp_path:
     done = export_image(ws, img.digest, "docker", out)
     assert Path(done.path).parent == out and done.size == Path(done.path).stat().st_size
     assert [p.name for p in out.iterdir()] == [Path(done.path).name]
+
+
+@pytest.mark.parametrize(
+    ("backend", "sdk", "modules"),
+    [
+        ("docker", "docker", ["sandbox.backends.docker"]),
+        ("lxd", "pylxd", ["sandbox.backends.lxd", "sandbox.backends.lxdapi"]),
+        ("libvirt", "libvirt", ["sandbox.backends.libvirt", "sandbox.backends.libvirtconn"]),
+    ],
+)
+def test_a_backend_without_its_sdk_names_the_package_to_install(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, backend: str, sdk: str, modules: list[str]
+) -> None:
+    """A SandboxError (which `gc` skips and `up` reports), never a crash with ModuleNotFoundError."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, sdk, None)  # as if not installed
+    for m in modules:
+        monkeypatch.delitem(sys.modules, m, raising=False)
+    with pytest.raises(BackendError, match=f"needs the Python package '{sdk}'") as info:
+        get_backend(backend, ws)
+    assert f"sandbox[{backend}]" in (info.value.hint or "")
