@@ -13,7 +13,7 @@ from sandbox.envs import Envs
 from sandbox.errors import SandboxError
 from sandbox.events import Event
 from sandbox.fsutil import pid_alive
-from sandbox.promote.router import Router
+from sandbox.routing.own import OwnRouter
 from sandbox.store import diff_manifests
 
 
@@ -68,7 +68,7 @@ def gc(envs: Envs, *, images: bool = False, now: float | None = None) -> GcRepor
         for d in routers:
             if d.is_dir() and d.name not in env_names:
                 envs.router(d.name).remove()  # include files, when the settings say system
-                Router(envs.routers, d.name).remove()  # an nginx of its own, whatever they say
+                OwnRouter(envs.routers, d.name).remove()  # an nginx of its own, whatever they say
                 report.removed_routers.append(d.name)
     return report
 

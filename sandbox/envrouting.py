@@ -6,8 +6,15 @@ from typing import Any
 
 from sandbox.envcore import EnvsCore
 from sandbox.errors import SandboxError
-from sandbox.promote.router import PortForward, Router, RouterConfig, port_in_use
-from sandbox.promote.sysrouter import SystemRouter, router_for, router_kind
+from sandbox.routing import (
+    PortForward,
+    RouterConfig,
+    RouterDriver,
+    RouterKind,
+    port_in_use,
+    router_for,
+    router_kind,
+)
 from sandbox.state import Env
 
 
@@ -44,16 +51,22 @@ class EnvRouting(EnvsCore):
         self.reroute(env.name)
         return f"http://{r['listen']}:{port}/"
 
-    def _router_kind(self) -> str:
+    def _router_kind(self) -> RouterKind:
         return router_kind(self.settings.routers)
 
-    def router(self, name: str) -> Router | SystemRouter:
+    def router(self, name: str) -> RouterDriver:
         """The env's router: an nginx of its own, or include files in the system nginx."""
         try:
             kind = self.state.get_env(name).config.get("router_nginx") or self._router_kind()
         except SandboxError:  # no such env (an orphaned router dir): what the settings say
             kind = self._router_kind()
-        return router_for(self.settings.routers, self.routers, name, str(kind), str(self.ws.root))
+        return router_for(
+            self.settings.routers,
+            self.routers,
+            name,
+            "system" if kind == "system" else "own",
+            str(self.ws.root),
+        )
 
     def router_mode(self, name: str) -> dict[str, Any]:
         mode: dict[str, Any] = self.state.get_env(name).config.get("router_mode") or {}

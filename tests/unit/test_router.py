@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.promote.router import Router, RouterConfig, port_in_use, render_nginx_conf
+from sandbox.routing import RouterConfig, port_in_use
+from sandbox.routing.own import OwnRouter as Router
+from sandbox.routing.render import render_nginx_conf
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nginx"
 PREFIX = Path("/ws/.sandbox/routers/staging-1")

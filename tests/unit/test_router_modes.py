@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.promote.router import MAINTENANCE_PAGE, RouterConfig, render_nginx_conf
+from sandbox.routing.render import MAINTENANCE_PAGE, RouterConfig, render_nginx_conf
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nginx"
 PREFIX = Path("/ws/.sandbox/routers/prod")

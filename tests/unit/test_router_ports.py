@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.promote.router import STREAM_MODULE, PortForward, RouterConfig, render_nginx_conf
+from sandbox.routing.render import STREAM_MODULE, PortForward, RouterConfig, render_nginx_conf
 
 CFG = RouterConfig(
     "staging-1",

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.promote.router import STREAM_MODULE, PortForward, RouterConfig, RouterError
-from sandbox.promote.sysrouter import SystemRouter, router_for, router_kind
+from sandbox.routing import PortForward, RouterConfig, RouterError, router_for, router_kind
+from sandbox.routing.render import STREAM_MODULE
+from sandbox.routing.system import SystemRouter
 from sandbox.settings import Routers
 from tests.sysnginx import OTHER_SITE, SystemNginx, free_port, system_nginx
 

@@ -21,38 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sandbox.fsutil import atomic_write, pid_alive
-from sandbox.promote.router import (
-    NginxMaster,
-    Router,
-    RouterConfig,
-    RouterError,
-    nginx_binary,
-    port_in_use,
-    render_include,
-)
+from sandbox.routing.nginx import NginxMaster, RouterError, nginx_binary, port_in_use
+from sandbox.routing.render import RouterConfig, render_include
 from sandbox.settings import Routers
 
 FileSet = dict[Path, str | None]  # path → contents, None: absent
-
-
-def system_nginx_pid(s: Routers) -> int | None:
-    """The system nginx's master pid, when its pid file names a live process."""
-    try:
-        pid = int(Path(s.pid_file).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if pid_alive(pid) else None
-
-
-def router_kind(s: Routers) -> str:
-    """ "own" or "system": what `routers.nginx` means on this host now (auto: system when it runs)."""
-    if s.nginx == "auto":
-        return "system" if system_nginx_pid(s) and Path(s.include_dir).is_dir() else "own"
-    return s.nginx
-
-
-def router_for(s: Routers, root: Path, env: str, kind: str, workspace: str) -> Router | SystemRouter:
-    return SystemRouter(s, root, env, workspace) if kind == "system" else Router(root, env)
 
 
 class SystemRouter(NginxMaster):
@@ -123,8 +96,9 @@ class SystemRouter(NginxMaster):
                     os.kill(master, signal.SIGHUP)
                 raise
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         """Take the env out of the system nginx (its files removed, then a reload)."""
+        del timeout  # the system nginx keeps running; only this env's files go
         with self._locked():
             try:
                 old = self._read()
@@ -209,3 +183,12 @@ class SystemRouter(NginxMaster):
                     hint = f"add `include {f.parent}/*.conf;` once to the http block of {conf}"
                 return f"{conf} does not include {f}", hint
         return None
+
+
+def system_nginx_pid(s: Routers) -> int | None:
+    """The system nginx's master pid, when its pid file names a live process."""
+    try:
+        pid = int(Path(s.pid_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None

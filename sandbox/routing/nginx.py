@@ -1,0 +1,106 @@
+"""What both router drivers share: nginx's binary, a master process whose workers a reload
+replaces, and the drain of old workers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+from sandbox.errors import SandboxError
+
+
+class RouterError(SandboxError):
+    """nginx refused the config or could not start."""
+
+
+def port_in_use(port: int, address: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError:
+            return True
+    return False
+
+
+class NginxMaster:
+    """What both kinds share: a master process whose workers are replaced by a reload."""
+
+    env: str
+
+    @property
+    def pid(self) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def error_log(self) -> Path | str:
+        raise NotImplementedError
+
+    def signal_reload(self, master: int) -> None:
+        """HUP the master and wait until the new config serves."""
+        before = set(self._workers(master, shutting_down=False))
+        os.kill(master, signal.SIGHUP)
+        self._wait_reloaded(master, before)
+
+    def _wait_reloaded(self, master: int, before: set[int], timeout: float = 10.0) -> None:
+        """Wait until the new config serves: new workers up, every old one shutting down.
+
+        Until then an old worker may still accept connections with the old config, so
+        the caller must not, say, stop an instance it has just taken out.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            live = set(self._workers(master, shutting_down=False))
+            if live and not (live & before):
+                return
+            time.sleep(0.01)
+        raise RouterError(
+            f"nginx of {self.env} did not apply its new config within {timeout:.0f}s",
+            hint=f"see {self.error_log}",
+        )
+
+    def draining_workers(self) -> list[int]:
+        """Pids of the old workers still finishing requests after a reload."""
+        master = self.pid
+        return [] if master is None else self._workers(master, shutting_down=True)
+
+    @staticmethod
+    def _workers(master: int, shutting_down: bool) -> list[int]:
+        """The master's worker processes, old (shutting down) or current.
+
+        Polled every few ms during a reload and a drain, so it reads the master's own
+        children list rather than every process in /proc (a busy host has thousands).
+        """
+        try:
+            children = [int(x) for x in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+        except (OSError, ValueError):
+            children = []
+        out = []
+        for pid in children:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"worker process" in cmdline and (b"shutting down" in cmdline) == shutting_down:
+                out.append(pid)
+        return out
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until no old worker is left (in-flight requests done); False if `timeout` passed."""
+        deadline = time.monotonic() + timeout
+        while self.draining_workers():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+
+def nginx_binary() -> str:
+    path = shutil.which("nginx")
+    if path is None:
+        raise RouterError("nginx is not installed", hint="apt-get install nginx-light")
+    return path

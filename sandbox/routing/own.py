@@ -1,0 +1,117 @@
+"""The own-nginx router driver: an nginx process of the env's own, with its own prefix and config.
+
+Configs are rendered by the pure renderer (render.py), checked with `nginx -t` before every
+reload, and reloaded gracefully (HUP); a failed check keeps the running config and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from sandbox.fsutil import atomic_write, pid_alive
+from sandbox.routing.nginx import NginxMaster, RouterError, nginx_binary
+from sandbox.routing.render import MAINTENANCE_PAGE, STREAM_MODULE, RouterConfig, render_nginx_conf
+
+
+class OwnRouter(NginxMaster):
+    """An nginx process of the env's own, with its own prefix and config."""
+
+    def __init__(self, root: Path, env: str) -> None:
+        self.prefix = root / env
+        self.env = env
+
+    @property
+    def conf(self) -> Path:
+        return self.prefix / "nginx.conf"
+
+    @property
+    def error_log(self) -> Path | str:
+        return self.prefix / "logs" / "error.log"
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            pid = int((self.prefix / "nginx.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def _nginx(self, *args: str, conf: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [nginx_binary(), "-p", str(self.prefix), "-c", str(conf or self.conf), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    def _prepare(self, user: str) -> None:
+        pw = pwd.getpwnam(user)
+        (self.prefix / "html").mkdir(parents=True, exist_ok=True)
+        page = self.prefix / "html" / "maintenance.html"
+        if not page.exists():
+            page.write_text(MAINTENANCE_PAGE)
+        for d in ("logs", "tmp", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+            (self.prefix / d).mkdir(parents=True, exist_ok=True)
+        for d in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+            os.chown(self.prefix / d, pw.pw_uid, pw.pw_gid)
+
+    def apply(self, cfg: RouterConfig, user: str = "nobody") -> None:
+        """Write, check and (re)load the config; a failed check keeps the running one.
+
+        A reload is preceded by `nginx -t`; a first start needs no separate check,
+        since nginx checks the config itself and starts nothing if it is invalid.
+        """
+        if cfg.ports and not Path(STREAM_MODULE).exists():
+            raise RouterError(
+                "the profile forwards ports, which needs nginx's stream module",
+                hint="apt-get install libnginx-mod-stream",
+            )
+        self._prepare(user)
+        pw = pwd.getpwnam(user)
+        text = render_nginx_conf(cfg, self.prefix, user, grp.getgrgid(pw.pw_gid).gr_name)
+        pid = self.pid
+        if pid is None:
+            atomic_write(self.conf, text.encode())
+            p = self._nginx()
+            if p.returncode != 0:
+                raise RouterError(
+                    f"nginx for {self.env} did not start: {p.stderr.strip()}",
+                    hint=f"is {cfg.listen}:{cfg.port} free? (ss -ltnp)",
+                )
+            return
+        candidate = self.prefix / "nginx.conf.new"
+        candidate.write_text(text)
+        check = self._nginx("-t", "-q", conf=candidate)
+        if check.returncode != 0:
+            candidate.unlink()
+            raise RouterError(
+                f"nginx rejected the config of router {self.env}: {check.stderr.strip()}",
+                hint="the running router keeps its previous config",
+            )
+        os.replace(candidate, self.conf)
+        self.signal_reload(pid)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        pid = self.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)  # graceful: finish in-flight requests
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and pid_alive(pid):
+                time.sleep(0.05)
+            if pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def remove(self) -> None:
+        self.stop()
+        if self.prefix.exists():
+            shutil.rmtree(self.prefix)
