@@ -160,6 +160,14 @@ class Backend(abc.ABC):
         """Names of all instances this backend holds for the workspace (to find orphans)."""
         return []
 
+    def images(self) -> list[str]:
+        """Digests of the image copies this backend keeps (gc drops the unused ones)."""
+        return []
+
+    def clean_stale(self) -> list[str]:
+        """Remove temporary files left by dead processes; what was removed."""
+        return []
+
     def forget_image(self, digest: str) -> None:  # noqa: B027  (optional: not every backend keeps copies)
         """Drop the backend's copy of an image no instance uses any more."""
 
@@ -211,3 +219,30 @@ def run(
     except FileNotFoundError as e:
         tool = check_tool or argv[0]
         raise BackendError(f"{tool} is not installed", hint=f"apt-get install {tool}") from e
+
+
+class BackendRegistry:
+    """Backends by name, made on first use (temporary shape until backends get their context)."""
+
+    def __init__(self, ws: Workspace, sink: EventSink = null_sink) -> None:
+        self.ws = ws
+        self.sink = sink
+        self._made: dict[tuple[str, str | None], Backend] = {}
+        self._factories: dict[str, type[Backend]] = {}
+
+    def register(self, name: str, factory: type[Backend]) -> None:
+        self._factories[name] = factory
+
+    def names(self) -> list[str]:
+        return sorted({*backend_names(), *self._factories})
+
+    def get(self, name: str, remote: str | None = None) -> Backend:
+        key = (name, remote)
+        if key not in self._made:
+            factory = self._factories.get(name)
+            self._made[key] = (
+                factory(self.ws, self.sink, remote)
+                if factory
+                else get_backend(name, self.ws, self.sink, remote)
+            )
+        return self._made[key]

@@ -144,7 +144,7 @@ def status(obj: Ctx, name: str) -> None:
         p = probes.get(i["name"])
         i["health"] = ("healthy" if p.ok else "unhealthy") if p else "-"
         i["detail"] = p.detail if p else ""
-    data = {**view.to_dict(), "events": envs.state.events(name, limit=10)}
+    data = {**view.to_dict(), "events": envs.events(name, limit=10)}
     lines = [
         f"[bold]{view.name}[/] profile {view.profile}, {view.state}, owner {view.owner}, image {view.image}",
         f"url: {view.url or '-'}  expires: {_expiry(view)}",
@@ -242,9 +242,8 @@ def clone(obj: Ctx, src: str, dst: str, owner: str | None, wait: bool) -> None:
 @click.pass_obj
 def gc_cmd(obj: Ctx, images: bool) -> None:
     """Remove expired envs and whatever a crash left behind."""
-    from sandbox.envmaint import gc
 
-    report = gc(Envs(obj.ws, obj.output), images=images)
+    report = Envs(obj.ws, obj.output).gc(images=images)
     parts = [f"{len(v)} {k.removeprefix('removed_')}" for k, v in report.to_dict().items()]
     obj.output.result(report.to_dict(), "removed " + ", ".join(parts))
 
@@ -256,9 +255,8 @@ def gc_cmd(obj: Ctx, images: bool) -> None:
 @click.pass_obj
 def diff_cmd(obj: Ctx, a: str, b: str) -> None:
     """Image and config differences between envs A and B (e.g. staging drift from prod)."""
-    from sandbox.envmaint import diff_envs
 
-    d = diff_envs(Envs(obj.ws, obj.output), a, b)
+    d = Envs(obj.ws, obj.output).diff(a, b)
     img = d["image"]
     lines = [
         f"{a} vs {b}: "

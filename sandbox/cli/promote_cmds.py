@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-import time
 from typing import Any
 
 import click
@@ -13,7 +12,7 @@ from sandbox.cli.main import Ctx, cli, json_option
 from sandbox.cli.markup import escape
 from sandbox.envs import Envs
 from sandbox.errors import SandboxError
-from sandbox.promote.probe import LoadProbe, summary
+from sandbox.promote.probe import with_load_probe
 from sandbox.promote.rolling import Promoter, PromoteResult
 
 
@@ -30,26 +29,6 @@ def verify(obj: Ctx, env: str) -> None:
     )
     if not ok:
         sys.exit(1)
-
-
-def _with_probe(obj: Ctx, envs: Envs, target: str, rps: float | None, run: Any) -> tuple[PromoteResult, Any]:
-    if not rps:
-        return run(), None
-    env = envs.state.get_env(target)
-    if not env.url:
-        raise SandboxError(f"{target} has no router URL to probe", hint="give the profile a router:")
-    app = envs._app(env.image) or {}
-    probe = LoadProbe(env.url, rps=rps, health_path=app.get("health") or "/")
-    probe.start()
-    time.sleep(2.0)
-    probe.mark("during")
-    try:
-        result = run()
-    finally:
-        probe.mark("after")
-        time.sleep(2.0)
-        reports = probe.stop()
-    return result, summary(reports)
 
 
 def _print(obj: Ctx, result: PromoteResult, probe: Any) -> None:
@@ -98,14 +77,14 @@ def promote(
     envs = Envs(obj.ws, obj.output)
     p = Promoter(envs)
     if resume:
-        result, probe = _with_probe(obj, envs, to_env, rps, lambda: p.resume(to_env))
+        result, probe = with_load_probe(envs, to_env, rps, lambda: p.resume(to_env))
         _print(obj, result, probe)
         return
     if bool(ref) == bool(from_env):
         raise SandboxError(
             "give exactly one of REF or --from ENV", hint="sandbox promote --from staging-42 --to prod"
         )
-    candidate = envs.state.get_env(from_env).image if from_env else envs.store.resolve(str(ref))
+    candidate = envs.get(from_env).image if from_env else envs.store.resolve(str(ref))
     plan = p.plan(to_env, candidate)
     if plan_only:
         d = plan.diff
@@ -123,8 +102,8 @@ def promote(
         if not sys.stdin.isatty():
             raise SandboxError("promotion needs confirmation", hint="pass --yes when not on a terminal")
         click.confirm(f"promote {candidate[:19]} to {to_env} ({plan.plan.strategy})?", abort=True)
-    result, probe = _with_probe(
-        obj, envs, to_env, rps, lambda: p.promote(to_env, candidate, source=from_env or ref, force=force)
+    result, probe = with_load_probe(
+        envs, to_env, rps, lambda: p.promote(to_env, candidate, source=from_env or ref, force=force)
     )
     _print(obj, result, probe)
 
@@ -139,7 +118,7 @@ def promote(
 def rollback(obj: Ctx, to_env: str, rps: float | None) -> None:
     """Put --to ENV back on the image it ran before its last promotion (same rolling swap)."""
     envs = Envs(obj.ws, obj.output)
-    result, probe = _with_probe(obj, envs, to_env, rps, lambda: Promoter(envs).rollback(to_env))
+    result, probe = with_load_probe(envs, to_env, rps, lambda: Promoter(envs).rollback(to_env))
     _print(obj, result, probe)
 
 
@@ -182,8 +161,7 @@ def maintenance(obj: Ctx, switch: str, env: str, allow: tuple[str, ...]) -> None
             raise SandboxError(
                 f"--allow {a!r} is not an address or CIDR", hint="e.g. --allow 10.0.0.5"
             ) from e
-    envs = Envs(obj.ws, obj.output)
-    envs.set_router_mode(env, maintenance=list(allow) if switch == "on" else None)
+    Envs(obj.ws, obj.output).set_maintenance(env, list(allow) if switch == "on" else None)
     obj.output.result(
         {"env": env, "maintenance": switch == "on", "allow": list(allow)},
         f"maintenance {switch} for {env}" + (f" (allowed: {', '.join(allow)})" if allow else ""),
@@ -197,8 +175,5 @@ def maintenance(obj: Ctx, switch: str, env: str, allow: tuple[str, ...]) -> None
 @click.pass_obj
 def readonly(obj: Ctx, switch: str, env: str) -> None:
     """Answer writes with 503 + Retry-After (the app sees /run/sandbox/readonly), or stop."""
-    envs = Envs(obj.ws, obj.output)
-    p = Promoter(envs)
-    p._set_readonly_flag(env, switch == "on")
-    envs.set_router_mode(env, readonly=switch == "on")
+    Envs(obj.ws, obj.output).set_readonly(env, switch == "on")
     obj.output.result({"env": env, "readonly": switch == "on"}, f"read-only {switch} for {env}")

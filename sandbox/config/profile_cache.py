@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sandbox.config.resolved import ResolvedProfile
 from sandbox.fsutil import atomic_write, tree_stats
 
 VERSION = 1
@@ -20,6 +22,10 @@ class ProfileData:
     data: dict[str, Any]
     digest: str
     sources: list[str]
+
+    @functools.cached_property
+    def spec(self) -> ResolvedProfile:
+        return ResolvedProfile.from_data(self.data)
 
 
 def _path(state: Path, name: str) -> Path:

@@ -13,9 +13,17 @@ import http.client
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
+
+from sandbox.errors import SandboxError
+
+if TYPE_CHECKING:
+    from sandbox.envs import Envs
+
+T = TypeVar("T")
 
 STALE = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected, ConnectionAbortedError)
 
@@ -188,3 +196,24 @@ class LoadProbe:
 
 def summary(reports: dict[str, PhaseReport]) -> dict[str, Any]:
     return {phase: dict(r.__dict__) for phase, r in reports.items()}
+
+
+def with_load_probe(envs: Envs, target: str, rps: float | None, run: Callable[[], T]) -> tuple[T, Any]:
+    """Run `run()` (a promotion or rollback of `target`) with a load probe through the env's router
+    at `rps` requests per second, 2 s before and after; returns its result and the probe's summary."""
+    if not rps:
+        return run(), None
+    env = envs.get(target)
+    if not env.url:
+        raise SandboxError(f"{target} has no router URL to probe", hint="give the profile a router:")
+    probe = LoadProbe(env.url, rps=rps, health_path=envs.app(env.image).health or "/")
+    probe.start()
+    time.sleep(2.0)
+    probe.mark("during")
+    try:
+        result = run()
+    finally:
+        probe.mark("after")
+        time.sleep(2.0)
+        reports = probe.stop()
+    return result, summary(reports)

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.envs import Envs
+from sandbox.envs.probes import wait_until
 from sandbox.errors import SandboxError
 from sandbox.events import Event
-from sandbox.health import wait_until
 from sandbox.promote.deploys import Deploy, Deploys
 from sandbox.promote.plan import Plan, make_plan
 from sandbox.state import Env, Instance
@@ -65,25 +65,23 @@ class Promoter:
     def verify(self, name: str) -> tuple[bool, str]:
         """Health plus the recipe's smoke command on every instance; recorded for the promotion gate."""
         env = self.state.get_env(name)
-        app = self.envs._app(env.image) or {}
+        app = self.envs.app(env.image)
         details = []
         ok = True
         try:
             self.envs.wait_healthy(name)
         except SandboxError as e:
             ok, details = False, [e.message]
-        if ok and app.get("smoke"):
-            for inst in self.state.instances(name):
-                r = self.envs.exec(
-                    name, ["/bin/sh", "-c", app["smoke"]], self._index(name, inst), user=app.get("user")
-                )
+        if ok and app.smoke:
+            for index, inst in enumerate(self.state.instances(name)):
+                r = self.envs.exec(name, ["/bin/sh", "-c", app.smoke], index, user=app.user)
                 if r.code != 0:
                     ok = False
                     details.append(
-                        f"{inst.name}: smoke `{app['smoke']}` exited {r.code}: "
+                        f"{inst.name}: smoke `{app.smoke}` exited {r.code}: "
                         f"{(r.stderr or r.stdout).strip()[-300:]}"
                     )
-        detail = "; ".join(details) or ("healthy, smoke passed" if app.get("smoke") else "healthy")
+        detail = "; ".join(details) or ("healthy, smoke passed" if app.smoke else "healthy")
         self.deploys.record_verification(env.image, name, ok, detail)
         return ok, detail
 
@@ -95,10 +93,7 @@ class Promoter:
         env = self.state.get_env(target)
         store = self.envs.store
         d = diff_manifests(env.image, store.manifest(env.image), candidate, store.manifest(candidate))
-        promo = env.config["profile"].get("promotion") or {}
-        plan = make_plan(
-            d, store.summary(candidate).get("app"), compatible=bool(promo.get("compatible", True))
-        )
+        plan = make_plan(d, store.summary(candidate).get("app"), compatible=env.spec.promotion.compatible)
         return PromoteResult(target, env.image, candidate, plan, diff=d.to_dict())
 
     # -- promote / rollback / resume ---------------------------------------
@@ -120,8 +115,7 @@ class Promoter:
         if result.plan.strategy == "noop":
             result.state = "noop"
             return result
-        promo = env.config["profile"].get("promotion") or {}
-        if kind == "promote" and promo.get("require_verified", True) and not force:
+        if kind == "promote" and env.spec.promotion.require_verified and not force:
             where = [e for e in self.deploys.verified_on(candidate) if e != target]
             if not where:
                 raise GateError(
@@ -180,8 +174,8 @@ class Promoter:
                 self._static(d)
             else:
                 if strategy == "maintenance":
-                    promo = self.state.get_env(d.env).config["profile"].get("promotion") or {}
-                    self.envs.set_router_mode(d.env, maintenance=list(promo.get("allow") or []))
+                    allow = self.state.get_env(d.env).spec.promotion.allow
+                    self.envs.set_maintenance(d.env, allow)
                     self.deploys.step(d.id, "maintenance on")
                 if strategy == "migrate":
                     self._migrate(d)
@@ -210,20 +204,19 @@ class Promoter:
     def _finish_modes(self, env: str, strategy: str) -> None:
         """Undo the mode this strategy switched on (modes switched on by hand stay)."""
         if strategy == "migrate":
-            self._set_readonly_flag(env, False)
-            self.envs.set_router_mode(env, readonly=False)
+            self.envs.set_readonly(env, False)
         elif strategy == "maintenance":
-            self.envs.set_router_mode(env, maintenance=None)
+            self.envs.set_maintenance(env, None)
 
     def _converge(self, d: Deploy, image: str, result: PromoteResult) -> None:
         """Replace every instance not running `image`, one at a time; safe to repeat after a crash."""
         env = self.state.get_env(d.env)
-        drain = float((env.config["profile"].get("router") or {}).get("drain_timeout", 30))
+        drain = env.spec.router.drain_timeout if env.spec.router else 30.0
         self.envs.reroute(d.env)  # the router matches the state, whatever happened before
         for inst in self.state.instances(d.env):
             if inst.image == image and not inst.routed:  # half-made by an interrupted run
                 self.envs.remove_instance(d.env, inst)
-        wanted = int(env.config["profile"].get("instances", 1))
+        wanted = env.spec.instances
         for old in [i for i in self.state.instances(d.env) if i.image != image]:
             t0 = time.monotonic()
             routed = [i for i in self.state.instances(d.env) if i.routed]
@@ -257,14 +250,14 @@ class Promoter:
         self.deploys.step(d.id, "unrouted", instance=old.name)
 
     def _start_healthy(self, d: Deploy, env: Env, image: str) -> Instance:
-        health = env.config["profile"].get("health") or {}
+        health = env.spec.health
         self._emit("starting a new instance")
         new = self.envs.new_instance(d.env, image)
         self.deploys.step(d.id, "started", instance=new.name, address=new.address)
         probe, took = wait_until(
             lambda: self.envs.probe_instance(d.env, new, image),
-            float(health.get("timeout", 120)),
-            float(health.get("interval", 0.5)),
+            health.timeout,
+            health.interval,
         )
         if not probe.ok:
             self.deploys.step(d.id, "unhealthy", instance=new.name, detail=probe.detail)
@@ -275,18 +268,17 @@ class Promoter:
 
     def _migrate(self, d: Deploy) -> None:
         env = self.state.get_env(d.env)
-        app = self.envs._app(d.to_image) or {}
-        self.envs.set_router_mode(d.env, readonly=True)
-        self._set_readonly_flag(d.env, True)
+        app = self.envs.app(d.to_image)
+        self.envs.set_readonly(d.env, True)
         self.deploys.step(d.id, "read-only on")
-        if app.get("migrate"):
+        if app.migrate:
             new = self._start_healthy(d, env, d.to_image)
             index = self._index(d.env, new)
-            r = self.envs.exec(d.env, ["/bin/sh", "-c", app["migrate"]], index, user=app.get("user"))
+            r = self.envs.exec(d.env, ["/bin/sh", "-c", app.migrate], index, user=app.user)
             if r.code != 0:
                 self.envs.remove_instance(d.env, new)
                 raise PromotionError(
-                    f"migration `{app['migrate']}` exited {r.code}: {(r.stderr or r.stdout).strip()[-300:]}"
+                    f"migration `{app.migrate}` exited {r.code}: {(r.stderr or r.stdout).strip()[-300:]}"
                 )
             self.deploys.step(d.id, "migrated", instance=new.name)
             # the migrated instance joins the pool; _converge then replaces an old one for it
@@ -296,12 +288,6 @@ class Promoter:
             else:
                 self.state.set_instance(d.env, new.idx, routed=True)
                 self.envs.reroute(d.env)
-
-    def _set_readonly_flag(self, env: str, on: bool) -> None:
-        """The flag file the app can read (/run/sandbox/readonly) in every instance."""
-        cmd = "mkdir -p /run/sandbox && touch /run/sandbox/readonly" if on else "rm -f /run/sandbox/readonly"
-        for i, _inst in enumerate(self.state.instances(env)):
-            self.envs.exec(env, ["/bin/sh", "-c", cmd], i)
 
     def _static(self, d: Deploy) -> None:
         """Only static files changed: copy them into the running instances, no restart."""

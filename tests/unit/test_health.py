@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sandbox.backends.base import ExecResult
-from sandbox.health import Probe, http_probe, probe_instance, wait_until
+from sandbox.envs.probes import Probe, http_probe, probe_instance, wait_until
 
 STATUS = {"/healthz": 200, "/created": 201, "/broken": 500, "/moved": 302}
 

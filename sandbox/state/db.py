@@ -20,17 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import EnvExists, NotFound, QuotaExceeded, StateError
 from sandbox.fsutil import pid_alive
-from sandbox.staterows import (
+from sandbox.state.rows import (
     ENV_FIELDS,
     INSTANCE_FIELDS,
     SCHEMA,
     SCHEMA_V2,
+    SCHEMA_V3,
     TRANSIENT_STATES,
     Env,
     Instance,
     Snapshot,
     dump_json,
     env_missing,
+    env_values,
     insert_row,
     instance_from_row,
     now_or,
@@ -40,9 +42,8 @@ from sandbox.staterows import (
 if TYPE_CHECKING:
     from sandbox.workspace import Workspace
 
-__all__ = ["Env", "Instance", "Snapshot", "StateDB"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 10.0
 _LOCK = threading.RLock()
 _DB_HINT = (
@@ -125,7 +126,7 @@ class StateDB:
                     f"this sandbox understands up to {SCHEMA_VERSION}",
                     hint="upgrade sandbox, or move the workspace's .sandbox/state.db away to start afresh",
                 )
-            steps = {1: SCHEMA, 2: SCHEMA_V2}
+            steps = {1: SCHEMA, 2: SCHEMA_V2, 3: SCHEMA_V3}
             for v in range(version + 1, SCHEMA_VERSION + 1):  # create or migrate, one version at a time
                 for stmt in steps[v].split(";"):
                     if stmt.strip():
@@ -179,7 +180,7 @@ class StateDB:
         bad = set(fields) - ENV_FIELDS
         if bad:
             raise TypeError(f"set_env: unknown field(s) {', '.join(sorted(bad))}")
-        values = {k: dump_json(v) if k == "config" else v for k, v in fields.items()}
+        values = env_values(fields)
         with self._tx() as c:
             self._get_env(c, name)
             update_row(c, "envs", {**values, "updated": now_or(now)}, "name = ?", name)
@@ -242,6 +243,21 @@ class StateDB:
             f"no free router port in {start}-{end} ({len(held)} held by environments)",
             hint="remove environments with `sandbox down`/`sandbox gc`, or widen the profile's router ports",
         )
+
+    def claim_fixed_router_port(self, env: str, port: int, now: float | None = None) -> int:
+        """Give env `env` the router port its profile fixes; a clear error names the env holding it."""
+        with self._tx() as c:
+            self._get_env(c, env)
+            row = c.execute(
+                "SELECT name FROM envs WHERE router_port = ? AND name != ?", (port, env)
+            ).fetchone()
+            if row is not None:
+                raise StateError(
+                    f"router port {port} of {env!r} is already held by environment {row[0]!r}",
+                    hint=f"set `router: {{port: auto}}` in the profile, or `sandbox down {row[0]}` first",
+                )
+            c.execute("UPDATE envs SET router_port = ?, updated = ? WHERE name = ?", (port, now_or(now), env))
+            return port
 
     # -- instances --------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""envmaint: _flatten, `sandbox diff` between envs, and `sandbox gc` on state rows and directories.
+"""envs: flatten, `sandbox diff` between envs, and `sandbox gc` on state rows and directories.
 
 No daemon runs here: gc's backend calls that would ask lxc-info are answered by a stand-in.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sandbox.backends.lxc import LxcBackend
-from sandbox.envmaint import _flatten, diff_envs, gc
+from sandbox.envs.diff import flatten as _flatten
 from sandbox.envs import Envs
 from sandbox.errors import EnvNotFound
 from sandbox.state import Env
@@ -119,7 +119,7 @@ def with_instance(envs: Envs, env: str) -> Path:
 
 
 def router_dir(envs: Envs, name: str) -> Path:
-    d = envs.routers / name
+    d = envs.ctx.routers / name
     (d / "logs").mkdir(parents=True)
     (d / "nginx.conf").write_text("events {}\n")
     return d
@@ -133,7 +133,7 @@ def names(envs: Envs) -> list[str]:
 
 
 def test_gc_on_an_empty_workspace_does_nothing(envs: Envs) -> None:
-    assert gc(envs).to_dict() == {
+    assert envs.gc().to_dict() == {
         "removed_envs": [],
         "removed_instances": [],
         "removed_routers": [],
@@ -149,7 +149,7 @@ def test_gc_removes_expired_envs_with_their_instances_and_routers(envs: Envs) ->
     keep_inst, keep_router = with_instance(envs, "staging-1"), router_dir(envs, "staging-1")
     running(envs, "prod")  # never expires
 
-    report = gc(envs)
+    report = envs.gc()
     assert report.removed_envs == ["dev-old"]
     assert not inst.exists() and not router.exists()
     assert keep_inst.is_dir() and keep_router.is_dir()
@@ -160,8 +160,8 @@ def test_gc_removes_expired_envs_with_their_instances_and_routers(envs: Envs) ->
 def test_gc_uses_the_time_it_is_given(envs: Envs) -> None:
     now = time.time()
     running(envs, "dev-1", expires=now + 100)
-    assert gc(envs, now=now).removed_envs == []
-    assert gc(envs, now=now + 101).removed_envs == ["dev-1"]
+    assert envs.gc(now=now).removed_envs == []
+    assert envs.gc(now=now + 101).removed_envs == ["dev-1"]
     assert names(envs) == []
 
 
@@ -174,7 +174,7 @@ def test_gc_removes_what_a_dead_process_left_half_made(envs: Envs) -> None:
     envs.state.add_instance("staging-22", 0, "staging-22-0", "creating")
     live = instance_dir(envs, "staging-22-0")
 
-    report = gc(envs)
+    report = envs.gc()
     assert sorted(report.removed_envs) == ["staging-20", "staging-21"]
     assert not inst.exists() and live.is_dir()
     assert names(envs) == ["staging-22"]
@@ -196,10 +196,10 @@ def test_gc_removes_instance_dirs_and_routers_no_env_owns(envs: Envs) -> None:
     half.mkdir()
     ghost = router_dir(envs, "staging-9")
 
-    report = gc(envs)
+    report = envs.gc()
     assert report.removed_instances == ["staging-9-0"] and not orphan.exists()
     assert report.removed_routers == ["staging-9"] and not ghost.exists()
-    assert known.is_dir() and (envs.routers / "staging-9").exists() is False
+    assert known.is_dir() and (envs.ctx.routers / "staging-9").exists() is False
     assert report.removed_envs == [] and names(envs) == ["staging-1"]
 
 
@@ -210,7 +210,7 @@ def test_gc_removes_unpack_dirs_of_dead_processes_only(envs: Envs) -> None:
     unpacked = rootfs / ("b" * 64 + "-100000")
     for d in (dead, alive, unpacked):
         (d / "rootfs").mkdir(parents=True)
-    gc(envs)
+    envs.gc()
     assert not dead.exists() and alive.is_dir() and unpacked.is_dir()
 
 
@@ -220,7 +220,7 @@ def test_gc_removes_clone_dirs_of_dead_processes(envs: Envs) -> None:
     alive = lxc / f".clone-{os.getpid()}-uvw"
     for d in (dead, alive):
         (d / "delta0" / "etc").mkdir(parents=True)
-    gc(envs)
+    envs.gc()
     assert alive.is_dir()
     assert not dead.exists()
 
@@ -238,7 +238,7 @@ def test_gc_never_removes_an_instance_a_concurrent_up_is_making(
         return listing(self)
 
     monkeypatch.setattr(LxcBackend, "instances", instances_while_an_up_runs)
-    report = gc(envs)
+    report = envs.gc()
     assert made and made[0].is_dir()
     assert report.removed_instances == []
 
@@ -247,8 +247,8 @@ def test_gc_is_idempotent(envs: Envs) -> None:
     running(envs, "dev-old", expires=time.time() - 1)
     with_instance(envs, "dev-old")
     router_dir(envs, "ghost")
-    assert gc(envs).removed_envs == ["dev-old"]
-    assert gc(envs).to_dict() == {
+    assert envs.gc().removed_envs == ["dev-old"]
+    assert envs.gc().to_dict() == {
         "removed_envs": [],
         "removed_instances": [],
         "removed_routers": [],
@@ -273,7 +273,7 @@ def test_diff_of_envs_on_one_image_lists_only_config_differences(envs: Envs, tmp
     claim(envs, "prod", image=img.digest, config={"profile": prod})
     claim(envs, "staging-1", image=img.digest, config={"profile": staging})
 
-    d = diff_envs(envs, "prod", "staging-1")
+    d = envs.diff("prod", "staging-1")
     assert d["same_image"] is True and d["image"]["identical"] is True
     assert d["backend"] == {"prod": "lxc", "staging-1": "lxc"}
     assert d["config"] == [
@@ -294,7 +294,7 @@ def test_diff_of_envs_on_two_images_lists_package_and_file_changes(envs: Envs, t
     )
     claim(envs, "prod", image=a.digest)
     claim(envs, "staging-1", image=b.digest)
-    d = diff_envs(envs, "prod", "staging-1")
+    d = envs.diff("prod", "staging-1")
     assert d["same_image"] is False and d["config"] == []
     img = d["image"]
     assert (img["a"], img["b"]) == (a.digest, b.digest)
@@ -306,4 +306,4 @@ def test_diff_of_envs_on_two_images_lists_package_and_file_changes(envs: Envs, t
 def test_diff_of_an_unknown_env_is_not_found(envs: Envs, tmp_path: Path) -> None:
     claim(envs, "prod", image=make_image(envs.store, tmp_path / "work").digest)
     with pytest.raises(EnvNotFound):
-        diff_envs(envs, "prod", "staging-404")
+        envs.diff("prod", "staging-404")

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sandbox.config.resolved import ResolvedProfile
 from sandbox.errors import EnvNotFound, StateError
 
 TRANSIENT_STATES = ("creating", "deleting")  # a dead pid in these states means a crash mid-operation
-ENV_FIELDS = {"state", "health", "image", "url", "router_port", "expires", "pid", "error", "config"}
+ENV_FIELDS = {
+    "state",
+    "health",
+    "image",
+    "url",
+    "router_port",
+    "expires",
+    "pid",
+    "error",
+    "config",
+    "router_kind",
+    "maintenance",
+    "readonly",
+}
 INSTANCE_FIELDS = {"name", "address", "state", "image", "routed"}
 
 SCHEMA = """
@@ -50,6 +65,17 @@ CREATE TABLE verifications (
     PRIMARY KEY (image, env, ts));
 """
 
+# version 3: the router's kind and mode as typed columns (they rode in the config bag before)
+SCHEMA_V3 = """
+ALTER TABLE envs ADD COLUMN router_kind TEXT;
+ALTER TABLE envs ADD COLUMN maintenance TEXT;
+ALTER TABLE envs ADD COLUMN readonly INTEGER NOT NULL DEFAULT 0;
+UPDATE envs SET router_kind = json_extract(config, '$.router_nginx'),
+    maintenance = json_extract(config, '$.router_mode.maintenance'),
+    readonly = coalesce(json_extract(config, '$.router_mode.readonly'), 0);
+UPDATE envs SET config = json_remove(config, '$.router_nginx', '$.router_mode')
+"""
+
 
 def now_or(now: float | None) -> float:
     return time.time() if now is None else now
@@ -82,6 +108,14 @@ def env_missing(name: str) -> EnvNotFound:
 
 
 @dataclass(frozen=True)
+class RouterMode:
+    """The router's modes: a maintenance page (None: off; else who still gets through), read-only."""
+
+    maintenance: tuple[str, ...] | None = None
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
 class Env:
     name: str
     profile: str
@@ -98,6 +132,18 @@ class Env:
     url: str | None
     config: dict[str, Any]
     error: str | None
+    router_kind: str | None = None  # "own" or "system": chosen at the first route, kept for life
+    maintenance: tuple[str, ...] | None = None
+    readonly: bool = False
+
+    @functools.cached_property
+    def spec(self) -> ResolvedProfile:
+        """The resolved profile the env was made with (a clone's instance count included)."""
+        return ResolvedProfile.from_data(self.config["profile"])
+
+    @property
+    def mode(self) -> RouterMode:
+        return RouterMode(self.maintenance, self.readonly)
 
     def expired(self, now: float | None = None) -> bool:
         return self.expires is not None and self.expires < now_or(now)
@@ -110,7 +156,30 @@ class Env:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Env:
-        return cls(**{**dict(row), "config": json.loads(row["config"])})
+        d = dict(row)
+        maintenance = json.loads(d["maintenance"]) if d.get("maintenance") is not None else None
+        return cls(
+            **{
+                **d,
+                "config": json.loads(row["config"]),
+                "maintenance": tuple(maintenance) if maintenance is not None else None,
+                "readonly": bool(d.get("readonly")),
+            }
+        )
+
+
+def env_values(fields: dict[str, Any]) -> dict[str, Any]:
+    """set_env's fields as column values."""
+    out = {}
+    for k, v in fields.items():
+        if k == "config":
+            v = dump_json(v)
+        elif k == "maintenance":
+            v = None if v is None else json.dumps(list(v))
+        elif k == "readonly":
+            v = int(bool(v))
+        out[k] = v
+    return out
 
 
 @dataclass(frozen=True)

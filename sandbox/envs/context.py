@@ -1,0 +1,77 @@
+"""What every collaborator of the env service shares, made once per command: the workspace, its
+settings, state DB, image store, backends and the event sink. Nothing below reloads any of them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sandbox.backends.base import Backend, BackendRegistry
+from sandbox.events import Event, EventSink, Kind
+from sandbox.settings import Settings
+from sandbox.state import Env, StateDB
+from sandbox.store import ImageStore
+from sandbox.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    """The recipe's `app:` as an image records it (what health, routing and promotion need)."""
+
+    port: int | None = None
+    health: str | None = None
+    user: str | None = None
+    smoke: str | None = None
+    migrate: str | None = None
+
+    @classmethod
+    def from_summary(cls, app: dict[str, Any] | None) -> AppInfo:
+        if not app:
+            return cls()
+        port = app.get("port")
+        return cls(
+            port=int(port) if port is not None else None,
+            health=app.get("health"),
+            user=app.get("user"),
+            smoke=app.get("smoke"),
+            migrate=app.get("migrate"),
+        )
+
+
+@dataclass
+class EnvContext:
+    ws: Workspace
+    sink: EventSink
+    settings: Settings
+    state: StateDB
+    store: ImageStore
+    backends: BackendRegistry
+    _apps: dict[str, AppInfo] = field(default_factory=dict)
+
+    @property
+    def routers(self) -> Path:
+        return self.ws.runtime / "routers"
+
+    def emit(self, kind: Kind, phase: str, message: str, **data: Any) -> None:
+        self.sink(Event(kind, phase=phase, message=message, data=data))
+
+    def app(self, digest: str) -> AppInfo:
+        """The image's app, read once per digest and command."""
+        info = self._apps.get(digest)
+        if info is None:
+            info = self._apps[digest] = AppInfo.from_summary(self.store.summary(digest).get("app"))
+        return info
+
+    def backend(self, name: str, remote: str | None = None) -> Backend:
+        return self.backends.get(name, remote)
+
+    def env_backend(self, env: Env) -> Backend:
+        """The backend an env runs on (with the profile's `remote:` it was created with)."""
+        return self.backend(env.backend, env.spec.remote)
+
+
+def default_owner(settings: Settings) -> str:
+    return settings.owner or os.environ.get("SUDO_USER") or os.environ.get("USER") or "root"
