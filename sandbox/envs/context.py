@@ -5,12 +5,14 @@ settings, state DB, image store, backends and the event sink. Nothing below relo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sandbox.backends.base import Backend, BackendRegistry
 from sandbox.events import Event, EventSink, Kind
+from sandbox.routing import RouterDriver, RouterKind
 from sandbox.settings import Settings
 from sandbox.state import Env, StateDB
 from sandbox.store import ImageStore
@@ -49,6 +51,8 @@ class EnvContext:
     state: StateDB
     store: ImageStore
     backends: BackendRegistry
+    #: makes an env's router driver (env name, kind); None: the real nginx drivers (tests inject fakes)
+    router_factory: Callable[[str, RouterKind], RouterDriver] | None = None
     _apps: dict[str, AppInfo] = field(default_factory=dict)
 
     @property

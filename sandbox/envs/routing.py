@@ -64,6 +64,8 @@ class EnvRouting:
         kind: RouterKind = (
             "system" if ((env and env.router_kind) or self.default_kind()) == "system" else "own"
         )
+        if self.ctx.router_factory is not None:
+            return self.ctx.router_factory(name, kind)
         return router_for(self.ctx.settings.routers, self.ctx.routers, name, kind, str(self.ctx.ws.root))
 
     def set_maintenance(self, name: str, allow: Sequence[str] | None) -> None:

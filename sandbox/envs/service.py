@@ -8,7 +8,7 @@ nothing here prints.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sandbox.backends.base import BackendRegistry, ExecResult
@@ -23,7 +23,7 @@ from sandbox.envs.routing import EnvRouting
 from sandbox.envs.snapshots import Snapshots
 from sandbox.envs.views import EnvView, env_view
 from sandbox.events import EventSink, null_sink
-from sandbox.routing import RouterDriver
+from sandbox.routing import RouterDriver, RouterKind
 from sandbox.settings import Settings, load_settings
 from sandbox.state import Env, Instance, StateDB
 from sandbox.store import ImageStore
@@ -41,6 +41,7 @@ class Envs:
         *,
         settings: Settings | None = None,
         backends: BackendRegistry | None = None,
+        router_factory: Callable[[str, RouterKind], RouterDriver] | None = None,
     ) -> None:
         settings = settings or load_settings(ws)
         self.ctx = EnvContext(
@@ -50,6 +51,7 @@ class Envs:
             state=StateDB.for_workspace(ws),
             store=ImageStore(ws.images),
             backends=backends or BackendRegistry(ws, sink),
+            router_factory=router_factory,
         )
         self.instances = Instances(self.ctx)
         self.routing = EnvRouting(self.ctx)

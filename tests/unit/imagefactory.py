@@ -65,6 +65,7 @@ def make_image(
     app_files: dict[str, bytes] | None = None,
     packages: dict[str, str] | None = None,
     app_command: str = "gunicorn app:app",
+    app: dict[str, Any] | None = None,
 ) -> Image:
     """Build a two-layer image like Builder._commit does and point RECIPE:TAG at it."""
     work.mkdir(parents=True, exist_ok=True)
@@ -88,7 +89,7 @@ def make_image(
         ],
         "packages": dict(BASE_PACKAGES if packages is None else packages),
         "users": [{"name": "app", "uid": None, "shell": "/bin/bash", "home": None, "groups": [], "sudo": []}],
-        "app": {"command": app_command, "user": "app", "port": 8000, "health": "/healthz"},
+        "app": app or {"command": app_command, "user": "app", "port": 8000, "health": "/healthz"},
         "files": merge_indexes([base_index, app_index]),
     }
     digest = store.put_manifest(manifest)
