@@ -162,7 +162,7 @@ def load_settings(ws: Workspace) -> Settings:
             return Settings.from_dict(doc["settings"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    from sandbox.settings_schema import validate_settings  # pydantic: only when the file changed
+    from sandbox.config.settings_schema import validate_settings  # pydantic: only when the file changed
 
     settings = validate_settings(path)
     if ws.state.is_dir():

@@ -205,7 +205,7 @@ def test_every_setting_has_a_description() -> None:
 def test_the_schema_accepts_exactly_the_dataclass_fields() -> None:
     from pydantic import BaseModel
 
-    from sandbox.settings_schema import SettingsModel
+    from sandbox.config.settings_schema import SettingsModel
 
     def keys(model: type[BaseModel], prefix: str = "") -> list[str]:
         out = []
