@@ -1,6 +1,7 @@
 #!/bin/sh
 # Quick start, command 2 of 2: install the test needs and run the whole suite
-# (ruff, mypy, unit and integration tests against real mmdebstrap, lxc, docker, lxd, libvirt). .ci/run calls this.
+# (ruff, mypy, the import layers, unit and integration tests against real mmdebstrap, lxc, docker,
+# lxd, libvirt). .ci/run calls this.
 #   ./test.sh [pytest args...]
 set -eu
 cd "$(dirname "$0")"
@@ -17,5 +18,7 @@ echo ">> ruff"
 "$VENV/bin/ruff" format --check sandbox tests bench
 echo ">> mypy"
 "$VENV/bin/mypy" sandbox
+echo ">> import layers"
+"$VENV/bin/lint-imports"
 echo ">> pytest"
 exec "$VENV/bin/python" -m pytest -ra "$@"

@@ -4,13 +4,15 @@
 
 Reports (wall clock; sandbox commands include Python start):
   up_running   `sandbox up staging-N` until it returns (instances started, router up); target < 0.3 s
-  up_healthy   `sandbox up staging-N --wait` (app answers through the router)
+  up_healthy   `sandbox up staging-N --wait` until the first 200 of the app through the env's router
   raw_running  `lxc-copy -s -B overlayfs` + `lxc-start` of a container on the same unpacked rootfs
-  raw_healthy  the same, until the app answers on the container's address
+  raw_healthy  the same, until the first 200 of the app on the container's address
   up_small / up_big   `sandbox up` of a ~250 MB and a 1 GB+ image (target ratio <= 1.2)
   idle         N envs up at once: memory per env (cgroup memory usage) and host memory used
 Needs root, lxc, nginx, mmdebstrap and the host's apt sources (builds recipes/web.yaml once).
 Not a test: it reports numbers. Uses its own workspace, bridge and subnet, and removes what it made.
+The raw containers live in the workspace's runtime dir, chosen by the tool's own rule
+(`Workspace.runtime`: outside the checkout when container ids cannot reach it, as under /root).
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from sandbox.workspace import Workspace
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's sandbox, here and (PYTHONPATH) in the commands below
 SB = [sys.executable, "-m", "sandbox"]
+TOOLS = ("lxc-copy", "lxc-start", "lxc-stop", "lxc-destroy", "lxc-cgroup", "nginx", "mmdebstrap")
+HEALTH = "/healthz"  # recipes/web.yaml app.health
 
 
 def sh(
@@ -63,6 +66,65 @@ def median(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2]
 
 
+def runtime_dir(ws: Path) -> Path:
+    """Where sandbox keeps the containers of workspace `ws` (the tool's rule, not a copy of it)."""
+    from sandbox.workspace import Workspace
+
+    return Workspace(ws).runtime
+
+
+def raw_lxc_dir(ws: Path) -> Path:
+    """The anchor's raw LXC containers: beside sandbox's own, so container ids can reach them."""
+    return runtime_dir(ws) / "raw-lxc"
+
+
+def preflight() -> None:
+    if os.geteuid() != 0:
+        sys.exit("up_bench needs root (it runs containers and builds images)")
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        sys.exit(f"up_bench needs {', '.join(missing)} (apt-get install lxc nginx mmdebstrap)")
+
+
+def remove_raw(raw: Path) -> None:
+    """Stop and remove any raw anchor containers (a crashed run leaves them) and their dir."""
+    if not raw.is_dir():
+        return
+    for d in raw.iterdir():
+        if d.name != "base" and (d / "config").is_file():
+            sh(["lxc-stop", "-P", str(raw), "-n", d.name, "-k"], check=False)
+            sh(["lxc-destroy", "-P", str(raw), "-n", d.name], check=False)
+    shutil.rmtree(raw)
+
+
+def mounted_below(path: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p == str(path) or p.startswith(f"{path}/")]
+
+
+def remove_runtime(ws: Path) -> None:
+    """The runtime dir when it lies outside the workspace (unpacked images, 1 GB+), unless in use."""
+    rt = runtime_dir(ws)
+    if rt.is_relative_to(ws) or not rt.is_dir():
+        return
+    busy = mounted_below(rt)
+    if busy:
+        print(f"  kept {rt}: still mounted: {', '.join(busy[:3])}", file=sys.stderr)
+        return
+    shutil.rmtree(rt)
+
+
+def up_until_routed(c: list[str], name: str) -> float:
+    """Seconds from `sandbox up NAME --wait` to the first 200 of the app through the env's router."""
+    t0 = time.perf_counter()
+    view = json.loads(sh([*c, "up", name, "--wait", "--json"]).stdout)
+    if not view.get("url"):
+        sys.exit(f"sandbox up {name} --json gave no router url: {view}")
+    wait_http(view["url"].rstrip("/") + HEALTH)
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
@@ -70,12 +132,18 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--only-idle", dest="only_idle", action="store_true", help="Only the idle-envs part.")
     args = ap.parse_args()
+    preflight()
+    # every sandbox command below runs this checkout, with one package cache across runs
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    os.environ.setdefault("SANDBOX_CACHE", str(REPO / ".sandbox" / "cache"))
 
     ws = REPO / ".sandbox" / "bench-up"
     if ws.exists():
+        remove_raw(raw_lxc_dir(ws))
         sh([*SB, "-C", str(ws), "gc"], check=False)
         for e in json.loads(sh([*SB, "-C", str(ws), "ls", "--json"]).stdout):
             sh([*SB, "-C", str(ws), "down", e["name"]], check=False)
+        remove_runtime(ws)
         shutil.rmtree(ws)
     ws.mkdir(parents=True)
     shutil.copytree(REPO / "recipes", ws / "recipes", ignore=shutil.ignore_patterns("*.lock"))
@@ -88,11 +156,16 @@ def main() -> None:
         "name: big\nextends: web\nrun:\n  - head -c 943718400 /dev/urandom > /opt/ballast\n"
     )
     (ws / "profiles" / "bigstaging.yaml").write_text("name: bigstaging\nextends: staging\nrecipe: big\n")
-    env = {**os.environ, "SANDBOX_CACHE": str(REPO / ".sandbox" / "cache")}
+    env = dict(os.environ)
     c = [*SB, "-C", str(ws)]
     print("building web and big …", flush=True)
-    sh([*c, "build", "web"], env)
-    sh([*c, "build", "big"], env)
+    for recipe in ("web", "big"):
+        built = sh([*c, "build", recipe], env, check=False)
+        if built.returncode != 0:
+            sys.exit(
+                f"up_bench needs the image {recipe!r} and could not build it (mmdebstrap and the host's "
+                f"apt sources):\n{built.stderr.strip()}"
+            )
     sizes = {
         r: sum(la["size"] for la in json.loads(sh([*c, "image", "inspect", r, "--json"]).stdout)["layers"])
         for r in ("web", "big")
@@ -108,7 +181,7 @@ def main() -> None:
     for i in range(0 if args.only_idle else args.runs):
         res["up_running"].append(timed([*c, "up", f"staging-r{i}"], env))
         sh([*c, "down", f"staging-r{i}"], env)
-        res["up_healthy"].append(timed([*c, "up", f"staging-h{i}", "--wait"], env))
+        res["up_healthy"].append(up_until_routed(c, f"staging-h{i}"))
         sh([*c, "down", f"staging-h{i}"], env)
         res["up_small"].append(timed([*c, "up", f"staging-s{i}"], env))
         sh([*c, "down", f"staging-s{i}"], env)
@@ -117,8 +190,12 @@ def main() -> None:
 
     # the anchor: a plain LXC container on the same unpacked rootfs, cloned with overlayfs
     digest = json.loads(sh([*c, "image", "inspect", "web", "--json"]).stdout)["digest"]
-    lower = next((Workspace(ws).runtime / "rootfs").glob(digest.removeprefix("sha256:") + "-*")) / "rootfs"
-    raw = ws / ".sandbox" / "raw-lxc"
+    unpacked = sorted((runtime_dir(ws) / "rootfs").glob(digest.removeprefix("sha256:") + "-*"))
+    if not unpacked:
+        sys.exit(f"no unpacked rootfs of web ({digest}) under {runtime_dir(ws) / 'rootfs'}")
+    lower = unpacked[0] / "rootfs"
+    raw = raw_lxc_dir(ws)
+    remove_raw(raw)
     (raw / "base").mkdir(parents=True)
     (raw / "base" / "rootfs").symlink_to(lower)  # lxc-copy wants the container name in the rootfs path
     (raw / "base" / "config").write_text(
@@ -140,7 +217,7 @@ def main() -> None:
         res["raw_healthy"].append(time.perf_counter() - t0)
         sh(["lxc-stop", "-P", str(raw), "-n", name, "-k"])
         sh(["lxc-destroy", "-P", str(raw), "-n", name])
-    shutil.rmtree(raw)
+    remove_raw(raw)
 
     # many idle envs at once
     mem_before = _mem_used()
@@ -153,7 +230,7 @@ def main() -> None:
     usage = []
     for n in names:
         p = sh(
-            ["lxc-cgroup", "-P", str(Workspace(ws).runtime / "lxc"), "-n", f"{n}-0", "memory.usage_in_bytes"],
+            ["lxc-cgroup", "-P", str(runtime_dir(ws) / "lxc"), "-n", f"{n}-0", "memory.usage_in_bytes"],
             check=False,
         )
         if p.returncode == 0 and p.stdout.strip().isdigit():
@@ -195,6 +272,8 @@ def main() -> None:
     path = out / f"up-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written {path}")
+    sh([*c, "gc"], check=False)
+    remove_runtime(ws)
     shutil.rmtree(ws, ignore_errors=True)
 
 

@@ -1,4 +1,5 @@
-"""The configuration layer: recipe and profile schemas, YAML with line marks, loading with extends and checks.
+"""The configuration layer: recipe, profile and sandbox.yaml schemas, YAML with line marks, loading
+with extends and checks.
 
 Names are imported lazily (PEP 562), so that `sandbox up` loads the profile
 machinery without the recipe's.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from sandbox.errors import ConfigError, ConfigIssue
-from sandbox.settings import Network, Routers, Settings, load_settings
+from sandbox.settings import Network, Routers, Settings, load_settings, walk
 from sandbox.workspace import Workspace
 
 
@@ -190,3 +192,52 @@ def test_system_nginx_settings_are_read_and_survive_the_cache(tmp_path: Path) ->
 def test_bad_router_kind_settings_are_located(tmp_path: Path, text: str, path: str, words: str) -> None:
     issue = only(tmp_path, text)
     assert issue.location.line == 1 and issue.path == path and words in issue.message
+
+
+# --- each setting is declared once (sandbox/settings.py); the pydantic schema is derived from it ------
+
+
+def test_every_setting_has_a_description() -> None:
+    undescribed = [key for key, _, f in walk() if not f.metadata.get("description", "").strip()]
+    assert undescribed == []
+
+
+def test_the_schema_accepts_exactly_the_dataclass_fields() -> None:
+    from pydantic import BaseModel
+
+    from sandbox.config.settings_schema import SettingsModel
+
+    def keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+        out = []
+        for name, info in model.model_fields.items():
+            out.append(prefix + name)
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                out += keys(info.annotation, f"{prefix}{name}.")
+        return out
+
+    assert keys(SettingsModel) == [key for key, _, _ in walk()]
+    assert SettingsModel().model_dump() == dataclasses.asdict(Settings())  # same defaults
+    described = {key: f.metadata["description"] for key, _, f in walk()}
+    assert SettingsModel.model_fields["owner"].description == described["owner"]
+
+
+def test_settings_are_dataclasses_without_pydantic() -> None:
+    code = (
+        "import sys; from sandbox.settings import Settings, load_settings; Settings(); "
+        "assert 'pydantic' not in sys.modules and 'yaml' not in sys.modules, sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_an_unchanged_sandbox_yaml_is_read_without_pydantic(tmp_path: Path) -> None:
+    (tmp_path / ".sandbox").mkdir()
+    first = load(tmp_path, "network: {bridge: sbx1}\nrouters: {port_range: [19000, 19010]}\n")
+    code = (
+        "import sys; from pathlib import Path; from sandbox.settings import load_settings; "
+        "from sandbox.workspace import Workspace; "
+        f"s = load_settings(Workspace(Path({str(tmp_path)!r}))); "
+        "assert 'pydantic' not in sys.modules and 'yaml' not in sys.modules; print(repr(s))"
+    )
+    root = Path(__file__).parents[2]
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=root, capture_output=True, text=True)
+    assert out.stdout.strip() == repr(first)

@@ -1,0 +1,67 @@
+"""The schema of `sandbox.yaml`, used when the file is new or changed.
+
+The pydantic models are derived from the dataclasses in `sandbox.settings` (names, types, defaults,
+descriptions, checks), so a setting is declared in one place; pydantic adds the file:line errors,
+unknown keys with a did-you-mean, and every problem reported at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, fields, is_dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from sandbox.errors import ConfigError
+from sandbox.settings import Settings, build, field_types
+
+
+def model_for(cls: type) -> type[BaseModel]:
+    """A strict pydantic model (unknown keys forbidden) with the fields of the settings dataclass `cls`."""
+    types = field_types(cls)
+    spec: dict[str, Any] = {}
+    for f in fields(cls):
+        tp = types[f.name]
+        nested = is_dataclass(tp) and isinstance(tp, type)
+        if nested:
+            tp = model_for(tp)
+        if "check" in f.metadata:
+            tp = Annotated[tp, AfterValidator(f.metadata["check"])]
+        info: dict[str, Any] = {"description": f.metadata["description"]}
+        if "pattern" in f.metadata:
+            info["pattern"] = f.metadata["pattern"]
+        if f.default is not MISSING:
+            info["default"] = f.default
+        elif f.default_factory is not MISSING:
+            info["default_factory"] = tp if nested else f.default_factory
+        spec[f.name] = (tp, Field(**info))
+    config = ConfigDict(extra="forbid", frozen=True)
+    model: type[BaseModel] = create_model(f"{cls.__name__}Model", __config__=config, **spec)
+    model.__doc__ = cls.__doc__
+    return model
+
+
+SettingsModel = model_for(Settings)
+
+
+def validate_settings(path: Path) -> Settings:
+    """The checked settings of `path`; ConfigError with file:line otherwise."""
+    if not path.read_text().strip():
+        return Settings()  # an empty sandbox.yaml just marks the workspace
+    import yaml
+
+    from sandbox.config.validate import error_issue
+    from sandbox.config.yamlmarks import load_yaml
+
+    try:
+        if yaml.safe_load(path.read_text()) is None:  # only comments: all defaults
+            return Settings()
+    except yaml.YAMLError:
+        pass  # load_yaml below reports it with file:line
+    raw = load_yaml(path, "sandbox.yaml")
+    try:
+        checked = SettingsModel.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError([error_issue(err, raw, SettingsModel) for err in e.errors()]) from e
+    return build(Settings, checked.model_dump())
