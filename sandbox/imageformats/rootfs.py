@@ -1,6 +1,6 @@
 """The flattened root filesystem of an image: all layers applied, as one deterministic tar.
 
-Layers are applied by the same checked unpacker the LXC backend uses (whiteouts,
+Layers are applied by the same checked unpacker the lxc backend uses (whiteouts,
 opaque dirs, no path escapes), into a scratch dir, then written back with the
 builder's deterministic tar writer: the same image always gives the same bytes.
 """
@@ -12,22 +12,21 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from sandbox.backends.unpack import unpack_image
-from sandbox.build.normalize import add_tree
-from sandbox.build.overlay import remove_tree
 from sandbox.events import Event, EventSink
+from sandbox.fsutil import remove_tree
+from sandbox.imageformats.tartree import add_tree
+from sandbox.imageformats.unpack import unpack_image
 from sandbox.store import ImageStore
-from sandbox.workspace import Workspace
 
 
 @contextmanager
-def flattened(ws: Workspace, store: ImageStore, digest: str) -> Iterator[Path]:
-    """A scratch dir holding the image's root filesystem (ids unshifted), removed afterwards."""
+def flattened(store: ImageStore, digest: str, tmp: Path) -> Iterator[Path]:
+    """A scratch dir below `tmp` holding the image's root filesystem (ids unshifted), removed afterwards."""
     manifest = store.manifest(digest)
-    ws.tmp.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=ws.tmp, prefix="flatten-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=tmp, prefix="flatten-"))
     try:
         root = scratch / "rootfs"
         root.mkdir()
@@ -38,20 +37,14 @@ def flattened(ws: Workspace, store: ImageStore, digest: str) -> Iterator[Path]:
 
 
 def write_rootfs_tar(
-    ws: Workspace, store: ImageStore, digest: str, out: IO[bytes], sink: EventSink, prefix: str = "./"
+    store: ImageStore, digest: str, out: IO[bytes], tmp: Path, sink: EventSink, prefix: str = "./"
 ) -> int:
     """Write the flattened rootfs of `digest` to `out` (names under `prefix`); returns the entry count."""
     sde = int(store.manifest(digest)["created"])
     sink(Event("progress", phase="export", message=f"flattening {digest[7:19]}"))
     with (
-        flattened(ws, store, digest) as root,
+        flattened(store, digest, tmp) as root,
         tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar,
     ):
         index = add_tree(tar, root, sde, prefix=prefix)
     return len(index)
-
-
-def export_tar(ws: Workspace, store: ImageStore, digest: str, path: Path, sink: EventSink) -> dict[str, Any]:
-    with open(path, "wb") as f:
-        entries = write_rootfs_tar(ws, store, digest, f, sink)
-    return {"entries": entries}

@@ -1,6 +1,7 @@
 """A unified LXD image tarball: metadata.yaml, templates/ and rootfs/ in one deterministic tar.
 
-`lxc image import FILE --alias NAME` (or the lxd backend's prepare_image) takes it as is. The
+`lxc image import FILE --alias NAME` (`image export --format lxd`) and the lxd backend's
+prepare_image take it as is. The
 metadata carries the image's architecture, its creation date (the lock's SOURCE_DATE_EPOCH, so
 the same image always gives the same bytes and therefore the same LXD fingerprint) and the
 sandbox digest; templates give every instance its own /etc/hostname and /etc/hosts from its name
@@ -16,13 +17,11 @@ from typing import IO, Any
 
 import yaml
 
-from sandbox.backends.base import InstanceSpec
-from sandbox.backends.instancefiles import instance_files
-from sandbox.build.normalize import add_tree
 from sandbox.events import Event, EventSink
-from sandbox.export.rootfs import flattened
+from sandbox.imageformats.hostfiles import host_files
+from sandbox.imageformats.rootfs import flattened
+from sandbox.imageformats.tartree import add_tree
 from sandbox.store import ImageStore
-from sandbox.workspace import Workspace
 
 #: dpkg architecture → the kernel name LXD expects in metadata.yaml
 LXD_ARCH = {
@@ -36,11 +35,9 @@ LXD_ARCH = {
 }
 #: what LXD renders into each instance at create and copy time: the files every backend gives an
 #: instance, with the instance's name as an LXD template expression
-_NAMED = InstanceSpec(name="{{ container.name }}", env="", index=0, image="")
 TEMPLATES = {
     f"{rel.rsplit('/', 1)[-1]}.tpl": ("/" + rel, text)
-    for rel, text in instance_files(_NAMED).items()
-    if rel in ("etc/hostname", "etc/hosts")
+    for rel, text in host_files("{{ container.name }}").items()
 }
 DIGEST_PROPERTY = "sandbox.digest"
 
@@ -84,7 +81,7 @@ def _add_dir(tar: tarfile.TarFile, name: str, mtime: int) -> None:
 
 
 def write_lxd_tarball(
-    ws: Workspace, store: ImageStore, digest: str, out: IO[bytes], sink: EventSink
+    store: ImageStore, digest: str, out: IO[bytes], tmp: Path, sink: EventSink
 ) -> dict[str, Any]:
     """Stream the unified tarball of `digest` to `out`; returns its metadata and entry count."""
     manifest = store.manifest(digest)
@@ -92,7 +89,7 @@ def write_lxd_tarball(
     sde = int(manifest["created"])
     sink(Event("progress", phase="export", message=f"flattening {digest[7:19]} for LXD"))
     with (
-        flattened(ws, store, digest) as root,
+        flattened(store, digest, tmp) as root,
         tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar,
     ):
         _add_bytes(tar, "metadata.yaml", yaml.safe_dump(meta, sort_keys=True).encode(), sde)
@@ -101,13 +98,3 @@ def write_lxd_tarball(
             _add_bytes(tar, f"templates/{tpl}", text.encode(), sde)
         index = add_tree(tar, root, sde, prefix="rootfs/")
     return {"metadata": meta, "entries": len(index)}
-
-
-def export_lxd(ws: Workspace, store: ImageStore, digest: str, path: Path, sink: EventSink) -> dict[str, Any]:
-    with open(path, "wb") as f:
-        info = write_lxd_tarball(ws, store, digest, f, sink)
-    return {
-        "architecture": info["metadata"]["architecture"],
-        "entries": info["entries"],
-        "import": "lxc image import FILE --alias NAME",
-    }

@@ -19,10 +19,8 @@ import tarfile
 from pathlib import Path
 from typing import IO, Any
 
-from sandbox.events import Event, EventSink
 from sandbox.store import ImageStore
 from sandbox.store.layers import read_top_file
-from sandbox.workspace import Workspace
 
 APP_JSON = "/etc/sandbox/app.json"
 APP_SCRIPT = "/usr/local/bin/sandbox-app"
@@ -117,11 +115,3 @@ def write_docker_archive(store: ImageStore, digest: str, out: IO[bytes]) -> dict
         repo, _, version = tag.partition(":")
         add("repositories", json.dumps({repo: {version: layers[-1].split("/")[0]}}).encode())
     return {"tag": tag, "config": f"sha256:{config_hex}"}
-
-
-def export_docker(
-    ws: Workspace, store: ImageStore, digest: str, path: Path, sink: EventSink
-) -> dict[str, Any]:
-    sink(Event("progress", phase="export", message=f"writing the docker archive of {digest[7:19]}"))
-    with open(path, "wb") as f:
-        return write_docker_archive(store, digest, f)
