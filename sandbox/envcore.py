@@ -5,11 +5,13 @@ start/stop, health, snapshots, clones).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.backends.base import Backend, ExecResult, InstanceSpec, MountSpec, get_backend
+from sandbox.backendctx import make_backend_registry
+from sandbox.backends.base import Backend, BackendRegistry, ExecResult, InstanceSpec, MountSpec
 from sandbox.build.fingerprint import current_image
 from sandbox.build.formats import APP_FORMAT, BASE_FORMAT
 from sandbox.config.names import env_profile_name
@@ -79,8 +81,13 @@ class EnvsCore:
         remember(self.ws.state, self.ws.profiles, data)
         return data
 
+    @functools.cached_property
+    def backends(self) -> BackendRegistry:
+        """The workspace's backends, made on first use with its context."""
+        return make_backend_registry(self.ws, self.settings, self.sink)
+
     def _backend(self, name: str, remote: str | None = None) -> Backend:
-        return get_backend(name, self.ws, self.sink, remote)
+        return self.backends.get(name, remote)
 
     def _env_backend(self, env: Env) -> Backend:
         """The backend an env runs on (with the profile's `remote:` it was created with)."""

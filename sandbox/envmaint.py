@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.backends.base import backend_names, get_backend
-from sandbox.build.overlay import remove_tree
 from sandbox.envs import Envs
 from sandbox.errors import SandboxError
 from sandbox.events import Event
-from sandbox.fsutil import pid_alive
 from sandbox.routing.own import OwnRouter
 from sandbox.store import diff_manifests
 
@@ -38,11 +34,11 @@ def gc(envs: Envs, *, images: bool = False, now: float | None = None) -> GcRepor
         envs.teardown(env.name)
         envs.state.event("gc", f"removed ({why})", env=env.name)
         report.removed_envs.append(env.name)
-    for name in backend_names():
+    for name in envs.backends.names():
         # list what exists first, then ask the DB: an `up` running meanwhile records its
         # instance before it creates it, so it is never mistaken for an orphan
         try:
-            backend = get_backend(name, envs.ws, envs.sink)
+            backend = envs.backends.get(name)
             present = backend.instances()
         except SandboxError as e:  # a backend whose SDK or daemon this host lacks holds nothing
             envs.sink(Event("log", phase="gc", message=f"skipped the {name} backend: {e}"))
@@ -56,12 +52,11 @@ def gc(envs: Envs, *, images: bool = False, now: float | None = None) -> GcRepor
         if images:
             used = {e.image for e in envs.state.list_envs()}
             used |= {i.image for i in envs.state.all_instances() if i.image}
-            for digest in getattr(backend, "unpacked_images", lambda: [])():
+            for digest in backend.images():
                 if digest not in used:
                     backend.forget_image(digest)
                     report.removed_images.append(digest)
-        _stale_temp_dirs(getattr(backend, "rootfs_dir", None))
-        _stale_temp_dirs(getattr(backend, "lxcpath", None))
+        backend.clean_stale()
     routers = sorted(envs.routers.iterdir()) if envs.routers.is_dir() else []
     env_names = {e.name for e in envs.state.list_envs()}
     if routers:
@@ -71,15 +66,6 @@ def gc(envs: Envs, *, images: bool = False, now: float | None = None) -> GcRepor
                 OwnRouter(envs.routers, d.name).remove()  # an nginx of its own, whatever they say
                 report.removed_routers.append(d.name)
     return report
-
-
-def _stale_temp_dirs(root: Any) -> None:
-    if root is None or not root.is_dir():
-        return
-    for d in root.iterdir():
-        m = re.match(r"\.(?:unpack|clone)-(\d+)-", d.name)
-        if m and not pid_alive(int(m.group(1))):
-            remove_tree(d)
 
 
 def _flatten(doc: Any, prefix: str = "") -> dict[str, Any]:

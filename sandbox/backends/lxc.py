@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec, run
+from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec, remove_stale_temps, run
 from sandbox.backends.hostsetup import IdRange, ensure_bridge, ensure_subids, gateway, raise_host_limits
 from sandbox.backends.instancefiles import (
     APP_ENV_FILE,
@@ -26,10 +26,8 @@ from sandbox.backends.instancefiles import (
 )
 from sandbox.backends.lxcconfig import LxcInstanceConfig, render_lxc_config
 from sandbox.backends.lxcimages import image_root, unpack_once, unpacked_digests
-from sandbox.build.overlay import remove_tree
 from sandbox.events import Event
-from sandbox.settings import load_settings
-from sandbox.store import ImageStore
+from sandbox.fsutil import remove_tree
 from sandbox.workspace import blocking_dir
 
 TOOLS = ("lxc-start", "lxc-stop", "lxc-attach", "lxc-info", "lxc-freeze", "lxc-unfreeze")
@@ -42,11 +40,11 @@ class LxcBackend(Backend):
 
     @property
     def lxcpath(self) -> Path:
-        return self.ws.runtime / "lxc"
+        return self.ctx.runtime / "lxc"
 
     @property
     def rootfs_dir(self) -> Path:
-        return self.ws.runtime / "rootfs"
+        return self.ctx.runtime / "rootfs"
 
     def _dir(self, name: str) -> Path:
         return self.lxcpath / name
@@ -71,7 +69,7 @@ class LxcBackend(Backend):
             if "overlay" not in f.read():
                 raise BackendError("the kernel has no overlayfs", hint="modprobe overlay")
         self._ids()
-        runtime = self.ws.runtime
+        runtime = self.ctx.runtime
         blocked = blocking_dir(runtime)
         if blocked is not None:
             raise BackendError(
@@ -82,8 +80,7 @@ class LxcBackend(Backend):
             self.sink(
                 Event("log", phase="up", message=f"raised the host limit {change} (for many containers)")
             )
-        s = load_settings(self.ws)
-        ensure_bridge(s.network.bridge, s.network.subnet)
+        ensure_bridge(self.ctx.network.bridge, self.ctx.network.subnet)
 
     def _ids(self) -> tuple[IdRange, IdRange]:
         return ensure_subids()
@@ -99,17 +96,21 @@ class LxcBackend(Backend):
 
     def prepare_image(self, digest: str) -> None:
         uids, gids = self._ids()
-        unpack_once(self.rootfs_dir, ImageStore(self.ws.images), digest, uids.start, gids.start, self.sink)
+        unpack_once(self.rootfs_dir, self.store, digest, uids.start, gids.start, self.sink)
 
     def forget_image(self, digest: str) -> None:
         root = self._image_root(digest)
         if root.parent.is_dir():
             remove_tree(root.parent)
 
-    def unpacked_images(self) -> list[str]:
+    def images(self) -> list[str]:
         """Digests of the images unpacked for this backend."""
         uids, _ = self._ids()
         return unpacked_digests(self.rootfs_dir, uids.start)
+
+    def clean_stale(self) -> list[str]:
+        """Half-unpacked images and half-made clones of processes that died."""
+        return remove_stale_temps([self.rootfs_dir, self.lxcpath], ("unpack", "clone"))
 
     # -- instances ---------------------------------------------------------
     def _meta(self, name: str) -> dict[str, str]:
@@ -124,8 +125,7 @@ class LxcBackend(Backend):
             raise BackendError(f"instance {spec.name} has no address", hint="this is a bug in sandbox")
         self.prepare_image(spec.image)
         uids, gids = self._ids()
-        s = load_settings(self.ws)
-        gw, prefix = gateway(s.network.subnet)
+        gw, prefix = gateway(self.ctx.network.subnet)
         d = self._dir(spec.name)
         if d.exists():
             raise BackendError(f"container {spec.name} already exists", hint="sandbox gc removes leftovers")
@@ -148,7 +148,7 @@ class LxcBackend(Backend):
             uid_count=uids.count,
             gid_start=gids.start,
             gid_count=gids.count,
-            bridge=s.network.bridge,
+            bridge=self.ctx.network.bridge,
             address=spec.address,
             prefix=prefix,
             gateway=gw,
