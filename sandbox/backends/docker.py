@@ -1,6 +1,6 @@
 """The docker backend: each instance is a container running the recipe's app as its process.
 
-Images go in with `docker load` of the archive sandbox/export/docker.py writes (one docker
+Images go in with `docker load` of the archive sandbox/imageformats/docker.py writes (one docker
 layer per sandbox layer, so a new app layer loads in a moment). Containers run the app as
 its user, with no-new-privileges and every capability dropped but those the profile keeps,
 behind docker's tiny init; there is no systemd, so a recipe's cron jobs and services do

@@ -1,7 +1,7 @@
 """The lxd backend: unprivileged system containers run by LXD, through pylxd, here or on a remote.
 
 Each image is imported into LXD once (alias `sandbox-<12 hex of its digest>`) from the unified
-tarball of sandbox/export/lxd.py; instances are created from that alias, get a routed NIC with
+tarball of sandbox/imageformats/lxd.py; instances are created from that alias, get a routed NIC with
 sandbox's address (see lxdconfig.py), the profile's limits and mounts, and the per-instance files
 every backend writes (instancefiles.py). Snapshots and clones are LXD's own (copy-on-write where
 the storage pool can, full copies on a `dir` pool). Errors are translated in lxdapi.lxd_errors.
