@@ -26,7 +26,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from sandbox.export.docker import repo_tag
+from sandbox.imageformats.docker import repo_tag
 from sandbox.store import ImageStore
 from sandbox.workspace import Workspace
 
@@ -70,7 +70,8 @@ def raw_docker(ws: Path, digest: str, k: int) -> tuple[float, Callable[[], None]
 
 def raw_libvirt(ws: Path, digest: str, k: int) -> tuple[float, Callable[[], None]]:
     """`virsh create` of the same domain sandbox defines (same disk, kernel, accel), on a new overlay."""
-    from sandbox.backends.libvirtxml import DomainConfig, kernel_cmdline, mac_for, render_domain_xml
+    from sandbox.backends.libvirtxml import DomainConfig, mac_for, render_domain_xml
+    from sandbox.imageformats.vmdisk import kernel_cmdline
 
     root = Workspace(ws).runtime / "libvirt"
     vm = (root / "images" / f"{digest.removeprefix('sha256:')}.vm").read_text().strip()

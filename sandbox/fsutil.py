@@ -1,14 +1,18 @@
-"""Small filesystem primitives shared by the store, the builder and state."""
+"""Small filesystem primitives shared by the store, the builder, the backends and state."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
+
+from sandbox.errors import SandboxError
 
 
 def fsync_dir(path: Path) -> None:
@@ -60,6 +64,33 @@ def mounts_under(path: Path) -> list[str]:
     except OSError:
         return []
     return sorted(found, key=len, reverse=True)
+
+
+def unmount_all(path: Path) -> None:
+    """Unmount everything at or below `path`, deepest first (lazily if busy)."""
+    for mp in mounts_under(path):
+        if subprocess.run(["umount", mp], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", mp], capture_output=True, check=False)
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf that first unmounts whatever is mounted below `path` and refuses if it cannot."""
+    if not path.exists():
+        return
+    unmount_all(path)
+    left = mounts_under(path)
+    if left:
+        raise SandboxError(
+            f"could not remove {path}: still mounted: {', '.join(left)}",
+            hint=f"unmount them by hand (umount -l {left[0]}), then retry the command",
+        )
+    try:
+        shutil.rmtree(path)
+    except OSError as e:
+        raise SandboxError(
+            f"could not remove {path}: {e.strerror or e}",
+            hint="check what holds files there (fuser -vm), then retry the command",
+        ) from e
 
 
 def pid_alive(pid: int) -> bool:

@@ -46,7 +46,11 @@ class FakeBackend(Backend):
         FakeBackend.ops.append(f"{op} {name}")
         if FakeBackend.crash_at == (op, count):
             os._exit(CRASH_EXIT)
-        if FakeBackend.fail_at is not None and FakeBackend.fail_at[0] == op and FakeBackend.fail_at[1] in name:
+        if (
+            FakeBackend.fail_at is not None
+            and FakeBackend.fail_at[0] == op
+            and FakeBackend.fail_at[1] in name
+        ):
             raise BackendError(f"fake {op} of {name} failed", hint="a test asked for it")
 
     @contextlib.contextmanager

@@ -1,23 +1,31 @@
-"""The backend contract and the registry of backends by name.
+"""The backend contract, the context backends are made with, and the registry of backends by name.
 
 A backend runs *instances* (one container or VM each) of an image from the
-store. It knows nothing of envs, profiles or routers: `sandbox/envs.py` owns
-those and calls the backend through this contract. Backends are imported
-lazily, so a user needs only the SDK of the backend they use.
+store. It knows nothing of envs, profiles or routers: the env layer owns those
+and calls the backend through this contract. A backend gets everything it
+needs when it is made (a `BackendContext`: runtime dir, network, images, event
+sink); it never loads settings or opens the store itself. Backends are imported
+lazily by the `BackendRegistry`, so a user needs only the SDK of the backend
+they use; sandbox/envs/registry.py makes the registry of a workspace.
 """
 
 from __future__ import annotations
 
 import abc
 import importlib
+import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
-from sandbox.errors import SandboxError
+from sandbox.errors import SandboxError, ToolMissing
 from sandbox.events import EventSink, null_sink
-from sandbox.workspace import Workspace
+from sandbox.fsutil import pid_alive, remove_tree
+from sandbox.imageformats import tools
+from sandbox.settings import Network
+from sandbox.store import ImageStore
 
 
 class UnsupportedOperation(SandboxError):
@@ -60,6 +68,28 @@ class ExecResult:
     stderr: str
 
 
+@dataclass(frozen=True)
+class ImageAccess:
+    """How a backend reaches images: the store, and derived images the layer above makes."""
+
+    store: ImageStore
+    #: the VM flavour of an image (kernel, init, guest agent added): digest -> derived digest.
+    #: Provided by the env layer (it calls sandbox.build.vmflavour); None where no VM backend is used.
+    derive_vm: Callable[[str, EventSink], str] | None = None
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What every backend is made with (one per workspace; see sandbox/envs/registry.py)."""
+
+    workspace_id: str  # ws.id: labels / names of what the backend creates
+    runtime: Path  # ws.runtime: the backends' state dirs (lxc path, rootfs, docker, libvirt)
+    tmp: Path  # ws.tmp
+    network: Network  # sandbox.settings.Network (bridge, subnet)
+    images: ImageAccess
+    sink: EventSink = null_sink
+
+
 class Backend(abc.ABC):
     """The contract every backend implements (create from image, start, stop, destroy, exec …)."""
 
@@ -69,9 +99,10 @@ class Backend(abc.ABC):
     #: picks the address and envs asks `address()` after start), "remote" (profile `remote:`)
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, ws: Workspace, sink: EventSink = null_sink, remote: str | None = None) -> None:
-        self.ws = ws
-        self.sink = sink
+    def __init__(self, ctx: BackendContext, remote: str | None = None) -> None:
+        self.ctx = ctx
+        self.sink = ctx.sink
+        self.store = ctx.images.store
         #: where the backend's daemon runs (profile `remote:`); None is this host
         self.remote = remote
         if remote is not None and "remote" not in self.capabilities:
@@ -156,23 +187,53 @@ class Backend(abc.ABC):
         self.require("clone")
         raise NotImplementedError
 
+    # -- gc's contract: what the backend holds, so `sandbox gc` can remove what no env uses --------
     def instances(self) -> list[str]:
-        """Names of all instances this backend holds for the workspace (to find orphans)."""
+        """Names of all instances this backend holds for the workspace (to find orphans); default none."""
         return []
 
     def images(self) -> list[str]:
-        """Digests of the image copies this backend keeps (gc drops the unused ones)."""
-        return []
+        """Digests of the image copies this backend keeps (unpacked, imported, made into disks).
 
-    def clean_stale(self) -> list[str]:
-        """Remove temporary files left by dead processes; what was removed."""
+        gc calls `forget_image` on those no env uses. Default: none (the backend keeps no copies,
+        or its daemon manages them).
+        """
         return []
 
     def forget_image(self, digest: str) -> None:  # noqa: B027  (optional: not every backend keeps copies)
-        """Drop the backend's copy of an image no instance uses any more."""
+        """Drop the backend's copy of an image no instance uses any more; default: nothing to drop."""
+
+    def clean_stale(self) -> list[str]:
+        """Remove temp dirs and files that dead processes left behind; returns the paths removed.
+
+        Default: none (the backend leaves no temp files of its own).
+        """
+        return []
 
 
-_REGISTRY: dict[str, str] = {
+#: temp names backends make beside what they build: .KIND-PID-... (PID: the process making it)
+_STALE = re.compile(r"\.([a-z]+)-(\d+)-")
+
+
+def remove_stale_temps(dirs: list[Path], kinds: tuple[str, ...]) -> list[str]:
+    """Remove `.KIND-PID-*` entries of `dirs` whose process is gone (for `Backend.clean_stale`)."""
+    removed = []
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        for p in sorted(d.iterdir()):
+            m = _STALE.match(p.name)
+            if m and m.group(1) in kinds and not pid_alive(int(m.group(2))):
+                if p.is_dir() and not p.is_symlink():
+                    remove_tree(p)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(str(p))
+    return removed
+
+
+#: the built-in backends, imported on first use
+BUILTIN: dict[str, str | type[Backend]] = {
     "lxc": "sandbox.backends.lxc:LxcBackend",
     "lxd": "sandbox.backends.lxd:LxdBackend",
     "docker": "sandbox.backends.docker:DockerBackend",
@@ -182,67 +243,62 @@ _REGISTRY: dict[str, str] = {
 EXTRAS = {"lxd": "lxd", "docker": "docker", "libvirt": "libvirt"}
 
 
-def backend_names() -> list[str]:
-    return sorted(_REGISTRY)
+class BackendRegistry:
+    """Backends by name, made on first use with one context (tests register fakes)."""
 
+    def __init__(
+        self, ctx: BackendContext, factories: Mapping[str, str | type[Backend]] | None = None
+    ) -> None:
+        self.ctx = ctx
+        self._factories: dict[str, str | type[Backend]] = dict(BUILTIN if factories is None else factories)
+        self._made: dict[tuple[str, str | None], Backend] = {}
 
-def get_backend(name: str, ws: Workspace, sink: EventSink = null_sink, remote: str | None = None) -> Backend:
-    """The backend registered as `name`, imported on first use."""
-    target = _REGISTRY.get(name)
-    if target is None:
-        raise UnsupportedOperation(
-            f"backend {name!r} is not available yet",
-            hint=f"available backends: {', '.join(backend_names())}",
-        )
-    module, _, cls = target.partition(":")
-    try:
-        backend_cls: type[Backend] = getattr(importlib.import_module(module), cls)
-    except ModuleNotFoundError as e:
-        if e.name == module:
+    def register(self, name: str, factory: str | type[Backend]) -> None:
+        """Make `name` a backend: a Backend class, or "module:Class" imported on first use."""
+        self._factories[name] = factory
+        for key in [k for k in self._made if k[0] == name]:
+            del self._made[key]
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
+    def get(self, name: str, remote: str | None = None) -> Backend:
+        """The backend registered as `name` (for `remote`, None: this host), made once."""
+        made = self._made.get((name, remote))
+        if made is None:
+            made = self._made[(name, remote)] = self._class(name)(self.ctx, remote)
+        return made
+
+    def _class(self, name: str) -> type[Backend]:
+        factory = self._factories.get(name)
+        if factory is None:
             raise UnsupportedOperation(
-                f"backend {name!r} is not available yet", hint=f"available: {', '.join(backend_names())}"
+                f"backend {name!r} is not available yet",
+                hint=f"available backends: {', '.join(self.names())}",
+            )
+        if not isinstance(factory, str):
+            return factory
+        module, _, cls = factory.partition(":")
+        try:
+            backend_cls: type[Backend] = getattr(importlib.import_module(module), cls)
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                raise UnsupportedOperation(
+                    f"backend {name!r} is not available yet", hint=f"available: {', '.join(self.names())}"
+                ) from e
+            extra = EXTRAS.get(name, name)
+            raise BackendError(
+                f"the {name} backend needs the Python package {e.name!r}, which is not installed",
+                hint=f"pip install 'sandbox[{extra}]' (into sandbox's venv)",
             ) from e
-        extra = EXTRAS.get(name, name)
-        raise BackendError(
-            f"the {name} backend needs the Python package {e.name!r}, which is not installed",
-            hint=f"pip install 'sandbox[{extra}]' (into sandbox's venv)",
-        ) from e
-    return backend_cls(ws, sink, remote)
+        return backend_cls
 
 
 def run(
     argv: list[str], timeout: float | None = 60, check_tool: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """subprocess.run with text output that turns a missing tool into a clear error."""
+    """subprocess.run with text output that turns a missing tool into a clear BackendError."""
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError as e:
-        tool = check_tool or argv[0]
-        raise BackendError(f"{tool} is not installed", hint=f"apt-get install {tool}") from e
-
-
-class BackendRegistry:
-    """Backends by name, made on first use (temporary shape until backends get their context)."""
-
-    def __init__(self, ws: Workspace, sink: EventSink = null_sink) -> None:
-        self.ws = ws
-        self.sink = sink
-        self._made: dict[tuple[str, str | None], Backend] = {}
-        self._factories: dict[str, type[Backend]] = {}
-
-    def register(self, name: str, factory: type[Backend]) -> None:
-        self._factories[name] = factory
-
-    def names(self) -> list[str]:
-        return sorted({*backend_names(), *self._factories})
-
-    def get(self, name: str, remote: str | None = None) -> Backend:
-        key = (name, remote)
-        if key not in self._made:
-            factory = self._factories.get(name)
-            self._made[key] = (
-                factory(self.ws, self.sink, remote)
-                if factory
-                else get_backend(name, self.ws, self.sink, remote)
-            )
-        return self._made[key]
+        return tools.run(argv, timeout, check_tool)
+    except ToolMissing as e:
+        raise BackendError(e.message, hint=e.hint) from e

@@ -1,6 +1,6 @@
 """The docker backend: each instance is a container running the recipe's app as its process.
 
-Images go in with `docker load` of the archive sandbox/export/docker.py writes (one docker
+Images go in with `docker load` of the archive sandbox/imageformats/docker.py writes (one docker
 layer per sandbox layer, so a new app layer loads in a moment). Containers run the app as
 its user, with no-new-privileges and every capability dropped but those the profile keeps,
 behind docker's tiny init; there is no systemd, so a recipe's cron jobs and services do
@@ -30,7 +30,7 @@ import requests.exceptions
 from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec
 from sandbox.backends.instancefiles import instance_env
 from sandbox.events import Event
-from sandbox.export.docker import LABEL_DIGEST, app_meta, repo_tag, write_docker_archive
+from sandbox.imageformats.docker import LABEL_DIGEST, app_meta, repo_tag, write_docker_archive
 from sandbox.store import ImageStore
 
 LABEL_WS = "io.sandbox.workspace"
@@ -87,7 +87,7 @@ class DockerBackend(Backend):
     # -- images --------------------------------------------------------------
     def prepare_image(self, digest: str) -> None:
 
-        store = ImageStore(self.ws.images)
+        store = self.store
         tag = repo_tag(store, digest)
         with _translated(self.remote):
             try:
@@ -110,11 +110,11 @@ class DockerBackend(Backend):
     def forget_image(self, digest: str) -> None:
 
         with _translated(self.remote), suppress(docker.errors.NotFound):
-            self.client.images.remove(repo_tag(ImageStore(self.ws.images), digest))
+            self.client.images.remove(repo_tag(self.store, digest))
 
     def unsupported(self, digest: str) -> list[str]:
         """What the image has that needs an init (cron jobs, services), so does not run here."""
-        files = ImageStore(self.ws.images).manifest(digest).get("files", {})
+        files = self.store.manifest(digest).get("files", {})
         found = []
         for path in sorted(files):
             base = path.rsplit("/", 1)[-1]
@@ -128,10 +128,10 @@ class DockerBackend(Backend):
 
     # -- instances -------------------------------------------------------------
     def _spec_path(self, name: str) -> Path:
-        return self.ws.runtime / "docker" / f"{name}.json"
+        return self.ctx.runtime / "docker" / f"{name}.json"
 
     def _create_args(self, spec: InstanceSpec, image: str) -> dict[str, Any]:
-        store = ImageStore(self.ws.images)
+        store = self.store
         profile_caps = list(spec.capabilities)
         env = {**(app_meta(store, spec.image).get("env") or {}), **instance_env(spec)}
         args: dict[str, Any] = {
@@ -139,7 +139,7 @@ class DockerBackend(Backend):
             "name": spec.name,
             "hostname": spec.name,
             "environment": env,
-            "labels": {LABEL_WS: self.ws.id, LABEL_ENV: spec.env, LABEL_DIGEST: spec.image},
+            "labels": {LABEL_WS: self.ctx.workspace_id, LABEL_ENV: spec.env, LABEL_DIGEST: spec.image},
             "network": NETWORK,
             "init": True,
             "cap_drop": ["ALL"],
@@ -173,7 +173,7 @@ class DockerBackend(Backend):
                         + ", ".join(missing),
                     )
                 )
-        self._create(spec, repo_tag(ImageStore(self.ws.images), spec.image))
+        self._create(spec, repo_tag(self.store, spec.image))
 
     def _create(self, spec: InstanceSpec, image: str) -> None:
 
@@ -209,7 +209,7 @@ class DockerBackend(Backend):
         with _translated(self.remote):
             with suppress(docker.errors.NotFound):
                 container = self.client.containers.get(name)
-                if container.labels.get(LABEL_WS) != self.ws.id:
+                if container.labels.get(LABEL_WS) != self.ctx.workspace_id:
                     self.sink(
                         Event("warning", message=f"left docker container {name}: sandbox did not create it")
                     )
@@ -315,7 +315,9 @@ class DockerBackend(Backend):
 
     def instances(self) -> list[str]:
         with _translated(self.remote):
-            found = self.client.containers.list(all=True, filters={"label": f"{LABEL_WS}={self.ws.id}"})
+            found = self.client.containers.list(
+                all=True, filters={"label": f"{LABEL_WS}={self.ctx.workspace_id}"}
+            )
         return sorted(c.name for c in found)
 
 

@@ -67,30 +67,28 @@ def ensure_bridge(bridge: str, subnet: str) -> None:
         except BackendError:
             if not _exists(bridge):  # another `sandbox up` may have created it meanwhile
                 raise
-    addrs = subprocess.run(
-        ["ip", "-4", "-o", "addr", "show", "dev", bridge], capture_output=True, text=True, check=False
-    ).stdout
+    addrs = _ip_run(["-4", "-o", "addr", "show", "dev", bridge]).stdout
     if f" {gw}/{prefix} " not in addrs:
-        p = subprocess.run(
-            ["ip", "addr", "add", f"{gw}/{prefix}", "dev", bridge],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        p = _ip_run(["addr", "add", f"{gw}/{prefix}", "dev", bridge])
         if p.returncode != 0 and "File exists" not in p.stderr:
             raise BackendError(f"cannot give {bridge} the address {gw}/{prefix}: {p.stderr.strip()}")
     _ip(["link", "set", bridge, "up"])
 
 
 def _exists(bridge: str) -> bool:
-    return subprocess.run(["ip", "link", "show", bridge], capture_output=True, check=False).returncode == 0
+    return _ip_run(["link", "show", bridge]).returncode == 0
+
+
+def _ip_run(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """`ip ARGS`, its exit status left to the caller; a missing `ip` is a BackendError."""
+    try:
+        return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    except FileNotFoundError as e:
+        raise BackendError("the ip tool is missing", hint="apt-get install iproute2") from e
 
 
 def _ip(args: list[str]) -> None:
-    try:
-        p = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
-    except FileNotFoundError as e:
-        raise BackendError("the ip tool is missing", hint="apt-get install iproute2") from e
+    p = _ip_run(args)
     if p.returncode != 0:
         raise BackendError(
             f"ip {' '.join(args)} failed: {p.stderr.strip()}", hint="sandbox needs root to create its bridge"

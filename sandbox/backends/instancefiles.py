@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from sandbox.backends.base import InstanceSpec
+from sandbox.imageformats.hostfiles import host_files
 
 APP_ENV_FILE = "etc/sandbox/app.env"  # the recipe's env, written by the build
 INSTANCE_ENV_FILE = "etc/sandbox/instance.env"  # sandbox's and the profile's, written per instance
@@ -30,8 +31,7 @@ def instance_files(spec: InstanceSpec) -> dict[str, str]:
     """Path relative to the instance's root → text."""
     env = instance_env(spec)
     return {
-        "etc/hostname": f"{spec.name}\n",
-        "etc/hosts": f"127.0.0.1 localhost\n127.0.1.1 {spec.name}\n::1 localhost ip6-localhost\n",
+        **host_files(spec.name),
         INSTANCE_ENV_FILE: "".join(f'{k}="{quote_env(v)}"\n' for k, v in sorted(env.items())),
     }
 

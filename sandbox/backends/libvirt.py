@@ -1,7 +1,7 @@
 """KVM (or TCG) virtual machines through libvirt (libvirt-python, imported only here).
 
-Per image: its VM flavour (build/vmflavour.py) as a raw ext4 disk plus the
-kernel and initrd from its /boot (backends/vmdisk.py), under
+Per image: its VM flavour (made by the env layer: the context's `derive_vm`) as
+a raw ext4 disk plus the kernel and initrd from its /boot (imageformats/vmdisk.py), under
 runtime/libvirt/images/. Per instance: a qcow2 overlay on that disk, a config
 disk, a persistent domain named `sbx-<workspace id>-<instance>` and tagged with
 sandbox metadata (backends/libvirtxml.py), booted directly from the kernel with
@@ -25,13 +25,14 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 
-from sandbox.backends import guestagent, vmdisk
+from sandbox.backends import guestagent
 from sandbox.backends.base import (
     Backend,
     BackendError,
     ExecResult,
     InstanceSpec,
     UnsupportedOperation,
+    remove_stale_temps,
     run,
 )
 from sandbox.backends.hostsetup import ensure_bridge, gateway
@@ -42,13 +43,12 @@ from sandbox.backends.instancefiles import (
     parse_env_file,
 )
 from sandbox.backends.libvirtconn import _calls, translate
-from sandbox.backends.libvirtxml import DomainConfig, kernel_cmdline, mac_for, render_domain_xml
+from sandbox.backends.libvirtxml import DomainConfig, mac_for, render_domain_xml
 from sandbox.backends.vmaccel import choose_accel
-from sandbox.build.overlay import remove_tree
 from sandbox.events import Event
-from sandbox.fsutil import file_lock
-from sandbox.settings import load_settings
-from sandbox.store import ImageStore
+from sandbox.fsutil import file_lock, remove_tree
+from sandbox.imageformats import vmdisk
+from sandbox.imageformats.vmdisk import kernel_cmdline
 
 DEFAULT_URI = "qemu:///system"
 #: config disk file → the instance file it carries (the guest's sandbox-instance.service copies them)
@@ -70,13 +70,13 @@ class LibvirtBackend(Backend):
 
     @property
     def root(self) -> Path:
-        return self.ws.runtime / "libvirt"
+        return self.ctx.runtime / "libvirt"
 
     def _dir(self, name: str) -> Path:
         return self.root / "instances" / name
 
     def domain_name(self, name: str) -> str:
-        return f"sbx-{self.ws.id}-{name}"
+        return f"sbx-{self.ctx.workspace_id}-{name}"
 
     def conn(self) -> Any:
         if self._conn is None:
@@ -105,18 +105,21 @@ class LibvirtBackend(Backend):
             if shutil.which(tool) is None:
                 raise BackendError(f"{tool} is not installed", hint=f"apt-get install {pkg}")
         self.conn()
-        s = load_settings(self.ws)
         if self.remote is None:
-            ensure_bridge(s.network.bridge, s.network.subnet)
+            ensure_bridge(self.ctx.network.bridge, self.ctx.network.subnet)
 
     # -- images ------------------------------------------------------------
     def _image_dir(self, vm_digest: str) -> Path:
         return self.root / "images" / vm_digest.removeprefix("sha256:")
 
     def _vm_digest(self, digest: str) -> str:
-        from sandbox.build.vmflavour import vm_flavour  # the builder: only when an image is prepared
-
-        return vm_flavour(self.ws, digest, self.sink)
+        derive = self.ctx.images.derive_vm
+        if derive is None:
+            raise BackendError(
+                "the libvirt backend was made without a way to build VM images",
+                hint="this is a bug in sandbox: its backend context lacks derive_vm",
+            )
+        return derive(digest, self.sink)
 
     def prepare_image(self, digest: str) -> None:
         self._boot_files(digest)
@@ -137,7 +140,7 @@ class LibvirtBackend(Backend):
                 remove_tree(tmp)
                 tmp.mkdir(mode=0o755)
                 try:
-                    vmdisk.make_image_disk(self.ws, ImageStore(self.ws.images), vm, tmp, self.sink)
+                    vmdisk.make_image_disk(self.store, vm, tmp, self.ctx.tmp, self.sink)
                     os.rename(tmp, d)
                 except BaseException:
                     remove_tree(tmp)
@@ -152,7 +155,11 @@ class LibvirtBackend(Backend):
             remove_tree(self._image_dir(meta.read_text().strip()))
             meta.unlink()
 
-    def unpacked_images(self) -> list[str]:
+    def clean_stale(self) -> list[str]:
+        """Half-made VM disks and clone copies of processes that died."""
+        return remove_stale_temps([self.root / "images", self.root / "instances"], ("disk", "clone"))
+
+    def images(self) -> list[str]:
         """Images (the env's digests, not their VM flavours) whose VM disk this backend keeps."""
         d = self.root / "images"
         return sorted("sha256:" + p.name.removesuffix(".vm") for p in d.glob("*.vm")) if d.is_dir() else []
@@ -181,8 +188,8 @@ class LibvirtBackend(Backend):
         if spec.address is None:
             raise BackendError(f"instance {spec.name} has no address", hint="this is a bug in sandbox")
         boot = self._boot_files(spec.image)
-        s = load_settings(self.ws)
-        gw, _ = gateway(s.network.subnet)
+        net = self.ctx.network
+        gw, _ = gateway(net.subnet)
         d = self._dir(spec.name)
         if d.exists() or self._domain(spec.name) is not None:
             raise BackendError(f"instance {spec.name} already exists", hint="`sandbox gc` removes leftovers")
@@ -198,7 +205,7 @@ class LibvirtBackend(Backend):
         cfg = DomainConfig(
             name=dom_name,
             instance=spec.name,
-            workspace=self.ws.id,
+            workspace=self.ctx.workspace_id,
             env=spec.env,
             image=spec.image,
             domain_type="kvm" if self.accel(boot.kernel) == "kvm" else "qemu",
@@ -206,10 +213,10 @@ class LibvirtBackend(Backend):
             vcpus=max(1, math.ceil(spec.cpus)) if spec.cpus else 1,
             kernel=str(boot.kernel),
             initrd=str(boot.initrd),
-            cmdline=kernel_cmdline(spec.address, s.network.subnet, gw),
+            cmdline=kernel_cmdline(spec.address, net.subnet, gw),
             disk=str(disk),
             config_disk=str(d / "config.img"),
-            bridge=s.network.bridge,
+            bridge=net.bridge,
             mac=mac_for(dom_name),
             console_log=str(d / "console.log"),
             address=spec.address,

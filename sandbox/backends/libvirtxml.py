@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
@@ -37,15 +36,6 @@ def mac_for(name: str) -> str:
     """A stable, locally administered MAC (QEMU's 52:54:00 prefix) for a domain name."""
     h = hashlib.sha256(name.encode()).digest()
     return "52:54:00:{:02x}:{:02x}:{:02x}".format(*h[:3])
-
-
-def kernel_cmdline(address: str | None, subnet: str, gateway: str) -> str:
-    """Root on the first virtio disk, console on the serial port, the static address via `ip=`."""
-    parts = ["root=/dev/vda", "rw", "console=ttyS0", "loglevel=4", "net.ifnames=0", "panic=-1"]
-    if address:
-        mask = ipaddress.ip_network(subnet, strict=False).netmask
-        parts.append(f"ip={address}::{gateway}:{mask}::eth0:off")
-    return " ".join(parts)
 
 
 def _a(value: object) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec, run
+from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec, remove_stale_temps, run
 from sandbox.backends.hostsetup import IdRange, ensure_bridge, ensure_subids, gateway, raise_host_limits
 from sandbox.backends.instancefiles import (
     APP_ENV_FILE,
@@ -26,10 +26,9 @@ from sandbox.backends.instancefiles import (
 )
 from sandbox.backends.lxcconfig import LxcInstanceConfig, render_lxc_config
 from sandbox.backends.lxcimages import image_root, unpack_once, unpacked_digests
-from sandbox.build.overlay import remove_tree
+from sandbox.backends.lxctools import lxc_errors, lxc_tool
 from sandbox.events import Event
-from sandbox.settings import load_settings
-from sandbox.store import ImageStore
+from sandbox.fsutil import remove_tree
 from sandbox.workspace import blocking_dir
 
 TOOLS = ("lxc-start", "lxc-stop", "lxc-attach", "lxc-info", "lxc-freeze", "lxc-unfreeze")
@@ -42,11 +41,11 @@ class LxcBackend(Backend):
 
     @property
     def lxcpath(self) -> Path:
-        return self.ws.runtime / "lxc"
+        return self.ctx.runtime / "lxc"
 
     @property
     def rootfs_dir(self) -> Path:
-        return self.ws.runtime / "rootfs"
+        return self.ctx.runtime / "rootfs"
 
     def _dir(self, name: str) -> Path:
         return self.lxcpath / name
@@ -71,7 +70,7 @@ class LxcBackend(Backend):
             if "overlay" not in f.read():
                 raise BackendError("the kernel has no overlayfs", hint="modprobe overlay")
         self._ids()
-        runtime = self.ws.runtime
+        runtime = self.ctx.runtime
         blocked = blocking_dir(runtime)
         if blocked is not None:
             raise BackendError(
@@ -82,8 +81,7 @@ class LxcBackend(Backend):
             self.sink(
                 Event("log", phase="up", message=f"raised the host limit {change} (for many containers)")
             )
-        s = load_settings(self.ws)
-        ensure_bridge(s.network.bridge, s.network.subnet)
+        ensure_bridge(self.ctx.network.bridge, self.ctx.network.subnet)
 
     def _ids(self) -> tuple[IdRange, IdRange]:
         return ensure_subids()
@@ -99,17 +97,22 @@ class LxcBackend(Backend):
 
     def prepare_image(self, digest: str) -> None:
         uids, gids = self._ids()
-        unpack_once(self.rootfs_dir, ImageStore(self.ws.images), digest, uids.start, gids.start, self.sink)
+        with lxc_errors(f"image {digest[7:19]}", "unpacking"):
+            unpack_once(self.rootfs_dir, self.store, digest, uids.start, gids.start, self.sink)
 
     def forget_image(self, digest: str) -> None:
         root = self._image_root(digest)
         if root.parent.is_dir():
             remove_tree(root.parent)
 
-    def unpacked_images(self) -> list[str]:
+    def images(self) -> list[str]:
         """Digests of the images unpacked for this backend."""
         uids, _ = self._ids()
         return unpacked_digests(self.rootfs_dir, uids.start)
+
+    def clean_stale(self) -> list[str]:
+        """Half-unpacked images and half-made clones of processes that died."""
+        return remove_stale_temps([self.rootfs_dir, self.lxcpath], ("unpack", "clone"))
 
     # -- instances ---------------------------------------------------------
     def _meta(self, name: str) -> dict[str, str]:
@@ -124,15 +127,14 @@ class LxcBackend(Backend):
             raise BackendError(f"instance {spec.name} has no address", hint="this is a bug in sandbox")
         self.prepare_image(spec.image)
         uids, gids = self._ids()
-        s = load_settings(self.ws)
-        gw, prefix = gateway(s.network.subnet)
+        gw, prefix = gateway(self.ctx.network.subnet)
         d = self._dir(spec.name)
         if d.exists():
             raise BackendError(f"container {spec.name} already exists", hint="sandbox gc removes leftovers")
         d.mkdir(parents=True)
         upper = d / "delta0"
         if upper_from is not None:
-            subprocess.run(["cp", "-a", "--reflink=auto", str(upper_from), str(upper)], check=True)
+            self._cp(upper_from, upper, spec.name, "copying the data of")
         else:
             upper.mkdir()
             os.chown(upper, uids.start, gids.start)
@@ -148,7 +150,7 @@ class LxcBackend(Backend):
             uid_count=uids.count,
             gid_start=gids.start,
             gid_count=gids.count,
-            bridge=s.network.bridge,
+            bridge=self.ctx.network.bridge,
             address=spec.address,
             prefix=prefix,
             gateway=gw,
@@ -167,45 +169,48 @@ class LxcBackend(Backend):
         )
 
     def _lxc(
-        self, tool: str, name: str, *args: str, timeout: float | None = 60
+        self, tool: str, name: str, *args: str, what: str, timeout: float | None = 60, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        return run([tool, "-P", str(self.lxcpath), "-n", name, *args], timeout=timeout)
+        """Run lxc tool `tool` on instance `name`; a failure (with `check`) is a BackendError (lxctools)."""
+        argv = [tool, "-P", str(self.lxcpath), "-n", name, *args]
+        return lxc_tool(argv, instance=name, what=what, log=self._log(name), timeout=timeout, check=check)
+
+    def _log(self, name: str) -> Path:
+        return self._dir(name) / "lxc.log"
+
+    def _cp(self, src: Path, dest: Path, name: str, what: str) -> None:
+        lxc_tool(["cp", "-a", "--reflink=auto", str(src), str(dest)], instance=name, what=what, timeout=None)
 
     def start(self, name: str) -> None:
-        d = self._dir(name)
         address = self._meta(name).get("address")
         if address:
             # the address may have belonged to an instance removed moments ago: forget its MAC, or
             # the host keeps sending to it until the neighbour entry times out (tens of seconds)
             run(["ip", "neigh", "flush", "to", address], timeout=10)
-        p = self._lxc("lxc-start", name, "-o", str(d / "lxc.log"), "-l", "WARN")
-        if p.returncode != 0:
-            text = (d / "lxc.log").read_text(errors="replace") if (d / "lxc.log").exists() else ""
-            log = "\n".join([ln for ln in text.splitlines() if " ERROR " in ln][-12:])
-            raise BackendError(
-                f"lxc-start {name} failed: {p.stderr.strip()}\n{log}".rstrip(),
-                hint="`lxc-checkconfig` shows missing kernel features",
-            )
+        self._lxc("lxc-start", name, "-o", str(self._log(name)), "-l", "WARN", what="starting")
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
         if self.state(name) != "running":
             return
-        p = self._lxc("lxc-stop", name, "-t", str(int(timeout)), timeout=timeout + 10)
+        p = self._lxc(
+            "lxc-stop", name, "-t", str(int(timeout)), what="stopping", timeout=timeout + 10, check=False
+        )
         if p.returncode != 0 and self.state(name) == "running":
-            self._lxc("lxc-stop", name, "-k")
+            self._lxc("lxc-stop", name, "-k", what="killing")
 
     def destroy(self, name: str) -> None:
         d = self._dir(name)
         if not d.exists():
             return
         if self.state(name) == "running":
-            self._lxc("lxc-stop", name, "-k")
-        remove_tree(d)
+            self._lxc("lxc-stop", name, "-k", what="killing", check=False)  # it may stop meanwhile
+        with lxc_errors(name, "removing"):
+            remove_tree(d)
 
     def state(self, name: str) -> str:
         if not (self._dir(name) / "config").exists():
             return "missing"
-        p = self._lxc("lxc-info", name, "-s", "-H", timeout=20)
+        p = self._lxc("lxc-info", name, "-s", "-H", what="asking the state of", timeout=20, check=False)
         return "running" if p.stdout.strip() == "RUNNING" else "stopped"
 
     def address(self, name: str) -> str:
@@ -279,12 +284,11 @@ class LxcBackend(Backend):
         for k, v in (env or {}).items():
             cmd += ["--set-var", f"{k}={v}"]
         cmd += ["--", *argv]
-        if interactive:
-            return ExecResult(subprocess.call(cmd), "", "")
-        try:
+        # a non-zero exit is the command's own result; only a missing tool or a timeout is an error
+        with lxc_errors(name, f"running {' '.join(argv)[:80]!r} in"):
+            if interactive:
+                return ExecResult(subprocess.call(cmd), "", "")
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired as e:
-            raise BackendError(f"command timed out after {timeout}s in {name}: {' '.join(argv)}") from e
         return ExecResult(p.returncode, p.stdout, p.stderr)
 
     def _attach(self, name: str) -> list[str]:
@@ -308,7 +312,8 @@ class LxcBackend(Backend):
             f"{uid}:{gid}",
             f"{mode:o}",
         ]
-        p = subprocess.run(cmd, input=data, capture_output=True, check=False)
+        with lxc_errors(name, f"writing {path} in"):
+            p = subprocess.run(cmd, input=data, capture_output=True, check=False)
         if p.returncode != 0:
             raise BackendError(f"cannot write {path} in {name}: {p.stderr.decode(errors='replace').strip()}")
 
@@ -330,12 +335,12 @@ class LxcBackend(Backend):
     def _frozen(self, name: str) -> Iterator[None]:
         running = self.state(name) == "running"
         if running:
-            self._lxc("lxc-freeze", name)
+            self._lxc("lxc-freeze", name, what="freezing")
         try:
             yield
         finally:
             if running:
-                self._lxc("lxc-unfreeze", name)
+                self._lxc("lxc-unfreeze", name, what="unfreezing")
 
     def snapshot(self, name: str, snap: str) -> dict[str, str]:
         d = self._dir(name)
@@ -344,7 +349,7 @@ class LxcBackend(Backend):
             raise BackendError(f"snapshot {snap} of {name} exists")
         dest.parent.mkdir(parents=True, exist_ok=True)
         with self._frozen(name):
-            subprocess.run(["cp", "-a", "--reflink=auto", str(d / "delta0"), str(dest)], check=True)
+            self._cp(d / "delta0", dest, name, f"snapshotting ({snap})")
         return {"path": str(dest)}
 
     def restore(self, name: str, snap: str) -> None:
@@ -357,7 +362,7 @@ class LxcBackend(Backend):
         tmp = d / "delta0.restoring"
         if tmp.exists():
             remove_tree(tmp)
-        subprocess.run(["cp", "-a", "--reflink=auto", str(src), str(tmp)], check=True)
+        self._cp(src, tmp, name, f"restoring snapshot {snap} of")
         remove_tree(d / "delta0")
         os.rename(tmp, d / "delta0")
         work = d / "work"
@@ -377,10 +382,7 @@ class LxcBackend(Backend):
         tmp = Path(tempfile.mkdtemp(dir=self.lxcpath, prefix=f".clone-{os.getpid()}-"))
         try:
             with self._frozen(src):
-                subprocess.run(
-                    ["cp", "-a", "--reflink=auto", str(self._dir(src) / "delta0"), str(tmp / "delta0")],
-                    check=True,
-                )
+                self._cp(self._dir(src) / "delta0", tmp / "delta0", src, f"cloning (to {spec.name})")
             self.create(spec, upper_from=tmp / "delta0")
         finally:
             remove_tree(tmp)

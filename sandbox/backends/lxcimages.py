@@ -12,10 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from sandbox.backends.unpack import unpack_image
-from sandbox.build.overlay import remove_tree
 from sandbox.events import Event, EventSink
-from sandbox.fsutil import file_lock
+from sandbox.fsutil import file_lock, remove_tree
+from sandbox.imageformats.unpack import unpack_image
 from sandbox.store import ImageStore
 
 

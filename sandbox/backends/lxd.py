@@ -1,7 +1,7 @@
 """The lxd backend: unprivileged system containers run by LXD, through pylxd, here or on a remote.
 
 Each image is imported into LXD once (alias `sandbox-<12 hex of its digest>`) from the unified
-tarball of sandbox/export/lxd.py; instances are created from that alias, get a routed NIC with
+tarball of sandbox/imageformats/lxd.py; instances are created from that alias, get a routed NIC with
 sandbox's address (see lxdconfig.py), the profile's limits and mounts, and the per-instance files
 every backend writes (instancefiles.py). Snapshots and clones are LXD's own (copy-on-write where
 the storage pool can, full copies on a `dir` pool). Errors are translated in lxdapi.lxd_errors.
@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec
+from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec, remove_stale_temps
 from sandbox.backends.instancefiles import APP_ENV_FILE, INSTANCE_ENV_FILE, instance_files, parse_env_file
 from sandbox.backends.lxdapi import LOCAL_HINT, LXC_REMOTE, connect, lxc_conf, lxd_errors
 from sandbox.backends.lxdconfig import (
@@ -35,7 +35,7 @@ from sandbox.backends.lxdconfig import (
 )
 from sandbox.events import Event
 from sandbox.fsutil import file_lock
-from sandbox.store import ImageStore
+from sandbox.imageformats.lxd import write_lxd_tarball
 
 EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -54,7 +54,7 @@ class LxdBackend(Backend):
 
     @property
     def ws_id(self) -> str:
-        return workspace_id(self.ws)
+        return workspace_id(self.ctx.workspace_id)
 
     @contextmanager
     def _api(self, what: str) -> Iterator[None]:
@@ -94,22 +94,20 @@ class LxdBackend(Backend):
     def prepare_image(self, digest: str) -> None:
         if self._image(digest) is not None:
             return
-        self.ws.tmp.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.ws.tmp / "lxd-import.lock"):
+        self.ctx.tmp.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.ctx.tmp / "lxd-import.lock"):
             if self._image(digest) is not None:
                 return
             self._import(digest)
 
     def _import(self, digest: str) -> None:
-        from sandbox.export.lxd import write_lxd_tarball
-
         t0 = time.monotonic()
         alias = image_alias(digest)
         self.sink(Event("progress", phase="up", message=f"importing image {digest[7:19]} into LXD (once)"))
-        fd, tmp = tempfile.mkstemp(dir=self.ws.tmp, prefix=f".lxd-{os.getpid()}-", suffix=".tar")
+        fd, tmp = tempfile.mkstemp(dir=self.ctx.tmp, prefix=f".lxd-{os.getpid()}-", suffix=".tar")
         try:
             with os.fdopen(fd, "wb") as f:
-                write_lxd_tarball(self.ws, ImageStore(self.ws.images), digest, f, self.sink)
+                write_lxd_tarball(self.store, digest, f, self.ctx.tmp, self.sink)
             with open(tmp, "rb") as f:
                 fingerprint = hashlib.file_digest(f, "sha256").hexdigest()
             with self._api(f"importing image {digest[:19]}"):
@@ -123,7 +121,11 @@ class LxdBackend(Backend):
             os.unlink(tmp)
         self.sink(Event("log", phase="up", message=f"imported into LXD in {time.monotonic() - t0:.1f}s"))
 
-    def unpacked_images(self) -> list[str]:
+    def clean_stale(self) -> list[str]:
+        """Image tarballs of imports whose process died."""
+        return remove_stale_temps([self.ctx.tmp], ("lxd",))
+
+    def images(self) -> list[str]:
         """Digests of the sandbox images this LXD holds (shared by the workspaces that use it)."""
         with self._api("listing images"):
             images = self.client.images.all()

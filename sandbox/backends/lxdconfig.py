@@ -14,7 +14,6 @@ import socket
 from typing import Any
 
 from sandbox.backends.base import InstanceSpec
-from sandbox.workspace import Workspace
 
 WORKSPACE_KEY = "user.sandbox.workspace"
 ENV_KEY = "user.sandbox.env"
@@ -25,9 +24,9 @@ SANDBOX_POOL = "sandbox"  # used when it exists; made by scripts/backends.sh
 MOUNT_PREFIX = "sbx-mount-"
 
 
-def workspace_id(ws: Workspace) -> str:
+def workspace_id(ws_id: str) -> str:
     """Tags this workspace's instances (host + path: two machines may share one remote LXD)."""
-    return f"{ws.id}@{socket.gethostname()}"
+    return f"{ws_id}@{socket.gethostname()}"
 
 
 def image_alias(digest: str) -> str:

@@ -31,11 +31,11 @@ from sandbox.build.formats import APP_FORMAT, BASE_FORMAT
 from sandbox.build.hostapt import PrivateApt, host_sources
 from sandbox.build.lock import Lock, lock_path, package_inputs, read_lock, resolve, write_lock
 from sandbox.build.normalize import clean_rootfs, write_layer
-from sandbox.build.overlay import overlay, remove_tree
+from sandbox.build.overlay import overlay
 from sandbox.config import LoadedRecipe, load_recipe
 from sandbox.errors import BuildError, ConfigError, ConfigIssue, LockError
 from sandbox.events import Event, EventSink, null_sink
-from sandbox.fsutil import pid_alive
+from sandbox.fsutil import pid_alive, remove_tree
 from sandbox.store import ImageStore
 from sandbox.store.layers import merge_indexes
 from sandbox.store.store import TAG

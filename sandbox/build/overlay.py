@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 from sandbox.errors import BuildError
-from sandbox.fsutil import mounts_under
+from sandbox.fsutil import unmount_all
 
 
 @contextlib.contextmanager
@@ -34,24 +33,3 @@ def overlay(lower: Path, work: Path) -> Iterator[tuple[Path, Path]]:
         yield merged, upper
     finally:
         unmount_all(work)
-
-
-def unmount_all(path: Path) -> None:
-    """Unmount everything at or below `path`, deepest first (lazily if busy)."""
-    for mp in mounts_under(path):
-        if subprocess.run(["umount", mp], capture_output=True, check=False).returncode != 0:
-            subprocess.run(["umount", "-l", mp], capture_output=True, check=False)
-
-
-def remove_tree(path: Path) -> None:
-    """rm -rf that first unmounts whatever is mounted below `path` and refuses if it cannot."""
-    if not path.exists():
-        return
-    unmount_all(path)
-    left = mounts_under(path)
-    if left:
-        raise BuildError(
-            f"cannot remove {path}: still mounted: {', '.join(left)}",
-            hint="unmount them by hand (umount -l), then run the build again",
-        )
-    shutil.rmtree(path)

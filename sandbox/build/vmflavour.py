@@ -25,11 +25,13 @@ from sandbox.build.debcache import PackageCache
 from sandbox.build.hostapt import PackageRecord, PrivateApt, host_sources
 from sandbox.build.lock import LOCK_VERSION, Lock
 from sandbox.build.normalize import clean_rootfs, write_layer
-from sandbox.build.overlay import overlay, remove_tree
+from sandbox.build.overlay import overlay
 from sandbox.build.rootfs import run_in_root
 from sandbox.errors import BuildError, LockError
 from sandbox.events import Event, EventSink, null_sink
-from sandbox.fsutil import atomic_write
+from sandbox.fsutil import atomic_write, remove_tree
+from sandbox.imageformats.rootfs import flattened
+from sandbox.imageformats.vmdisk import CONFIG_LABEL
 from sandbox.store import ImageStore
 from sandbox.store.layers import merge_indexes
 from sandbox.workspace import Workspace
@@ -39,8 +41,6 @@ VM_FORMAT = 4
 #: what a VM needs beyond a container image: a kernel (with its initramfs), udev (device nodes,
 #: module loading, the guest agent's virtio port) and the guest agent (exec, files)
 VM_PACKAGES = ("linux-image-cloud-amd64", "udev", "qemu-guest-agent")
-#: the config disk each instance gets (see backends/libvirt): instance.env, hostname, hosts
-CONFIG_LABEL = "sbxconfig"
 
 # boot-time setup of a VM: the network from the kernel's `ip=` (systemd-network-generator ->
 # systemd-networkd), the root filesystem read-write, and the per-instance files from the config disk
@@ -224,14 +224,12 @@ class VmFlavour:
         if self.packages.missing(plock):
             self.sink(Event("progress", phase="fetch", message="downloading the VM packages"))
             self.packages.fetch(plock, lambda: self._apt(manifest))
-        from sandbox.export.rootfs import flattened  # the checked unpacker, shared with exports
-
         self.sink(Event("phase-start", phase="vm", message=f"making the VM flavour of {digest[7:19]}"))
         self.ws.tmp.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(dir=self.ws.tmp, prefix=f"build-{os.getpid()}-vm-"))
         try:
             with (
-                flattened(self.ws, self.store, digest) as lower,
+                flattened(self.store, digest, self.ws.tmp) as lower,
                 overlay(lower, work / "ov") as (merged, upper),
             ):
                 self._install(merged, plock, sde)

@@ -19,6 +19,7 @@ from sandbox.envs.health import Health
 from sandbox.envs.instances import Instances
 from sandbox.envs.lifecycle import Lifecycle
 from sandbox.envs.probes import Probe
+from sandbox.envs.registry import make_backend_registry
 from sandbox.envs.routing import EnvRouting
 from sandbox.envs.snapshots import Snapshots
 from sandbox.envs.views import EnvView, env_view
@@ -50,7 +51,7 @@ class Envs:
             settings=settings,
             state=StateDB.for_workspace(ws),
             store=ImageStore(ws.images),
-            backends=backends or BackendRegistry(ws, sink),
+            backends=backends or make_backend_registry(ws, settings, sink),
             router_factory=router_factory,
         )
         self.instances = Instances(self.ctx)

@@ -19,12 +19,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sandbox.backends.base import BackendError, run
-from sandbox.backends.libvirtxml import kernel_cmdline
-from sandbox.backends.vmdisk import boot_files, make_image_disk
 from sandbox.build.vmflavour import vm_flavour
 from sandbox.events import Event, EventSink
 from sandbox.export import ExportError, final_path
+from sandbox.imageformats.tools import run
+from sandbox.imageformats.vmdisk import boot_files, kernel_cmdline, make_image_disk
 from sandbox.store import ImageStore
 from sandbox.workspace import Workspace
 
@@ -56,7 +55,7 @@ def export_qcow2(
         made = boot_files(ws.runtime / "libvirt" / "images" / vm.removeprefix("sha256:"))
         if not made.disk.is_file():  # not made by the libvirt backend yet
             made = boot_files(Path(tmp))
-            make_image_disk(ws, store, vm, Path(tmp), sink)
+            make_image_disk(store, vm, Path(tmp), ws.tmp, sink)
         sink(Event("progress", phase="export", message="converting the disk to qcow2"))
         p = run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(made.disk), str(path)], timeout=1200)
         if p.returncode != 0:
@@ -65,7 +64,7 @@ def export_qcow2(
             shutil.copyfile(made.kernel, kernel)
             shutil.copyfile(made.initrd, initrd)
         except OSError as e:
-            raise BackendError(f"cannot write {e.filename}: {e.strerror}") from e
+            raise ExportError(f"cannot write {e.filename}: {e.strerror}") from e
     app = store.manifest(digest).get("app") or {}
     return {
         "vm_image": vm,

@@ -25,8 +25,10 @@ from typing import Any
 
 import pytest
 
-from sandbox.backends.base import get_backend
+from sandbox.envs.registry import make_backend_registry
+from sandbox.events import null_sink
 from sandbox.promote.probe import LoadProbe
+from sandbox.settings import load_settings
 from sandbox.workspace import Workspace
 from tests.integration.conftest import (
     Built,
@@ -159,7 +161,8 @@ def view(ws: Path, env: str) -> dict[str, Any]:
 
 
 def instances_on_backend(ws: Path, backend: str) -> list[str]:
-    return get_backend(backend, Workspace(ws)).instances()
+    w = Workspace(ws)
+    return make_backend_registry(w, load_settings(w), null_sink).get(backend).instances()
 
 
 # -- fixtures ----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.export.docker import repo_tag
+from sandbox.imageformats.docker import repo_tag
 from sandbox.store import ImageStore
 from tests.integration.conftest import Built, docker_problem, require, sandbox
 

@@ -104,7 +104,7 @@ def ours(ws: Path) -> list[dict[str, Any]]:
     """LXD instances tagged as this workspace's."""
     from sandbox.backends.lxdconfig import WORKSPACE_KEY, workspace_id
 
-    tag = workspace_id(Workspace(ws))
+    tag = workspace_id(Workspace(ws).id)
     return [i for i in json.loads(lxc("list", "--format", "json")) if i["config"].get(WORKSPACE_KEY) == tag]
 
 

@@ -65,7 +65,7 @@ def make_image(
     app_files: dict[str, bytes] | None = None,
     packages: dict[str, str] | None = None,
     app_command: str = "gunicorn app:app",
-    app: dict[str, Any] | None = None,
+    app_meta: dict[str, Any] | None = None,
 ) -> Image:
     """Build a two-layer image like Builder._commit does and point RECIPE:TAG at it."""
     work.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def make_image(
         ],
         "packages": dict(BASE_PACKAGES if packages is None else packages),
         "users": [{"name": "app", "uid": None, "shell": "/bin/bash", "home": None, "groups": [], "sudo": []}],
-        "app": app or {"command": app_command, "user": "app", "port": 8000, "health": "/healthz"},
+        "app": app_meta or {"command": app_command, "user": "app", "port": 8000, "health": "/healthz"},
         "files": merge_indexes([base_index, app_index]),
     }
     digest = store.put_manifest(manifest)

@@ -11,10 +11,13 @@ from typing import Any
 
 import pytest
 
-from sandbox.backends.base import BackendError, InstanceSpec, MountSpec, UnsupportedOperation, get_backend
+from sandbox.backends.base import BackendContext, BackendError, InstanceSpec, MountSpec, UnsupportedOperation
 from sandbox.backends.docker import DockerBackend, _translated
+from sandbox.envs.registry import make_backend_registry
+from sandbox.events import null_sink
 from sandbox.export import ExportError, export_image
-from sandbox.export.docker import image_config, repo_tag, write_docker_archive
+from sandbox.imageformats.docker import image_config, repo_tag, write_docker_archive
+from sandbox.settings import Settings
 from sandbox.store import ImageStore
 from sandbox.workspace import Workspace
 from tests.unit.imagefactory import Image, make_image
@@ -30,6 +33,10 @@ APP_JSON = {
 def ws(tmp_path: Path) -> Workspace:
     (tmp_path / "recipes").mkdir()
     return Workspace(tmp_path)
+
+
+def ctx(ws: Workspace) -> BackendContext:
+    return make_backend_registry(ws, Settings(), null_sink).ctx
 
 
 def _image(ws: Workspace, tmp_path: Path, extra: dict[str, bytes] | None = None) -> Image:
@@ -80,9 +87,9 @@ def test_init_only_features_are_listed_and_package_defaults_ignored(ws: Workspac
             "etc/systemd/system/multi-user.target.wants/sandbox-app.service": b"",
         },
     )
-    assert DockerBackend(ws).unsupported(img.digest) == ["cron job app-cleanup", "service cron"]
+    assert DockerBackend(ctx(ws)).unsupported(img.digest) == ["cron job app-cleanup", "service cron"]
     plain = make_image(ImageStore(ws.images), tmp_path / "w2", name="plain")
-    assert DockerBackend(ws).unsupported(plain.digest) == []
+    assert DockerBackend(ctx(ws)).unsupported(plain.digest) == []
 
 
 def test_container_arguments_drop_privileges_and_publish_on_loopback(ws: Workspace, tmp_path: Path) -> None:
@@ -99,7 +106,7 @@ def test_container_arguments_drop_privileges_and_publish_on_loopback(ws: Workspa
         mounts=(MountSpec("/data", "/srv/data", readonly=True),),
         capabilities=("NET_BIND_SERVICE",),
     )
-    args: dict[str, Any] = DockerBackend(ws)._create_args(spec, "sandbox/web:x")
+    args: dict[str, Any] = DockerBackend(ctx(ws))._create_args(spec, "sandbox/web:x")
     assert args["cap_drop"] == ["ALL"] and args["cap_add"] == ["NET_BIND_SERVICE"]
     assert args["security_opt"] == ["no-new-privileges"] and args["init"] is True
     assert args["ports"] == {"8000/tcp": ("127.0.0.1", None)}
@@ -142,9 +149,9 @@ class _Resp:
 
 def test_remote_on_a_backend_without_remotes_is_refused(ws: Workspace) -> None:
     with pytest.raises(UnsupportedOperation, match="no remote hosts"):
-        get_backend("lxc", ws, remote="https://h:8443")
+        make_backend_registry(ws, Settings(), null_sink).get("lxc", remote="https://h:8443")
     with pytest.raises(UnsupportedOperation, match="not available"):
-        get_backend("podman", ws)
+        make_backend_registry(ws, Settings(), null_sink).get("podman")
 
 
 def test_export_of_an_unknown_format_or_ref_is_an_error(ws: Workspace, tmp_path: Path) -> None:
@@ -176,5 +183,5 @@ def test_a_backend_without_its_sdk_names_the_package_to_install(
     for m in modules:
         monkeypatch.delitem(sys.modules, m, raising=False)
     with pytest.raises(BackendError, match=f"needs the Python package '{sdk}'") as info:
-        get_backend(backend, ws)
+        make_backend_registry(ws, Settings(), null_sink).get(backend)
     assert f"sandbox[{backend}]" in (info.value.hint or "")

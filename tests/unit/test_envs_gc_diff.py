@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from sandbox.backends.lxc import LxcBackend
-from sandbox.envs.diff import flatten as _flatten
 from sandbox.envs import Envs
+from sandbox.envs.diff import flatten as _flatten
 from sandbox.errors import EnvNotFound
 from sandbox.state import Env
 from sandbox.workspace import Workspace

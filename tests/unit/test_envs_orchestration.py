@@ -15,9 +15,9 @@ import pytest
 from sandbox.backends.base import BackendContext, BackendError, BackendRegistry, ImageAccess
 from sandbox.envs import Envs
 from sandbox.errors import SandboxError
+from sandbox.promote.rolling import Promoter, PromotionError
 from sandbox.settings import load_settings
 from sandbox.store import ImageStore
-from sandbox.promote.rolling import PromotionError, Promoter
 from sandbox.workspace import Workspace
 from tests.fakes import CRASH_EXIT, FakeBackend, router_factory, router_log
 from tests.unit.imagefactory import make_image
@@ -49,8 +49,8 @@ class World:
         (root / "sandbox.yaml").write_text(f"routers: {{port_range: [{_free_range()}]}}\n")
         self.log = root / "router.jsonl"
         envs = self.envs()
-        self.a = make_image(envs.store, root / "work", app=APP).digest
-        self.b = make_image(envs.store, root / "work", app=APP, app_files={"srv/app/main.py": b"v2\n"}).digest
+        self.a = make_image(envs.store, root / "work", app_meta=APP).digest
+        self.b = make_image(envs.store, root / "work", app_meta=APP, app_files={"srv/app/main.py": b"v2\n"}).digest
         self.profile("staging", self.a, 2)
         self.profile("prod", self.a, 3)
 
@@ -134,8 +134,9 @@ def crash_points(ops: list[str]) -> list[tuple[str, int]]:
 
 
 def test_up_creates_routes_and_down_removes_everything(world: World) -> None:
-    view = world.envs().up("staging-1", wait=True)
-    assert view.state == "running" and view.health == "healthy"
+    view = world.envs().up("staging-1")
+    assert view.state == "running"
+    assert all(p.ok for p in world.envs().probe("staging-1").values())
     assert sorted(world.held()) == ["staging-1-0", "staging-1-1"]
     assert all(i["state"] == "running" and i["image"] == world.a for i in world.held().values())
     cfg = world.last_config("staging-1")
@@ -147,7 +148,9 @@ def test_up_creates_routes_and_down_removes_everything(world: World) -> None:
     assert router_log(world.log, "staging-1")[-1]["op"] == "remove"
 
 
-def test_up_reads_the_env_row_and_the_image_summary_sparingly(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_up_reads_the_env_row_and_the_image_summary_sparingly(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     envs = world.envs()
     reads: list[str] = []
     get_env, summary = envs.state.get_env, envs.store.summary
@@ -181,7 +184,7 @@ def test_a_crash_at_any_step_of_up_is_shown_and_gc_cleans_it(world: World) -> No
     world.envs().down("staging-1")
     assert len(points) >= 5  # prepare, create and start of each instance
     for point in points:
-        FakeBackend.crash_at = point
+        FakeBackend.ops, FakeBackend.crash_at = [], point
         assert in_child(lambda: world.envs().up("staging-1")) == CRASH_EXIT, point
         FakeBackend.crash_at = None
         [view] = world.envs().ls()
@@ -278,7 +281,7 @@ def test_a_crash_at_any_step_of_a_promotion_resumes_or_rolls_back(world: World, 
     for point in points:
         world.log.unlink(missing_ok=True)
         world.envs().up("prod")
-        FakeBackend.crash_at = point
+        FakeBackend.ops, FakeBackend.crash_at = [], point
         assert in_child(lambda: promote(world, world.b)) == CRASH_EXIT, point
         FakeBackend.crash_at = None
         p = Promoter(world.envs())

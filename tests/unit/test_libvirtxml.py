@@ -7,7 +7,8 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from sandbox.backends.libvirtxml import METADATA_NS, DomainConfig, kernel_cmdline, mac_for, render_domain_xml
+from sandbox.backends.libvirtxml import METADATA_NS, DomainConfig, mac_for, render_domain_xml
+from sandbox.imageformats.vmdisk import kernel_cmdline
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "libvirt"
 D = "/ws/.sandbox/libvirt"

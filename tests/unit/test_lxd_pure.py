@@ -23,7 +23,7 @@ from sandbox.backends.lxdconfig import (
     remote_name,
     workspace_id,
 )
-from sandbox.export.lxd import DIGEST_PROPERTY, TEMPLATES, _add_bytes, lxd_metadata
+from sandbox.imageformats.lxd import DIGEST_PROPERTY, TEMPLATES, _add_bytes, lxd_metadata
 from sandbox.workspace import Workspace
 
 DIGEST = "sha256:" + "ab" * 32
@@ -122,8 +122,8 @@ def test_requests_tag_the_workspace_and_name_the_image() -> None:
 
 
 def test_workspace_id_and_remote_name(tmp_path: Path) -> None:
-    a, b = workspace_id(Workspace(tmp_path / "a")), workspace_id(Workspace(tmp_path / "b"))
-    assert a != b and a == workspace_id(Workspace(tmp_path / "a"))
+    a, b = workspace_id(Workspace(tmp_path / "a").id), workspace_id(Workspace(tmp_path / "b").id)
+    assert a != b and a == workspace_id(Workspace(tmp_path / "a").id)
     assert remote_name("https://10.0.0.5:8443") == "10.0.0.5_8443"
     assert remote_name("https://[::1]:8443/") == "___1__8443"
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.backends.vmdisk import MIN_SIZE, disk_size
 from sandbox.build.hostapt import PackageRecord
 from sandbox.build.vmflavour import VM_PACKAGES, VmLock, extra_packages, packages_digest, read_vm_lock
 from sandbox.errors import LockError
+from sandbox.imageformats.vmdisk import MIN_SIZE, disk_size
 
 
 def test_extra_packages_are_what_the_image_lacks() -> None:

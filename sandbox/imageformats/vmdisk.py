@@ -10,6 +10,7 @@ instance's own files (instance.env, hostname), which the guest copies at boot.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -18,12 +19,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox.backends.base import BackendError, run
-from sandbox.build.vmflavour import CONFIG_LABEL
+from sandbox.errors import ToolMissing
 from sandbox.events import Event, EventSink
+from sandbox.imageformats.rootfs import flattened
+from sandbox.imageformats.tools import ImageFormatError, run
 from sandbox.store import ImageStore
-from sandbox.workspace import Workspace
 
+#: the label of the config disk each instance gets; the VM flavour's boot script looks for it
+CONFIG_LABEL = "sbxconfig"
 #: free space the root filesystem gets beyond the image's own size
 HEADROOM = 1536 << 20
 MIN_SIZE = 2 << 30
@@ -38,6 +41,15 @@ class BootFiles:
 
 def boot_files(d: Path) -> BootFiles:
     return BootFiles(d / "root.raw", d / "vmlinuz", d / "initrd.img")
+
+
+def kernel_cmdline(address: str | None, subnet: str, gateway: str) -> str:
+    """Root on the first virtio disk, console on the serial port, the static address via `ip=`."""
+    parts = ["root=/dev/vda", "rw", "console=ttyS0", "loglevel=4", "net.ifnames=0", "panic=-1"]
+    if address:
+        mask = ipaddress.ip_network(subnet, strict=False).netmask
+        parts.append(f"ip={address}::{gateway}:{mask}::eth0:off")
+    return " ".join(parts)
 
 
 def disk_size(used: int) -> int:
@@ -61,9 +73,9 @@ def make_ext4(src: Path, out: Path, size: int, label: str, seed: str, sde: int |
     try:
         p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, check=False)
     except FileNotFoundError as e:
-        raise BackendError("mkfs.ext4 is not installed", hint="apt-get install e2fsprogs") from e
+        raise ToolMissing("mkfs.ext4 is not installed", hint="apt-get install e2fsprogs") from e
     if p.returncode != 0:
-        raise BackendError(f"mkfs.ext4 -d {src} failed: {p.stderr.strip()}")
+        raise ImageFormatError(f"mkfs.ext4 -d {src} failed: {p.stderr.strip()}")
 
 
 def tree_size(root: Path) -> int:
@@ -82,17 +94,15 @@ def tree_size(root: Path) -> int:
 def newest(boot: Path, pattern: str) -> Path:
     found = sorted(boot.glob(pattern))
     if not found:
-        raise BackendError(f"the VM image has no {pattern} in /boot", hint="its VM flavour is incomplete")
+        raise ImageFormatError(f"the VM image has no {pattern} in /boot", hint="its VM flavour is incomplete")
     return found[-1]
 
 
-def make_image_disk(ws: Workspace, store: ImageStore, vm_digest: str, dest: Path, sink: EventSink) -> None:
+def make_image_disk(store: ImageStore, vm_digest: str, dest: Path, tmp: Path, sink: EventSink) -> None:
     """Write root.raw, vmlinuz and initrd.img of VM image `vm_digest` into the new dir `dest`."""
-    from sandbox.export.rootfs import flattened
-
     sde = int(store.manifest(vm_digest)["created"])
     files = boot_files(dest)
-    with flattened(ws, store, vm_digest) as root:
+    with flattened(store, vm_digest, tmp) as root:
         sink(Event("progress", phase="up", message=f"making the VM disk of {vm_digest[7:19]}"))
         shutil.copyfile(newest(root / "boot", "vmlinuz-*"), files.kernel)
         shutil.copyfile(newest(root / "boot", "initrd.img-*"), files.initrd)
@@ -108,7 +118,7 @@ def make_overlay(backing: Path, out: Path) -> None:
         check_tool="qemu-img",
     )
     if p.returncode != 0:
-        raise BackendError(f"qemu-img create {out.name} failed: {p.stderr.strip()}")
+        raise ImageFormatError(f"qemu-img create {out.name} failed: {p.stderr.strip()}")
 
 
 def copy_overlay(src: Path, out: Path) -> None:
@@ -117,7 +127,7 @@ def copy_overlay(src: Path, out: Path) -> None:
     p = run(["cp", "--reflink=auto", "--sparse=always", str(src), str(tmp)], timeout=600)
     if p.returncode != 0:
         tmp.unlink(missing_ok=True)
-        raise BackendError(f"cannot copy {src.name}: {p.stderr.strip()}")
+        raise ImageFormatError(f"cannot copy {src.name}: {p.stderr.strip()}")
     os.replace(tmp, out)
 
 
