@@ -129,7 +129,7 @@ def rollback(obj: Ctx, to_env: str, rps: float | None) -> None:
 @click.pass_obj
 def history(obj: Ctx, env: str, limit: int) -> None:
     """Promotions and rollbacks of ENV, newest first, with their steps."""
-    deploys = Promoter(Envs(obj.ws, obj.output)).deploys.history(env, limit)
+    deploys = Promoter(Envs(obj.ws, obj.output)).history(env, limit)
     lines = []
     for d in deploys:
         when = dt.datetime.fromtimestamp(d.started).strftime("%Y-%m-%d %H:%M:%S")

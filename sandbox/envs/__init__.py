@@ -6,9 +6,8 @@ diff) over one shared context. All bookkeeping lives in the state DB.
 """
 
 from sandbox.envs.context import AppInfo, default_owner
-from sandbox.envs.gc import GcReport
 from sandbox.envs.health import HealthTimeout
 from sandbox.envs.service import Envs
 from sandbox.envs.views import EnvView
 
-__all__ = ["AppInfo", "EnvView", "Envs", "GcReport", "HealthTimeout", "default_owner"]
+__all__ = ["AppInfo", "EnvView", "Envs", "HealthTimeout", "default_owner"]

@@ -14,7 +14,9 @@ from sandbox.store import ImageStore
 from sandbox.workspace import Workspace
 
 
-def make_backend_registry(ws: Workspace, settings: Settings, sink: EventSink) -> BackendRegistry:
+def make_backend_registry(
+    ws: Workspace, settings: Settings, sink: EventSink, store: ImageStore | None = None
+) -> BackendRegistry:
     """The registry of the built-in backends, all made with this workspace's context."""
 
     def derive_vm(digest: str, sink: EventSink) -> str:
@@ -27,7 +29,7 @@ def make_backend_registry(ws: Workspace, settings: Settings, sink: EventSink) ->
         runtime=ws.runtime,
         tmp=ws.tmp,
         network=settings.network,
-        images=ImageAccess(ImageStore(ws.images), derive_vm),
+        images=ImageAccess(store or ImageStore(ws.images), derive_vm),
         sink=sink,
     )
     return BackendRegistry(ctx)

@@ -9,11 +9,9 @@ nothing here prints.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandbox.backends.base import BackendRegistry, ExecResult
-from sandbox.envs import diff as diff_mod
-from sandbox.envs import gc as gc_mod
 from sandbox.envs.context import AppInfo, EnvContext
 from sandbox.envs.health import Health
 from sandbox.envs.instances import Instances
@@ -30,6 +28,9 @@ from sandbox.state import Env, Instance, StateDB
 from sandbox.store import ImageStore
 from sandbox.workspace import Workspace
 
+if TYPE_CHECKING:
+    from sandbox.envs.gc import GcReport
+
 
 class Envs:
     """Environments of one workspace: up / down / stop / start / ls / status / exec / snapshot /
@@ -45,13 +46,14 @@ class Envs:
         router_factory: Callable[[str, RouterKind], RouterDriver] | None = None,
     ) -> None:
         settings = settings or load_settings(ws)
+        store = ImageStore(ws.images)
         self.ctx = EnvContext(
             ws=ws,
             sink=sink,
             settings=settings,
             state=StateDB.for_workspace(ws),
-            store=ImageStore(ws.images),
-            backends=backends or make_backend_registry(ws, settings, sink),
+            store=store,
+            backends=backends or make_backend_registry(ws, settings, sink, store),
             router_factory=router_factory,
         )
         self.instances = Instances(self.ctx)
@@ -143,11 +145,17 @@ class Envs:
     def ls(self, owner: str | None = None) -> list[EnvView]:
         return [env_view(self.ctx, e, live=True) for e in self.ctx.state.list_envs(owner)]
 
-    def gc(self, *, images: bool = False, now: float | None = None) -> gc_mod.GcReport:
-        return gc_mod.collect(self.ctx, self.lifecycle, self.routing, images=images, now=now)
+    def gc(self, *, images: bool = False, now: float | None = None) -> GcReport:
+        """Remove expired envs, envs a crash left half-made, and orphans no env owns."""
+        from sandbox.envs.gc import collect
+
+        return collect(self.ctx, self.lifecycle, self.routing, images=images, now=now)
 
     def diff(self, a: str, b: str) -> dict[str, Any]:
-        return diff_mod.diff_envs(self.ctx, a, b)
+        """Image and configuration differences between two envs (staging vs prod drift)."""
+        from sandbox.envs.diff import diff_envs
+
+        return diff_envs(self.ctx, a, b)
 
     # -- health -------------------------------------------------------------------
     def probe(self, name: str) -> dict[str, Probe]:

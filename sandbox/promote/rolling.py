@@ -61,6 +61,10 @@ class Promoter:
     def _emit(self, message: str) -> None:
         self.sink(Event("progress", phase="promote", message=message))
 
+    def history(self, target: str, limit: int = 20) -> list[Deploy]:
+        """Promotions and rollbacks of `target`, newest first."""
+        return self.deploys.history(target, limit)
+
     # -- verification ------------------------------------------------------
     def verify(self, name: str) -> tuple[bool, str]:
         """Health plus the recipe's smoke command on every instance; recorded for the promotion gate."""

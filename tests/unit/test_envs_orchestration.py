@@ -50,7 +50,9 @@ class World:
         self.log = root / "router.jsonl"
         envs = self.envs()
         self.a = make_image(envs.store, root / "work", app_meta=APP).digest
-        self.b = make_image(envs.store, root / "work", app_meta=APP, app_files={"srv/app/main.py": b"v2\n"}).digest
+        self.b = make_image(
+            envs.store, root / "work", app_meta=APP, app_files={"srv/app/main.py": b"v2\n"}
+        ).digest
         self.profile("staging", self.a, 2)
         self.profile("prod", self.a, 3)
 
