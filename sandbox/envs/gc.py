@@ -56,9 +56,10 @@ def collect(
                 backend.destroy(inst)
                 report.removed_instances.append(inst)
         if images:
+            kept = backend.images()  # first, then the DB: an `up` meanwhile claims its row before it prepares
             used = {e.image for e in ctx.state.list_envs()}
             used |= {i.image for i in ctx.state.all_instances() if i.image}
-            for digest in backend.images():
+            for digest in kept:
                 if digest not in used:
                     backend.forget_image(digest)
                     report.removed_images.append(digest)

@@ -46,7 +46,11 @@ class Lifecycle:
         backend = self.ctx.backend(p.spec.backend, p.spec.remote)
         backend.check()
         digest = self.image_for(p, image)
-        config: dict[str, object] = {"profile": p.data, "profile_digest": p.digest, "sources": p.sources}
+        config: dict[str, object] = {
+            "profile": p.spec.to_data(),
+            "profile_digest": p.digest,
+            "sources": p.sources,
+        }
         env = self._claim(name, p, digest, p.spec.backend, config, ttl_s, owner)
         self.ctx.state.event("up", f"up {name} with {digest[:19]}", env=name)
         try:

@@ -241,7 +241,8 @@ class StateDB:
                     return port
         raise StateError(
             f"no free router port in {start}-{end} ({len(held)} held by environments)",
-            hint="remove environments with `sandbox down`/`sandbox gc`, or widen the profile's router ports",
+            hint="remove environments with `sandbox down`/`sandbox gc`, "
+            "or widen routers.port_range in sandbox.yaml",
         )
 
     def claim_fixed_router_port(self, env: str, port: int, now: float | None = None) -> int:

@@ -1,6 +1,8 @@
 """The env service and the promotion's converging swap, driven on a fake backend and a fake router:
-up, down, clone, gc, promote, resume and rollback, with a crash (the process ends at once, as on
-SIGKILL) at every step. No root, no daemons; each crash runs in a forked child.
+up, down, clone, gc, promote, resume and rollback. `up`, `clone` and the promotion are crashed (the
+process ends at once, as on SIGKILL) at every backend call, `down` in the middle; gc, resume or
+rollback must then leave exactly what the state says. No root, no daemons; each crash runs in a
+forked child.
 """
 
 from __future__ import annotations
@@ -217,6 +219,21 @@ def test_clone_copies_instances_with_their_data(world: World) -> None:
     assert [i["name"] for i in view.instances] == ["staging-2-0", "staging-2-1"]
     assert world.held()["staging-2-0"]["files"] == {"/srv/data.txt": "precious"}
     assert world.envs().get("staging-2").spec.instances == 2
+
+
+def test_a_crash_at_any_step_of_clone_is_shown_and_gc_cleans_it(world: World) -> None:
+    world.envs().up("staging-1")
+    points = crash_points(ops_of(lambda: world.envs().clone("staging-1", "staging-2")))
+    world.envs().down("staging-2")
+    assert len(points) >= 4  # clone and start of each instance
+    for point in points:
+        FakeBackend.ops, FakeBackend.crash_at = [], point
+        assert in_child(lambda: world.envs().clone("staging-1", "staging-2")) == CRASH_EXIT, point
+        FakeBackend.crash_at = None
+        assert world.envs().view("staging-2").state == "crashed during up", point
+        assert world.envs().gc().removed_envs == ["staging-2"], point
+        assert sorted(world.held()) == ["staging-1-0", "staging-1-1"], point
+        assert world.rows() == {"staging-1": ["staging-1-0", "staging-1-1"]}, point
 
 
 def test_gc_removes_orphans_and_expired_envs_only(world: World) -> None:
