@@ -107,13 +107,13 @@ class Envs:
         env = self.lifecycle.up(name, image=image, ttl=ttl, owner=owner)
         if wait:
             self.health.wait_healthy(env, timeout)
-        return self.view(name)
+        return self.view(name, live=False)  # the instances were just started: the rows say so
 
     def clone(self, src: str, dst: str, *, owner: str | None = None, wait: bool = False) -> EnvView:
         env = self.lifecycle.clone(src, dst, owner=owner)
         if wait:
             self.health.wait_healthy(env)
-        return self.view(dst)
+        return self.view(dst, live=False)
 
     def down(self, name: str) -> None:
         self.lifecycle.down(name)
