@@ -52,7 +52,7 @@ def port(value: object) -> int:
 
 
 def backend(value: object) -> str:
-    """"IPV4:PORT", the form an upstream server takes."""
+    """ "IPV4:PORT", the form an upstream server takes."""
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not ADDRESS:PORT")
     addr, sep, p = value.rpartition(":")

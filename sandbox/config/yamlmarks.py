@@ -174,7 +174,7 @@ def read_yaml(path: Path, display: str, issues: IssueCollector) -> MarkedDict | 
         too_deep = _too_deep(text)
         if too_deep is not None:  # before composing: PyYAML's composer recurses once per level
             issues.add(
-                Location(display, too_deep.line + 1, too_deep.column + 1),
+                Location(display, too_deep[0] + 1, too_deep[1] + 1),
                 "",
                 f"nested deeper than {MAX_DEPTH} levels",
             )
@@ -209,15 +209,15 @@ def holds_nothing(text: str) -> bool:
         return False
 
 
-def _too_deep(text: str) -> yaml.Mark | None:
+def _too_deep(text: str) -> tuple[int, int] | None:
     """Where the nesting first passes MAX_DEPTH (read from the event stream, which does not recurse)."""
     depth = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:
-                mark: yaml.Mark = event.start_mark
-                return mark
+                mark = event.start_mark
+                return (mark.line, mark.column) if mark is not None else (0, 0)
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
     return None

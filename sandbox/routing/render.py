@@ -75,6 +75,7 @@ def check_config(cfg: RouterConfig, **extra: Any) -> None:
     renderer (from the state DB, a CLI option, a future caller) is checked again. `extra` are
     further values of the render call (prefix, workspace: paths; user, group: account names).
     """
+
     def check(field: str, fn: Any, value: Any) -> None:
         try:
             fn(value)

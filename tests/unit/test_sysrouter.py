@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from sandbox.routing import PortForward, RouterConfig, RouterError, router_for, router_kind
-from sandbox.routing.render import STREAM_MODULE
 from sandbox.routing import system as system_mod
+from sandbox.routing.render import STREAM_MODULE
 from sandbox.routing.system import SystemRouter
 from sandbox.settings import Routers
 from tests.sysnginx import OTHER_SITE, SystemNginx, free_port, system_nginx
