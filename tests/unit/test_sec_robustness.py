@@ -207,3 +207,53 @@ def test_the_router_templates_load_no_bytecode_from_the_callers_cache(
     render.render_nginx_conf(RouterConfig("prod", "127.0.0.1", 18000, "_", ()), Path("/ws/r/prod"))
     assert render._jinja().bytecode_cache is None
     assert not (tmp_path / "cache").exists() and not (tmp_path / "home").exists()
+
+
+# -- tags and digests: a trailing newline is no match ----------------------------------------------
+
+
+def test_tags_and_digests_with_a_trailing_newline_are_refused(tmp_path: Path) -> None:
+    from sandbox.errors import SandboxError
+    from sandbox.store.store import HEX64, TAG, ImageStore, _hex
+
+    assert HEX64.fullmatch("a" * 64) and not HEX64.fullmatch("a" * 64 + "\n")
+    assert TAG.fullmatch("v1") and not TAG.fullmatch("v1\n")
+    with pytest.raises(SandboxError):
+        _hex("sha256:" + "a" * 64 + "\n")
+    store = ImageStore(tmp_path / "images")
+    (tmp_path / "images" / "refs" / "web").mkdir(parents=True)
+    with pytest.raises(SandboxError, match="not an image reference"):
+        store.resolve("web:v1\n:x")
+    (tmp_path / "images" / "refs" / "web" / "latest").write_text("sha256:" + "a" * 64 + "\n/../../x\n")
+    with pytest.raises(SandboxError):
+        store.resolve("web")
+
+
+# -- root reads no client key from a directory the caller's environment chose ------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the rule is for root")
+def test_root_reads_lxd_keys_only_from_a_root_only_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("pylxd")
+    import pwd
+
+    from sandbox.backends.base import BackendError
+    from sandbox.backends.lxdapi import config_dir, root_only
+
+    monkeypatch.delenv("SANDBOX_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert config_dir() == Path(pwd.getpwuid(0).pw_dir) / ".config" / "sandbox"
+    user_dir = tmp_path / "user"  # below /tmp (world-writable, sticky): not root's alone
+    user_dir.mkdir()
+    monkeypatch.setenv("SANDBOX_CONFIG", str(user_dir))
+    assert not root_only(user_dir)
+    with pytest.raises(BackendError, match="SANDBOX_CONFIG"):
+        config_dir()
+    nobody = tmp_path / "nobody"
+    nobody.mkdir()
+    os.chown(nobody, 65534, 65534)
+    assert not root_only(nobody / "lxd")
+    assert root_only(Path("/etc"))
