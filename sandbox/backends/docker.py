@@ -58,7 +58,13 @@ class DockerBackend(Backend):
         with self._lock:
             if self._client is None:
                 with _translated(self.remote):
-                    if self.remote is None:
+                    if self.remote is None and os.geteuid() == 0:
+                        # root: this host's engine, not one (or TLS material) that the caller's
+                        # DOCKER_HOST / DOCKER_CERT_PATH chose; a remote engine is the profile's `remote`
+                        self._client = docker.DockerClient(
+                            base_url="unix:///var/run/docker.sock", timeout=120
+                        )
+                    elif self.remote is None:
                         self._client = docker.from_env(timeout=120)
                     else:
                         self._client = docker.DockerClient(

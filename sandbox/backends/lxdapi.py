@@ -36,12 +36,42 @@ LXC_REMOTE = "sandbox"  # the remote's name in the lxc client's config (LXD_CONF
 
 
 def config_dir() -> Path:
-    """sandbox's per-user config dir: $SANDBOX_CONFIG, $XDG_CONFIG_HOME/sandbox or ~/.config/sandbox."""
+    """sandbox's per-user config dir: $SANDBOX_CONFIG, $XDG_CONFIG_HOME/sandbox or ~/.config/sandbox.
+
+    As root, never a directory that the calling user's environment chose (HOME, XDG_CONFIG_HOME
+    survive `sudo -E`): root's own ~/.config/sandbox from the password database, or a
+    $SANDBOX_CONFIG that root owns all the way up and no one else can write to.
+    """
     env = os.environ.get("SANDBOX_CONFIG")
+    if os.geteuid() != 0:
+        if env:
+            return Path(env)
+        xdg = os.environ.get("XDG_CONFIG_HOME")
+        return (Path(xdg) if xdg else Path.home() / ".config") / "sandbox"
     if env:
+        if not root_only(Path(env)):
+            raise BackendError(
+                f"SANDBOX_CONFIG={env} is not a directory only root can write to",
+                hint="as root, sandbox reads LXD client keys and server certificates only from a "
+                "root-owned directory (not group/world-writable, nor any parent); unset SANDBOX_CONFIG",
+            )
         return Path(env)
-    xdg = os.environ.get("XDG_CONFIG_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".config") / "sandbox"
+    import pwd
+
+    return Path(pwd.getpwuid(0).pw_dir) / ".config" / "sandbox"
+
+
+def root_only(path: Path) -> bool:
+    """`path` (or, if absent, its nearest existing parent) and every parent: owned by root and not
+    writable by group or others (a sticky /tmp does not count: others can make names in it)."""
+    p = Path(os.path.abspath(path))
+    while not os.path.lexists(p):
+        p = p.parent
+    for q in (p, *p.parents):
+        st = os.lstat(q)
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            return False
+    return True
 
 
 def lxd_dir() -> Path:

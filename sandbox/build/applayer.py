@@ -67,7 +67,9 @@ def _users(root: Path, loaded: LoadedRecipe, env: dict[str, str]) -> None:
     for i, u in enumerate(loaded.recipe.users):
         for g in u.groups:
             if g not in groups:
-                _check(loaded, ("users", i, "groups"), root, ["groupadd", g], env, f"creating group {g}")
+                _check(
+                    loaded, ("users", i, "groups"), root, ["groupadd", "--", g], env, f"creating group {g}"
+                )
                 groups[g] = (0, 0)
         argv = ["useradd", "--create-home", "--user-group", "--shell", u.shell]
         if u.uid is not None:
@@ -76,7 +78,7 @@ def _users(root: Path, loaded: LoadedRecipe, env: dict[str, str]) -> None:
             argv += ["--home-dir", u.home]
         if u.groups:
             argv += ["--groups", ",".join(u.groups)]
-        _check(loaded, ("users", i), root, [*argv, u.name], env, f"creating user {u.name}")
+        _check(loaded, ("users", i), root, [*argv, "--", u.name], env, f"creating user {u.name}")
 
 
 def _owner(
@@ -312,4 +314,4 @@ def _services(root: Path, loaded: LoadedRecipe, env: dict[str, str]) -> None:
         units.append(APP_UNIT)
     for i, unit in enumerate(units):
         loc: tuple[str | int, ...] = ("services", i) if i < len(r.services) else ("app",)
-        _check(loaded, loc, root, ["systemctl", "enable", unit], env, f"enabling {unit}")
+        _check(loaded, loc, root, ["systemctl", "enable", "--", unit], env, f"enabling {unit}")

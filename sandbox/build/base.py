@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from sandbox.build.argv import safe_arg
 from sandbox.build.lock import Lock
 from sandbox.errors import BuildError, ToolMissing
 from sandbox.events import Event, EventSink
@@ -22,21 +23,22 @@ FILE_MIRROR_HOOK = "/usr/share/mmdebstrap/hooks/file-mirror-automount"
 
 def mmdebstrap_argv(lock: Lock, target: Path, source_line: str) -> list[str]:
     """The mmdebstrap command for a locked base layer (pure)."""
-    names = ",".join(sorted(p.name for p in lock.packages))
+    names = ",".join(safe_arg(p.name, "package name") for p in sorted(lock.packages, key=lambda p: p.name))
     return [
         "mmdebstrap",
         "--mode=root",
         "--format=directory",
-        f"--variant={lock.variant}",
-        f"--architectures={lock.architecture}",
+        f"--variant={safe_arg(lock.variant, 'variant')}",
+        f"--architectures={safe_arg(lock.architecture, 'architecture')}",
         # dpkg's fsync per file is the bulk of an install; the result is written
         # and fsynced by sandbox itself, so it is safe to skip here
         "--dpkgopt=force-unsafe-io",
         f"--include={names}",
         f"--hook-dir={FILE_MIRROR_HOOK}",
-        lock.suite,
-        str(target),
-        source_line,
+        "--",  # operands only from here: a suite like --setup-hook=... is no option
+        safe_arg(lock.suite, "suite"),
+        safe_arg(str(target), "target"),
+        safe_arg(source_line, "source"),
     ]
 
 

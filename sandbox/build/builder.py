@@ -150,7 +150,7 @@ class Builder:
     # -- build -------------------------------------------------------------
     def build(self, recipe_ref: str, *, locked: bool = False, tag: str | None = None) -> BuildResult:
         t0 = time.monotonic()
-        if tag is not None and not TAG.match(tag):
+        if tag is not None and not TAG.fullmatch(tag):
             raise BuildError(
                 f"invalid tag {tag!r}", hint="tags are lower-case letters, digits, '.', '_' and '-'"
             )

@@ -77,7 +77,10 @@ class PackageCache:
         if cached.is_file():
             return cached.read_text()
         out = subprocess.run(
-            ["dpkg-deb", "--field", str(self.deb(p.sha256))], capture_output=True, text=True, check=False
+            ["dpkg-deb", "--field", "--", str(self.deb(p.sha256))],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if out.returncode != 0:
             raise BuildError(

@@ -11,13 +11,18 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from sandbox.build.argv import safe_arg, safe_args
 from sandbox.errors import BuildError, ToolMissing
 
 SOURCES_LIST = Path("/etc/apt/sources.list")
 SOURCES_DIR = Path("/etc/apt/sources.list.d")
+SUITE_RE = re.compile(r"[a-z]+")  # as the recipe's base.suite
+ARCH_RE = re.compile(r"[a-z0-9]+")  # as the recipe's base.architecture
 
 
 def host_codename(os_release: Path = Path("/etc/os-release")) -> str:
@@ -134,6 +139,45 @@ def _list_to_deb822(text: str) -> str:
     return "\n\n".join(stanzas)
 
 
+PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1
+VERSION_RE = re.compile(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~-]{0,126}")  # [epoch:]upstream[-revision], 5.6.12
+FILENAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~_%-]{0,250}\.deb")  # a pool file name, no directory
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+RECORD_KEYS = frozenset(("name", "version", "architecture", "sha256", "size", "filename"))
+Loc = tuple[str | int, ...]
+
+
+def is_int(v: Any, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def match(rx: re.Pattern[str], v: Any) -> bool:
+    return isinstance(v, str) and rx.fullmatch(v) is not None
+
+
+def record_problems(p: Any, at: Loc = ()) -> list[tuple[Loc, str]]:
+    """What is wrong with one package entry of a lock (empty: nothing)."""
+    if not isinstance(p, dict):
+        return [(at, "a package entry must be a mapping")]
+    out: list[tuple[Loc, str]] = []
+    for key in sorted(RECORD_KEYS - p.keys()):
+        out.append((at, f"missing key {key!r}"))
+    for key in sorted(p.keys() - RECORD_KEYS, key=str):
+        out.append(((*at, key), f"unknown key {key!r}"))
+    checks: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+        ("name", lambda v: match(PACKAGE_RE, v), "a Debian package name"),
+        ("version", lambda v: match(VERSION_RE, v), "a Debian version"),
+        ("architecture", lambda v: match(ARCH_RE, v), "an architecture"),
+        ("sha256", lambda v: match(SHA256_RE, v), "64 lowercase hex digits"),
+        ("size", lambda v: is_int(v, 0, 1 << 40), "a size in bytes"),
+        ("filename", lambda v: match(FILENAME_RE, v), "a .deb file name without directories"),
+    )
+    for key, ok, what in checks:
+        if key in p and not ok(p[key]):
+            out.append(((*at, key), f"{str(p[key])[:80]!r} is not {what}"))
+    return out
+
+
 @dataclass(frozen=True)
 class PackageRecord:
     """One resolved package: exact version and the .deb's sha256."""
@@ -145,11 +189,28 @@ class PackageRecord:
     size: int
     filename: str  # the pool file name, e.g. libc6_2.36-9_amd64.deb (no directories)
 
+    def __post_init__(self) -> None:
+        # a record names files (the pool, the cache) and apt pins: from a lock, a VM lock or a
+        # mirror's index, every field is checked wherever it is made
+        problems = record_problems(asdict(self))
+        if problems:
+            loc, problem = problems[0]
+            raise BuildError(
+                f"package {str(self.name)[:60]!r}: {'.'.join(map(str, loc)) or 'entry'}: {problem}",
+                hint="re-lock the recipe (sandbox lock), or check the host's apt sources",
+            )
+
 
 class PrivateApt:
     """apt-get / apt-cache with their own state in `root`, reading the host's sources."""
 
     def __init__(self, root: Path, suite: str, architecture: str, sources: str) -> None:
+        # both go into a path (the caller's `root`), apt.conf and the sources: checked here too
+        if not SUITE_RE.fullmatch(suite) or not ARCH_RE.fullmatch(architecture):
+            raise BuildError(
+                f"{suite[:40]!r} / {architecture[:40]!r} is not a Debian suite / architecture",
+                hint="e.g. bookworm / amd64; check the recipe, its lock file or the image's manifest",
+            )
         self.root = root
         self.suite = suite
         self.architecture = architecture
@@ -210,7 +271,7 @@ class PrivateApt:
 
         Returns ([(name, version, arch)], [names apt could not locate]).
         """
-        p = self._run(["apt-get", "-s", "-q", "install", *selection])
+        p = self._run(["apt-get", "-s", "-q", "install", "--", *safe_args(selection, "package")])
         missing = re.findall(r"^E: Unable to locate package (\S+)", p.stderr, re.M)
         missing += re.findall(r"^E: Package '([^']+)' has no installation candidate", p.stderr, re.M)
         if missing:
@@ -224,7 +285,7 @@ class PrivateApt:
 
     def records(self, pins: list[tuple[str, str]]) -> list[PackageRecord]:
         """sha256/size/filename for exact name=version pins, from the indices."""
-        p = self._run(["apt-cache", "show", "--no-all-versions", *(f"{n}={v}" for n, v in pins)])
+        p = self._run(["apt-cache", "show", "--no-all-versions", "--", *(_pin(n, v) for n, v in pins)])
         if p.returncode != 0:
             raise BuildError("apt-cache show failed:\n" + _tail(p.stderr))
         recs = []
@@ -246,12 +307,19 @@ class PrivateApt:
         """Download exact versions into `dest` (apt checks the index hashes)."""
         if not pins:
             return
-        p = self._run(["apt-get", "-q", "download", *(f"{n}={v}" for n, v in pins)], cwd=dest)
+        p = self._run(["apt-get", "-q", "download", "--", *(_pin(n, v) for n, v in pins)], cwd=dest)
         if p.returncode != 0:
             raise BuildError(
                 "downloading packages failed:\n" + _tail(p.stderr),
                 hint="a locked version may have left the mirror; run `sandbox lock` to re-resolve",
             )
+
+
+def _pin(name: str, version: str) -> str:
+    """NAME=VERSION for apt; neither part may look like an option or carry a second pin."""
+    if "=" in name or "=" in version or not version:
+        raise BuildError(f"package pin {name!r}={version!r} is malformed", hint="re-lock: sandbox lock")
+    return safe_arg(f"{name}={version}", "package pin")
 
 
 def parse_stanza(stanza: str) -> dict[str, str]:

@@ -13,13 +13,23 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox.build.hostapt import PackageRecord, PrivateApt
+from sandbox.build.hostapt import (
+    ARCH_RE,
+    SUITE_RE,
+    Loc,
+    PackageRecord,
+    PrivateApt,
+    is_int,
+    match,
+    record_problems,
+)
 from sandbox.config import LoadedRecipe
-from sandbox.errors import ConfigError, ConfigIssue, LockError
+from sandbox.errors import ConfigError, ConfigIssue, IssueCollector, LockError
 from sandbox.fsutil import atomic_write
 
 LOCK_VERSION = 1
@@ -44,6 +54,14 @@ class Lock:
     architecture: str
     source_date_epoch: int
     packages: tuple[PackageRecord, ...]
+
+    def __post_init__(self) -> None:
+        problems = lock_problems(json.loads(self.to_json()))
+        if problems:  # read_lock says where; this guards every other way a Lock is made
+            from sandbox.config.validate import format_path
+
+            loc, problem = problems[0]
+            raise LockError(f"malformed lock for recipe {self.recipe!r}: {format_path(loc)}: {problem}")
 
     def to_json(self) -> str:
         doc: dict[str, Any] = {
@@ -81,34 +99,82 @@ def package_inputs(loaded: LoadedRecipe) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+# what each lock field may be: the recipe's own rules (recipe.Base); packages: hostapt.record_problems
+RECIPE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+HEX64_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def lock_problems(doc: Any) -> list[tuple[Loc, str]]:
+    """What is wrong with a parsed lock file: every field by a strict pattern, no path anywhere."""
+    if not isinstance(doc, dict):
+        return [((), "a lock file is a JSON object")]
+    if doc.get("lock_version") != LOCK_VERSION:
+        return [(("lock_version",), f"lock_version {doc.get('lock_version')!r}, expected {LOCK_VERSION}")]
+    out: list[tuple[Loc, str]] = []
+    checks: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+        ("recipe", lambda v: match(RECIPE_RE, v), "a recipe name"),
+        ("inputs", lambda v: match(HEX64_RE, v), "a sha256 digest"),
+        ("suite", lambda v: match(SUITE_RE, v), "a Debian suite (lowercase letters)"),
+        ("variant", lambda v: isinstance(v, str) and v in VARIANT_SELECTION, "an mmdebstrap variant"),
+        ("architecture", lambda v: match(ARCH_RE, v), "a Debian architecture"),
+        ("source_date_epoch", lambda v: is_int(v, 0, 1 << 40), "a time in seconds since 1970"),
+    )
+    for key, ok, what in checks:
+        if key not in doc:
+            out.append(((), f"missing key {key!r}"))
+        elif not ok(doc[key]):
+            out.append(((key,), f"{str(doc[key])[:80]!r} is not {what}"))
+    pkgs = doc.get("packages")
+    if not isinstance(pkgs, list):
+        out.append((("packages",), "packages must be a list"))
+    else:
+        for i, p in enumerate(pkgs):
+            out += record_problems(p, ("packages", i))
+    known = {"lock_version", "packages", *(c[0] for c in checks)}
+    out += [((k,), f"unknown key {k!r}") for k in doc if k not in known]
+    return out
+
+
+def located(path: Path, problems: list[tuple[Loc, str]]) -> list[str]:
+    """Each problem as "FILE:LINE: key.path: problem" (JSON is YAML: the marked loader finds lines)."""
+    from sandbox.config.validate import format_path
+    from sandbox.config.yamlmarks import locate, read_yaml
+
+    data = read_yaml(path, str(path), IssueCollector())
+    out = []
+    for loc, problem in problems:
+        where = locate(data, loc) if data is not None else None
+        line = f"{path}:{where.line}" if where is not None and where.line else str(path)
+        name = ""
+        if len(loc) >= 2 and loc[0] == "packages" and isinstance(loc[1], int) and data is not None:
+            entry = data["packages"][loc[1]]
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                name = f" (package {entry['name'][:60]!r})"
+        out.append(f"{line}: {format_path(loc) or 'top level'}{name}: {problem}")
+    return out
+
+
 def read_lock(path: Path) -> Lock:
+    """The lock at `path`, every field checked (LockError naming file:line otherwise)."""
+    hint = f"recreate it: sandbox lock {path.stem}"
+    text = path.read_text()
     try:
-        doc = json.loads(path.read_text())
-        pkgs = tuple(PackageRecord(**p) for p in doc["packages"])
-        if doc.get("lock_version") != LOCK_VERSION:
-            raise ValueError(f"lock_version {doc.get('lock_version')!r}, expected {LOCK_VERSION}")
-        lock = Lock(
-            recipe=str(doc["recipe"]),
-            inputs=str(doc["inputs"]),
-            suite=str(doc["suite"]),
-            variant=str(doc["variant"]),
-            architecture=str(doc["architecture"]),
-            source_date_epoch=int(doc["source_date_epoch"]),
-            packages=pkgs,
-        )
-    except FileNotFoundError:
-        raise
-    except (ValueError, KeyError, TypeError) as e:
-        raise LockError(
-            f"{path}: malformed lock file ({e})", hint=f"recreate it: sandbox lock {path.stem}"
-        ) from e
-    for p in lock.packages:
-        if not re.fullmatch(r"[0-9a-f]{64}", p.sha256) or "/" in p.filename or p.filename.startswith("."):
-            raise LockError(
-                f"{path}: malformed entry for package {p.name!r}",
-                hint=f"recreate it: sandbox lock {path.stem}",
-            )
-    return lock
+        doc = json.loads(text)
+    except ValueError as e:
+        where = f"{path}:{e.lineno}" if isinstance(e, json.JSONDecodeError) else str(path)
+        raise LockError(f"{where}: malformed lock file ({e})", hint=hint) from e
+    problems = lock_problems(doc)
+    if problems:
+        raise LockError("malformed lock file:\n  " + "\n  ".join(located(path, problems)), hint=hint)
+    return Lock(
+        recipe=doc["recipe"],
+        inputs=doc["inputs"],
+        suite=doc["suite"],
+        variant=doc["variant"],
+        architecture=doc["architecture"],
+        source_date_epoch=doc["source_date_epoch"],
+        packages=tuple(PackageRecord(**p) for p in doc["packages"]),
+    )
 
 
 def write_lock(path: Path, lock: Lock) -> None:

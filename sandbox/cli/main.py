@@ -100,11 +100,16 @@ class SandboxGroup(click.Group):
 
 
 def _crash_report() -> str:
+    """A new file (mkstemp: O_EXCL, 0600, an unpredictable name), never one at a name that someone
+    else could have planted a link at in a shared directory like /tmp."""
+    import tempfile
+
     base = Path(os.environ.get("SANDBOX_LOG_DIR", "/tmp"))
     base.mkdir(parents=True, exist_ok=True)
-    path = base / f"sandbox-crash-{int(time.time())}-{os.getpid()}.log"
-    path.write_text(f"sandbox {__version__}\nargv: {sys.argv}\n\n{traceback.format_exc()}")
-    return str(path)
+    fd, path = tempfile.mkstemp(dir=base, prefix=f"sandbox-crash-{int(time.time())}-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"sandbox {__version__}\nargv: {sys.argv}\n\n{traceback.format_exc()}")
+    return path
 
 
 @click.group(cls=SandboxGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -152,11 +152,11 @@ def history(obj: Ctx, env: str, limit: int) -> None:
 @click.pass_obj
 def maintenance(obj: Ctx, switch: str, env: str, allow: tuple[str, ...]) -> None:
     """Show everyone but --allow addresses the "we are updating" page (503), or stop showing it."""
-    import ipaddress
+    from sandbox.config import netvalues
 
     for a in allow:
         try:
-            ipaddress.ip_network(a, strict=False)
+            netvalues.network(a)  # the renderer checks again before anything reaches nginx
         except ValueError as e:
             raise SandboxError(
                 f"--allow {a!r} is not an address or CIDR", hint="e.g. --allow 10.0.0.5"

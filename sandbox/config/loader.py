@@ -161,6 +161,7 @@ class _Loader:
         self.paths: dict[str, Path] = {}
         self.broken = False
         self.raw = MarkedDict(Location("<none>"))
+        self.workspace = "/"  # the real workspace root, set by load(): every input stays inside it
 
     def display(self, path: Path | str) -> str:
         return display_path(path, self.root)
@@ -187,6 +188,15 @@ class _Loader:
                 cycle = [*[*stack, path][reals.index(os.path.realpath(parent)) :], parent]
                 chain = " -> ".join(self.display(p) for p in cycle)
                 self.issues.add(where, "extends", f"extends cycle: {chain}")
+                self.broken = True
+            elif not _inside(os.path.realpath(parent), self.workspace):
+                self.issues.add(
+                    where,
+                    "extends",
+                    f"parent recipe '{extends}' is outside the workspace {self.workspace} "
+                    "(after following symlinks)",
+                    "a parent recipe must be a file of the same workspace",
+                )
                 self.broken = True
             elif not parent.is_file():
                 self.issues.add(
@@ -240,7 +250,8 @@ class _Loader:
         workspace = os.path.dirname(base)
         real = os.path.realpath(os.path.join(decl_dir, rel))
         shown = f"{what} '{rel}'" if shown is None else shown
-        if not (_inside(real, base) or _inside(real, workspace)):
+        inside = _inside(real, base) or _inside(real, workspace)
+        if not inside or not _inside(real, self.workspace):
             self.add(
                 loc,
                 f"{shown} escapes the workspace (it resolves outside {workspace})",
@@ -291,6 +302,8 @@ class _Loader:
                 self.add(loc, f"template '{template}' is not a file")
             elif context is not None:
                 root = Path(os.path.dirname(os.path.realpath(self.declaring(loc).parent)))
+                if not _inside(str(root), self.workspace):
+                    root = Path(self.workspace)
                 try:
                     text = render_template(tpl, context, root)
                 except TemplateProblem as problem:
@@ -333,6 +346,20 @@ class _Loader:
 
     def load(self, path: Path) -> LoadedRecipe:
         path = Path(os.path.abspath(path))
+        # the workspace is the parent of the recipe's directory (recipes/web.yaml → the workspace),
+        # taken after symlinks; no parent recipe, template or input may resolve outside it
+        self.workspace = os.path.realpath(path.parent.parent)
+        if not _inside(os.path.realpath(path), self.workspace):
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        Location(self.display(path)),
+                        "",
+                        f"the recipe is a link to {os.path.realpath(path)}, outside the workspace",
+                        "keep recipes as files of the workspace",
+                    )
+                ]
+            )
         self.load_chain(path, [])
         clean = self.validate_each()
         if self.broken or not self.chain:

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from sandbox.config import netvalues
 from sandbox.config.fields import EnvKey, EnvValue, RecipeName, fail
 from sandbox.config.names import PROFILE_NAME_HINT, PROFILE_NAME_RE
 from sandbox.config.units import Duration, Size, format_size
@@ -124,9 +125,9 @@ def _image_ref(value: str) -> str:
 
 def _ipv4(value: str) -> str:
     try:
-        return str(ipaddress.IPv4Address(value))
-    except ValueError:
-        fail(f"{value!r} is not an IPv4 address", "e.g. 127.0.0.1 or 0.0.0.0 (all interfaces)")
+        return netvalues.ipv4(value)
+    except ValueError as e:
+        fail(str(e), "e.g. 127.0.0.1 or 0.0.0.0 (all interfaces)")
 
 
 def _single_line(value: str) -> str:
@@ -152,12 +153,17 @@ def _url_path(value: str) -> str:
 
 
 def _server_name(value: str) -> str:
-    if not value or any(c.isspace() or c in ";{}'\"\\$#" for c in value):
-        fail(
-            f"server_name {value!r} must be one nginx server name",
-            "no spaces, quotes or ; { } $ # (use '_' to match any host)",
-        )
-    return value
+    try:
+        return netvalues.server_name(value)
+    except ValueError as e:
+        fail(str(e), netvalues.SERVER_NAME_HINT)
+
+
+def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return netvalues.network(value)
+    except ValueError as e:
+        fail(str(e), "e.g. 10.0.0.5 or 10.0.0.0/8")
 
 
 def _router_port(value: Any) -> Any:
@@ -276,7 +282,7 @@ class Promotion(BaseModel):
     require_verified: bool = Field(
         True, description="Only promote images that passed `sandbox verify` on another env (or --force)."
     )
-    allow: list[str] = Field(
+    allow: list[Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]] = Field(
         default_factory=list, description="Addresses/CIDRs that still get through the maintenance page."
     )
 

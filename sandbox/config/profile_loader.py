@@ -121,6 +121,15 @@ class _Loader:
             chain = " -> ".join(self.display(p) for p in cycle)
             self.issues.add(where, "extends", f"extends cycle: {chain}", "remove one of these extends")
             self.broken = True
+        elif os.path.dirname(os.path.realpath(parent)) != os.path.realpath(path.parent):
+            self.issues.add(
+                where,
+                "extends",
+                f"parent profile '{extends}' is a link to {os.path.realpath(parent)}, "
+                f"outside {self.display(path.parent)}",
+                "a parent profile must be a file of the same profiles directory",
+            )
+            self.broken = True
         elif not parent.is_file():
             known = sorted(p.stem for p in path.parent.glob("*.yaml") if p != path)
             self.issues.add(

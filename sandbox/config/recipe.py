@@ -41,7 +41,7 @@ RESERVED_VARS = frozenset({"recipe", "env", "vars", "app", "users"})
 
 
 def _unit(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9@._:-]+", value):
+    if not re.fullmatch(r"[A-Za-z0-9@_:][A-Za-z0-9@._:-]*", value):
         fail(f"{value!r} is not a valid systemd unit name")
     return value if value.endswith(UNIT_SUFFIXES) else value + ".service"
 

@@ -120,7 +120,9 @@ class ResolvedProfile:
             ),
             router=None if router is None else _router(_Section(router, ("router",))),
             promotion=PromotionSpec(
-                bool(promo.get("compatible")), bool(promo.get("require_verified")), tuple(promo.get("allow"))
+                bool(promo.get("compatible")),
+                bool(promo.get("require_verified")),
+                tuple(_network(a) for a in promo.get("allow")),
             ),
         )
 
@@ -141,6 +143,13 @@ def _router(r: _Section) -> RouterSpec:
         str(r.get("server_name")),
         float(r.get("drain_timeout")),
     )
+
+
+def _network(value: Any) -> str:
+    """An allowlist entry as text, checked again: the stored profile reaches nginx's config."""
+    from sandbox.config import netvalues
+
+    return str(netvalues.network(value))
 
 
 def _opt_float(v: Any) -> float | None:

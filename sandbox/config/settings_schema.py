@@ -49,16 +49,11 @@ def validate_settings(path: Path) -> Settings:
     """The checked settings of `path`; ConfigError with file:line otherwise."""
     if not path.read_text().strip():
         return Settings()  # an empty sandbox.yaml just marks the workspace
-    import yaml
-
     from sandbox.config.validate import error_issue
-    from sandbox.config.yamlmarks import load_yaml
+    from sandbox.config.yamlmarks import holds_nothing, load_yaml
 
-    try:
-        if yaml.safe_load(path.read_text()) is None:  # only comments: all defaults
-            return Settings()
-    except yaml.YAMLError:
-        pass  # load_yaml below reports it with file:line
+    if holds_nothing(path.read_text()):  # only comments: all defaults (bad YAML: load_yaml says where)
+        return Settings()
     raw = load_yaml(path, "sandbox.yaml")
     try:
         checked = SettingsModel.model_validate(raw)

@@ -27,9 +27,32 @@ class TemplateProblem(Exception):
         return f"{where}: {self.reason}"
 
 
+class ContainedLoader(jinja2.BaseLoader):
+    """Templates from one directory; `include`/`extends`/`import` can name no file whose real path
+    (after every symlink) is outside it. FileSystemLoader refuses `..` but follows links."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.path.realpath(root)
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Any]:
+        from jinja2.loaders import split_template_path
+
+        path = os.path.join(self.root, *split_template_path(template))
+        real = os.path.realpath(path)
+        if real != self.root and not real.startswith(self.root + os.sep):
+            raise SecurityError(f"template {template!r} is a link to outside the workspace")
+        if not os.path.isfile(real):
+            raise jinja2.TemplateNotFound(template)
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            text = f.read().decode("utf-8")
+        mtime = os.path.getmtime(real)
+        return text, real, lambda: os.path.getmtime(real) == mtime
+
+
 def make_environment(search_root: Path) -> SandboxedEnvironment:
     return SandboxedEnvironment(
-        loader=jinja2.FileSystemLoader(str(search_root)),
+        loader=ContainedLoader(search_root),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,

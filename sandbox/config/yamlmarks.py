@@ -15,6 +15,17 @@ from sandbox.errors import IssueCollector, Location
 MERGE_TAG = "tag:yaml.org,2002:merge"
 SEQ_TAG = "tag:yaml.org,2002:seq"
 MAP_TAG = "tag:yaml.org,2002:map"
+MAX_DEPTH = 64
+"""Deepest nesting of mappings and lists (also after aliases are expanded)."""
+MAX_VALUES = 100_000
+"""Most values a document may hold once its aliases are expanded (a "billion laughs" has 10**9)."""
+
+
+class _TooBig(Exception):
+    def __init__(self, node: Node, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.message = message
 
 
 class MarkedDict(dict[Any, Any]):
@@ -56,6 +67,8 @@ class _Builder:
         self.constructor = SafeConstructor()
         self.active: set[int] = set()
         self.checked: set[int] = set()
+        self.values = 0
+        self.depth = 0
 
     def loc(self, node: Node) -> Location:
         return Location(self.display, node.start_mark.line + 1, node.start_mark.column + 1)
@@ -64,6 +77,9 @@ class _Builder:
         self.issues.add(self.loc(node), "", message)
 
     def build(self, node: Node) -> Any:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise _TooBig(node, f"more than {MAX_VALUES} values once aliases are expanded (an alias bomb?)")
         if isinstance(node, ScalarNode):
             try:
                 return self.constructor.construct_object(node, deep=True)
@@ -76,10 +92,14 @@ class _Builder:
         if id(node) in self.active:
             self.fail(node, "recursive alias")
             return None
+        if self.depth >= MAX_DEPTH:
+            raise _TooBig(node, f"nested deeper than {MAX_DEPTH} levels once aliases are expanded")
         self.active.add(id(node))
+        self.depth += 1
         try:
             return self.mapping(node) if isinstance(node, MappingNode) else self.sequence(node)
         finally:
+            self.depth -= 1
             self.active.discard(id(node))
 
     def sequence(self, node: Node) -> MarkedList:
@@ -151,6 +171,14 @@ def read_yaml(path: Path, display: str, issues: IssueCollector) -> MarkedDict | 
         issues.add(Location(display), "", f"cannot read file: {exc.strerror}")
         return None
     try:
+        too_deep = _too_deep(text)
+        if too_deep is not None:  # before composing: PyYAML's composer recurses once per level
+            issues.add(
+                Location(display, too_deep[0] + 1, too_deep[1] + 1),
+                "",
+                f"nested deeper than {MAX_DEPTH} levels",
+            )
+            return None
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         _syntax_issue(exc, display, issues)
@@ -162,8 +190,37 @@ def read_yaml(path: Path, display: str, issues: IssueCollector) -> MarkedDict | 
     if not isinstance(node, MappingNode):
         builder.fail(node, f"the top level must be a mapping of keys, not {_kind(node)}")
         return None
-    data = builder.build(node)
+    try:
+        data = builder.build(node)
+    except _TooBig as exc:
+        builder.fail(exc.node, exc.message)
+        return None
     return data if isinstance(data, MarkedDict) else None
+
+
+def holds_nothing(text: str) -> bool:
+    """True for a document of only comments (or nothing); False otherwise, also for bad YAML.
+
+    Reads the event stream only: nothing is composed, so no alias bomb or deep nesting costs here.
+    """
+    try:
+        return not any(isinstance(e, yaml.NodeEvent) for e in yaml.parse(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError:
+        return False
+
+
+def _too_deep(text: str) -> tuple[int, int] | None:
+    """Where the nesting first passes MAX_DEPTH (read from the event stream, which does not recurse)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                return (mark.line, mark.column) if mark is not None else (0, 0)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
 
 
 def load_yaml(path: Path, display: str) -> MarkedDict:

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 from sandbox.backends.base import Backend
 
+MAX_BODY = 64 << 10
+"""The most of a health answer's body that is read: the instance is not trusted to keep it short."""
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -16,12 +19,24 @@ class Probe:
     detail: str
 
 
+def read_bounded(resp: http.client.HTTPResponse, limit: int, deadline: float) -> bytes:
+    """At most `limit` bytes of the body, read until `deadline` (monotonic) at the latest: an
+    endless or dripping body costs neither memory nor more than the probe's own time."""
+    out = bytearray()
+    while len(out) < limit and time.monotonic() < deadline:
+        chunk = resp.read1(min(8192, limit - len(out)))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
 def http_probe(address: str, port: int, path: str, timeout: float = 2.0) -> Probe:
     conn = http.client.HTTPConnection(address, port, timeout=timeout)
     try:
         conn.request("GET", path, headers={"User-Agent": "sandbox-health"})
         resp = conn.getresponse()
-        resp.read()
+        read_bounded(resp, MAX_BODY, time.monotonic() + timeout)  # then closed: never reused
         ok = 200 <= resp.status < 300
         return Probe(ok, f"GET {path} → {resp.status}")
     except OSError as e:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,16 +57,20 @@ def default_name(store: ImageStore, digest: str, fmt: str) -> str:
     return f"{recipe}-{digest[7:19]}{SUFFIX[fmt]}"
 
 
+TEMP_PREFIX = ".sandbox-export-"
+
+
 def temp_path(path: Path) -> Path:
-    """Where an exporter writes before the rename to `path`."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Where an exporter writes before the rename to `path`: in a new private directory beside it
+    (mkdtemp: 0700, an unpredictable name), so that no one can plant a link at the name first, even
+    when `path` is in a world-writable directory like /tmp."""
+    return Path(tempfile.mkdtemp(dir=path.parent, prefix=TEMP_PREFIX)) / path.name
 
 
 def final_path(tmp: Path) -> Path:
     """The path an exporter's temp file is renamed to (for files an exporter writes beside it)."""
-    name = tmp.name
-    if name.startswith(".") and name.endswith(f".{os.getpid()}.tmp"):
-        return tmp.with_name(name[1 : -len(f".{os.getpid()}.tmp")])
+    if tmp.parent.name.startswith(TEMP_PREFIX):
+        return tmp.parent.parent / tmp.name
     return tmp
 
 
@@ -93,7 +99,8 @@ def export_image(
     tmp = temp_path(path)
     try:
         extra = exporter(ws, store, digest, tmp, sink)
-        os.replace(tmp, path)
+        for f in sorted(tmp.parent.iterdir(), key=lambda f: f == tmp):  # the image last
+            os.replace(f, final_path(f))  # replaces a link at the name, never writes through it
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp.parent, ignore_errors=True)
     return Exported(fmt, digest, str(path), path.stat().st_size, extra)

@@ -49,7 +49,8 @@ def export_qcow2(
 ) -> dict[str, Any]:
     vm = vm_flavour(ws, digest, sink)
     final = final_path(path)
-    kernel, initrd = final.with_name(final.name + ".vmlinuz"), final.with_name(final.name + ".initrd.img")
+    # written beside the temp image (a private dir), moved beside the final one with it
+    kernel, initrd = path.with_name(path.name + ".vmlinuz"), path.with_name(path.name + ".initrd.img")
     ws.tmp.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ws.tmp, prefix="export-qcow2-") as tmp:
         made = boot_files(ws.runtime / "libvirt" / "images" / vm.removeprefix("sha256:"))
@@ -68,8 +69,8 @@ def export_qcow2(
     app = store.manifest(digest).get("app") or {}
     return {
         "vm_image": vm,
-        "kernel": str(kernel),
-        "initrd": str(initrd),
+        "kernel": str(final_path(kernel)),
+        "initrd": str(final_path(initrd)),
         "cmdline": kernel_cmdline(*USER_NET),
-        "qemu": qemu_argv(final, kernel, initrd, 8080, int(app.get("port") or 80)),
+        "qemu": qemu_argv(final, final_path(kernel), final_path(initrd), 8080, int(app.get("port") or 80)),
     }

@@ -123,12 +123,12 @@ def make_overlay(backing: Path, out: Path) -> None:
 
 def copy_overlay(src: Path, out: Path) -> None:
     """A copy of an overlay that keeps the same backing file (a clone or a snapshot)."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    p = run(["cp", "--reflink=auto", "--sparse=always", str(src), str(tmp)], timeout=600)
-    if p.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise ImageFormatError(f"cannot copy {src.name}: {p.stderr.strip()}")
-    os.replace(tmp, out)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".copy-") as d:  # private: no planted link
+        tmp = Path(d) / out.name
+        p = run(["cp", "--reflink=auto", "--sparse=always", "--", str(src), str(tmp)], timeout=600)
+        if p.returncode != 0:
+            raise ImageFormatError(f"cannot copy {src.name}: {p.stderr.strip()}")
+        os.replace(tmp, out)
 
 
 def make_config_disk(files: dict[str, str], out: Path) -> None:

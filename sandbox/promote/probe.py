@@ -28,6 +28,17 @@ T = TypeVar("T")
 STALE = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected, ConnectionAbortedError)
 
 
+MAX_BODY = 64 << 10
+
+
+def _body(resp: http.client.HTTPResponse) -> bytes:
+    """The answer's body, at most 64 KiB (a longer one is an error and its connection is dropped)."""
+    body = resp.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        raise ValueError(f"answer body over {MAX_BODY} bytes")
+    return body
+
+
 @dataclass
 class Sample:
     t: float
@@ -119,7 +130,7 @@ class LoadProbe:
         try:
             conn.request(method, path, body=body, headers={"Content-Type": "text/plain"})
             resp = conn.getresponse()
-            return conn, resp.status, resp.read(), False
+            return conn, resp.status, _body(resp), False
         except STALE:
             if not reused:
                 raise
@@ -127,7 +138,7 @@ class LoadProbe:
             conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
             conn.request(method, path, body=body, headers={"Content-Type": "text/plain"})
             resp = conn.getresponse()
-            return conn, resp.status, resp.read(), True
+            return conn, resp.status, _body(resp), True
 
     def _worker(self, n: int) -> None:
         interval = self.concurrency / self.rps
@@ -164,9 +175,9 @@ class LoadProbe:
             phase, t0 = self.phase, time.monotonic()
             status, err = None, None
             try:
-                c, status, _body, _r = self._request(None, "GET", f"/slow?s={self.slow_seconds}", None, 60)
+                c, status, _b, _r = self._request(None, "GET", f"/slow?s={self.slow_seconds}", None, 60)
                 c.close()
-            except (OSError, http.client.HTTPException) as e:
+            except (OSError, http.client.HTTPException, ValueError) as e:
                 err = f"{type(e).__name__}: {e}"
             self._record(Sample(t0, phase, "get-slow", status, time.monotonic() - t0, err))
 

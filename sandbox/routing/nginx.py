@@ -3,6 +3,7 @@ replaces, and the drain of old workers."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -97,6 +98,31 @@ class NginxMaster:
                 return False
             time.sleep(0.05)
         return True
+
+
+def is_our_nginx(pid: int, prefix: Path | None = None, binary: str | None = None) -> bool:
+    """Whether `pid` is an nginx master and, with `prefix`, the one started with `-p PREFIX`.
+
+    A pid file outlives its process (a reboot, a crash): before any signal to a pid read from
+    one, the process must be nginx (its /proc/PID/exe is the nginx binary) and, for a router of
+    our own, carry our prefix on its command line. Otherwise it is a stranger's process.
+    """
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")  # an upgraded nginx
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    try:
+        want = os.path.realpath(binary or nginx_binary())
+    except RouterError:
+        return False
+    if os.path.realpath(exe) != want:
+        return False
+    if prefix is None:
+        return True
+    # nginx rewrites its argv to "nginx: master process /usr/sbin/nginx -p PREFIX -c CONF"
+    words = cmdline.replace(b"\0", b" ").decode(errors="replace").split()
+    return any(a == "-p" and b.rstrip("/") == str(prefix).rstrip("/") for a, b in itertools.pairwise(words))
 
 
 def nginx_binary() -> str:

@@ -13,11 +13,12 @@ import pwd
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 from sandbox.fsutil import atomic_write, pid_alive
-from sandbox.routing.nginx import NginxMaster, RouterError, nginx_binary
+from sandbox.routing.nginx import NginxMaster, RouterError, is_our_nginx, nginx_binary
 from sandbox.routing.render import MAINTENANCE_PAGE, STREAM_MODULE, RouterConfig, render_nginx_conf
 
 
@@ -42,7 +43,7 @@ class OwnRouter(NginxMaster):
             pid = int((self.prefix / "nginx.pid").read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if pid_alive(pid) else None
+        return pid if pid_alive(pid) and is_our_nginx(pid, self.prefix) else None
 
     def _nginx(self, *args: str, conf: Path | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -87,8 +88,11 @@ class OwnRouter(NginxMaster):
                     hint=f"is {cfg.listen}:{cfg.port} free? (ss -ltnp)",
                 )
             return
-        candidate = self.prefix / "nginx.conf.new"
-        candidate.write_text(text)
+        fd, name = tempfile.mkstemp(dir=self.prefix, prefix="nginx.conf.", suffix=".new")  # O_EXCL
+        candidate = Path(name)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(candidate, 0o644)
         check = self._nginx("-t", "-q", conf=candidate)
         if check.returncode != 0:
             candidate.unlink()
@@ -107,7 +111,7 @@ class OwnRouter(NginxMaster):
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and pid_alive(pid):
                 time.sleep(0.05)
-            if pid_alive(pid):
+            if pid_alive(pid) and is_our_nginx(pid, self.prefix):  # still ours, not a new process
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 

@@ -6,10 +6,14 @@ stream.j2 (its forwarded ports). No I/O but reading the templates.
 from __future__ import annotations
 
 import functools
-import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sandbox.config import netvalues
+from sandbox.config.names import ENV_NAME_RE
+from sandbox.routing.nginx import RouterError
 
 TEMPLATES = Path(__file__).parent / "templates"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"  # Debian's libnginx-mod-stream
@@ -44,21 +48,59 @@ class RouterConfig:
 
 @functools.cache
 def _jinja() -> Any:
-    from jinja2 import (  # only when a config is written
-        Environment,
-        FileSystemBytecodeCache,
-        FileSystemLoader,
-        StrictUndefined,
-    )
+    """The templates' environment. No bytecode cache on disk: compiling the four templates takes
+    about 7 ms, and root must never load compiled code from a directory that the calling user's
+    environment (XDG_CACHE_HOME, HOME) chose."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined  # only when a config is written
 
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sandbox" / "jinja"
-    cache.mkdir(parents=True, exist_ok=True)
     return Environment(
-        bytecode_cache=FileSystemBytecodeCache(str(cache)),  # compiled once, not on every `up`
         loader=FileSystemLoader(TEMPLATES),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
     )
+
+
+def _refuse(field: str, problem: str) -> RouterError:
+    return RouterError(
+        f"router config refused: {field}: {problem}",
+        hint="a value that could change the nginx config's structure never reaches it; fix the profile "
+        "(or the command's arguments)",
+    )
+
+
+def check_config(cfg: RouterConfig, **extra: Any) -> None:
+    """Refuse any value that is not what its field must be, before anything is templated.
+
+    The profile schema checks the same at load; this is the second line: whatever reaches the
+    renderer (from the state DB, a CLI option, a future caller) is checked again. `extra` are
+    further values of the render call (prefix, workspace: paths; user, group: account names).
+    """
+
+    def check(field: str, fn: Any, value: Any) -> None:
+        try:
+            fn(value)
+        except ValueError as e:
+            raise _refuse(field, str(e)) from None
+
+    if not isinstance(cfg.env, str) or not re.fullmatch(ENV_NAME_RE, cfg.env):
+        raise _refuse("env", f"{cfg.env!r} is not an environment name")
+    check("listen", netvalues.ipv4, cfg.listen)
+    check("port", netvalues.port, cfg.port)
+    check("server_name", netvalues.server_name, cfg.server_name)
+    check("drain_timeout", netvalues.duration, cfg.drain_timeout)
+    for i, b in enumerate(cfg.backends):
+        check(f"backends[{i}]", netvalues.backend, b)
+    for i, a in enumerate(cfg.maintenance or ()):
+        check(f"maintenance[{i}]", netvalues.network, a)
+    for i, p in enumerate(cfg.ports):
+        check(f"ports[{i}].address", netvalues.ipv4, p.address)
+        check(f"ports[{i}].host", netvalues.port, p.host)
+        if p.proto not in ("tcp", "udp"):
+            raise _refuse(f"ports[{i}].proto", f"{p.proto!r} is not tcp or udp")
+        for j, b in enumerate(p.backends):
+            check(f"ports[{i}].backends[{j}]", netvalues.backend, b)
+    for field, value in extra.items():
+        check(field, netvalues.account if field in ("user", "group") else netvalues.safe_path, value)
 
 
 def _variables(cfg: RouterConfig, prefix: Path) -> dict[str, Any]:
@@ -85,7 +127,8 @@ def _variables(cfg: RouterConfig, prefix: Path) -> dict[str, Any]:
 
 
 def render_nginx_conf(cfg: RouterConfig, prefix: Path, user: str = "nobody", group: str = "nogroup") -> str:
-    """The whole nginx.conf of a router of its own (pure)."""
+    """The whole nginx.conf of a router of its own (pure); RouterError for a value it must not carry."""
+    check_config(cfg, prefix=prefix, user=user, group=group)
     text: str = (
         _jinja()
         .get_template("nginx.conf.j2")
@@ -102,6 +145,9 @@ def render_nginx_conf(cfg: RouterConfig, prefix: Path, user: str = "nobody", gro
 
 def render_include(cfg: RouterConfig, prefix: Path, part: str, workspace: str) -> str:
     """The include file of one env for a system nginx (pure): `part` is "http" or "stream"."""
+    check_config(cfg, prefix=prefix, workspace=workspace)
+    if part not in ("http", "stream"):
+        raise _refuse("part", f"{part!r} is not http or stream")
     text: str = (
         _jinja().get_template("include.j2").render(**_variables(cfg, prefix), part=part, workspace=workspace)
     )

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sandbox.fsutil import atomic_write, pid_alive
-from sandbox.routing.nginx import NginxMaster, RouterError, nginx_binary, port_in_use
+from sandbox.routing.nginx import NginxMaster, RouterError, is_our_nginx, nginx_binary, port_in_use
 from sandbox.routing.render import RouterConfig, render_include
 from sandbox.settings import Routers
 
@@ -191,4 +191,4 @@ def system_nginx_pid(s: Routers) -> int | None:
         pid = int(Path(s.pid_file).read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if pid_alive(pid) else None
+    return pid if pid_alive(pid) and is_our_nginx(pid) else None

@@ -28,8 +28,8 @@ from typing import IO, Any
 from sandbox.errors import NotFound, StoreError
 from sandbox.fsutil import atomic_write, fsync_dir, pid_alive
 
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
-TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+HEX64 = re.compile(r"[0-9a-f]{64}")  # fullmatch: "$" would let "x\n" through
+TAG = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
 def canonical_json(doc: Any) -> bytes:
@@ -132,7 +132,7 @@ class ImageStore:
             return _summarize(self.manifest(digest))
 
     def set_ref(self, recipe: str, tag: str, digest: str) -> None:
-        if not TAG.match(tag):
+        if not TAG.fullmatch(tag):
             raise StoreError(f"invalid tag {tag!r}", hint="tags are lower-case letters, digits, . _ -")
         atomic_write(self.root / "refs" / recipe / tag, (digest + "\n").encode())
 
@@ -169,7 +169,7 @@ class ImageStore:
         d = self.root / "manifests"
         if not d.is_dir():
             return []
-        return sorted("sha256:" + p.stem for p in d.glob("*.json") if HEX64.match(p.stem))
+        return sorted("sha256:" + p.stem for p in d.glob("*.json") if HEX64.fullmatch(p.stem))
 
     def resolve(self, ref: str) -> str:
         """A digest for `ref`: "web", "web:tag", "sha256:<hex>" or a unique hex prefix (>= 6)."""
@@ -187,7 +187,7 @@ class ImageStore:
                 raise NotFound(f"image {ref} not found", hint="list images with `sandbox images`")
         recipe, _, tag = ref.partition(":")
         tag = tag or "latest"
-        if not TAG.match(recipe) or not TAG.match(tag):
+        if not TAG.fullmatch(recipe) or not TAG.fullmatch(tag):
             raise NotFound(
                 f"{ref!r} is not an image reference",
                 hint="use RECIPE, RECIPE:TAG, sha256:DIGEST or a digest prefix",
@@ -237,7 +237,7 @@ class ImageStore:
         blob_dir = self.root / "blobs" / "sha256"
         for blob in sorted(blob_dir.iterdir()) if blob_dir.is_dir() else []:
             d = "sha256:" + blob.name
-            if HEX64.match(blob.name) and d not in used:
+            if HEX64.fullmatch(blob.name) and d not in used:
                 blob.unlink()
                 self.layer_index_path(d).unlink(missing_ok=True)
                 removed.append(d)
@@ -271,6 +271,6 @@ def _summarize(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def _hex(digest: str) -> str:
     h = digest.removeprefix("sha256:")
-    if not HEX64.match(h):
+    if not HEX64.fullmatch(h):
         raise StoreError(f"malformed digest {digest!r}")
     return h

@@ -81,3 +81,42 @@ def test_locate(tmp_path: Path) -> None:
     assert locate(data, ("users", 7)).line == 2  # the list's location
     assert locate(data, ("app", "command")) == data["app"].location
     assert locate(data, ("missing",)) == data.location
+
+
+# -- issue 10, class 9: hostile YAML costs under a second and says where ----------------------------
+
+
+def _bomb(levels: int) -> str:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "name: web\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (_bomb(9), "aliases are expanded"),  # 9**10 values: minutes (or memory) without a bound
+        ("name: web\nx: " + "[" * 10_000 + "]" * 10_000 + "\n", "nested deeper than"),
+        ("name: web\nx: " + "{a: " * 10_000 + "1" + "}" * 10_000 + "\n", "nested deeper than"),
+        ("name: web\nx:\n" + "- " * 10_000 + "a\n", "nested deeper than"),  # compact block lists
+    ],
+    ids=["alias-bomb-9", "deep-flow-lists", "deep-flow-maps", "deep-block-lists"],
+)
+def test_bombs_and_deep_nesting_fail_fast_with_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    import time
+
+    start = time.perf_counter()
+    e = error(tmp_path, text)
+    assert time.perf_counter() - start < 1.0
+    [issue] = e.issues
+    assert message in issue.message
+    assert issue.location.file == "recipes/r.yaml" and issue.location.line in (2, 3, 4, 5, 66, 67)
+
+
+def test_settings_of_only_comments_are_read_without_composing(tmp_path: Path) -> None:
+    from sandbox.config.yamlmarks import holds_nothing
+
+    assert holds_nothing("# nothing\n\n# here\n")
+    assert not holds_nothing("a: 1\n")
+    assert not holds_nothing("x: " + "[" * 10_000)  # bad YAML: not empty (load_yaml says where)

@@ -21,7 +21,7 @@ def rec(name: str, version: str = "1.0-1", sha: str | None = None) -> PackageRec
         architecture="amd64",
         sha256=sha if sha is not None else (name.encode().hex() * 64)[:64],
         size=1234,
-        filename=f"{name}_{version}_amd64.deb",
+        filename=f"{name}_{version.replace(':', '%3a')}_amd64.deb",  # as in the pool
     )
 
 
@@ -79,8 +79,8 @@ def test_digest_stable_and_order_independent() -> None:
 
 
 def test_package_versions() -> None:
-    lock = replace(make_lock(), packages=(rec("a", "1"), rec("b", "2:3.4-5")))
-    assert lock.package_versions == {"a": "1", "b": "2:3.4-5"}
+    lock = replace(make_lock(), packages=(rec("aa", "1"), rec("bb", "2:3.4-5")))
+    assert lock.package_versions == {"aa": "1", "bb": "2:3.4-5"}
 
 
 def test_lock_path() -> None:
@@ -195,6 +195,6 @@ def test_mmdebstrap_argv(tmp_path: Path) -> None:
 
 
 def test_mmdebstrap_argv_is_pure_and_order_independent(tmp_path: Path) -> None:
-    a = make_lock("b", "a", "c")
+    a = make_lock("bb", "aa", "cc")
     b = replace(a, packages=tuple(reversed(a.packages)))
     assert mmdebstrap_argv(a, tmp_path, "x") == mmdebstrap_argv(b, tmp_path, "x")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.routing import PortForward, RouterConfig, RouterError, router_for, router_kind
+from sandbox.routing import system as system_mod
 from sandbox.routing.render import STREAM_MODULE
 from sandbox.routing.system import SystemRouter
 from sandbox.settings import Routers
@@ -108,23 +109,36 @@ def test_an_env_is_an_include_file_served_by_the_system_nginx(
 
 
 def test_a_rejected_config_restores_the_previous_file_and_keeps_serving(
-    nginx: SystemNginx, backend: int, tmp_path: Path
+    nginx: SystemNginx, backend: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     r = SystemRouter(settings(nginx), tmp_path / "routers", "prod", WS)
     port = free_port()
     r.apply(cfg(backend, port))
     before = r.http_file.read_text()
+    # a value that is not an address never reaches a file: refused before templating
     with pytest.raises(RouterError) as e:
-        r.apply(cfg(backend, port, maintenance=("not-an-address",)))  # geo refuses it
-    assert "rejected the config of router prod" in e.value.message and "not-an-address" in e.value.message
+        r.apply(cfg(backend, port, maintenance=("not-an-address",)))
+    assert "maintenance[0]" in e.value.message and "not-an-address" in e.value.message
+    assert r.http_file.read_text() == before
+    # a config that passes our checks but not nginx's: the previous file comes back
+    real = system_mod.render_include
+
+    def broken(*args: object, **kwargs: object) -> str:
+        return real(*args, **kwargs).replace("keepalive 32;", "keepalive nonsense;")  # type: ignore[arg-type]
+
+    monkeypatch.setattr(system_mod, "render_include", broken)
+    with pytest.raises(RouterError) as e:
+        r.apply(cfg(backend, port, maintenance=("10.0.0.0/8",)))
+    assert "rejected the config of router prod" in e.value.message and "keepalive" in e.value.message
     assert "keeps its previous config" in (e.value.hint or "")
     assert r.http_file.read_text() == before
     assert get(port) == (200, "backend\n") and nginx.other_site() == OTHER_SITE
     # a new env whose first config is rejected leaves no file behind
     other = SystemRouter(settings(nginx), tmp_path / "routers", "dev-1", WS)
     with pytest.raises(RouterError):
-        other.apply(cfg(backend, free_port(), env="dev-1", maintenance=("not-an-address",)))
+        other.apply(cfg(backend, free_port(), env="dev-1"))
     assert not other.http_file.exists()
+    monkeypatch.undo()
     r.remove()
 
 
