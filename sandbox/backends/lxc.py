@@ -17,7 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec, remove_stale_temps, run
-from sandbox.backends.hostsetup import IdRange, ensure_bridge, ensure_subids, gateway, raise_host_limits
+from sandbox.backends.hostsetup import (
+    SUBID_FILES,
+    IdRange,
+    ensure_bridge,
+    gateway,
+    raise_host_limits,
+    runtime_ids,
+)
 from sandbox.backends.instancefiles import (
     APP_ENV_FILE,
     INSTANCE_ENV_FILE,
@@ -38,6 +45,7 @@ EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 class LxcBackend(Backend):
     name = "lxc"
     capabilities = frozenset({"snapshot", "clone", "init", "logs", "static-address"})
+    subid_files: tuple[Path, Path] = SUBID_FILES  # /etc/subuid, /etc/subgid (tests use their own)
 
     @property
     def lxcpath(self) -> Path:
@@ -84,7 +92,7 @@ class LxcBackend(Backend):
         ensure_bridge(self.ctx.network.bridge, self.ctx.network.subnet)
 
     def _ids(self) -> tuple[IdRange, IdRange]:
-        return ensure_subids()
+        return runtime_ids(self.ctx.runtime, self.subid_files)
 
     def _owner_ids(self) -> tuple[int, int]:
         uids, gids = self._ids()

@@ -31,7 +31,7 @@ from sandbox.build.formats import APP_FORMAT, BASE_FORMAT
 from sandbox.build.hostapt import PrivateApt, host_sources
 from sandbox.build.lock import Lock, lock_path, package_inputs, read_lock, resolve, write_lock
 from sandbox.build.normalize import clean_rootfs, write_layer
-from sandbox.build.overlay import overlay
+from sandbox.build.overlay import build_ids, overlay
 from sandbox.config import LoadedRecipe, load_recipe
 from sandbox.errors import BuildError, ConfigError, ConfigIssue, LockError
 from sandbox.events import Event, EventSink, null_sink
@@ -320,7 +320,8 @@ class Builder:
         sde = lock.source_date_epoch
         with self._workdir() as work:
             applying = _phase(self.sink, "app", "applying users, files, cron, services and the app")
-            with applying, overlay(self._rootfs(base_digest), work / "overlay") as (merged, _upper):
+            ids = build_ids(self.ws)
+            with applying, overlay(self._rootfs(base_digest), work / "overlay", ids) as (merged, _upper):
                 apply_app_layer(merged, loaded, sde, self.sink)
                 clean_rootfs(merged)
             with _phase(self.sink, "layer", "writing the app layer"):
