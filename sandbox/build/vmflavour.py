@@ -68,7 +68,7 @@ VM_FILES: dict[str, str] = {
         f'[ "$(blkid -o value -s LABEL /dev/vdb)" = {CONFIG_LABEL} ] || exit 0\n'
         "mkdir -p $m /etc/sandbox\n"
         "mount -o ro /dev/vdb $m\n"
-        "[ -f $m/instance.env ] && install -m 0644 $m/instance.env /etc/sandbox/instance.env\n"
+        "[ -f $m/instance.env ] && install -m 0600 $m/instance.env /etc/sandbox/instance.env\n"
         "[ -f $m/hosts ] && install -m 0644 $m/hosts /etc/hosts\n"
         "if [ -f $m/hostname ]; then install -m 0644 $m/hostname /etc/hostname; "
         'hostname "$(cat /etc/hostname)"; fi\n'
