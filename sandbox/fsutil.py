@@ -131,3 +131,16 @@ def file_lock(path: Path) -> Iterator[None]:
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
+
+
+def private_dir(path: Path, mode: int = 0o700, gid: int | None = None) -> Path:
+    """`path` (made with its parents) closed to other host users: `mode`, and group `gid` if given.
+
+    0700 for what only sandbox (root) reads; 0710 with the containers' root group for a dir their
+    root must traverse (lxc's rootfs and instance dirs) but no other host user may.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    if gid is not None:
+        os.chown(path, -1, gid)
+    os.chmod(path, mode)
+    return path

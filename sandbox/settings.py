@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Literal, TypeVar, get_type_hints
 
-from sandbox.fsutil import atomic_write, tree_stats
+from sandbox.fsutil import atomic_write, private_dir, tree_stats
 from sandbox.workspace import Workspace
 
 T = TypeVar("T")
@@ -166,5 +166,6 @@ def load_settings(ws: Workspace) -> Settings:
 
     settings = validate_settings(path)
     if ws.state.is_dir():
-        atomic_write(cache_file, json.dumps({"stats": stats, "settings": asdict(settings)}).encode())
+        private_dir(cache_file.parent)
+        atomic_write(cache_file, json.dumps({"stats": stats, "settings": asdict(settings)}).encode(), 0o600)
     return settings

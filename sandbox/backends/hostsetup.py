@@ -4,52 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.backends.base import BackendError
+from sandbox.subids import SUBID_FILES, IdRange, SubIdOverlap, ensure_subids, runtime_ids, subid_range
 
-SUBID_START = 100000
-SUBID_COUNT = 65536
-
-
-@dataclass(frozen=True)
-class IdRange:
-    start: int
-    count: int
-
-
-def subid_range(user: str = "root", path: Path = Path("/etc/subuid")) -> IdRange | None:
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return None
-    for line in lines:
-        f = line.strip().split(":")
-        if len(f) == 3 and f[0] == user and f[1].isdigit() and f[2].isdigit() and int(f[2]) >= SUBID_COUNT:
-            return IdRange(int(f[1]), int(f[2]))
-    return None
-
-
-def ensure_subids(user: str = "root", etc: Path = Path("/etc")) -> tuple[IdRange, IdRange]:
-    """root's ranges in /etc/subuid and /etc/subgid, adding root:100000:65536 where absent."""
-    out = []
-    for name in ("subuid", "subgid"):
-        path = etc / name
-        found = subid_range(user, path)
-        if found is None:
-            try:
-                existing = path.read_text() if path.exists() else ""
-                sep = "" if not existing or existing.endswith("\n") else "\n"
-                path.write_text(f"{existing}{sep}{user}:{SUBID_START}:{SUBID_COUNT}\n")
-            except OSError as e:
-                raise BackendError(
-                    f"{path} has no range for {user} and cannot be written ({e.strerror})",
-                    hint=f"add the line '{user}:{SUBID_START}:{SUBID_COUNT}' to {path}",
-                ) from e
-            found = IdRange(SUBID_START, SUBID_COUNT)
-        out.append(found)
-    return out[0], out[1]
+__all__ = ["SUBID_FILES", "IdRange", "SubIdOverlap", "ensure_subids", "runtime_ids", "subid_range"]
 
 
 def gateway(subnet: str) -> tuple[str, int]:

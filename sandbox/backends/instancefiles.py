@@ -48,7 +48,12 @@ def write_instance_files(root: Path, spec: InstanceSpec, uid: int, gid: int) -> 
         path = root / rel
         path.write_text(text)
         os.chown(path, uid, gid)
-        os.chmod(path, 0o644)
+        os.chmod(path, file_mode(rel))
+
+
+def file_mode(rel: str) -> int:
+    """instance.env holds the profile's env (secrets): root of the instance only (systemd reads it)."""
+    return 0o600 if rel == INSTANCE_ENV_FILE else 0o644
 
 
 def quote_env(v: str) -> str:

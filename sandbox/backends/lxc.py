@@ -17,7 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec, remove_stale_temps, run
-from sandbox.backends.hostsetup import IdRange, ensure_bridge, ensure_subids, gateway, raise_host_limits
+from sandbox.backends.hostsetup import (
+    SUBID_FILES,
+    IdRange,
+    ensure_bridge,
+    gateway,
+    raise_host_limits,
+    runtime_ids,
+)
 from sandbox.backends.instancefiles import (
     APP_ENV_FILE,
     INSTANCE_ENV_FILE,
@@ -28,7 +35,7 @@ from sandbox.backends.lxcconfig import LxcInstanceConfig, render_lxc_config
 from sandbox.backends.lxcimages import image_root, unpack_once, unpacked_digests
 from sandbox.backends.lxctools import lxc_errors, lxc_tool
 from sandbox.events import Event
-from sandbox.fsutil import remove_tree
+from sandbox.fsutil import private_dir, remove_tree
 from sandbox.workspace import blocking_dir
 
 TOOLS = ("lxc-start", "lxc-stop", "lxc-attach", "lxc-info", "lxc-freeze", "lxc-unfreeze")
@@ -38,6 +45,7 @@ EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 class LxcBackend(Backend):
     name = "lxc"
     capabilities = frozenset({"snapshot", "clone", "init", "logs", "static-address"})
+    subid_files: tuple[Path, Path] = SUBID_FILES  # /etc/subuid, /etc/subgid (tests use their own)
 
     @property
     def lxcpath(self) -> Path:
@@ -82,9 +90,16 @@ class LxcBackend(Backend):
                 Event("log", phase="up", message=f"raised the host limit {change} (for many containers)")
             )
         ensure_bridge(self.ctx.network.bridge, self.ctx.network.subnet)
+        self._private_dirs()
+
+    def _private_dirs(self) -> None:
+        """lxc's dirs: container root (the range's first gid) may traverse them, no other host user."""
+        _, gids = self._ids()
+        for d in (self.lxcpath, self.rootfs_dir):
+            private_dir(d, 0o710, gids.start)
 
     def _ids(self) -> tuple[IdRange, IdRange]:
-        return ensure_subids()
+        return runtime_ids(self.ctx.runtime, self.subid_files)
 
     def _owner_ids(self) -> tuple[int, int]:
         uids, gids = self._ids()
@@ -97,6 +112,7 @@ class LxcBackend(Backend):
 
     def prepare_image(self, digest: str) -> None:
         uids, gids = self._ids()
+        private_dir(self.rootfs_dir, 0o710, gids.start)
         with lxc_errors(f"image {digest[7:19]}", "unpacking"):
             unpack_once(self.rootfs_dir, self.store, digest, uids.start, gids.start, self.sink)
 
@@ -131,7 +147,9 @@ class LxcBackend(Backend):
         d = self._dir(spec.name)
         if d.exists():
             raise BackendError(f"container {spec.name} already exists", hint="sandbox gc removes leftovers")
-        d.mkdir(parents=True)
+        private_dir(self.lxcpath, 0o710, gids.start)
+        d.mkdir()
+        private_dir(d, 0o710, gids.start)  # holds the upper dir: setuid files of container root
         upper = d / "delta0"
         if upper_from is not None:
             self._cp(upper_from, upper, spec.name, "copying the data of")

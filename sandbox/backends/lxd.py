@@ -21,7 +21,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec, remove_stale_temps
-from sandbox.backends.instancefiles import APP_ENV_FILE, INSTANCE_ENV_FILE, instance_files, parse_env_file
+from sandbox.backends.instancefiles import (
+    APP_ENV_FILE,
+    INSTANCE_ENV_FILE,
+    file_mode,
+    instance_files,
+    parse_env_file,
+)
 from sandbox.backends.lxdapi import LOCAL_HINT, LXC_REMOTE, connect, lxc_conf, lxd_errors
 from sandbox.backends.lxdconfig import (
     ADDRESS_KEY,
@@ -172,7 +178,7 @@ class LxdBackend(Backend):
         """The per-instance files (hostname, hosts, instance.env), as the lxc backend writes them."""
         with self._api(f"writing the instance files of {spec.name}"):
             for rel, text in instance_files(spec).items():
-                inst.files.put("/" + rel, text.encode(), mode=0o644, uid=0, gid=0)
+                inst.files.put("/" + rel, text.encode(), mode=file_mode(rel), uid=0, gid=0)
 
     def start(self, name: str) -> None:
         inst = self._must(name)

@@ -55,8 +55,10 @@ def _check(
     argv: list[str],
     env: dict[str, str],
     what: str,
+    *,
+    network: bool = False,
 ) -> None:
-    p = run_in_root(root, argv, env)
+    p = run_in_root(root, argv, env, network=network)
     if p.returncode != 0:
         out = "\n".join((p.stdout + p.stderr).strip().splitlines()[-10:])
         raise _fail(loaded, loc, f"{what} failed (exit {p.returncode}):\n{out}")
@@ -304,7 +306,15 @@ def _run(root: Path, loaded: LoadedRecipe, env: dict[str, str], sink: EventSink)
         resolv.write_bytes(Path("/etc/resolv.conf").read_bytes())
     for i, cmd in enumerate(loaded.recipe.run):
         sink(Event("log", phase="app", message=f"run: {cmd}"))
-        _check(loaded, ("run", i), root, ["/bin/sh", "-ec", cmd], full_env, "build command")
+        _check(
+            loaded,
+            ("run", i),
+            root,
+            ["/bin/sh", "-ec", cmd],
+            full_env,
+            "build command",
+            network=loaded.recipe.run_network,
+        )
 
 
 def _services(root: Path, loaded: LoadedRecipe, env: dict[str, str]) -> None:

@@ -31,11 +31,11 @@ from sandbox.build.formats import APP_FORMAT, BASE_FORMAT
 from sandbox.build.hostapt import PrivateApt, host_sources
 from sandbox.build.lock import Lock, lock_path, package_inputs, read_lock, resolve, write_lock
 from sandbox.build.normalize import clean_rootfs, write_layer
-from sandbox.build.overlay import overlay
+from sandbox.build.overlay import build_ids, overlay
 from sandbox.config import LoadedRecipe, load_recipe
 from sandbox.errors import BuildError, ConfigError, ConfigIssue, LockError
 from sandbox.events import Event, EventSink, null_sink
-from sandbox.fsutil import pid_alive, remove_tree
+from sandbox.fsutil import pid_alive, private_dir, remove_tree
 from sandbox.store import ImageStore
 from sandbox.store.layers import merge_indexes
 from sandbox.store.store import TAG
@@ -231,6 +231,10 @@ class Builder:
             if path.is_dir():
                 remove_tree(path)
 
+    def _rootfs_dir(self) -> Path:
+        """The unpacked base layers: setuid binaries owned by host root, so root's only."""
+        return private_dir(self.ws.cache / "rootfs")
+
     def _rootfs(self, base_digest: str) -> Path:
         return self.ws.cache / "rootfs" / base_digest.removeprefix("sha256:")
 
@@ -292,7 +296,7 @@ class Builder:
     def _keep_rootfs(self, rootfs: Path, digest: str) -> None:
         """Move an unpacked base into the shared cache; a dir already there has the same content."""
         dest = self._rootfs(digest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._rootfs_dir()
         try:
             os.rename(rootfs, dest)
         except OSError:
@@ -320,7 +324,8 @@ class Builder:
         sde = lock.source_date_epoch
         with self._workdir() as work:
             applying = _phase(self.sink, "app", "applying users, files, cron, services and the app")
-            with applying, overlay(self._rootfs(base_digest), work / "overlay") as (merged, _upper):
+            ids = build_ids(self.ws)
+            with applying, overlay(self._rootfs(base_digest), work / "overlay", ids) as (merged, _upper):
                 apply_app_layer(merged, loaded, sde, self.sink)
                 clean_rootfs(merged)
             with _phase(self.sink, "layer", "writing the app layer"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sandbox.fsutil import atomic_write, tree_stats
+from sandbox.fsutil import atomic_write, private_dir, tree_stats
 from sandbox.workspace import Workspace
 
 VERSION = 1
@@ -31,7 +31,9 @@ def record(ws: Workspace, recipe: str, inputs: list[Path], digest: str, formats:
         "stats": tree_stats(tops),
         "digest": digest,
     }
-    atomic_write(_path(ws, recipe), json.dumps(doc, sort_keys=True).encode())
+    path = _path(ws, recipe)
+    private_dir(path.parent)  # paths and stats of the recipe's inputs: root's only
+    atomic_write(path, json.dumps(doc, sort_keys=True).encode(), 0o600)
 
 
 def current_image(ws: Workspace, recipe: str, formats: tuple[int, int]) -> str | None:

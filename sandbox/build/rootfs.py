@@ -3,20 +3,26 @@
 `resolve_in_root` follows symlinks the way a chroot would (absolute targets
 are taken relative to the image root), so a symlink in the image can never
 make sandbox write to the host; a path that climbs above the root through
-`..` is refused. `run_in_root` runs a command chrooted into the image in a
-private mount namespace with its own /proc, so nothing stays mounted.
+`..` is refused. `run_in_root` runs a command in the image, jailed (jail.py): shifted ids in a
+user namespace, its own mount/pid/net namespaces, a minimal /dev, no path to the host.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
+from sandbox.build.overlay import jailed
 from sandbox.errors import BuildError
 
 MAX_LINKS = 40
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+JAIL = Path(__file__).with_name("jail.py")
 
 
 class RootEscape(BuildError):
@@ -75,13 +81,20 @@ def run_in_root(
     env: dict[str, str] | None = None,
     input_text: str | None = None,
     *,
-    host_dev: bool = False,
+    network: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `command` chrooted in `root`, in a private mount+pid namespace with /proc.
+    """Run `command` in the image being built at `root` (an `overlay()` mount), jailed.
 
-    With `host_dev`, the host's /dev is bind-mounted at the root's /dev (in that namespace only),
-    for a root without device nodes (a flattened image) whose package scripts need /dev/null.
+    The command runs as the image's root shifted to sandbox's subordinate ids, in its own user,
+    mount, pid, ipc, uts and (unless `network`) net namespaces, pivoted into the image with a
+    minimal /dev (see jail.py): whatever it does, it can change only the image.
     """
+    layers = jailed(root)
+    if layers is None:
+        raise BuildError(
+            f"{root} is not an image being built: build commands run only in a build overlay",
+            hint="this is a bug in sandbox",
+        )
     base_env = {
         "PATH": CHROOT_PATH,
         "HOME": "/root",
@@ -92,27 +105,36 @@ def run_in_root(
         "TERM": "dumb",
     }
     base_env.update(env or {})
-    argv = [
-        "unshare",
-        "--mount",
-        "--pid",
-        "--fork",
-        "--kill-child",
-        f"--mount-proc={root}/proc",
-        *(
-            ["/bin/sh", "-c", 'mount --rbind /dev "$0/dev" && exec chroot "$0" "$@"']
-            if host_dev
-            else ["chroot"]
-        ),
-        str(root),
-        *command,
-    ]
+    stage = Path(tempfile.mkdtemp(dir=layers.upper.parent.parent, prefix=".jail-"))
+    spec = {
+        "lower": str(layers.lower),
+        "upper": str(layers.upper),
+        "work": str(layers.scratch),
+        "stage": str(stage),
+        "uid": layers.uid,
+        "gid": layers.gid,
+        "count": layers.count,
+        "network": network,
+        "argv": command,
+        "env": base_env,
+    }
+    layers.unmount()  # one overlay instance per upper dir at a time
     try:
         return subprocess.run(
-            argv, env=base_env, input=input_text, capture_output=True, text=True, check=False
+            [sys.executable, "-I", str(JAIL), json.dumps(spec)],
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"},
+            input=input_text,
+            capture_output=True,
+            text=True,
+            check=False,
         )
-    except FileNotFoundError as e:
-        raise BuildError(f"{e.filename} is not installed", hint="apt-get install util-linux coreutils") from e
+    finally:
+        # only empty mount points are left (the jail's mounts lived in its own mount namespace);
+        # rmdir, never rm -r: a mount point that is not empty is left alone
+        for d in (*(stage / n for n in ("lower", "layers", "root")), stage):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        layers.mount()
 
 
 def read_ids(root: Path, db: str) -> dict[str, tuple[int, int]]:

@@ -25,7 +25,7 @@ from sandbox.build.debcache import PackageCache
 from sandbox.build.hostapt import PackageRecord, PrivateApt, host_sources
 from sandbox.build.lock import LOCK_VERSION, Lock
 from sandbox.build.normalize import clean_rootfs, write_layer
-from sandbox.build.overlay import overlay
+from sandbox.build.overlay import build_ids, overlay
 from sandbox.build.rootfs import run_in_root
 from sandbox.errors import BuildError, LockError
 from sandbox.events import Event, EventSink, null_sink
@@ -37,7 +37,7 @@ from sandbox.store.layers import merge_indexes
 from sandbox.workspace import Workspace
 
 #: bump when the vm layer's bytes change for the same inputs
-VM_FORMAT = 4
+VM_FORMAT = 5
 #: what a VM needs beyond a container image: a kernel (with its initramfs), udev (device nodes,
 #: module loading, the guest agent's virtio port) and the guest agent (exec, files)
 VM_PACKAGES = ("linux-image-cloud-amd64", "udev", "qemu-guest-agent")
@@ -68,7 +68,7 @@ VM_FILES: dict[str, str] = {
         f'[ "$(blkid -o value -s LABEL /dev/vdb)" = {CONFIG_LABEL} ] || exit 0\n'
         "mkdir -p $m /etc/sandbox\n"
         "mount -o ro /dev/vdb $m\n"
-        "[ -f $m/instance.env ] && install -m 0644 $m/instance.env /etc/sandbox/instance.env\n"
+        "[ -f $m/instance.env ] && install -m 0600 $m/instance.env /etc/sandbox/instance.env\n"
         "[ -f $m/hosts ] && install -m 0644 $m/hosts /etc/hosts\n"
         "if [ -f $m/hostname ]; then install -m 0644 $m/hostname /etc/hostname; "
         'hostname "$(cat /etc/hostname)"; fi\n'
@@ -230,7 +230,7 @@ class VmFlavour:
         try:
             with (
                 flattened(self.store, digest, self.ws.tmp) as lower,
-                overlay(lower, work / "ov") as (merged, upper),
+                overlay(lower, work / "ov", build_ids(self.ws)) as (merged, upper),
             ):
                 self._install(merged, plock, sde)
                 clean_rootfs(merged)
@@ -258,7 +258,7 @@ class VmFlavour:
         env = {"SOURCE_DATE_EPOCH": str(sde), "INITRD": "Yes"}
         names = [p.name for p in plock.packages]
         for argv in (["apt-get", *opts, "update"], ["apt-get", *opts, "install", "-y", *names]):
-            p = run_in_root(root, argv, env, host_dev=True)
+            p = run_in_root(root, argv, env)
             if p.returncode != 0:
                 raise BuildError(
                     f"installing the VM packages failed ({argv[-1]}):\n"

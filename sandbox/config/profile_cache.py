@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.config.resolved import ResolvedProfile
-from sandbox.fsutil import atomic_write, tree_stats
+from sandbox.fsutil import atomic_write, private_dir, tree_stats
 
 VERSION = 1
 
@@ -41,7 +41,9 @@ def remember(state: Path, profiles: Path, p: ProfileData) -> None:
         "digest": p.digest,
         "sources": p.sources,
     }
-    atomic_write(_path(state, p.name), json.dumps(doc, sort_keys=True).encode())
+    path = _path(state, p.name)
+    private_dir(path.parent)  # a resolved profile holds its env (secrets): root's only
+    atomic_write(path, json.dumps(doc, sort_keys=True).encode(), 0o600)
 
 
 def recall(state: Path, profiles: Path, name: str) -> ProfileData | None:

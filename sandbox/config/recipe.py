@@ -306,6 +306,9 @@ class Recipe(BaseModel):
         default_factory=list, description="systemd units to enable ('.service' added when no suffix)."
     )
     run: list[str] = Field(default_factory=list, description="Shell commands run at build time, in order.")
+    run_network: bool = Field(
+        False, description="Give `run:` commands the host's network (default: none, not even loopback)."
+    )
     env: dict[EnvKey, EnvValue] = Field(default_factory=dict, description="Environment of the app and run.")
     vars: dict[Annotated[str, AfterValidator(_var_name)], Any] = Field(
         default_factory=dict, description="Extra template variables."

@@ -52,12 +52,22 @@ _DB_HINT = (
 )
 
 
+def _private_files(db: Path) -> None:
+    """The database (envs, profiles with their env, deploys) is root's only: 0600, made so before
+    sqlite opens it; sqlite gives its -wal and -shm files the database's mode."""
+    os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))
+    for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(p, 0o600)
+
+
 class StateDB:
     """The state database at `path` (normally `<workspace>/.sandbox/state.db`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private_files(self.path)
         self._init_schema()
 
     @classmethod

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sandbox.errors import NotFound, StoreError
-from sandbox.fsutil import atomic_write, fsync_dir, pid_alive
+from sandbox.fsutil import atomic_write, fsync_dir, pid_alive, private_dir
 
 HEX64 = re.compile(r"[0-9a-f]{64}")  # fullmatch: "$" would let "x\n" through
 TAG = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -62,9 +62,21 @@ class ImageSummary:
     created: int
 
 
+# the store is root's alone: a file that a recipe makes 0640 in the image is in a blob, and any host
+# user who could read the blob could read the file (modes are not part of any digest)
+DIR_MODE, FILE_MODE = 0o700, 0o600
+
+
 class ImageStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def _dir(self, *parts: str) -> Path:
+        """A dir of the store, made on first write; the store root is closed to other host users."""
+        private_dir(self.root, DIR_MODE)
+        d = self.root.joinpath(*parts)
+        d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        return d
 
     # -- paths -------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -82,8 +94,7 @@ class ImageStore:
 
         Returns (digest, size, whatever `write` returned).
         """
-        d = self.root / "blobs" / "sha256"
-        d.mkdir(parents=True, exist_ok=True)
+        d = self._dir("blobs", "sha256")
         fd, tmp = tempfile.mkstemp(dir=d, prefix=f".tmp-{os.getpid()}-")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -92,7 +103,7 @@ class ImageStore:
                 f.flush()
                 os.fsync(f.fileno())
             digest = "sha256:" + w.h.hexdigest()
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, FILE_MODE)  # the content digest covers the bytes, not the mode
             os.replace(tmp, self.blob_path(digest))
             fsync_dir(d)
         except BaseException:
@@ -102,7 +113,8 @@ class ImageStore:
         return digest, w.size, result
 
     def put_layer_index(self, digest: str, index: dict[str, Any]) -> None:
-        atomic_write(self.layer_index_path(digest), canonical_json(index))
+        private_dir(self.root, DIR_MODE)
+        atomic_write(self.layer_index_path(digest), canonical_json(index), FILE_MODE)
 
     def layer_index(self, digest: str) -> dict[str, Any]:
         try:
@@ -116,8 +128,9 @@ class ImageStore:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         path = self.manifest_path(digest)
         if not path.exists():
-            atomic_write(self._summary_path(digest), canonical_json(_summarize(manifest)))
-            atomic_write(path, data)
+            private_dir(self.root, DIR_MODE)
+            atomic_write(self._summary_path(digest), canonical_json(_summarize(manifest)), FILE_MODE)
+            atomic_write(path, data, FILE_MODE)
         return digest
 
     def _summary_path(self, digest: str) -> Path:
@@ -134,7 +147,8 @@ class ImageStore:
     def set_ref(self, recipe: str, tag: str, digest: str) -> None:
         if not TAG.fullmatch(tag):
             raise StoreError(f"invalid tag {tag!r}", hint="tags are lower-case letters, digits, . _ -")
-        atomic_write(self.root / "refs" / recipe / tag, (digest + "\n").encode())
+        private_dir(self.root, DIR_MODE)
+        atomic_write(self.root / "refs" / recipe / tag, (digest + "\n").encode(), FILE_MODE)
 
     def cache_get(self, kind: str, key: str) -> str | None:
         p = self.root / "cache" / f"{kind}-{key}"
@@ -145,7 +159,8 @@ class ImageStore:
         return digest if self.blob_path(digest).is_file() or self.manifest_path(digest).is_file() else None
 
     def cache_put(self, kind: str, key: str, digest: str) -> None:
-        atomic_write(self.root / "cache" / f"{kind}-{key}", (digest + "\n").encode())
+        private_dir(self.root, DIR_MODE)
+        atomic_write(self.root / "cache" / f"{kind}-{key}", (digest + "\n").encode(), FILE_MODE)
 
     # -- reads -------------------------------------------------------------
     def manifest(self, digest: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.backends.hostsetup import subid_range
+from sandbox.backends.hostsetup import runtime_ids
 from sandbox.workspace import Workspace
 from tests.integration.conftest import (
     REPO,
@@ -293,8 +293,8 @@ def test_cron_job_of_the_recipe_is_installed_and_cron_runs(healthy: Path) -> Non
 
 
 def test_container_root_is_not_host_root(healthy: Path) -> None:
-    uids = subid_range("root", Path("/etc/subuid"))
-    assert uids is not None and uids.start > 0
+    uids, _ = runtime_ids(Workspace(healthy).runtime)  # the range recorded for this workspace
+    assert uids.start > 0
     assert out(healthy, "staging-1", "cat", "/proc/self/uid_map").split() == [
         "0",
         str(uids.start),
@@ -329,8 +329,7 @@ def test_profile_resources_are_applied(healthy: Path) -> None:
 
 
 def test_profile_mounts_a_file_read_only_and_a_directory_with_a_space_read_write(envws: Path) -> None:
-    uids = subid_range("root", Path("/etc/subuid"))
-    assert uids is not None
+    uids, _ = runtime_ids(Workspace(envws).runtime)
     data = envws / "mnt-data"
     shared = data / "shared dir"
     shared.mkdir(parents=True)

@@ -40,7 +40,12 @@ def lxc(tmp_path: Path) -> LxcBackend:
         network=Network(),
         images=ImageAccess(ImageStore(tmp_path / "images")),
     )
-    return LxcBackend(ctx)
+    backend = LxcBackend(ctx)
+    files = (tmp_path / "subuid", tmp_path / "subgid")
+    for f in files:
+        f.write_text("root:100000:65536\n")
+    backend.subid_files = files  # never the host's /etc/subuid
+    return backend
 
 
 def instance(lxc: LxcBackend, name: str) -> Path:
