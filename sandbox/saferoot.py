@@ -111,7 +111,7 @@ def _refused(root: Path, rel: str, why: str) -> UnsafePath:
     )
 
 
-def _translate(root: Path, rel: str, e: OSError) -> OSError:
+def _translate(root: Path, rel: str, e: OSError) -> Exception:
     """ELOOP/EXDEV from a resolution: an UnsafePath; anything else unchanged (ENOENT stays ENOENT)."""
     if e.errno == errno.ELOOP:
         return _refused(root, rel, "a component is a symbolic link (or there are too many links)")
@@ -325,6 +325,27 @@ def exists_in_root(root: Path, rel: str, *, links: Links = "in_root") -> bool:
     except (OSError, UnsafePath):
         return False
     return True
+
+
+def is_dir_in_root(root: Path, rel: str, *, links: Links = "in_root") -> bool:
+    """Whether `rel` below `root` is a directory (following links only inside it, per `links`)."""
+    try:
+        os.close(open_in_root(root, rel, os.O_PATH | os.O_DIRECTORY, links=links))
+    except (OSError, UnsafePath):
+        return False
+    return True
+
+
+def list_in_root(root: Path, rel: str, *, links: Links = "in_root") -> list[str]:
+    """The names in directory `rel` below `root`; [] if it is absent or not a directory."""
+    try:
+        fd = open_in_root(root, rel, os.O_RDONLY | os.O_DIRECTORY, links=links)
+    except (OSError, UnsafePath):
+        return []
+    try:
+        return sorted(os.listdir(fd))
+    finally:
+        os.close(fd)
 
 
 # -- writes -------------------------------------------------------------------------------------

@@ -14,7 +14,12 @@ import subprocess
 from pathlib import Path
 
 from sandbox.errors import BuildError
+from sandbox.saferoot import Links, read_in_root
 
+#: image roots at build time are read and written with chroot rules (saferoot's "in_root"): they
+#: have usr-merge and absolute links, which resolve inside the image, never on the host
+IN_ROOT: Links = "in_root"
+ID_DB_LIMIT = 16 << 20
 MAX_LINKS = 40
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -116,10 +121,10 @@ def run_in_root(
 
 
 def read_ids(root: Path, db: str) -> dict[str, tuple[int, int]]:
-    """name → (id, primary gid) from the image's /etc/passwd or /etc/group."""
+    """name → (id, primary gid) from the image's /etc/passwd or /etc/group (read with saferoot)."""
     out: dict[str, tuple[int, int]] = {}
     try:
-        text = (root / "etc" / db).read_text()
+        text = read_in_root(root, f"etc/{db}", ID_DB_LIMIT, links=IN_ROOT).decode(errors="replace")
     except FileNotFoundError:
         return out
     for line in text.splitlines():
@@ -132,7 +137,11 @@ def read_ids(root: Path, db: str) -> dict[str, tuple[int, int]]:
 
 def home_of(root: Path, user: str) -> str | None:
     """The home directory of `user` in the image's /etc/passwd."""
-    for line in (root / "etc/passwd").read_text().splitlines():
+    try:
+        text = read_in_root(root, "etc/passwd", ID_DB_LIMIT, links=IN_ROOT).decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
         f = line.split(":")
         if f[0] == user and len(f) >= 6:
             return f[5]
