@@ -224,7 +224,7 @@ def _parent_dir(
 
 def mkdirs_in_root(
     root: Path, rel: str, mode: int = 0o755, uid: int | None = None, gid: int | None = None,
-    *, links: Links = "refuse",
+    *, links: Links = "refuse", _depth: int = 0,
 ) -> int:  # fmt: skip
     """`mkdir -p rel` below `root`; returns an O_PATH fd of the directory. Directories made here get
     `mode` and (if given) uid:gid; existing ones are left as they are (they must be directories)."""
@@ -244,6 +244,14 @@ def mkdirs_in_root(
                     os.mkdir(name, 0o700, dir_fd=fd)
                 except FileExistsError:
                     made = False  # made meanwhile, or a link: the reopen below decides
+                    if links == "in_root" and stat.S_ISLNK(os.lstat(name, dir_fd=fd).st_mode):
+                        # a dangling link: make its target (inside the root), as mkdir -p in a chroot would
+                        if _depth >= MAX_LINKS:
+                            raise OSError(errno.ELOOP, "too many links", rel) from None
+                        target = os.readlink(name, dir_fd=fd)
+                        base = "" if target.startswith("/") else "/".join(parts[:i])
+                        os.close(mkdirs_in_root(root, f"{base}/{target}", mode, uid, gid, links=links,
+                                                _depth=_depth + 1))  # fmt: skip
                 nfd = _open_at(rootfd, root, sub, os.O_PATH | os.O_DIRECTORY, 0, links)
                 if made:  # on the inode the fd holds, not by name (it may have been swapped)
                     if uid is not None and gid is not None:

@@ -56,9 +56,7 @@ def write_instance_files(root: Path, spec: InstanceSpec, uid: int, gid: int) -> 
             ) from e
 
 
-def read_layered(
-    layers: Sequence[Path], rel: str, what: str, sink: EventSink | None = None
-) -> bytes | None:
+def read_layered(layers: Sequence[Path], rel: str, what: str, sink: EventSink | None = None) -> bytes | None:
     """The file `rel` of an overlay of `layers` (upper first), read on the host side, or None.
 
     Each layer is read with saferoot's rules (no link followed, regular files only, 1 MiB at most,

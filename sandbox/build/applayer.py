@@ -36,7 +36,6 @@ APP_SCRIPT = "/usr/local/bin/sandbox-app"
 
 
 def apply_app_layer(root: Path, loaded: LoadedRecipe, sde: int, sink: EventSink) -> None:
-    r = loaded.recipe
     env = {"SOURCE_DATE_EPOCH": str(sde)}
     steps: list[tuple[str, Callable[[], None]]] = [
         ("users", lambda: _users(root, loaded, env)),

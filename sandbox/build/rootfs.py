@@ -1,15 +1,12 @@
 """Working inside an image's root directory from the host, safely.
 
-`resolve_in_root` follows symlinks the way a chroot would (absolute targets
-are taken relative to the image root), so a symlink in the image can never
-make sandbox write to the host; a path that climbs above the root through
-`..` is refused. `run_in_root` runs a command chrooted into the image in a
-private mount namespace with its own /proc, so nothing stays mounted.
+Files of the image are read and written through sandbox/saferoot.py with chroot rules
+(`IN_ROOT`: links resolve inside the image, never on the host). `run_in_root` runs a command
+chrooted into the image in a private mount namespace with its own /proc, so nothing stays mounted.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -20,58 +17,7 @@ from sandbox.saferoot import Links, read_in_root
 #: have usr-merge and absolute links, which resolve inside the image, never on the host
 IN_ROOT: Links = "in_root"
 ID_DB_LIMIT = 16 << 20
-MAX_LINKS = 40
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-class RootEscape(BuildError):
-    """A path would leave the image root."""
-
-
-def resolve_in_root(root: Path, dest: str) -> Path:
-    """Host path for image path `dest`, resolving symlinks relative to `root`.
-
-    The last component is not followed if it is a symlink (callers replace it).
-    """
-    parts = [p for p in dest.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if not resolved:
-                raise RootEscape(f"{dest} climbs above the image root")
-            resolved.pop()
-            continue
-        candidate = root.joinpath(*resolved, part)
-        if parts and candidate.is_symlink():
-            links += 1
-            if links > MAX_LINKS:
-                raise RootEscape(f"{dest}: too many levels of symbolic links")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            target_parts = [p for p in target.split("/") if p not in ("", ".")]
-            # a relative link that climbs above the root is an escape, not a clamp
-            depth = len(resolved)
-            for tp in target_parts:
-                depth += -1 if tp == ".." else 1
-                if depth < 0:
-                    raise RootEscape(
-                        f"{dest}: symlink /{'/'.join([*resolved, part])} -> {target} "
-                        "points outside the image root"
-                    )
-            parts = target_parts + parts
-            continue
-        resolved.append(part)
-    path = root.joinpath(*resolved)
-    if not resolved:
-        return root
-    real_root = os.path.realpath(root)
-    real_parent = os.path.realpath(path.parent)
-    if os.path.commonpath([real_root, real_parent]) != real_root:
-        raise RootEscape(f"{dest} resolves outside the image root")
-    return path
 
 
 def run_in_root(

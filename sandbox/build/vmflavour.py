@@ -285,7 +285,9 @@ class VmFlavour:
             os.close(run_fd)
         write_vm_files(root)
         boot = list_in_root(root, "boot")
-        if not any(n.startswith("vmlinuz-") for n in boot) or not any(n.startswith("initrd.img-") for n in boot):
+        if not any(n.startswith("vmlinuz-") for n in boot) or not any(
+            n.startswith("initrd.img-") for n in boot
+        ):
             raise BuildError("the VM packages left no kernel and initrd in /boot", hint="see the VM lock")
 
     def _apt_install(self, root: Path, plock: Lock, sde: int, source: str) -> None:

@@ -110,7 +110,9 @@ def copy_boot_file(root: Path, prefix: str, dest: Path) -> None:
     try:
         copy_out_of_root(root, rel, dest, BOOT_FILE_LIMIT, links="in_root")
     except (UnsafePath, FileNotFoundError) as e:
-        raise ImageFormatError(f"cannot take /{rel} out of the VM image: {e}", hint="see its VM flavour") from e
+        raise ImageFormatError(
+            f"cannot take /{rel} out of the VM image: {e}", hint="see its VM flavour"
+        ) from e
 
 
 def make_image_disk(store: ImageStore, vm_digest: str, dest: Path, tmp: Path, sink: EventSink) -> None:

@@ -196,11 +196,8 @@ def test_nothing_outside_the_root_changes(
                 break
         before = snapshot(top, w.root, scratch)
         rel = "/".join(names)
-        with deadline():
-            try:
-                run_op(op, w.root, rel, links, scratch)
-            except (UnsafePath, OSError):
-                pass
+        with deadline(), contextlib.suppress(UnsafePath, OSError):
+            run_op(op, w.root, rel, links, scratch)
         after = snapshot(top, w.root, scratch)
         after.pop(str(top / "."), None)
         before.pop(str(top / "."), None)
@@ -287,7 +284,7 @@ def test_write_in_root_mode_follows_links_inside(world: World, resolver: bool) -
     write_in_root(world.root, "/lib/x.conf", b"1", links="in_root")
     assert (world.root / "usr/lib/x.conf").read_bytes() == b"1"
     inside = world.root / str(world.outside / "dir").lstrip("/") / "hostname"
-    inside.parent.mkdir(parents=True)  # a dangling link is not made into a directory (like mkdir -p)
+    assert not inside.parent.exists()  # a dangling link: its target is made, inside the root
     write_in_root(world.root, "/var/run/hostname", b"2", links="in_root", parents=(0o755, 0, 0))
     assert inside.read_bytes() == b"2"
     assert (world.outside / "dir" / "hostname").read_text() == "host\n"
@@ -344,3 +341,60 @@ def test_copy_out_bounded(world: World, resolver: bool, tmp_path: Path) -> None:
     (world.root / "boot/vmlinuz-2").symlink_to(world.outside / "secret")
     with pytest.raises(FileNotFoundError):  # in_root: the host path is looked up inside the image
         copy_out_of_root(world.root, "boot/vmlinuz-2", tmp_path / "k3", 100)
+
+
+# -- chroot rules ("in_root"): where a write lands (was build.rootfs.resolve_in_root's suite) ----
+
+
+@pytest.fixture
+def usr_merged(tmp_path: Path) -> Path:
+    r = tmp_path / "img"
+    for d in ("usr/bin", "usr/lib", "etc/nginx", "run/lock", "var", "srv", "opt/real"):
+        (r / d).mkdir(parents=True)
+    (r / "bin").symlink_to("usr/bin")
+    (r / "lib").symlink_to("usr/lib")
+    (r / "var/run").symlink_to("/run")
+    (r / "var/lock").symlink_to("../run/lock")
+    (r / "opt/app").symlink_to("real")
+    (r / "srv/conf").symlink_to("/etc")
+    (r / "srv/top").symlink_to("/")
+    (r / "srv/up").symlink_to("../../../../../../run")  # climbs above the root: clamped there
+    (r / "srv/loop").symlink_to("loop")
+    return r
+
+
+@pytest.mark.parametrize(
+    ("dest", "lands"),
+    [
+        ("/etc/nginx/site", "etc/nginx/site"),
+        ("etc//nginx/./site2", "etc/nginx/site2"),
+        ("/bin/tool", "usr/bin/tool"),
+        ("/lib/x.so", "usr/lib/x.so"),
+        ("/opt/app/config.py", "opt/real/config.py"),
+        ("/var/lock/app.lock", "run/lock/app.lock"),
+        ("/var/run/app.pid", "run/app.pid"),
+        ("/srv/conf/passwd", "etc/passwd"),
+        ("/srv/top/etc/hosts", "etc/hosts"),
+        ("/srv/up/x", "run/x"),
+        ("/etc/nginx/../hosts2", "etc/hosts2"),
+        ("/bin/../lib/y", "usr/lib/y"),
+        ("/../../etc/z", "etc/z"),
+    ],
+)
+def test_in_root_writes_land_where_a_chroot_puts_them(
+    usr_merged: Path, resolver: bool, dest: str, lands: str
+) -> None:
+    write_in_root(usr_merged, dest, b"x", links="in_root", parents=(0o755, 0, 0))
+    assert (usr_merged / lands).read_bytes() == b"x"
+
+
+def test_in_root_link_loop_is_refused(usr_merged: Path, resolver: bool) -> None:
+    with pytest.raises(UnsafePath):
+        write_in_root(usr_merged, "/srv/loop/x", b"x", links="in_root")
+
+
+def test_root_given_through_a_link(usr_merged: Path, tmp_path: Path, resolver: bool) -> None:
+    alias = tmp_path / "alias"
+    alias.symlink_to(usr_merged)
+    write_in_root(alias, "/bin/sh", b"sh", links="in_root")
+    assert (usr_merged / "usr/bin/sh").read_bytes() == b"sh"
