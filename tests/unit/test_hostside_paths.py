@@ -323,3 +323,66 @@ def test_clean_rootfs_touches_nothing_on_the_host(tmp_path: Path, host: Path) ->
     assert not os.path.lexists(root / "etc/hostname") and not os.path.lexists(root / "var/log/x")
     assert (root / str(host).lstrip("/")).is_dir() is False  # nothing was made for the link target
     assert SOURCES_NOTE not in (host / "secret.env").read_bytes()
+
+
+class _FakePackages:
+    def __init__(self) -> None:
+        self.repo: Path | None = None
+
+    def make_repo(self, lock: Any, repo: Path) -> str:
+        (repo / "pool").mkdir()
+        (repo / "pool" / "x.deb").write_bytes(b"deb")
+        self.repo = repo
+        return f"deb [trusted=yes] file://{repo} bookworm main"
+
+
+def _fake_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[str]]:
+    from sandbox.build import vmflavour
+
+    seen: list[str] = []
+
+    def run_in_root(root: Path, argv: list[str], env: Any = None, **_: Any) -> Any:
+        seen.append((root / "run/sbx-sources.list").read_text())
+        assert (root / "run/sbx-repo/pool/x.deb").read_bytes() == b"deb"
+        (root / "boot").mkdir(exist_ok=True)
+        (root / "boot/vmlinuz-1").write_bytes(b"k")
+        (root / "boot/initrd.img-1").write_bytes(b"i")
+        return subprocess_ok()
+
+    monkeypatch.setattr(vmflavour, "run_in_root", run_in_root)
+    flavour = vmflavour.VmFlavour.__new__(vmflavour.VmFlavour)
+    flavour.packages = _FakePackages()  # type: ignore[assignment]
+    lock = vmflavour.Lock("web", "x", "bookworm", "minbase", "amd64", 0, ())
+    return (flavour, lock), seen
+
+
+def subprocess_ok() -> Any:
+    import subprocess
+
+    return subprocess.CompletedProcess([], 0, "", "")
+
+
+def test_vm_repo_is_a_fresh_dir_of_the_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = image_root(tmp_path)
+    (root / "run").mkdir()
+    (flavour, lock), seen = _fake_install(tmp_path, monkeypatch)
+    flavour._install(root, lock, 0)
+    assert seen and all("file:///run/sbx-repo bookworm main" in s for s in seen)
+    assert not (root / "run/sbx-repo").exists() and not (root / "run/sbx-sources.list").exists()
+
+
+@pytest.mark.parametrize("planted", ["run-link", "repo-exists"])
+def test_vm_repo_never_lands_on_the_host(
+    tmp_path: Path, host: Path, monkeypatch: pytest.MonkeyPatch, planted: str
+) -> None:
+    root = image_root(tmp_path)
+    if planted == "run-link":
+        (root / "run").symlink_to(host)
+    else:
+        (root / "run").mkdir()
+        (root / "run/sbx-repo").symlink_to(host)
+    (flavour, lock), _ = _fake_install(tmp_path, monkeypatch)
+    before = host_state(host)
+    with pytest.raises(BuildError):
+        flavour._install(root, lock, 0)
+    assert host_state(host) == before
