@@ -7,12 +7,15 @@ which `parse_env_file` reads back (for `sandbox exec`, which runs with the app's
 
 from __future__ import annotations
 
-import os
 import re
+import stat
+from collections.abc import Sequence
 from pathlib import Path
 
-from sandbox.backends.base import InstanceSpec
+from sandbox.backends.base import BackendError, InstanceSpec
+from sandbox.events import Event, EventSink
 from sandbox.imageformats.hostfiles import host_files
+from sandbox.saferoot import UnsafePath, lstat_in_root, read_in_root, write_in_root
 
 APP_ENV_FILE = "etc/sandbox/app.env"  # the recipe's env, written by the build
 INSTANCE_ENV_FILE = "etc/sandbox/instance.env"  # sandbox's and the profile's, written per instance
@@ -37,23 +40,54 @@ def instance_files(spec: InstanceSpec) -> dict[str, str]:
 
 
 def write_instance_files(root: Path, spec: InstanceSpec, uid: int, gid: int) -> None:
-    """`instance_files` into the directory tree `root` (an instance's upper dir), owned by uid:gid."""
+    """`instance_files` into the directory tree `root` (an instance's upper dir), owned by uid:gid.
+
+    The tree belongs to the instance (a clone's or a restored snapshot's upper dir was written by
+    container root): no link in it is followed, a link or FIFO at a file's name is replaced, and a
+    parent that is not a plain directory is an error (saferoot)."""
     for rel, text in instance_files(spec).items():
-        parent = root
-        for part in rel.split("/")[:-1]:
-            parent = parent / part
-            if not parent.exists():
-                parent.mkdir(mode=0o755)
-                os.chown(parent, uid, gid)
-        path = root / rel
-        path.write_text(text)
-        os.chown(path, uid, gid)
-        os.chmod(path, file_mode(rel))
+        try:
+            write_in_root(root, rel, text.encode(), file_mode(rel), uid, gid, parents=(0o755, uid, gid))
+        except UnsafePath as e:
+            raise BackendError(
+                f"cannot write the instance file /{rel} of {spec.name}: {e.message}",
+                hint="the instance (or the one it was cloned from) replaced a directory of it by a link "
+                "or a file; remove that entry inside it, then retry",
+            ) from e
 
 
 def file_mode(rel: str) -> int:
     """instance.env holds the profile's env (secrets): root of the instance only (systemd reads it)."""
     return 0o600 if rel == INSTANCE_ENV_FILE else 0o644
+
+
+def read_layered(layers: Sequence[Path], rel: str, what: str, sink: EventSink | None = None) -> bytes | None:
+    """The file `rel` of an overlay of `layers` (upper first), read on the host side, or None.
+
+    Each layer is read with saferoot's rules (no link followed, regular files only, 1 MiB at most,
+    never blocking), so a file the instance planted cannot make sandbox read a host file. A
+    whiteout in an upper layer hides the lower ones. A refused entry is skipped with a warning if
+    `sink` is given, else it is a BackendError naming `what` (the instance).
+    """
+    for layer in layers:
+        st = lstat_in_root(layer, rel)
+        if st is not None and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            return None  # an overlayfs whiteout: deleted in the instance
+        try:
+            return read_in_root(layer, rel)
+        except FileNotFoundError:
+            continue
+        except NotADirectoryError:
+            return None
+        except UnsafePath as e:
+            if sink is None:
+                raise BackendError(
+                    f"cannot read /{rel} of {what}: {e.message}",
+                    hint=f"replace /{rel} in {what} by a regular file (as root: sandbox exec {what} -- ...)",
+                ) from e
+            sink(Event("warning", phase="exec", message=f"{what}: ignored /{rel}: {e.message}"))
+            return None
+    return None
 
 
 def quote_env(v: str) -> str:

@@ -49,6 +49,7 @@ from sandbox.events import Event
 from sandbox.fsutil import file_lock, remove_tree
 from sandbox.imageformats import vmdisk
 from sandbox.imageformats.vmdisk import kernel_cmdline
+from sandbox.saferoot import READ_LIMIT
 
 DEFAULT_URI = "qemu:///system"
 #: config disk file → the instance file it carries (the guest's sandbox-instance.service copies them)
@@ -312,9 +313,12 @@ class LibvirtBackend(Backend):
                 hint=f"run single commands: sandbox exec ENV -- CMD; the serial console: {self._dir(name)}",
             )
         send = self._agent(name)
+        # read in the guest (no host file is reachable there), but bounded: regular files only (a
+        # FIFO would hang the agent) and at most READ_LIMIT bytes each (not /dev/zero's endless zeros)
+        script = f'for f; do [ -f "$f" ] && head -c {READ_LIMIT} -- "$f"; echo; done 2>/dev/null'
         files = guestagent.guest_exec(
-            send, ["/bin/sh", "-c", 'cat "$0" 2>/dev/null; echo; cat "$1" 2>/dev/null', f"/{APP_ENV_FILE}",
-                   f"/{INSTANCE_ENV_FILE}"], timeout=30)  # fmt: skip
+            send, ["/bin/sh", "-c", script, "sh", f"/{APP_ENV_FILE}", f"/{INSTANCE_ENV_FILE}"], timeout=30
+        )
         environ = {**parse_env_file(files.stdout), **(env or {})}  # what the app sees, as on every backend
         r = guestagent.guest_exec(send, argv, user=user, env=environ, timeout=timeout, what=name)
         if interactive:  # no terminal through the agent: the output is shown when the command ends

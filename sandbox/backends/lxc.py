@@ -29,6 +29,7 @@ from sandbox.backends.instancefiles import (
     APP_ENV_FILE,
     INSTANCE_ENV_FILE,
     parse_env_file,
+    read_layered,
     write_instance_files,
 )
 from sandbox.backends.lxcconfig import LxcInstanceConfig, render_lxc_config
@@ -237,31 +238,32 @@ class LxcBackend(Backend):
             raise BackendError(f"instance {name} has no recorded address")
         return addr
 
+    def _layers(self, name: str) -> list[Path]:
+        """The instance's upper dir, then its image's root: what overlayfs shows inside, upper first."""
+        return [self._dir(name) / "delta0", self._image_root(self._meta(name).get("image", ""))]
+
     def _user_ids(self, name: str, user: str) -> tuple[int, int, str]:
-        meta = self._meta(name)
-        for root in (self._dir(name) / "delta0", self._image_root(meta.get("image", ""))):
-            try:
-                text = (root / "etc" / "passwd").read_text()
-            except OSError:
-                continue
-            for line in text.splitlines():
-                f = line.split(":")
-                if f[0] == user and len(f) >= 6:
+        data = read_layered(self._layers(name), "etc/passwd", name)
+        for line in (data or b"").decode(errors="replace").splitlines():
+            f = line.split(":")
+            if f[0] == user and len(f) >= 6:
+                try:
                     return int(f[2]), int(f[3]), f[5]
+                except ValueError:
+                    break
         raise BackendError(f"user {user!r} does not exist in instance {name}")
 
     def _app_env(self, name: str) -> dict[str, str]:
-        """The app's environment: the recipe's env file, then this instance's (sandbox and profile)."""
-        meta = self._meta(name)
+        """The app's environment: the recipe's env file, then this instance's (sandbox and profile).
+
+        Both files are the instance's own: read through saferoot (a link or FIFO there is ignored
+        with a warning, never followed to a host file)."""
+        layers = self._layers(name)
         out: dict[str, str] = {}
         for rel in (APP_ENV_FILE, INSTANCE_ENV_FILE):
-            for root in (self._dir(name) / "delta0", self._image_root(meta.get("image", ""))):
-                try:
-                    text = (root / rel).read_text()
-                except OSError:
-                    continue
-                out.update(parse_env_file(text))
-                break
+            data = read_layered(layers, rel, name, self.sink)
+            if data is not None:
+                out.update(parse_env_file(data.decode(errors="replace")))
         return out
 
     def exec(

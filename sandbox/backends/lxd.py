@@ -42,6 +42,7 @@ from sandbox.backends.lxdconfig import (
 from sandbox.events import Event
 from sandbox.fsutil import file_lock
 from sandbox.imageformats.lxd import write_lxd_tarball
+from sandbox.saferoot import READ_LIMIT
 
 EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -217,10 +218,30 @@ class LxdBackend(Backend):
         return str(addr)
 
     def _read(self, inst: Any, path: str) -> str | None:
-        """A file of the instance, or None if it has none."""
+        """A regular file of the instance (LXD reads it inside the container), or None if it has none
+        or it is not a regular file. At most READ_LIMIT bytes, with a timeout: the instance controls
+        the file, and a FIFO or /dev/zero there must not hang or exhaust sandbox."""
         with self._api(f"reading {path} of {inst.name}"):
-            r = inst.api.files.get(params={"path": path}, is_api=False)
-        return r.content.decode(errors="replace") if r.status_code == 200 else None
+            try:
+                r = inst.api.files.get(params={"path": path}, is_api=False, stream=True, timeout=30)
+            except Exception as e:
+                if type(e).__name__ == "NotFound":
+                    return None
+                raise
+            try:
+                if r.status_code != 200 or r.headers.get("X-LXD-type", "file") != "file":
+                    return None
+                data = b""
+                for chunk in r.iter_content(1 << 16):
+                    data += chunk
+                    if len(data) > READ_LIMIT:
+                        raise BackendError(
+                            f"{path} of {inst.name} is larger than {READ_LIMIT} bytes",
+                            hint=f"replace {path} in {inst.name} by a regular file",
+                        )
+            finally:
+                r.close()
+        return data.decode(errors="replace")
 
     def _user_ids(self, inst: Any, user: str) -> tuple[int, int, str]:
         for line in (self._read(inst, "/etc/passwd") or "").splitlines():

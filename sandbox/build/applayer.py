@@ -6,25 +6,36 @@ directory is exactly the layer). Every failure names the recipe key it came from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
-import shutil
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sandbox.build.rootfs import RootEscape, home_of, read_ids, resolve_in_root, run_in_root
+from sandbox.build.rootfs import IN_ROOT, home_of, read_ids, run_in_root
 from sandbox.config import LoadedRecipe
 from sandbox.config.recipe import CronJob, Recipe
 from sandbox.errors import BuildError
 from sandbox.events import Event, EventSink
+from sandbox.saferoot import (
+    UnsafePath,
+    exists_in_root,
+    is_dir_in_root,
+    lstat_in_root,
+    mkdirs_in_root,
+    remove_in_root,
+    set_owner_in_root,
+    symlink_in_root,
+    write_in_root,
+)
 
 APP_UNIT = "sandbox-app.service"
 APP_SCRIPT = "/usr/local/bin/sandbox-app"
 
 
 def apply_app_layer(root: Path, loaded: LoadedRecipe, sde: int, sink: EventSink) -> None:
-    r = loaded.recipe
     env = {"SOURCE_DATE_EPOCH": str(sde)}
     steps: list[tuple[str, Callable[[], None]]] = [
         ("users", lambda: _users(root, loaded, env)),
@@ -32,7 +43,7 @@ def apply_app_layer(root: Path, loaded: LoadedRecipe, sde: int, sink: EventSink)
         ("keys", lambda: _keys(root, loaded)),
         ("sudoers", lambda: _sudoers(root, loaded, env)),
         ("cron", lambda: _cron(root, loaded)),
-        ("app", lambda: _app(root, r)),
+        ("app", lambda: _app(root, loaded)),
         ("run", lambda: _run(root, loaded, env, sink)),
         ("services", lambda: _services(root, loaded, env)),
     ]
@@ -102,33 +113,37 @@ def _owner(
     return uid, gid
 
 
-def _target(root: Path, loaded: LoadedRecipe, loc: tuple[str | int, ...], dest: str) -> Path:
+@contextlib.contextmanager
+def _guard(loaded: LoadedRecipe, loc: tuple[str | int, ...]) -> Iterator[None]:
+    """A path the image refuses (saferoot) as a build error at the recipe key it came from."""
     try:
-        return resolve_in_root(root, dest)
-    except RootEscape as e:
-        raise _fail(loaded, loc, e.message) from e
+        yield
+    except UnsafePath as e:
+        raise _fail(loaded, loc, e.message, e.hint) from e
 
 
-def _mkparents(root: Path, path: Path) -> None:
-    missing = []
-    p = path.parent
-    while not p.exists() and p != root:
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        d.mkdir(mode=0o755)
-        os.chown(d, 0, 0)
+def _parent(dest: str) -> str:
+    return dest.rstrip("/").rpartition("/")[0]
 
 
-def _put(path: Path, data: bytes | None, src: Path | None, mode: int, uid: int, gid: int) -> None:
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        path.unlink()
+def _put(root: Path, dest: str, data: bytes | None, src: Path | None, mode: int, uid: int, gid: int) -> None:
+    """Write image path `dest` (links followed inside the image only; a link, FIFO or device at
+    `dest` itself is replaced); missing parents are made root:root 0755."""
     if src is not None:
-        shutil.copyfile(src, path, follow_symlinks=False)
+        with open(src, "rb") as f:
+            write_in_root(root, dest, f, mode, uid, gid, links=IN_ROOT, parents=(0o755, 0, 0))
     else:
-        path.write_bytes(data or b"")
-    os.chown(path, uid, gid, follow_symlinks=False)
-    os.chmod(path, mode)
+        write_in_root(root, dest, data or b"", mode, uid, gid, links=IN_ROOT, parents=(0o755, 0, 0))
+
+
+def _check_name(loaded: LoadedRecipe, loc: tuple[str | int, ...], name: str, where: Path) -> None:
+    if name.startswith(".wh."):
+        raise _fail(
+            loaded,
+            loc,
+            f"{where}: a name starting with .wh. would be read as an overlay whiteout in the image",
+            hint="rename the file",
+        )
 
 
 def _files(root: Path, loaded: LoadedRecipe) -> None:
@@ -136,23 +151,22 @@ def _files(root: Path, loaded: LoadedRecipe) -> None:
         loc: tuple[str | int, ...] = ("files", rf.index, "dest")
         uid, gid = _owner(root, loaded, ("files", rf.index, "owner"), rf.owner, rf.group)
         dest = rf.dest
-        if rf.src is not None and rf.is_dir:
-            top = _target(root, loaded, loc, dest)
-            _mkparents(root, top / "x")
-            _copy_tree(root, loaded, loc, rf.src, dest.rstrip("/") or "/", rf.mode, uid, gid)
-            continue
-        if dest.endswith("/"):
-            if rf.src is None:
-                raise _fail(loaded, loc, "a template needs a file name as dest, not a directory")
-            dest = dest + rf.src.name
-        path = _target(root, loaded, loc, dest)
-        _mkparents(root, path)
-        mode = (
-            rf.mode
-            if rf.mode is not None
-            else (0o755 if rf.src is not None and os.access(rf.src, os.X_OK) else 0o644)
-        )
-        _put(path, rf.content, rf.src, mode, uid, gid)
+        with _guard(loaded, loc):
+            if rf.src is not None and rf.is_dir:
+                os.close(mkdirs_in_root(root, _parent(dest), 0o755, 0, 0, links=IN_ROOT))
+                _copy_tree(root, loaded, loc, rf.src, dest.rstrip("/") or "/", rf.mode, uid, gid)
+                continue
+            if dest.endswith("/"):
+                if rf.src is None:
+                    raise _fail(loaded, loc, "a template needs a file name as dest, not a directory")
+                _check_name(loaded, loc, rf.src.name, rf.src)
+                dest = dest + rf.src.name
+            mode = (
+                rf.mode
+                if rf.mode is not None
+                else (0o755 if rf.src is not None and os.access(rf.src, os.X_OK) else 0o644)
+            )
+            _put(root, dest, rf.content, rf.src, mode, uid, gid)
 
 
 def _copy_tree(
@@ -165,40 +179,48 @@ def _copy_tree(
     uid: int,
     gid: int,
 ) -> None:
-    top = _target(root, loaded, loc, dest)
-    if not top.is_dir():
-        if top.exists() or top.is_symlink():
-            top.unlink()
-        top.mkdir(mode=0o755)
-        os.chown(top, uid, gid)  # only directories sandbox creates change owner, never /etc or /srv
+    if not is_dir_in_root(root, dest, links=IN_ROOT):
+        remove_in_root(root, dest, links=IN_ROOT)  # a file or link there: replaced
+        # only directories sandbox creates change owner, never /etc or /srv
+        os.close(mkdirs_in_root(root, dest, 0o755, uid, gid, links=IN_ROOT))
     for entry in sorted(os.scandir(src), key=lambda e: e.name):
+        _check_name(loaded, loc, entry.name, Path(entry.path))
         image_path = f"{dest.rstrip('/')}/{entry.name}"
         if entry.is_symlink():
-            target = _target(root, loaded, loc, image_path)
-            if target.is_symlink() or target.exists():
-                target.unlink()
-            os.symlink(os.readlink(entry.path), target)
-            os.chown(target, uid, gid, follow_symlinks=False)
+            symlink_in_root(root, image_path, os.readlink(entry.path), uid, gid, links=IN_ROOT)
         elif entry.is_dir():
             _copy_tree(root, loaded, loc, Path(entry.path), image_path, mode, uid, gid)
         elif entry.is_file():
             fmode = mode if mode is not None else (0o755 if os.access(entry.path, os.X_OK) else 0o644)
-            _put(_target(root, loaded, loc, image_path), None, Path(entry.path), fmode, uid, gid)
+            _put(root, image_path, None, Path(entry.path), fmode, uid, gid)
 
 
 def _keys(root: Path, loaded: LoadedRecipe) -> None:
+    """authorized_keys of each user. The home is found inside the image (links followed there), but
+    `.ssh` and `authorized_keys` themselves must not be links: a `files:` entry could have planted
+    one, and keys (and their owner) must land in that user's own directory, nowhere else."""
     users = read_ids(root, "passwd")
     for user, lines in loaded.keys.items():
         if not lines:
             continue
         uid, gid = users[user]
         home = home_of(root, user) or f"/home/{user}"
-        ssh = _target(root, loaded, ("keys", user), home.rstrip("/") + "/.ssh")
-        _mkparents(root, ssh)
-        ssh.mkdir(mode=0o700, exist_ok=True)
-        os.chown(ssh, uid, gid)
-        os.chmod(ssh, 0o700)
-        _put(ssh / "authorized_keys", ("\n".join(lines) + "\n").encode(), None, 0o600, uid, gid)
+        ssh = home.rstrip("/") + "/.ssh"
+        loc: tuple[str | int, ...] = ("keys", user)
+        with _guard(loaded, loc):
+            st = lstat_in_root(root, ssh, links=IN_ROOT)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                raise _fail(
+                    loaded,
+                    loc,
+                    f"{ssh} in the image is not a directory (a link or a file, made by files: or a package)",
+                    hint="do not ship .ssh in files:; sandbox writes authorized_keys from keys:",
+                )
+            os.close(mkdirs_in_root(root, home, 0o755, 0, 0, links=IN_ROOT))
+            os.close(mkdirs_in_root(root, ssh, 0o700, uid, gid, links=IN_ROOT))
+            set_owner_in_root(root, ssh, 0o700, uid, gid, links=IN_ROOT)
+            keys = ("\n".join(lines) + "\n").encode()
+            write_in_root(root, ssh + "/authorized_keys", keys, 0o600, uid, gid, links=IN_ROOT)
 
 
 def _sudo_escape(cmd: str) -> str:
@@ -214,9 +236,8 @@ def _sudoers(root: Path, loaded: LoadedRecipe, env: dict[str, str]) -> None:
             f"# from recipe {loaded.recipe.name}: {u.name} may run exactly these commands as root\n"
             f"{u.name} ALL=(root) NOPASSWD: " + ", ".join(_sudo_escape(c) for c in u.sudo) + "\n"
         )
-        path = _target(root, loaded, ("users", i, "sudo"), rel)
-        _mkparents(root, path)
-        _put(path, text.encode(), None, 0o440, 0, 0)
+        with _guard(loaded, ("users", i, "sudo")):
+            _put(root, rel, text.encode(), None, 0o440, 0, 0)
         _check(loaded, ("users", i, "sudo"), root, ["visudo", "-c", "-q", "-f", rel], env, "checking sudoers")
 
 
@@ -237,13 +258,12 @@ def _cron(root: Path, loaded: LoadedRecipe) -> None:
     for i, job in enumerate(loaded.recipe.cron):
         if job.user not in users:
             raise _fail(loaded, ("cron", i, "user"), f"user {job.user!r} is not a user of the image")
-        path = _target(root, loaded, ("cron", i, "name"), f"/etc/cron.d/{job.name}")
-        _mkparents(root, path)
-        _put(path, cron_line(job).encode(), None, 0o644, 0, 0)
+        with _guard(loaded, ("cron", i, "name")):
+            _put(root, f"/etc/cron.d/{job.name}", cron_line(job).encode(), None, 0o644, 0, 0)
 
 
 def _systemd_present(root: Path) -> bool:
-    return any((root / p).exists() for p in ("lib/systemd/systemd", "usr/lib/systemd/systemd"))
+    return any(exists_in_root(root, p) for p in ("lib/systemd/systemd", "usr/lib/systemd/systemd"))
 
 
 def app_files(recipe: Recipe, with_systemd: bool) -> dict[str, tuple[bytes, int]]:
@@ -284,26 +304,25 @@ def _systemd_quote(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _app(root: Path, recipe: Recipe) -> None:
+def _app(root: Path, loaded: LoadedRecipe) -> None:
+    recipe = loaded.recipe
     if recipe.app is None:
         return
     for dest, (data, mode) in app_files(recipe, _systemd_present(root)).items():
-        path = resolve_in_root(root, dest)
-        _mkparents(root, path)
-        _put(path, data, None, mode, 0, 0)
+        with _guard(loaded, ("app",)):
+            _put(root, dest, data, None, mode, 0, 0)
 
 
 def _run(root: Path, loaded: LoadedRecipe, env: dict[str, str], sink: EventSink) -> None:
     full_env = {**loaded.recipe.env, **env}
-    resolv = root / "etc/resolv.conf"
     if (
         loaded.recipe.run
-        and not resolv.exists()
-        and not resolv.is_symlink()
+        and lstat_in_root(root, "etc/resolv.conf", links=IN_ROOT) is None
         and Path("/etc/resolv.conf").is_file()
     ):
         # DNS for build commands; normalization removes the file again
-        resolv.write_bytes(Path("/etc/resolv.conf").read_bytes())
+        with _guard(loaded, ("run",)):
+            write_in_root(root, "etc/resolv.conf", Path("/etc/resolv.conf").read_bytes(), links=IN_ROOT)
     for i, cmd in enumerate(loaded.recipe.run):
         sink(Event("log", phase="app", message=f"run: {cmd}"))
         _check(

@@ -9,12 +9,22 @@ xattrs as sorted SCHILY.xattr PAX records. Machine-specific and volatile files
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 from pathlib import Path
 from typing import IO
 
-from sandbox.build.rootfs import RootEscape, resolve_in_root
+from sandbox.build.rootfs import IN_ROOT
 from sandbox.imageformats.tartree import add_tree
+from sandbox.saferoot import (
+    UnsafePath,
+    is_dir_in_root,
+    lstat_in_root,
+    open_in_root,
+    read_in_root,
+    remove_in_root,
+    write_in_root,
+)
 from sandbox.store.layers import Index
 
 # files removed from every layer: machine identity, volatile caches, build leftovers
@@ -49,42 +59,44 @@ EMPTY_DIRS = (
 SOURCES_NOTE = b"# Packages of this image come from its sandbox recipe and lock file.\n"
 
 
-def _inside(root: Path, rel: str) -> Path | None:
-    """Host path of image path `rel` with symlinks resolved inside the image; None if it escapes."""
-    try:
-        return resolve_in_root(root, rel)
-    except RootEscape:
-        return None
-
-
 def clean_rootfs(root: Path) -> None:
     """Remove machine-specific and volatile files from a rootfs, in place.
 
-    Paths are resolved the way the image sees them, so a symlink in the image
-    (say etc/apt -> /etc/apt) can never make this touch the host.
+    Paths are resolved the way the image sees them (saferoot, chroot rules), so a symlink in the
+    image (say etc/apt -> /etc/apt) can never make this touch the host.
     """
     for rel in REMOVE_FILES:
-        p = _inside(root, rel)
-        if p is not None and (p.is_symlink() or p.is_file()):
-            p.unlink()
+        st = lstat_in_root(root, rel, links=IN_ROOT)
+        if st is not None and (stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            remove_in_root(root, rel, links=IN_ROOT)
     for rel in EMPTY_DIRS:
-        d = _inside(root, rel)
-        if d is None or d.is_symlink() or not d.is_dir():
+        try:  # O_NOFOLLOW: a directory that is itself a link is left alone
+            fd = open_in_root(root, rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, links=IN_ROOT)
+        except (OSError, UnsafePath):
             continue
-        for dirpath, _dirs, files in os.walk(d):  # os.walk does not follow symlinked dirs
-            for name in files:
-                os.unlink(os.path.join(dirpath, name))
-    sources = _inside(root, "etc/apt/sources.list")
-    if sources is not None and sources.parent.is_dir() and not sources.parent.is_symlink():
-        if sources.is_symlink():
-            sources.unlink()
-        if not sources.is_file() or sources.read_bytes() != SOURCES_NOTE:
-            sources.write_bytes(SOURCES_NOTE)
-    parts = _inside(root, "etc/apt/sources.list.d/x")
-    if parts is not None and parts.parent.is_dir() and not parts.parent.is_symlink():
-        for extra in parts.parent.iterdir():
-            if extra.is_symlink() or extra.is_file():
-                extra.unlink()
+        try:
+            for _dirpath, _dirs, files, dir_fd in os.fwalk(dir_fd=fd):  # by fd: never follows a link
+                for name in files:
+                    os.unlink(name, dir_fd=dir_fd)
+        finally:
+            os.close(fd)
+    if is_dir_in_root(root, "etc/apt", links=IN_ROOT):
+        try:
+            current: bytes | None = read_in_root(root, "etc/apt/sources.list", links=IN_ROOT)
+        except (OSError, UnsafePath):
+            current = None
+        if current != SOURCES_NOTE:  # a link or anything else there is replaced
+            write_in_root(root, "etc/apt/sources.list", SOURCES_NOTE, links=IN_ROOT)
+    try:
+        fd = open_in_root(root, "etc/apt/sources.list.d", os.O_RDONLY | os.O_DIRECTORY, links=IN_ROOT)
+    except (OSError, UnsafePath):
+        return
+    try:
+        for entry in os.scandir(fd):
+            if entry.is_symlink() or entry.is_file(follow_symlinks=False):
+                os.unlink(entry.name, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def write_layer(root: Path, out: IO[bytes], sde: int, *, overlay_upper: bool = False) -> Index:

@@ -1,9 +1,8 @@
 """Working inside an image's root directory from the host, safely.
 
-`resolve_in_root` follows symlinks the way a chroot would (absolute targets
-are taken relative to the image root), so a symlink in the image can never
-make sandbox write to the host; a path that climbs above the root through
-`..` is refused. `run_in_root` runs a command in the image, jailed (jail.py): shifted ids in a
+Files of the image are read and written through sandbox/saferoot.py with chroot rules
+(`IN_ROOT`: links resolve inside the image, never on the host). `run_in_root` runs a command in the
+image, jailed (jail.py): shifted ids in a
 user namespace, its own mount/pid/net namespaces, a minimal /dev, no path to the host.
 """
 
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,60 +17,14 @@ from pathlib import Path
 
 from sandbox.build.overlay import jailed
 from sandbox.errors import BuildError
+from sandbox.saferoot import Links, read_in_root
 
-MAX_LINKS = 40
+#: image roots at build time are read and written with chroot rules (saferoot's "in_root"): they
+#: have usr-merge and absolute links, which resolve inside the image, never on the host
+IN_ROOT: Links = "in_root"
+ID_DB_LIMIT = 16 << 20
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 JAIL = Path(__file__).with_name("jail.py")
-
-
-class RootEscape(BuildError):
-    """A path would leave the image root."""
-
-
-def resolve_in_root(root: Path, dest: str) -> Path:
-    """Host path for image path `dest`, resolving symlinks relative to `root`.
-
-    The last component is not followed if it is a symlink (callers replace it).
-    """
-    parts = [p for p in dest.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if not resolved:
-                raise RootEscape(f"{dest} climbs above the image root")
-            resolved.pop()
-            continue
-        candidate = root.joinpath(*resolved, part)
-        if parts and candidate.is_symlink():
-            links += 1
-            if links > MAX_LINKS:
-                raise RootEscape(f"{dest}: too many levels of symbolic links")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            target_parts = [p for p in target.split("/") if p not in ("", ".")]
-            # a relative link that climbs above the root is an escape, not a clamp
-            depth = len(resolved)
-            for tp in target_parts:
-                depth += -1 if tp == ".." else 1
-                if depth < 0:
-                    raise RootEscape(
-                        f"{dest}: symlink /{'/'.join([*resolved, part])} -> {target} "
-                        "points outside the image root"
-                    )
-            parts = target_parts + parts
-            continue
-        resolved.append(part)
-    path = root.joinpath(*resolved)
-    if not resolved:
-        return root
-    real_root = os.path.realpath(root)
-    real_parent = os.path.realpath(path.parent)
-    if os.path.commonpath([real_root, real_parent]) != real_root:
-        raise RootEscape(f"{dest} resolves outside the image root")
-    return path
 
 
 def run_in_root(
@@ -138,10 +90,10 @@ def run_in_root(
 
 
 def read_ids(root: Path, db: str) -> dict[str, tuple[int, int]]:
-    """name → (id, primary gid) from the image's /etc/passwd or /etc/group."""
+    """name → (id, primary gid) from the image's /etc/passwd or /etc/group (read with saferoot)."""
     out: dict[str, tuple[int, int]] = {}
     try:
-        text = (root / "etc" / db).read_text()
+        text = read_in_root(root, f"etc/{db}", ID_DB_LIMIT, links=IN_ROOT).decode(errors="replace")
     except FileNotFoundError:
         return out
     for line in text.splitlines():
@@ -154,7 +106,11 @@ def read_ids(root: Path, db: str) -> dict[str, tuple[int, int]]:
 
 def home_of(root: Path, user: str) -> str | None:
     """The home directory of `user` in the image's /etc/passwd."""
-    for line in (root / "etc/passwd").read_text().splitlines():
+    try:
+        text = read_in_root(root, "etc/passwd", ID_DB_LIMIT, links=IN_ROOT).decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
         f = line.split(":")
         if f[0] == user and len(f) >= 6:
             return f[5]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +33,14 @@ from sandbox.events import Event, EventSink, null_sink
 from sandbox.fsutil import atomic_write, remove_tree
 from sandbox.imageformats.rootfs import flattened
 from sandbox.imageformats.vmdisk import CONFIG_LABEL
+from sandbox.saferoot import (
+    UnsafePath,
+    list_in_root,
+    mkdirs_in_root,
+    remove_in_root,
+    symlink_in_root,
+    write_in_root,
+)
 from sandbox.store import ImageStore
 from sandbox.store.layers import merge_indexes
 from sandbox.workspace import Workspace
@@ -246,9 +255,53 @@ class VmFlavour:
         return vm
 
     def _install(self, root: Path, plock: Lock, sde: int) -> None:
-        repo = root / "run" / "sbx-repo"
-        source = self.packages.make_repo(plock, repo).replace(f"file://{repo}", "file:///run/sbx-repo")
-        (root / "run/sbx-sources.list").write_text(source + "\n")
+        """Install the VM packages from a local repo inside the image, then write VM_FILES/VM_LINKS.
+
+        Everything here is written through saferoot: /run must be a plain directory of the image
+        (no link), the repo is a fresh directory (mkdir, so nothing was planted in it) that is used
+        through its fd, and the files and links resolve their parents inside the image only."""
+        name = "sbx-repo"  # a fixed name: the VM layer's bytes must not depend on it
+        try:
+            run_fd = mkdirs_in_root(root, "run", 0o755, 0, 0)
+        except UnsafePath as e:
+            raise BuildError(f"cannot make the VM flavour: {e.message}", hint=e.hint) from e
+        try:
+            try:
+                os.mkdir(name, 0o755, dir_fd=run_fd)  # fresh: nothing can have been planted in it
+            except FileExistsError as e:
+                raise BuildError(
+                    f"the image already has /run/{name}, which the VM flavour uses for its packages",
+                    hint=f"remove /run/{name} from the recipe",
+                ) from e
+            repo_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=run_fd)
+            try:
+                repo = Path(f"/proc/self/fd/{repo_fd}")  # the directory just made, whatever its path
+                source = self.packages.make_repo(plock, repo).replace(f"file://{repo}", f"file:///run/{name}")
+            finally:
+                os.close(repo_fd)
+        finally:
+            os.close(run_fd)
+        try:
+            # no fd of the image is held open meanwhile: the jail remounts the build overlay
+            self._apt_install(root, plock, sde, source)
+        finally:
+            run_fd = mkdirs_in_root(root, "run", 0o755, 0, 0)
+            try:
+                shutil.rmtree(name, dir_fd=run_fd)  # fd-based: never follows a link planted meanwhile
+            finally:
+                os.close(run_fd)
+        write_vm_files(root)
+        boot = list_in_root(root, "boot")
+        if not any(n.startswith("vmlinuz-") for n in boot) or not any(
+            n.startswith("initrd.img-") for n in boot
+        ):
+            raise BuildError("the VM packages left no kernel and initrd in /boot", hint="see the VM lock")
+
+    def _apt_install(self, root: Path, plock: Lock, sde: int, source: str) -> None:
+        try:
+            write_in_root(root, "run/sbx-sources.list", (source + "\n").encode())
+        except UnsafePath as e:
+            raise BuildError(f"cannot make the VM flavour: {e.message}", hint=e.hint) from e
         opts = [
             "-o", "Dir::Etc::SourceList=/run/sbx-sources.list",
             "-o", "Dir::Etc::SourceParts=/dev/null",
@@ -257,28 +310,16 @@ class VmFlavour:
         ]  # fmt: skip
         env = {"SOURCE_DATE_EPOCH": str(sde), "INITRD": "Yes"}
         names = [p.name for p in plock.packages]
-        for argv in (["apt-get", *opts, "update"], ["apt-get", *opts, "install", "-y", *names]):
-            p = run_in_root(root, argv, env)
-            if p.returncode != 0:
-                raise BuildError(
-                    f"installing the VM packages failed ({argv[-1]}):\n"
-                    + "\n".join((p.stderr + p.stdout).strip().splitlines()[-15:])
-                )
-        remove_tree(repo)
-        (root / "run/sbx-sources.list").unlink()
-        for rel, text in VM_FILES.items():
-            path = root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            os.chmod(path, 0o755 if "/sbin/" in rel else 0o644)
-        for rel, target in VM_LINKS.items():
-            path = root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.unlink(missing_ok=True)
-            path.symlink_to(target)
-        boot = root / "boot"
-        if not any(boot.glob("vmlinuz-*")) or not any(boot.glob("initrd.img-*")):
-            raise BuildError("the VM packages left no kernel and initrd in /boot", hint="see the VM lock")
+        try:
+            for argv in (["apt-get", *opts, "update"], ["apt-get", *opts, "install", "-y", *names]):
+                p = run_in_root(root, argv, env)
+                if p.returncode != 0:
+                    raise BuildError(
+                        f"installing the VM packages failed ({argv[-1]}):\n"
+                        + "\n".join((p.stderr + p.stdout).strip().splitlines()[-15:])
+                    )
+        finally:
+            remove_in_root(root, "run/sbx-sources.list")
 
     def _manifest(self, manifest: dict[str, Any], digest: str, vlock: VmLock, layer: str) -> str:
         layers = [
@@ -296,6 +337,18 @@ class VmFlavour:
             "files": files,
         }
         return self.store.put_manifest(vm)
+
+
+def write_vm_files(root: Path) -> None:
+    """VM_FILES and VM_LINKS into image root `root` (through saferoot: parents resolve in the image)."""
+    try:
+        for rel, text in VM_FILES.items():
+            mode = 0o755 if "/sbin/" in rel else 0o644
+            write_in_root(root, rel, text.encode(), mode, 0, 0, links="in_root", parents=(0o755, 0, 0))
+        for rel, target in VM_LINKS.items():
+            symlink_in_root(root, rel, target, 0, 0, links="in_root", parents=(0o755, 0, 0))
+    except UnsafePath as e:
+        raise BuildError(f"cannot make the VM flavour: {e.message}", hint=e.hint) from e
 
 
 def vm_flavour(ws: Workspace, digest: str, sink: EventSink = null_sink) -> str:

@@ -97,6 +97,8 @@ def _dest(value: str) -> str:
         fail(f"dest {value!r} escapes the image root ('..' component)")
     if posixpath.normpath(value) in ("/", "//"):
         fail("dest must not be '/'")
+    if any(p.startswith(".wh.") for p in value.split("/")):
+        fail(f"dest {value!r}: a name starting with .wh. is an overlay whiteout in an image layer")
     return _no_newline(value)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from sandbox.imageformats.tools import ImageFormatError
 from sandbox.store.layers import Index
 
 
@@ -77,6 +78,11 @@ def add_tree(
             tar.addfile(wh)
             index[key] = {"type": "whiteout"}
             continue
+        if overlay_upper and path.name.startswith(".wh.") and rel:
+            raise ImageFormatError(
+                f"{key}: a file whose name starts with .wh. would be read as a whiteout in the layer",
+                hint="rename it (in the recipe's files: or the command that made it)",
+            )
         ti.pax_headers = _xattrs(path)
         if stat.S_ISDIR(m):
             ti.type = tarfile.DIRTYPE
@@ -100,7 +106,12 @@ def add_tree(
                 if st.st_nlink > 1:
                     seen_inodes[ino] = key
                 ti.size = st.st_size
-                with open(path, "rb") as f:
+                # O_NOFOLLOW|O_NONBLOCK: the entry lstat saw as a regular file, never a link or FIFO
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    raise ImageFormatError(f"{key} changed while the layer was written")
+                with os.fdopen(fd, "rb") as f:
                     reader = _HashingReader(f)
                     tar.addfile(ti, reader)
                 entry.update({"type": "file", "size": st.st_size, "sha256": reader.h.hexdigest()})

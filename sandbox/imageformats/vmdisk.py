@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-import shutil
 import subprocess
 import tempfile
 import uuid
@@ -23,6 +22,7 @@ from sandbox.errors import ToolMissing
 from sandbox.events import Event, EventSink
 from sandbox.imageformats.rootfs import flattened
 from sandbox.imageformats.tools import ImageFormatError, run
+from sandbox.saferoot import UnsafePath, copy_out_of_root, list_in_root
 from sandbox.store import ImageStore
 
 #: the label of the config disk each instance gets; the VM flavour's boot script looks for it
@@ -91,11 +91,28 @@ def tree_size(root: Path) -> int:
     return total
 
 
-def newest(boot: Path, pattern: str) -> Path:
-    found = sorted(boot.glob(pattern))
+#: a kernel or an initrd copied out of an image is at most this big (they are tens of MiB)
+BOOT_FILE_LIMIT = 1 << 30
+
+
+def newest(root: Path, prefix: str) -> str:
+    """The image path of the newest /boot/PREFIX* of image root `root` (listed inside the image)."""
+    found = [n for n in list_in_root(root, "boot") if n.startswith(prefix)]
     if not found:
-        raise ImageFormatError(f"the VM image has no {pattern} in /boot", hint="its VM flavour is incomplete")
-    return found[-1]
+        raise ImageFormatError(f"the VM image has no {prefix}* in /boot", hint="its VM flavour is incomplete")
+    return f"boot/{found[-1]}"
+
+
+def copy_boot_file(root: Path, prefix: str, dest: Path) -> None:
+    """Copy the newest /boot/PREFIX* out of the image: a regular file inside it (links resolved in the
+    image, never on the host), bounded, so a link planted in /boot cannot copy a host file out."""
+    rel = newest(root, prefix)
+    try:
+        copy_out_of_root(root, rel, dest, BOOT_FILE_LIMIT, links="in_root")
+    except (UnsafePath, FileNotFoundError) as e:
+        raise ImageFormatError(
+            f"cannot take /{rel} out of the VM image: {e}", hint="see its VM flavour"
+        ) from e
 
 
 def make_image_disk(store: ImageStore, vm_digest: str, dest: Path, tmp: Path, sink: EventSink) -> None:
@@ -104,8 +121,8 @@ def make_image_disk(store: ImageStore, vm_digest: str, dest: Path, tmp: Path, si
     files = boot_files(dest)
     with flattened(store, vm_digest, tmp) as root:
         sink(Event("progress", phase="up", message=f"making the VM disk of {vm_digest[7:19]}"))
-        shutil.copyfile(newest(root / "boot", "vmlinuz-*"), files.kernel)
-        shutil.copyfile(newest(root / "boot", "initrd.img-*"), files.initrd)
+        copy_boot_file(root, "vmlinuz-", files.kernel)
+        copy_boot_file(root, "initrd.img-", files.initrd)
         make_ext4(root, files.disk, disk_size(tree_size(root)), "root", vm_digest, sde)
     for f in (files.disk, files.kernel, files.initrd):
         os.chmod(f, 0o644)

@@ -450,6 +450,32 @@ def test_clone_copies_the_data_not_the_identity(healthy: Path, staging1: Up) -> 
     assert leftovers(healthy, "staging-2") == []
 
 
+def test_planted_links_never_reach_the_host(healthy: Path, staging1: Up, tmp_path: Path) -> None:
+    """Issue 10: `ln -sf /host/file /etc/hostname; sandbox clone` must not rewrite the host file, and
+    a linked /etc/sandbox/app.env must not carry a host file's lines into `sandbox exec`."""
+    host_file, secret = tmp_path / "hostname", tmp_path / "secret.env"
+    host_file.write_text("the-host\n")
+    secret.write_text('HOST_SECRET="stolen"\n')
+    os.chmod(tmp_path, 0o755)
+    plant = (
+        f"cp /etc/sandbox/app.env /root/app.env.orig && ln -sf {host_file} /etc/hostname"
+        f" && ln -sf {secret} /etc/sandbox/app.env"
+    )
+    ok(run_in(healthy, "staging-1", "sh", "-c", plant))
+    try:
+        assert "HOST_SECRET" not in out(healthy, "staging-1", "env")
+        ok(sbx(healthy, "clone", "staging-1", "staging-3", "--wait", "--json"))
+        assert host_file.read_text() == "the-host\n"
+        assert (host_file.stat().st_uid, stat.S_IMODE(host_file.stat().st_mode)) == (0, 0o644)
+        assert out(healthy, "staging-3", "cat", "/etc/hostname") == "staging-3-0"
+        assert "HOST_SECRET" not in out(healthy, "staging-3", "env")
+    finally:
+        sandbox(healthy, "down", "staging-3")
+        run_in(healthy, "staging-1", "sh", "-c",
+               "rm -f /etc/hostname /etc/sandbox/app.env && echo staging-1-0 > /etc/hostname"
+               " && mv /root/app.env.orig /etc/sandbox/app.env")  # fmt: skip
+
+
 # -- 10. stop and start ------------------------------------------------------------------------
 
 

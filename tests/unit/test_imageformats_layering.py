@@ -12,7 +12,7 @@ import sandbox
 
 ROOT = Path(sandbox.__file__).parent
 #: what sandbox.imageformats may import from sandbox
-ALLOWED = {"store", "fsutil", "errors", "events", "workspace", "config", "imageformats"}
+ALLOWED = {"store", "fsutil", "saferoot", "errors", "events", "workspace", "config", "imageformats"}
 
 
 def sandbox_imports(package: str) -> dict[str, set[str]]:
