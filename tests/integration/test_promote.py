@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.promote.probe import LoadProbe, PhaseReport
+from sandbox.promote.probe import KeepAlivePosts, LoadProbe, PhaseReport
 from sandbox.workspace import Workspace
 from tests.integration.conftest import (
     REPO,
@@ -520,6 +520,52 @@ def test_twenty_promotions_under_load_fail_no_request(prod: Path, promo: Images)
     assert {promo.v1, promo.v2} <= load.images()
     assert_converged(ws, promo.v1)
     assert [d["state"] for d in history(ws)[:20]] == ["done"] * 20
+
+
+def test_promotions_cost_no_error_to_wrk_or_a_keep_alive_client_that_never_retries(
+    prod: Path, promo: Images
+) -> None:
+    """A swap reloads nothing (the Lua balancer takes the backends through the control socket), so
+    no idle keep-alive connection is closed under a client: wrk -c16 counts 0 socket errors and a
+    POST loop on one connection, never retried, 0 errors, over 4 promotions."""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    ws = prod
+    url = f"http://127.0.0.1:{PROD_PORT}/"
+    posts = KeepAlivePosts(url + "notes", interval=0.005, max_seconds=150)
+    wrk = subprocess.Popen(
+        ["wrk", "-t2", "-c16", "-d150s", "--latency", url + "healthz"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    posts.start()
+    try:
+        deadline = time.monotonic() + 100
+        time.sleep(1.0)
+        for image in [promo.v2, promo.v1] * 2:
+            left = deadline - time.monotonic()
+            assert left > 0, "4 promotions took more than 100 s"
+            res = ok(
+                sbx(ws, "promote", image, "--to", "prod", "--yes", "--force", "--json", timeout=left + 60)
+            )
+            assert res["state"] == "done" and len(res["per_backend"]) == 2
+        time.sleep(1.0)
+    finally:
+        posts.stop()
+        with contextlib.suppress(ProcessLookupError):
+            wrk.send_signal(signal.SIGINT)  # wrk stops and prints what it counted
+        out, _ = wrk.communicate(timeout=30)
+    print(out)
+    m = re.search(r"(\d+) requests in", out)
+    assert m and int(m.group(1)) > 1000, out
+    assert "Socket errors" not in out, out
+    assert "Non-2xx" not in out, out
+    assert posts.requests > 100 and posts.errors == [] and posts.non_2xx == 0, (
+        posts.errors[:5],
+        posts.non_2xx,
+    )
+    assert_converged(ws, promo.v1)
 
 
 # -- 4. kill -9 -------------------------------------------------------------------------------------
