@@ -16,7 +16,7 @@ fi
 
 # system packages: the image builder and the Python to run sandbox with
 # mmdebstrap builds images; lxc runs them (no daemon); nginx-light is each env's router
-APT_PACKAGES="mmdebstrap python3 python3-venv python3-pip uidmap util-linux tar lxc nginx-light libnginx-mod-stream iproute2 curl"
+APT_PACKAGES="mmdebstrap python3 python3-venv python3-pip uidmap util-linux tar lxc nginx-light libnginx-mod-stream libnginx-mod-http-lua iproute2 curl"
 missing=""
 for p in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

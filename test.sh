@@ -12,6 +12,8 @@ VENV=${SANDBOX_VENV:-$HERE/.venv}
 # they also bring what pip needs to build the backends' SDKs (libvirt-dev for libvirt-python)
 scripts/backends.sh
 SANDBOX_EXTRAS="[test]" ./install.sh --no-run
+# wrk: the promotion tests count its socket errors across promotions
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 
 echo ">> ruff"
 "$VENV/bin/ruff" check sandbox tests bench

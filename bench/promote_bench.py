@@ -9,7 +9,12 @@ In one run, against prod (2 instances behind its router):
              p99 over the steady p99 just before it (other work on the host changes slowly, so
              adjacent windows compare like with like); the report gives the median and the max
   hey        one more promotion under `hey`, with its status-code counts and errors
-Target: p99 during the swap <= 2x steady. Needs root, lxc, nginx, wrk, hey (apt-get install wrk hey).
+  posts      throughout, a strict client: POST after POST on ONE keep-alive connection, never
+             retried (sandbox.promote.probe.KeepAlivePosts); its errors are counted per promotion
+The table printed at the end gives, per promotion side by side: wrk socket errors and non-2xx, the
+keep-alive POST loop's errors, wrk's p99 steady vs during the swap, and the seconds per backend.
+Target: 0 errors of every kind, p99 during the swap <= 1.5x steady.
+Needs root, lxc, nginx (with libnginx-mod-http-lua), wrk, hey (apt-get install wrk hey).
 """
 
 from __future__ import annotations
@@ -82,6 +87,23 @@ def by_step(samples: list[Any], steps: list[dict[str, Any]]) -> dict[str, dict[s
     return out
 
 
+def table(rounds: list[dict[str, Any]]) -> str:
+    """One line per promotion: what each client saw, the p99 ratio and the time per backend."""
+    lines = [
+        f"{'#':>2} {'wrk sock err':>12} {'wrk non-2xx':>11} {'posts err':>9} {'posts n':>7} "
+        f"{'p99 steady ms':>13} {'p99 swap ms':>11} {'ratio':>5}  s per backend"
+    ]
+    for i, r in enumerate(rounds):
+        steady, swap = r["wrk_steady"].get("p99_ms", 0.0), r["wrk"].get("p99_ms", 0.0)
+        lines.append(
+            f"{i:>2} {r['wrk']['socket_errors']:>12.0f} {r['wrk']['non_2xx']:>11.0f} "
+            f"{r['posts']['errors']:>9} "
+            f"{r['posts']['requests']:>7} {steady:>13.2f} {swap:>11.2f} {swap / max(steady, 1e-9):>5.2f}  "
+            f"{r['per_backend']}"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -90,7 +112,7 @@ def main() -> None:
     for tool in ("wrk", "hey"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing: apt-get install wrk hey")
-    from sandbox.promote.probe import LoadProbe, summary
+    from sandbox.promote.probe import KeepAlivePosts, LoadProbe, summary
 
     ws = REPO / ".sandbox" / "bench-promote"
     c = [*SB, "-C", str(ws)]
@@ -117,6 +139,8 @@ def main() -> None:
 
     probe = LoadProbe(f"http://127.0.0.1:{PORT}/", rps=100, concurrency=6)
     probe.start()
+    posts = KeepAlivePosts(f"http://127.0.0.1:{PORT}/notes", interval=0.01, max_seconds=3600)
+    posts.start()
     time.sleep(5)  # "before": the probe alone (the steady state of earlier versions of this bench)
     rounds = []
     for i in range(args.rounds):
@@ -129,6 +153,7 @@ def main() -> None:
         )
         time.sleep(3)
         probe.mark(f"swap{i}")
+        errors_before, posts_before = len(posts.errors), posts.requests
         p = sh([*c, "--json", "promote", f"web:{target}", "--to", "prod", "--yes", "--force"], env=env)
         probe.mark(f"between{i}")
         out, _ = wrk.communicate()
@@ -140,9 +165,18 @@ def main() -> None:
                 "per_backend": r["per_backend"],
                 "wrk_steady": steady,
                 "wrk": parse_wrk(out),
+                # the no-retry keep-alive POST loop during this promotion
+                "posts": {
+                    "requests": posts.requests - posts_before,
+                    "errors": len(posts.errors) - errors_before,
+                },
             }
         )
-        print(f"  round {i}: {r['per_backend']} s per backend, wrk {rounds[-1]['wrk']}", flush=True)
+        print(
+            f"  round {i}: {r['per_backend']} s per backend, wrk {rounds[-1]['wrk']}, "
+            f"posts {rounds[-1]['posts']}",
+            flush=True,
+        )
     hey = subprocess.Popen(["hey", "-z", "20s", "-c", "16", url], stdout=subprocess.PIPE, text=True)
     time.sleep(3)
     probe.mark("swap-hey")
@@ -153,6 +187,7 @@ def main() -> None:
     probe.mark("after")
     hey_out, _ = hey.communicate()
     time.sleep(3)
+    posts.stop()
     reports = summary(probe.stop())
     history = json.loads(sh([*c, "--json", "history", "prod"]).stdout)
     deploy_steps = [s for d in history for s in d["steps"]]
@@ -190,6 +225,11 @@ def main() -> None:
             "probe_errors": sum(r["errors"] for r in reports.values()),
             "wrk_non_2xx": sum(r["wrk"]["non_2xx"] for r in rounds),
             "wrk_socket_errors": sum(r["wrk"]["socket_errors"] for r in rounds),
+            "posts_errors_during_promotions": sum(r["posts"]["errors"] for r in rounds),
+            "posts_errors_total": len(posts.errors),
+            "posts_non_2xx_total": posts.non_2xx,
+            "posts_requests_total": posts.requests,
+            "posts_first_errors": posts.errors[:5],
         },
     }
     print(
@@ -211,6 +251,7 @@ def main() -> None:
             indent=1,
         )
     )
+    print(table(rounds))
     sh([*c, "down", "prod"], check=False)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

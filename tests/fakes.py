@@ -174,7 +174,8 @@ class FakeRouter:
     def remove(self) -> None:
         self._record(op="remove")
 
-    def drain(self, timeout: float) -> bool:
+    def drain(self, timeout: float, backend: str | None = None) -> bool:
+        self._record(op="drain", backend=backend)
         return True
 
 

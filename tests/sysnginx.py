@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+LUA_MODULES = ("/usr/lib/nginx/modules/ndk_http_module.so", "/usr/lib/nginx/modules/ngx_http_lua_module.so")
 OTHER_SITE = "the host's own site\n"
 
 
@@ -31,6 +32,7 @@ class SystemNginx:
     root: Path
     other_port: int
     stream: bool = True
+    lua: bool = True  # Debian's libnginx-mod-http-lua, which the env's balancer needs
 
     @property
     def conf(self) -> Path:
@@ -66,6 +68,7 @@ class SystemNginx:
         stream = f"\nstream {{\n    include {self.stream_dir}/*.conf;\n}}\n" if self.stream else ""
         self.conf.write_text(
             (f"load_module {STREAM_MODULE};\n" if self.stream else "")
+            + ("".join(f"load_module {m};\n" for m in LUA_MODULES) if self.lua else "")
             + f"worker_processes 1;\npid {self.pid_file};\nerror_log {self.root}/logs/error.log;\n"
             "events {\n    worker_connections 1024;\n}\n"
             "http {\n"
@@ -94,8 +97,8 @@ class SystemNginx:
 
 
 @contextlib.contextmanager
-def system_nginx(root: Path, stream: bool = True) -> Iterator[SystemNginx]:
-    n = SystemNginx(root, free_port(), stream)
+def system_nginx(root: Path, stream: bool = True, lua: bool = True) -> Iterator[SystemNginx]:
+    n = SystemNginx(root, free_port(), stream, lua)
     n.write()
     p = subprocess.run(
         ["nginx", "-p", str(root), "-c", str(n.conf)], capture_output=True, text=True, timeout=30, check=False

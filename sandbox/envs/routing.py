@@ -16,7 +16,7 @@ from sandbox.routing import (
     router_for,
     router_kind,
 )
-from sandbox.state import Env
+from sandbox.state import Env, Instance
 
 
 class EnvRouting:
@@ -77,6 +77,15 @@ class EnvRouting:
         """Writes answered with 503 + Retry-After by the router, or not."""
         self.ctx.state.set_env(name, readonly=on)
         self.reroute(name)
+
+    def drain(self, name: str, inst: Instance, timeout: float) -> bool:
+        """Wait until the (unrouted) instance `inst` has no request in flight at the env's router."""
+        env = self.ctx.state.get_env(name)
+        if env.spec.router is None or env.router_port is None:
+            return True
+        # the same ADDR:PORT that reroute gave the balancer
+        backend = f"{inst.address}:{self.ctx.app(env.image).port}" if inst.address else None
+        return self.driver(name, env).drain(timeout, backend)
 
     def reroute(self, name: str) -> None:
         """Render the env's router from the state (routed instances, mode), check it and reload."""

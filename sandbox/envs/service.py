@@ -197,6 +197,10 @@ class Envs:
     def reroute(self, name: str) -> None:
         self.routing.reroute(name)
 
+    def drain(self, name: str, inst: Instance, timeout: float) -> bool:
+        """Wait until the unrouted `inst` has no request in flight at the router; False on timeout."""
+        return self.routing.drain(name, inst, timeout)
+
     def set_maintenance(self, name: str, allow: Sequence[str] | None) -> None:
         """The maintenance page for everyone but `allow`, or (None) off."""
         self.routing.set_maintenance(name, allow)

@@ -228,3 +228,45 @@ def with_load_probe(envs: Envs, target: str, rps: float | None, run: Callable[[]
         time.sleep(2.0)
         reports = probe.stop()
     return result, summary(reports)
+
+
+class KeepAlivePosts(threading.Thread):
+    """A strict client: POST after POST on ONE keep-alive connection, never retried (unlike the
+    probe and browsers). A connection the router closes while idle shows as an error here, so it
+    measures what a reload costs a client that does not retry. Bounded in count and time."""
+
+    def __init__(
+        self, url: str, interval: float = 0.005, max_seconds: float = 900, max_requests: int = 200_000
+    ) -> None:
+        super().__init__(daemon=True)
+        u = urlsplit(url)
+        self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
+        self.path = u.path or "/"
+        self.interval, self.max_seconds, self.max_requests = interval, max_seconds, max_requests
+        self.stop_event = threading.Event()
+        self.requests = 0
+        self.non_2xx = 0
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        end = time.monotonic() + self.max_seconds
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        while not self.stop_event.is_set() and self.requests < self.max_requests and time.monotonic() < end:
+            try:
+                conn.request("POST", self.path, body=b"keep-alive", headers={"Content-Type": "text/plain"})
+                r = conn.getresponse()
+                r.read()
+                if not 200 <= r.status < 300:
+                    self.non_2xx += 1
+                if r.getheader("Connection", "").lower() == "close":
+                    conn.close()
+            except (OSError, http.client.HTTPException) as e:
+                self.errors.append(f"{time.monotonic():.3f} {type(e).__name__}: {e}")
+                conn.close()  # a new connection, but the request is NOT sent again
+            self.requests += 1
+            time.sleep(self.interval)
+        conn.close()
+
+    def stop(self, timeout: float = 30) -> None:
+        self.stop_event.set()
+        self.join(timeout)

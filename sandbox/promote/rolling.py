@@ -5,7 +5,10 @@ instance runs which image, which ones the router sends traffic to) and takes
 the next safe step, so the same code starts a promotion, resumes one after a
 crash and rolls one back:
 
-    start a new instance → health check → route it and unroute an old one (one reload) → drain → stop
+    start a new instance → health check → route it and unroute an old one → drain → stop
+
+The route step reloads nothing: the router's Lua balancer takes the new backend list through its
+control socket, and the drain waits for the old instance's requests in flight to reach 0.
 
 There are never fewer healthy routed backends than before.
 """
@@ -233,19 +236,19 @@ class Promoter:
                 new = self._start_healthy(d, env, image)
                 self._swap_routes(d, new, old)
             self._emit(f"draining {old.name}")
-            if not self.envs.router(d.env).drain(drain):
+            if not self.envs.drain(d.env, old, drain):
                 self.deploys.step(d.id, "drain timeout", instance=old.name)
             self.envs.remove_instance(d.env, old)
             self.deploys.step(d.id, "stopped", instance=old.name)
             result.per_backend.append(round(time.monotonic() - t0, 3))
 
     def _swap_routes(self, d: Deploy, new: Instance, old: Instance) -> None:
-        """Route the healthy `new` instance and unroute `old` with ONE reload.
+        """Route the healthy `new` instance and unroute `old` in ONE update of the balancer.
 
-        The upstream goes from N to N backends (never fewer healthy ones), and every
-        reload costs the clients something (nginx closes idle keep-alive connections),
-        so the two steps of the issue's order share it. A crash between the two state
-        writes leaves both routed; `_converge` then unroutes the old one on resume.
+        The upstream goes from N to N backends (never fewer healthy ones) through the router's
+        control socket: no reload, so no idle keep-alive connection of a client is closed.
+        A crash between the two state writes leaves both routed; `_converge` then unroutes
+        the old one on resume.
         """
         self.state.set_instance(d.env, new.idx, routed=True)
         self.state.set_instance(d.env, old.idx, routed=False)

@@ -23,7 +23,9 @@ class RouterDriver(Protocol):
     env: str
 
     def apply(self, cfg: RouterConfig, user: str = "nobody") -> None:
-        """Write, check and (re)load the env's config; a failed check keeps the running one."""
+        """Serve `cfg`: its backends are set through the control socket (no reload); the config is
+        written, checked and reloaded only when more than its backends changed (a failed check
+        keeps the running one)."""
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving the env (the config stays, so `apply` brings it back)."""
@@ -31,8 +33,9 @@ class RouterDriver(Protocol):
     def remove(self) -> None:
         """Stop serving the env and remove everything of its router."""
 
-    def drain(self, timeout: float) -> bool:
-        """Wait until requests that started before the last reload are done; False on timeout."""
+    def drain(self, timeout: float, backend: str | None = None) -> bool:
+        """Wait until the unrouted `backend` ("ADDR:PORT") has no request in flight, and requests
+        that started before the last reload are done; False on timeout."""
 
 
 def router_kind(s: Routers) -> RouterKind:

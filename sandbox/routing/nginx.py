@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sandbox.errors import SandboxError
+
+if TYPE_CHECKING:
+    from sandbox.routing.control import ControlSocket
 
 
 class RouterError(SandboxError):
@@ -90,14 +95,31 @@ class NginxMaster:
                 out.append(pid)
         return out
 
-    def drain(self, timeout: float) -> bool:
-        """Wait until no old worker is left (in-flight requests done); False if `timeout` passed."""
+    def control(self) -> ControlSocket:
+        raise NotImplementedError
+
+    def drain(self, timeout: float, backend: str | None = None) -> bool:
+        """Wait until `backend` (unrouted) has no request in flight and no old worker (of a reload) is
+        left; False if `timeout` passed."""
         deadline = time.monotonic() + timeout
         while self.draining_workers():
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
-        return True
+        if backend is None or self.pid is None:
+            return True
+        return self.control().drain(backend, max(0.0, deadline - time.monotonic()))
+
+
+_DEFAULT_BACKENDS = re.compile(r'dict:add\("backends", "[^"\n]*"\)')
+
+
+def same_but_backends(a: str | None, b: str | None) -> bool:
+    """Whether two rendered configs differ at most in the backends written into the balancer (which
+    only serve until the control socket sets them: such a change needs no reload)."""
+    if a is None or b is None:
+        return a is b
+    return _DEFAULT_BACKENDS.sub("", a) == _DEFAULT_BACKENDS.sub("", b)
 
 
 def is_our_nginx(pid: int, prefix: Path | None = None, binary: str | None = None) -> bool:

@@ -2,6 +2,8 @@
 
 Configs are rendered by the pure renderer (render.py), checked with `nginx -t` before every
 reload, and reloaded gracefully (HUP); a failed check keeps the running config and says why.
+The routed backends are not part of what needs a reload: the env's Lua balancer reads them from
+a shared dict that `apply` sets through the control socket (control.py), so a swap reloads nothing.
 """
 
 from __future__ import annotations
@@ -18,8 +20,16 @@ import time
 from pathlib import Path
 
 from sandbox.fsutil import atomic_write, pid_alive
-from sandbox.routing.nginx import NginxMaster, RouterError, is_our_nginx, nginx_binary
-from sandbox.routing.render import MAINTENANCE_PAGE, STREAM_MODULE, RouterConfig, render_nginx_conf
+from sandbox.routing.control import ControlSocket, check_backend
+from sandbox.routing.nginx import NginxMaster, RouterError, is_our_nginx, nginx_binary, same_but_backends
+from sandbox.routing.render import (
+    LUA_MODULES,
+    MAINTENANCE_PAGE,
+    STREAM_MODULE,
+    RouterConfig,
+    control_socket,
+    render_nginx_conf,
+)
 
 
 class OwnRouter(NginxMaster):
@@ -36,6 +46,9 @@ class OwnRouter(NginxMaster):
     @property
     def error_log(self) -> Path | str:
         return self.prefix / "logs" / "error.log"
+
+    def control(self) -> ControlSocket:
+        return ControlSocket(control_socket(self.prefix), self.env)
 
     @property
     def pid(self) -> int | None:
@@ -63,11 +76,15 @@ class OwnRouter(NginxMaster):
             (self.prefix / d).mkdir(parents=True, exist_ok=True)
         for d in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
             os.chown(self.prefix / d, pw.pw_uid, pw.pw_gid)
+        self.control().prepare()
 
     def apply(self, cfg: RouterConfig, user: str = "nobody") -> None:
-        """Write, check and (re)load the config; a failed check keeps the running one.
+        """Write, check and (re)load the config when it changed beyond its backends; then set the
+        backends through the control socket. A failed check keeps the running config.
 
-        A reload is preceded by `nginx -t`; a first start needs no separate check,
+        A swap (only the backends change) reloads nothing: the file is rewritten (its backends
+        serve only after a restart, until the control socket sets them) and the balancer's dict
+        updated. A reload is preceded by `nginx -t`; a first start needs no separate check,
         since nginx checks the config itself and starts nothing if it is invalid.
         """
         if cfg.ports and not Path(STREAM_MODULE).exists():
@@ -75,11 +92,21 @@ class OwnRouter(NginxMaster):
                 "the profile forwards ports, which needs nginx's stream module",
                 hint="apt-get install libnginx-mod-stream",
             )
+        missing = [m for m in LUA_MODULES if not Path(m).exists()]
+        if missing:
+            raise RouterError(
+                f"the router balances with nginx's Lua module: {missing[-1]} is missing",
+                hint="apt-get install libnginx-mod-http-lua",
+            )
+        for b in cfg.backends:
+            check_backend(b)
         self._prepare(user)
         pw = pwd.getpwnam(user)
         text = render_nginx_conf(cfg, self.prefix, user, grp.getgrgid(pw.pw_gid).gr_name)
+        control = self.control()
         pid = self.pid
         if pid is None:
+            control.remove_stale()
             atomic_write(self.conf, text.encode())
             p = self._nginx()
             if p.returncode != 0:
@@ -87,21 +114,30 @@ class OwnRouter(NginxMaster):
                     f"nginx for {self.env} did not start: {p.stderr.strip()}",
                     hint=f"is {cfg.listen}:{cfg.port} free? (ss -ltnp)",
                 )
-            return
-        fd, name = tempfile.mkstemp(dir=self.prefix, prefix="nginx.conf.", suffix=".new")  # O_EXCL
-        candidate = Path(name)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(candidate, 0o644)
-        check = self._nginx("-t", "-q", conf=candidate)
-        if check.returncode != 0:
-            candidate.unlink()
-            raise RouterError(
-                f"nginx rejected the config of router {self.env}: {check.stderr.strip()}",
-                hint="the running router keeps its previous config",
-            )
-        os.replace(candidate, self.conf)
-        self.signal_reload(pid)
+        else:
+            try:
+                running = self.conf.read_text()
+            except FileNotFoundError:
+                running = None
+            if same_but_backends(running, text):
+                if running != text:
+                    atomic_write(self.conf, text.encode())
+            else:
+                fd, name = tempfile.mkstemp(dir=self.prefix, prefix="nginx.conf.", suffix=".new")  # O_EXCL
+                candidate = Path(name)
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                os.chmod(candidate, 0o644)
+                check = self._nginx("-t", "-q", conf=candidate)
+                if check.returncode != 0:
+                    candidate.unlink()
+                    raise RouterError(
+                        f"nginx rejected the config of router {self.env}: {check.stderr.strip()}",
+                        hint="the running router keeps its previous config",
+                    )
+                os.replace(candidate, self.conf)
+                self.signal_reload(pid)
+        control.set_backends(cfg.backends)
 
     def stop(self, timeout: float = 10.0) -> None:
         pid = self.pid

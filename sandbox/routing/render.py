@@ -17,6 +17,8 @@ from sandbox.routing.nginx import RouterError
 
 TEMPLATES = Path(__file__).parent / "templates"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"  # Debian's libnginx-mod-stream
+# Debian's libnginx-mod-http-lua (and the ndk module it needs, loaded first): the env's balancer
+LUA_MODULES = ("/usr/lib/nginx/modules/ndk_http_module.so", "/usr/lib/nginx/modules/ngx_http_lua_module.so")
 MAINTENANCE_PAGE = (
     "<!doctype html><title>Back soon</title><h1>We are updating</h1>"
     "<p>This site is being updated and will be back in a moment.</p>\n"
@@ -103,6 +105,11 @@ def check_config(cfg: RouterConfig, **extra: Any) -> None:
         check(field, netvalues.account if field in ("user", "group") else netvalues.safe_path, value)
 
 
+def control_socket(prefix: Path) -> Path:
+    """The env's control socket (in a directory only root may enter, made by the driver)."""
+    return prefix / "control" / "sock"
+
+
 def _variables(cfg: RouterConfig, prefix: Path) -> dict[str, Any]:
     """What the shared pieces (http.j2: upstream + server, stream.j2: ports) are rendered from.
 
@@ -114,6 +121,8 @@ def _variables(cfg: RouterConfig, prefix: Path) -> dict[str, Any]:
         "ident": ident,
         "prefix": str(prefix),
         "upstream": "app_" + ident,
+        "dict": "sandbox_" + ident,
+        "control_socket": str(control_socket(prefix)),
         "maintenance_var": "sandbox_maintenance_" + ident,
         "backends": cfg.backends,
         "listen": cfg.listen,
@@ -138,6 +147,7 @@ def render_nginx_conf(cfg: RouterConfig, prefix: Path, user: str = "nobody", gro
             group=group,
             drain_timeout=max(1, int(cfg.drain_timeout)),
             stream_module=STREAM_MODULE if cfg.ports else "",
+            lua_modules=LUA_MODULES,
         )
     )
     return text

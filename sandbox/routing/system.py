@@ -8,6 +8,11 @@ reload the WHOLE system config is checked (`nginx -T -c SYSTEM_CONF`, which also
 shows that our files really are included); a failed check puts the previous files
 back, so the running system nginx keeps its config. The reload is a HUP to the pid
 in the system nginx's pid file, and returns once the new workers serve.
+
+The env's upstream is a Lua balancer (the system nginx must load Debian's
+libnginx-mod-http-lua) reading the routed backends from a shared dict, which sandbox
+sets through the env's control socket (a unix socket in a root-only directory under the
+env's router dir): a swap rewrites the include file's default backends but reloads nothing.
 """
 
 from __future__ import annotations
@@ -15,14 +20,23 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 from sandbox.fsutil import atomic_write, pid_alive
-from sandbox.routing.nginx import NginxMaster, RouterError, is_our_nginx, nginx_binary, port_in_use
-from sandbox.routing.render import RouterConfig, render_include
+from sandbox.routing.control import ControlSocket, check_backend
+from sandbox.routing.nginx import (
+    NginxMaster,
+    RouterError,
+    is_our_nginx,
+    nginx_binary,
+    port_in_use,
+    same_but_backends,
+)
+from sandbox.routing.render import RouterConfig, control_socket, render_include
 from sandbox.settings import Routers
 
 FileSet = dict[Path, str | None]  # path → contents, None: absent
@@ -46,6 +60,9 @@ class SystemRouter(NginxMaster):
     def error_log(self) -> str:
         return f"the system nginx's error log (error_log in {self.settings.system_conf})"
 
+    def control(self) -> ControlSocket:
+        return ControlSocket(control_socket(self.prefix), self.env)
+
     def files(self) -> list[Path]:
         return [f for f in (self.http_file, self.stream_file) if f is not None]
 
@@ -66,7 +83,11 @@ class SystemRouter(NginxMaster):
                 hint=f"add `stream {{ include /etc/nginx/stream.d/*.conf; }}` once to {s.system_conf} "
                 "(top level) and set routers.stream_include_dir: /etc/nginx/stream.d in sandbox.yaml",
             )
+        for b in cfg.backends:
+            check_backend(b)
         (self.prefix / "logs").mkdir(parents=True, exist_ok=True)
+        control = self.control()
+        control.prepare()
         want: FileSet = {self.http_file: render_include(cfg, self.prefix, "http", self.workspace)}
         if self.stream_file is not None:
             want[self.stream_file] = (
@@ -74,12 +95,18 @@ class SystemRouter(NginxMaster):
             )
         with self._locked():
             old = self._read()
-            if old == want:
-                return  # nothing changed: no reload
-            if old[self.http_file] is None and port_in_use(cfg.port, cfg.listen):
-                raise RouterError(
-                    f"{cfg.listen}:{cfg.port} is already taken", hint="ss -ltnp; or router.port: auto"
-                )
+            if all(same_but_backends(old[f], text) for f, text in want.items()):
+                # nothing but the backends changed: no check, no reload; the control socket sets them
+                if old != want:
+                    self._write(want)
+                control.set_backends(cfg.backends)
+                return
+            if old[self.http_file] is None:
+                if port_in_use(cfg.port, cfg.listen):
+                    raise RouterError(
+                        f"{cfg.listen}:{cfg.port} is already taken", hint="ss -ltnp; or router.port: auto"
+                    )
+                control.remove_stale()
             self._write(want)
             problem = self._check([f for f, text in want.items() if text is not None])
             if problem is not None:
@@ -95,6 +122,7 @@ class SystemRouter(NginxMaster):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(master, signal.SIGHUP)
                 raise
+            control.set_backends(cfg.backends)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Take the env out of the system nginx (its files removed, then a reload)."""
@@ -169,6 +197,13 @@ class SystemRouter(NginxMaster):
             [nginx_binary(), "-T", "-q", "-c", conf], capture_output=True, text=True, check=False, timeout=60
         )
         if p.returncode != 0:
+            if re.search(r'unknown directive "(lua_shared_dict|\w+_by_lua_block)"', p.stderr):
+                return (
+                    f"the system nginx does not load the Lua module that the env's balancer needs ({conf})",
+                    "apt-get install libnginx-mod-http-lua (Debian enables it in modules-enabled/); "
+                    "or add `load_module modules/ndk_http_module.so;` then "
+                    f"`load_module modules/ngx_http_lua_module.so;` at the top of {conf}; then reload it",
+                )
             return p.stderr.strip()[-600:], "the running system nginx keeps its previous config"
         included = {
             Path(line[len("# configuration file ") : -1]).resolve()

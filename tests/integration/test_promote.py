@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.promote.probe import LoadProbe, PhaseReport
+from sandbox.promote.probe import KeepAlivePosts, LoadProbe, PhaseReport
 from sandbox.workspace import Workspace
 from tests.integration.conftest import (
     REPO,
@@ -520,6 +520,58 @@ def test_twenty_promotions_under_load_fail_no_request(prod: Path, promo: Images)
     assert {promo.v1, promo.v2} <= load.images()
     assert_converged(ws, promo.v1)
     assert [d["state"] for d in history(ws)[:20]] == ["done"] * 20
+
+
+def test_promotions_cost_no_error_to_wrk_or_a_keep_alive_client_that_never_retries(
+    prod: Path, promo: Images
+) -> None:
+    """A swap reloads nothing (the Lua balancer takes the backends through the control socket), so
+    no idle keep-alive connection is closed under a client: wrk -c16 counts 0 socket errors and a
+    POST loop on one connection, never retried, 0 errors, over 4 promotions."""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    ws = prod
+    url = f"http://127.0.0.1:{PROD_PORT}/"
+    posts = KeepAlivePosts(url + "notes", interval=0.005, max_seconds=150)
+    wrk = subprocess.Popen(
+        ["wrk", "-t2", "-c16", "-d45s", "--latency", url + "healthz"],  # runs its full time: no SIGINT
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    posts.start()
+    try:
+        deadline = time.monotonic() + 40  # the promotions end inside wrk's 45 s (about 5 s each here)
+        time.sleep(1.0)
+        for image in [promo.v2, promo.v1] * 2:
+            left = deadline - time.monotonic()
+            assert left > 0, "4 promotions took more than 40 s, longer than wrk runs"
+            res = ok(
+                sbx(ws, "promote", image, "--to", "prod", "--yes", "--force", "--json", timeout=left + 60)
+            )
+            assert res["state"] == "done" and len(res["per_backend"]) == 2
+        time.sleep(1.0)
+    finally:
+        posts.stop()
+        try:
+            out, _ = wrk.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            wrk.kill()
+            out, _ = wrk.communicate()
+    print(out)
+    m = re.search(r"(\d+) requests in", out)
+    assert m and int(m.group(1)) > 1000, out
+    # 0 of every kind: connect, read (a closed idle keep-alive connection), write, timeout (2 s)
+    seen = {
+        "wrk": out.split("Latency Distribution")[0],
+        "posts": (posts.requests, posts.errors[:5], posts.non_2xx),
+    }
+    assert "Socket errors" not in out and "Non-2xx" not in out and not posts.errors, (seen, out)
+    assert posts.requests > 100 and posts.errors == [] and posts.non_2xx == 0, (
+        posts.errors[:5],
+        posts.non_2xx,
+    )
+    assert_converged(ws, promo.v1)
 
 
 # -- 4. kill -9 -------------------------------------------------------------------------------------

@@ -23,8 +23,14 @@ TWO = RouterConfig("staging-1", "127.0.0.1", 18000, "_", ("10.213.0.2:8000", "10
 
 
 def upstream_servers(text: str) -> list[str]:
-    block = text.split("upstream ", 1)[1].split("}", 1)[0]
+    block = text.split("upstream ", 1)[1].split("balancer_by_lua_block", 1)[0]
     return [ln.strip() for ln in block.splitlines() if ln.strip().startswith("server ")]
+
+
+def balancer_defaults(text: str) -> list[str]:
+    """The backends written into the Lua balancer (served until the control socket sets them)."""
+    line = next(ln for ln in text.splitlines() if 'dict:add("backends", ' in ln)
+    return line.split('"')[3].split()
 
 
 def test_two_backends_match_the_fixture() -> None:
@@ -33,10 +39,8 @@ def test_two_backends_match_the_fixture() -> None:
 
 def test_rendered_config_routes_to_every_backend_and_keeps_files_under_the_prefix() -> None:
     text = render_nginx_conf(TWO, PREFIX, user="www-data", group="www-data")
-    assert upstream_servers(text) == [
-        "server 10.213.0.2:8000 max_fails=0;",
-        "server 10.213.0.3:8000 max_fails=0;",
-    ]
+    assert balancer_defaults(text) == ["10.213.0.2:8000", "10.213.0.3:8000"]
+    assert upstream_servers(text) == ["server 127.0.0.1:9 down;"]  # the balancer picks every peer
     assert "upstream app_staging_1 {" in text and "proxy_pass http://app_staging_1;" in text
     assert "listen 127.0.0.1:18000;" in text and "server_name _;" in text
     assert "user www-data www-data;" in text
@@ -44,14 +48,20 @@ def test_rendered_config_routes_to_every_backend_and_keeps_files_under_the_prefi
         ln.split()[1].rstrip(";") for ln in text.splitlines() if ln.strip().startswith(("pid", "error_log"))
     ]
     paths += [
-        ln.split()[1].rstrip(";") for ln in text.splitlines() if "_temp_path" in ln or "access_log" in ln
+        ln.split()[1].rstrip(";")
+        for ln in text.splitlines()
+        if "_temp_path" in ln or ("access_log" in ln and "access_log off" not in ln)
     ]
-    assert len(paths) == 8 and all(p.startswith(f"{PREFIX}/") for p in paths), paths
+    paths += [
+        ln.split()[1].removeprefix("unix:").rstrip(";") for ln in text.splitlines() if "listen unix:" in ln
+    ]
+    assert len(paths) == 9 and all(p.startswith(f"{PREFIX}/") for p in paths), paths
 
 
 def test_no_backends_gives_a_down_placeholder_server() -> None:
     text = render_nginx_conf(RouterConfig("dev-1", "0.0.0.0", 8080, "dev.example", ()), PREFIX)
     assert upstream_servers(text) == ["server 127.0.0.1:9 down;"]
+    assert balancer_defaults(text) == []
     assert "upstream app_dev_1 {" in text and "listen 0.0.0.0:8080;" in text
     assert "server_name dev.example;" in text
 
@@ -88,7 +98,7 @@ VARIANTS = {
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_nginx_accepts_the_rendered_config(tmp_path: Path, variant: str) -> None:
     me = pwd.getpwuid(os.getuid())
-    for d in ("logs", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+    for d in ("logs", "control", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
         (tmp_path / d).mkdir(parents=True)
     with socket.socket() as s:  # a port nothing listens on (nginx -t does not bind it)
         s.bind(("127.0.0.1", 0))

@@ -52,7 +52,7 @@ def me() -> tuple[str, str]:
 
 def prepare(prefix: Path) -> None:
     """What Router._prepare makes: logs, temp dirs and the maintenance page."""
-    for d in ("logs", "html", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+    for d in ("logs", "html", "control", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
         (prefix / d).mkdir(parents=True, exist_ok=True)
     (prefix / "html" / "maintenance.html").write_text(MAINTENANCE_PAGE)
 

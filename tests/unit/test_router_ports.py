@@ -34,7 +34,7 @@ def test_ports_render_a_stream_block_with_every_backend(tmp_path: Path) -> None:
 
 def test_no_ports_no_stream_module(tmp_path: Path) -> None:
     text = render_nginx_conf(RouterConfig("staging-1", "127.0.0.1", 18000, "_", ()), tmp_path)
-    assert "load_module" not in text and "stream {" not in text
+    assert STREAM_MODULE not in text and "stream {" not in text
 
 
 @pytest.mark.skipif(
@@ -42,7 +42,7 @@ def test_no_ports_no_stream_module(tmp_path: Path) -> None:
     reason="nginx with the stream module is installed by ./install.sh",
 )
 def test_nginx_accepts_the_ports_config(tmp_path: Path) -> None:
-    for d in ("logs", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+    for d in ("logs", "control", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
         (tmp_path / d).mkdir(parents=True, exist_ok=True)
     conf = tmp_path / "nginx.conf"
     conf.write_text(render_nginx_conf(CFG, tmp_path, user="root", group="root"))

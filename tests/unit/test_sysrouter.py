@@ -217,3 +217,35 @@ def test_a_port_taken_by_someone_else_is_refused_before_writing(
         with pytest.raises(RouterError) as e:
             r.apply(cfg(backend, s.getsockname()[1]))
         assert "already taken" in e.value.message and not r.http_file.exists()
+
+
+def test_a_swap_of_backends_in_a_system_nginx_reloads_nothing(
+    nginx: SystemNginx, backend: int, tmp_path: Path
+) -> None:
+    r = SystemRouter(settings(nginx), tmp_path / "routers", "prod", WS)
+    port = free_port()
+    r.apply(cfg(backend, port))
+    workers = r._workers(nginx.pid, shutting_down=False)
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there: a request routed to it would fail
+    r.apply(cfg(backend, port, backends=(dead, f"127.0.0.1:{backend}")))
+    r.apply(cfg(backend, port, backends=(f"127.0.0.1:{backend}",)))
+    assert r._workers(nginx.pid, shutting_down=False) == workers and not r.draining_workers()
+    assert r.control().state().routed == (f"127.0.0.1:{backend}",)
+    assert f'"127.0.0.1:{backend}"' in r.http_file.read_text()  # the file follows, for a restart
+    assert get(port) == (200, "backend\n") and nginx.other_site() == OTHER_SITE
+    assert r.drain(5, dead) is True
+    sock = r.control().path
+    assert sock.parent.stat().st_mode & 0o777 == 0o700
+    r.remove()
+    assert not sock.exists() and nginx.running()
+
+
+def test_a_system_nginx_without_the_lua_module_is_explained(tmp_path: Path, backend: int) -> None:
+    with system_nginx(tmp_path / "etc", lua=False) as n:
+        r = SystemRouter(settings(n), tmp_path / "routers", "prod", WS)
+        with pytest.raises(RouterError) as e:
+            r.apply(cfg(backend, free_port()))
+        assert "does not load the Lua module" in e.value.message
+        assert "apt-get install libnginx-mod-http-lua" in (e.value.hint or "")
+        assert "load_module modules/ngx_http_lua_module.so;" in (e.value.hint or "")
+        assert not r.http_file.exists() and n.other_site() == OTHER_SITE
