@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,14 +63,20 @@ def config_dir() -> Path:
 
 
 def root_only(path: Path) -> bool:
-    """`path` (or, if absent, its nearest existing parent) and every parent: owned by root and not
-    writable by group or others (a sticky /tmp does not count: others can make names in it)."""
+    """`path` (or, if absent, its nearest existing parent) is owned by root and writable by no one
+    else, and so is every parent, except that a root-owned sticky parent such as /tmp may be
+    world-writable: no one else can rename or remove root's entries in it. (Where part of `path` is
+    still missing, its nearest existing parent must not be writable by others, sticky or not: they
+    could make the missing name first.)"""
     p = Path(os.path.abspath(path))
     while not os.path.lexists(p):
         p = p.parent
-    for q in (p, *p.parents):
+    for i, q in enumerate((p, *p.parents)):
         st = os.lstat(q)
-        if st.st_uid != 0 or st.st_mode & 0o022:
+        if st.st_uid != 0 or not stat.S_ISDIR(st.st_mode):
+            return False
+        sticky_parent = i > 0 and st.st_mode & stat.S_ISVTX
+        if st.st_mode & 0o022 and not sticky_parent:
             return False
     return True
 

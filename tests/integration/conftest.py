@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import urllib.error
@@ -93,10 +94,31 @@ class Built:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     ws = new_workspace(tmp_path_factory.mktemp("ws"), "main")
-    r = sandbox(ws, "build", "web", "--json")
-    assert r.code == 0, r.stdout + r.stderr
-    yield Built(ws, r.json["digest"], r.json)
+    # the build records the workspace's runtime dir (its subordinate id range lives there): keep it
+    # inside the workspace, as the env tests expect, by letting container root traverse it first
+    restore = grant_traverse(ws)
+    try:
+        r = sandbox(ws, "build", "web", "--json")
+        assert r.code == 0, r.stdout + r.stderr
+        yield Built(ws, r.json["digest"], r.json)
+    finally:
+        for d, mode in restore:
+            if d.exists():
+                os.chmod(d, mode)
     assert mounts_below(ws) == []
+
+
+def grant_traverse(path: Path) -> list[tuple[Path, int]]:
+    """o+x on `path` and each parent lacking it: container root (a subordinate uid) must reach the
+    rootfs below the workspace, nginx's workers (nobody) its maintenance page, and pytest makes its
+    temp dirs 0700. Returns what to restore."""
+    changed = []
+    for d in [path, *path.parents]:
+        mode = stat.S_IMODE(d.stat().st_mode)
+        if not mode & stat.S_IXOTH:
+            os.chmod(d, mode | stat.S_IXOTH)
+            changed.append((d, mode))
+    return changed
 
 
 # -- helpers shared by the integration modules ----------------------------------------------------

@@ -173,11 +173,14 @@ def test_symlinks_in_the_image_never_lead_to_the_host(built: Built, tmp_path: Pa
     assert list(host_target.iterdir()) == []  # nothing written on the host
     m = sandbox(built.ws, "image", "inspect", "esc", "--files", "--json").json
     assert str(host_target) + "/x.txt" in m["files"]  # the file landed inside the image
-    # a relative link that climbs out of the root is refused
+    # a relative link that climbs above the root stops at the image's root, as in a chroot
     (app / "hop").unlink()
-    (app / "hop").symlink_to("../../../../../../../../../../../tmp")
-    r = sandbox(built.ws, "build", "esc")
-    assert r.code == 1 and "outside the image root" in r.stderr
+    (app / "hop").symlink_to("../../../../../../../../../../.." + str(host_target))
+    r = sandbox(built.ws, "build", "esc", "--json")
+    assert r.code == 0, r.stderr
+    assert list(host_target.iterdir()) == []
+    m = sandbox(built.ws, "image", "inspect", "esc", "--files", "--json").json
+    assert str(host_target) + "/x.txt" in m["files"]
     assert mounts_below(built.ws) == []
     host_target.rmdir()
 

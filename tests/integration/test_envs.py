@@ -35,6 +35,7 @@ from tests.integration.conftest import (
     Run,
     exec_in,
     exec_out,
+    grant_traverse,
     in_subnet,
     lxc_names,
     lxc_problem,
@@ -140,18 +141,6 @@ def down_all(ws: Path, names: set[str]) -> None:
         names = names | set(listing(ws))
     for name in sorted(names):
         sandbox(ws, "down", name, timeout=120)
-
-
-def grant_traverse(path: Path) -> list[tuple[Path, int]]:
-    """o+x on `path` and each parent lacking it: container root (a subordinate uid) must reach the
-    rootfs below the workspace, and pytest makes its temp dirs 0700. Returns what to restore."""
-    changed = []
-    for d in [path, *path.parents]:
-        mode = stat.S_IMODE(d.stat().st_mode)
-        if not mode & stat.S_IXOTH:
-            os.chmod(d, mode | stat.S_IXOTH)
-            changed.append((d, mode))
-    return changed
 
 
 def remove_empty_cgroups(instance: str) -> None:
@@ -605,7 +594,7 @@ def test_kill_9_during_up_is_visible_and_gc_cleans_it(
     envws: Path, staging1: Up, name: str, moment: str
 ) -> None:
     MADE.add(name)
-    target = envws / ".sandbox" / moment
+    target = Workspace(envws).runtime / moment
     proc = subprocess.Popen(
         _cli(envws, "up", name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV
     )

@@ -20,7 +20,6 @@ import random
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from tests.integration.conftest import (
     REPO,
     Built,
     Run,
+    grant_traverse,
     lxc_names,
     lxc_problem,
     new_workspace,
@@ -275,18 +275,6 @@ def driver(ws: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-
-
-def grant_traverse(path: Path) -> list[tuple[Path, int]]:
-    """o+x on `path` and each parent lacking it: container root (a subordinate uid) must reach the rootfs
-    and nginx's workers (nobody) the maintenance page below the workspace. Returns what to restore."""
-    changed = []
-    for d in [path, *path.parents]:
-        mode = stat.S_IMODE(d.stat().st_mode)
-        if not mode & stat.S_IXOTH:
-            os.chmod(d, mode | stat.S_IXOTH)
-            changed.append((d, mode))
-    return changed
 
 
 def link_exists(name: str) -> bool:

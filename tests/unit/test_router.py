@@ -40,7 +40,7 @@ def test_two_backends_match_the_fixture() -> None:
 def test_rendered_config_routes_to_every_backend_and_keeps_files_under_the_prefix() -> None:
     text = render_nginx_conf(TWO, PREFIX, user="www-data", group="www-data")
     assert balancer_defaults(text) == ["10.213.0.2:8000", "10.213.0.3:8000"]
-    assert upstream_servers(text) == ["server 127.0.0.1:9 down;"]  # the balancer picks every peer
+    assert upstream_servers(text) == ["server 127.0.0.1:9 max_fails=0;"]  # the balancer picks every peer
     assert "upstream app_staging_1 {" in text and "proxy_pass http://app_staging_1;" in text
     assert "listen 127.0.0.1:18000;" in text and "server_name _;" in text
     assert "user www-data www-data;" in text
@@ -60,7 +60,7 @@ def test_rendered_config_routes_to_every_backend_and_keeps_files_under_the_prefi
 
 def test_no_backends_gives_a_down_placeholder_server() -> None:
     text = render_nginx_conf(RouterConfig("dev-1", "0.0.0.0", 8080, "dev.example", ()), PREFIX)
-    assert upstream_servers(text) == ["server 127.0.0.1:9 down;"]
+    assert upstream_servers(text) == ["server 127.0.0.1:9 max_fails=0;"]
     assert balancer_defaults(text) == []
     assert "upstream app_dev_1 {" in text and "listen 0.0.0.0:8080;" in text
     assert "server_name dev.example;" in text

@@ -132,6 +132,14 @@ def test_a_swap_of_backends_reloads_nothing_and_routes_only_the_new_ones(
     assert router.conf.read_text() != conf and backends.addr(1) in router.conf.read_text()
 
 
+def test_a_dead_backend_costs_no_request_the_others_can_serve(router: OwnRouter, backends: Backends) -> None:
+    """A routed backend that refuses connections (an instance that died, or restarts) is retried on
+    another one: nginx grants the balancer's extra tries only with a usable placeholder server."""
+    port, dead = free_port(), f"127.0.0.1:{free_port()}"
+    router.apply(cfg(port, dead, backends.addr(0), backends.addr(1)))
+    assert {get(port) for _ in range(30)} == {"a", "b"}  # every request answered by a live one
+
+
 def test_a_restarted_router_serves_the_last_backends_from_its_file(
     router: OwnRouter, backends: Backends
 ) -> None:

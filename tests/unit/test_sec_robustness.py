@@ -246,10 +246,16 @@ def test_root_reads_lxd_keys_only_from_a_root_only_directory(
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert config_dir() == Path(pwd.getpwuid(0).pw_dir) / ".config" / "sandbox"
-    user_dir = tmp_path / "user"  # below /tmp (world-writable, sticky): not root's alone
+    user_dir = tmp_path / "user"  # writable by anyone: not root's alone
     user_dir.mkdir()
+    os.chmod(user_dir, 0o777)
     monkeypatch.setenv("SANDBOX_CONFIG", str(user_dir))
     assert not root_only(user_dir)
+    assert not root_only(user_dir / "lxd")  # missing: anyone could make it first
+    assert not root_only(Path("/tmp") / f"sandbox-missing-{os.getpid()}")  # same in a sticky /tmp
+    mine = tmp_path / "root-only"  # root's, below a sticky /tmp: no one else can replace it
+    mine.mkdir(mode=0o700)
+    assert root_only(mine) and root_only(mine / "lxd")
     with pytest.raises(BackendError, match="SANDBOX_CONFIG"):
         config_dir()
     nobody = tmp_path / "nobody"
