@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sandbox.fsutil import atomic_write, pid_alive
 from sandbox.routing.control import ControlSocket, check_backend
-from sandbox.routing.nginx import NginxMaster, RouterError, is_our_nginx, nginx_binary, same_but_backends
+from sandbox.routing.nginx import NginxMaster, RouterError, is_our_nginx, nginx_binary, same_but_dynamic
 from sandbox.routing.render import (
     LUA_MODULES,
     MAINTENANCE_PAGE,
@@ -119,7 +119,7 @@ class OwnRouter(NginxMaster):
                 running = self.conf.read_text()
             except FileNotFoundError:
                 running = None
-            if same_but_backends(running, text):
+            if same_but_dynamic(running, text):
                 if running != text:
                     atomic_write(self.conf, text.encode())
             else:
@@ -137,7 +137,7 @@ class OwnRouter(NginxMaster):
                     )
                 os.replace(candidate, self.conf)
                 self.signal_reload(pid)
-        control.set_backends(cfg.backends)
+        control.serve(cfg.backends, cfg.maintenance, cfg.readonly)
 
     def stop(self, timeout: float = 10.0) -> None:
         pid = self.pid

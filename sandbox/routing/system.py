@@ -34,7 +34,7 @@ from sandbox.routing.nginx import (
     is_our_nginx,
     nginx_binary,
     port_in_use,
-    same_but_backends,
+    same_but_dynamic,
 )
 from sandbox.routing.render import RouterConfig, control_socket, render_include
 from sandbox.settings import Routers
@@ -95,11 +95,11 @@ class SystemRouter(NginxMaster):
             )
         with self._locked():
             old = self._read()
-            if all(same_but_backends(old[f], text) for f, text in want.items()):
+            if all(same_but_dynamic(old[f], text) for f, text in want.items()):
                 # nothing but the backends changed: no check, no reload; the control socket sets them
                 if old != want:
                     self._write(want)
-                control.set_backends(cfg.backends)
+                control.serve(cfg.backends, cfg.maintenance, cfg.readonly)
                 return
             if old[self.http_file] is None:
                 if port_in_use(cfg.port, cfg.listen):
@@ -122,7 +122,7 @@ class SystemRouter(NginxMaster):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(master, signal.SIGHUP)
                 raise
-            control.set_backends(cfg.backends)
+            control.serve(cfg.backends, cfg.maintenance, cfg.readonly)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Take the env out of the system nginx (its files removed, then a reload)."""

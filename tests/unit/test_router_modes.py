@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from sandbox.routing.render import MAINTENANCE_PAGE, RouterConfig, render_nginx_conf
+from sandbox.routing.nginx import same_but_dynamic
+from sandbox.routing.render import MAINTENANCE_PAGE, RouterConfig, mode_lines, render_nginx_conf
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nginx"
 PREFIX = Path("/ws/.sandbox/routers/prod")
@@ -65,40 +66,74 @@ def test_each_mode_matches_its_fixture(name: str) -> None:
     assert render_nginx_conf(MODES[name], PREFIX) == (FIXTURES / f"{name}.conf").read_text()
 
 
-def test_no_mode_has_neither_block() -> None:
-    text = render_nginx_conf(BASE, PREFIX)
-    assert "geo " not in text and "@maintenance" not in text
-    assert "limit_except" not in text and "@readonly" not in text
+def mode_default(text: str) -> str:
+    """The mode written into the file: what the dict starts with until the control socket sets it."""
+    line = next(ln for ln in text.splitlines() if 'dict:add("mode", ' in ln)
+    return line.split('"')[3]
 
 
-def test_maintenance_lists_exactly_the_allowlist_and_defaults_everyone_else_to_the_page() -> None:
+def test_no_mode_renders_both_off() -> None:
+    assert mode_default(render_nginx_conf(BASE, PREFIX)) == "maintenance off readonly off"
+
+
+@pytest.mark.parametrize("name", sorted(MODES))
+def test_no_mode_is_static_config(name: str) -> None:
+    """The modes live in the shared dict: no geo block, no limit_except, no error_page locations."""
+    text = render_nginx_conf(MODES[name], PREFIX)
+    for static in ("geo ", "@maintenance", "limit_except", "@readonly", "error_page", "if ("):
+        assert static not in text, static
+    assert text.count("access_by_lua_block {") == 1 and text.count("proxy_pass http://app_prod;") == 1
+
+
+def test_every_mode_differs_from_the_others_only_in_the_dicts_initial_values() -> None:
+    texts = {name: render_nginx_conf(cfg, PREFIX) for name, cfg in MODES.items()}
+    for a in texts.values():
+        for b in texts.values():
+            assert same_but_dynamic(a, b)
+    # and with other backends too (a promotion step that also switches a mode)
+    other = dataclasses.replace(MODES["prod-maintenance-readonly"], backends=("10.216.0.9:8000",))
+    assert same_but_dynamic(texts["prod-modes-none"], render_nginx_conf(other, PREFIX))
+    # anything else still counts: a new port is a reload
+    assert not same_but_dynamic(texts["prod-modes-none"], render_nginx_conf(dataclasses.replace(BASE, port=1), PREFIX))
+
+
+def test_maintenance_lists_exactly_the_allowlist_as_canonical_networks() -> None:
     text = render_nginx_conf(MODES["prod-maintenance-allow"], PREFIX)
-    geo = text.split("geo $remote_addr $sandbox_maintenance_prod {", 1)[1].split("}", 1)[0]
-    assert [ln.strip() for ln in geo.strip().splitlines()] == ["default 1;", "127.0.0.1 0;", "10.0.0.0/8 0;"]
-    assert "error_page 503 @maintenance;" in text and "return 503;" in text
-    assert 'return 503 "<!doctype html>' in text and "We are updating" in text
-    assert "add_header Retry-After 60 always;" in text
-    assert "limit_except" not in text
+    assert mode_default(text) == "maintenance on allow 127.0.0.1/32 allow 10.0.0.0/8 readonly off"
+    assert '"<!doctype html><title>Back soon</title><h1>We are updating</h1>' in text
+    assert 'ngx.header["Retry-After"] = "60"' in text and 'ngx.header["Content-Type"] = "text/html"' in text
 
 
-def test_maintenance_without_allowlist_has_only_the_default() -> None:
-    text = render_nginx_conf(MODES["prod-maintenance"], PREFIX)
-    geo = text.split("geo $remote_addr $sandbox_maintenance_prod {", 1)[1].split("}", 1)[0]
-    assert [ln.strip() for ln in geo.strip().splitlines()] == ["default 1;"]
+def test_maintenance_without_allowlist_lets_nobody_through() -> None:
+    assert mode_default(render_nginx_conf(MODES["prod-maintenance"], PREFIX)) == "maintenance on readonly off"
 
 
 def test_readonly_denies_everything_but_reads_with_a_retry_after() -> None:
     text = render_nginx_conf(MODES["prod-readonly"], PREFIX)
-    assert "limit_except GET HEAD OPTIONS {" in text and "deny all;" in text
-    assert "error_page 403 =503 @readonly;" in text
-    assert "add_header Retry-After 30 always;" in text and "return 503" in text
-    assert "geo " not in text and "@maintenance" not in text
+    assert mode_default(text) == "maintenance off readonly on"
+    assert 'method ~= "GET" and method ~= "HEAD" and method ~= "OPTIONS"' in text
+    assert 'ngx.header["Retry-After"] = "30"' in text and '"read-only for a moment: try again shortly\\n"' in text
 
 
-def test_both_modes_render_both_blocks() -> None:
+def test_both_modes_render_both() -> None:
     text = render_nginx_conf(MODES["prod-maintenance-readonly"], PREFIX)
-    assert "192.0.2.7 0;" in text and "@maintenance" in text and "limit_except" in text
-    assert text.count("proxy_pass http://app_prod;") == 1
+    assert mode_default(text) == "maintenance on allow 192.0.2.7/32 readonly on"
+
+
+def test_mode_lines_are_canonical_and_refuse_anything_else() -> None:
+    assert mode_lines(None, False) == ["maintenance off", "readonly off"]
+    assert mode_lines(("10.1.2.3/8", "10.0.0.0/8", "::1", "192.0.2.7"), True) == [
+        "maintenance on",
+        "allow 10.0.0.0/8",  # host bits dropped, the duplicate with them
+        "allow ::1/128",
+        "allow 192.0.2.7/32",
+        "readonly on",
+    ]
+    for bad in (("10.0.0.0/8 0;",), ("10.0.0.0/33",), ("host.example",), ("",), tuple(f"10.0.{i // 256}.{i % 256}" for i in range(257))):
+        with pytest.raises(ValueError):
+            mode_lines(bad, False)
+    with pytest.raises(ValueError):
+        mode_lines(None, "on")  # type: ignore[arg-type]
 
 
 # -- nginx -t -------------------------------------------------------------------------------------
