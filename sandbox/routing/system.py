@@ -12,7 +12,8 @@ in the system nginx's pid file, and returns once the new workers serve.
 The env's upstream is a Lua balancer (the system nginx must load Debian's
 libnginx-mod-http-lua) reading the routed backends from a shared dict, which sandbox
 sets through the env's control socket (a unix socket in a root-only directory under the
-env's router dir): a swap rewrites the include file's default backends but reloads nothing.
+env's router dir), and the env's mode (maintenance, read-only) from the same dict: a swap or a
+mode switch rewrites the include file's initial values but reloads nothing.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class SystemRouter(NginxMaster):
         with self._locked():
             old = self._read()
             if all(same_but_dynamic(old[f], text) for f, text in want.items()):
-                # nothing but the backends changed: no check, no reload; the control socket sets them
+                # nothing but the backends/mode changed: no check, no reload; the control socket sets them
                 if old != want:
                     self._write(want)
                 control.serve(cfg.backends, cfg.maintenance, cfg.readonly)

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from sandbox.routing import RouterConfig, RouterError
+from sandbox.routing import PortForward, RouterConfig, RouterError
 from sandbox.routing.control import ControlSocket, _UnixConnection, check_backend
 from sandbox.routing.own import OwnRouter
-from sandbox.routing.render import LUA_MODULES
+from sandbox.routing.render import LUA_MODULES, STREAM_MODULE
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nginx") is None or not all(Path(m).exists() for m in LUA_MODULES),
@@ -169,6 +169,26 @@ def test_a_change_of_the_routers_own_settings_still_reloads_and_keeps_the_backen
     assert workers(router) != before  # the static config changed: a reload
     assert {get(port) for _ in range(4)} == {"b"}
     assert router.control().mode() == ["maintenance off", "readonly on"]  # the dict outlives a reload
+
+
+@pytest.mark.skipif(not Path(STREAM_MODULE).exists(), reason="nginx's stream module (libnginx-mod-stream)")
+def test_a_swap_of_a_profile_with_forwarded_ports_still_reloads(
+    router: OwnRouter, backends: Backends
+) -> None:
+    """Stated in docs/promotion.md: the stream block lists its backends as static `server` lines."""
+    port, fwd = free_port(), free_port()
+
+    def with_ports(i: int) -> RouterConfig:
+        ports = (PortForward("127.0.0.1", fwd, "tcp", (backends.addr(i),)),)
+        return cfg(port, backends.addr(i), ports=ports)
+
+    router.apply(with_ports(0))
+    before = workers(router)
+    router.apply(dataclasses.replace(with_ports(0), maintenance=()))  # a mode switch: still none
+    assert workers(router) == before
+    router.apply(with_ports(1))
+    assert workers(router) != before  # the swap changed the stream block: a reload
+    assert get(fwd) == "b" and get(port) == "b"
 
 
 def test_a_keep_alive_client_that_never_retries_sees_no_error_across_swaps(

@@ -156,6 +156,13 @@ def test_the_profile_refuses_each_payload_with_file_and_line(tmp_path: Path, pay
         assert (file, line, path) == ("profiles/prod.yaml", 3, where)
 
 
+def test_the_profile_refuses_more_allowed_addresses_than_the_router_takes(tmp_path: Path) -> None:
+    file, line, where = profile_issue(
+        tmp_path, {"promotion": {"allow": [f"10.0.{i // 256}.{i % 256}" for i in range(257)]}}
+    )
+    assert (file, line, where) == ("profiles/prod.yaml", 3, "promotion.allow")
+
+
 def test_allow_is_typed_at_load_and_json_friendly_in_the_resolved_profile(tmp_path: Path) -> None:
     import ipaddress
 
