@@ -545,6 +545,11 @@ def test_the_allowlist_matches_ipv4_cidrs_in_lua(
         "maintenance on\nallow 10.0.0.0/8\nallow 10.0.0.0/8\nreadonly off\n",
         "maintenance on\nallow host.example/32\nreadonly off\n",
         "maintenance on\nallow ::1/129\nreadonly off\n",
+        "maintenance on\nallow :::1/128\nreadonly off\n",
+        "maintenance on\nallow 12345::/16\nreadonly off\n",
+        "maintenance on\nallow 1::2::3/128\nreadonly off\n",
+        "maintenance on\nallow fd00/8\nreadonly off\n",
+        "maintenance on\nallow 1:2:3:4:5:6:7:8:9/128\nreadonly off\n",
         "maintenance  on\nreadonly off\n",
         "maintenance on\r\nreadonly off\r\n",
         "maintenance on\n"
@@ -566,6 +571,22 @@ def test_the_control_socket_refuses_anything_but_mode_lines(
         c.close()
     assert router.control().mode() == ["maintenance on", "allow 127.0.0.1/32", "readonly off"]  # unchanged
     assert _reply(port, "GET").status == 200
+
+
+def test_the_control_socket_takes_ipv6_entries_that_never_match(
+    router: OwnRouter, backends: Backends
+) -> None:
+    port = free_port()
+    router.apply(balancer_cfg(port, backends.addr(0)))
+    body = "maintenance on\nallow 1:2:3:4:5:6:7::/112\nallow 64:ff9b::102:304/128\nallow ::/0\nreadonly off\n"
+    c = _UnixConnection(router.control().path, timeout=5)
+    try:
+        c.request("PUT", "/mode", body=body.encode())
+        r = c.getresponse()
+        assert (r.status, r.read().decode()) == (200, body)
+    finally:
+        c.close()
+    assert is_maintenance_page(_reply(port, "GET"))  # 127.0.0.1 is in none of them
 
 
 def test_the_control_client_refuses_a_bad_mode_before_sending(tmp_path: Path) -> None:
