@@ -154,6 +154,8 @@ def maintenance(obj: Ctx, switch: str, env: str, allow: tuple[str, ...]) -> None
     """Show everyone but --allow addresses the "we are updating" page (503), or stop showing it."""
     from sandbox.config import netvalues
 
+    if len(allow) > 256:  # what the router's control socket takes (routing/render.py MAX_ALLOW)
+        raise SandboxError(f"{len(allow)} --allow addresses: at most 256", hint="allow a CIDR instead")
     for a in allow:
         try:
             netvalues.network(a)  # the renderer checks again before anything reaches nginx

@@ -283,7 +283,9 @@ class Promotion(BaseModel):
         True, description="Only promote images that passed `sandbox verify` on another env (or --force)."
     )
     allow: list[Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]] = Field(
-        default_factory=list, description="Addresses/CIDRs that still get through the maintenance page."
+        default_factory=list,
+        max_length=256,  # what the router's control socket takes (routing/render.py MAX_ALLOW)
+        description="Addresses/CIDRs that still get through the maintenance page (at most 256).",
     )
 
 

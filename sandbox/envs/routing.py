@@ -88,7 +88,8 @@ class EnvRouting:
         return self.driver(name, env).drain(timeout, backend)
 
     def reroute(self, name: str) -> None:
-        """Render the env's router from the state (routed instances, mode), check it and reload."""
+        """Render the env's router from the state (routed instances, mode) and apply it (a reload only
+        when more than the backends and the mode changed)."""
         env = self.ctx.state.get_env(name)
         r = env.spec.router
         if r is None or env.router_port is None:

@@ -23,9 +23,9 @@ class RouterDriver(Protocol):
     env: str
 
     def apply(self, cfg: RouterConfig, user: str = "nobody") -> None:
-        """Serve `cfg`: its backends are set through the control socket (no reload); the config is
-        written, checked and reloaded only when more than its backends changed (a failed check
-        keeps the running one)."""
+        """Serve `cfg`: its backends and mode are set through the control socket (no reload); the
+        config is written, checked and reloaded only when more than its backends and mode changed (a
+        failed check keeps the running one)."""
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving the env (the config stays, so `apply` brings it back)."""

@@ -1,5 +1,6 @@
 """The client of an env router's control socket (templates/control.j2): set the routed backends of
-the env's Lua balancer without a reload, and read each peer's requests in flight.
+the env's Lua balancer and the env's mode (maintenance, read-only: templates/modes.j2) without a
+reload, and read each peer's requests in flight.
 
 The socket lives in `PREFIX/control/`, a directory of root's with mode 0700: nginx's master (root)
 binds it, so only root reaches it; the workers only inherit the listening socket.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandbox.routing.nginx import RouterError
+from sandbox.routing.render import mode_lines
 
 _BACKEND = re.compile(r"^(?:(?P<v4>[0-9.]+)|\[(?P<v6>[0-9A-Fa-f:.]+)\]):(?P<port>[0-9]{1,5})$")
 
@@ -38,6 +40,18 @@ def check_backend(b: str) -> str:
     if not ok:
         raise RouterError(f"not a backend address: {b[:80]!r}", hint="a backend is IPV4:PORT or [IPV6]:PORT")
     return b
+
+
+def check_mode(maintenance: Sequence[str] | None, readonly: bool) -> list[str]:
+    """The `PUT /mode` lines of a mode (render.mode_lines), or RouterError for a value that is not
+    an address/CIDR (netvalues.network), more than 256 of them, or a readonly that is not a bool."""
+    try:
+        return mode_lines(maintenance, readonly)
+    except ValueError as e:
+        raise RouterError(
+            f"not a router mode: {e}",
+            hint="the maintenance allowlist takes addresses and CIDRs (10.0.0.5, 10.0.0.0/8), at most 256",
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -85,12 +99,12 @@ class ControlSocket:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
-    def _call(self, method: str, body: bytes | None, timeout: float) -> BalancerState:
+    def _request(self, method: str, path: str, body: bytes | None, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while True:
             conn = _UnixConnection(self.path, timeout=max(0.5, min(5.0, timeout)))
             try:
-                conn.request(method, "/backends", body=body, headers={"Content-Type": "text/plain"})
+                conn.request(method, path, body=body, headers={"Content-Type": "text/plain"})
                 r = conn.getresponse()
                 text = r.read().decode(errors="replace")
                 status = r.status
@@ -109,10 +123,15 @@ class ControlSocket:
             finally:
                 conn.close()
         if status != 200:
+            what = path.lstrip("/")
             raise RouterError(
-                f"router {self.env} refused the backends: {status} {text.strip()[:200]}",
-                hint="the router keeps its previous backends",
+                f"router {self.env} refused the {what}: {status} {text.strip()[:200]}",
+                hint=f"the router keeps its previous {what}",
             )
+        return text
+
+    def _call(self, method: str, body: bytes | None, timeout: float) -> BalancerState:
+        text = self._request(method, "/backends", body, timeout)
         routed: list[str] = []
         active: dict[str, int] = {}
         for line in text.splitlines():
@@ -133,6 +152,34 @@ class ControlSocket:
                 hint=f"see {self.path.parent.parent}/logs/error.log",
             )
         return state
+
+    def set_mode(self, maintenance: Sequence[str] | None, readonly: bool, timeout: float = 5.0) -> None:
+        """Switch the env's maintenance page (None: off; else the addresses/CIDRs that still get
+        through) and read-only mode, from the next request on; checks that the router then serves it."""
+        lines = check_mode(maintenance, readonly)
+        text = self._request("PUT", "/mode", "".join(line + "\n" for line in lines).encode(), timeout)
+        if text.splitlines() != lines:
+            raise RouterError(
+                f"router {self.env} serves the mode {text.splitlines()} after being given {lines}",
+                hint=f"see {self.path.parent.parent}/logs/error.log",
+            )
+
+    def mode(self, timeout: float = 5.0) -> list[str]:
+        """The mode the router serves now, as `PUT /mode` lines (["unset"] before it was ever set)."""
+        return self._request("GET", "/mode", None, timeout).splitlines()
+
+    def serve(
+        self, backends: Sequence[str], maintenance: Sequence[str] | None, readonly: bool, timeout: float = 5.0
+    ) -> None:
+        """Set the backends and the mode (what `apply` does after the file is written). A mode that
+        restricts is switched before the backends change, one that lets everyone through after."""
+        check_mode(maintenance, readonly)  # before anything changes
+        if maintenance is not None or readonly:
+            self.set_mode(maintenance, readonly, timeout)
+            self.set_backends(backends, timeout)
+        else:
+            self.set_backends(backends, timeout)
+            self.set_mode(maintenance, readonly, timeout)
 
     def state(self, timeout: float = 5.0) -> BalancerState:
         return self._call("GET", None, timeout)

@@ -111,15 +111,18 @@ class NginxMaster:
         return self.control().drain(backend, max(0.0, deadline - time.monotonic()))
 
 
-_DEFAULT_BACKENDS = re.compile(r'dict:add\("backends", "[^"\n]*"\)')
+# the values a rendered config starts its shared dict with: the routed backends (balancer.j2) and the
+# mode (modes.j2); the control socket sets both, so a config that differs only there needs no reload
+_DYNAMIC = re.compile(r'dict:add\("(?:backends|mode)", "[^"\n]*"\)')
 
 
-def same_but_backends(a: str | None, b: str | None) -> bool:
-    """Whether two rendered configs differ at most in the backends written into the balancer (which
-    only serve until the control socket sets them: such a change needs no reload)."""
+def same_but_dynamic(a: str | None, b: str | None) -> bool:
+    """Whether two rendered configs differ at most in the backends and the mode written as the shared
+    dict's initial values (which serve only until the control socket sets them, after a restart of
+    nginx): such a change needs no check and no reload."""
     if a is None or b is None:
         return a is b
-    return _DEFAULT_BACKENDS.sub("", a) == _DEFAULT_BACKENDS.sub("", b)
+    return _DYNAMIC.sub("", a) == _DYNAMIC.sub("", b)
 
 
 def is_our_nginx(pid: int, prefix: Path | None = None, binary: str | None = None) -> bool:

@@ -2,8 +2,9 @@
 
 Configs are rendered by the pure renderer (render.py), checked with `nginx -t` before every
 reload, and reloaded gracefully (HUP); a failed check keeps the running config and says why.
-The routed backends are not part of what needs a reload: the env's Lua balancer reads them from
-a shared dict that `apply` sets through the control socket (control.py), so a swap reloads nothing.
+The routed backends and the mode (maintenance, read-only) are not part of what needs a reload: the
+env's Lua balancer and access handler read them from a shared dict that `apply` sets through the
+control socket (control.py), so a swap or a mode switch reloads nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from sandbox.fsutil import atomic_write, pid_alive
 from sandbox.routing.control import ControlSocket, check_backend
-from sandbox.routing.nginx import NginxMaster, RouterError, is_our_nginx, nginx_binary, same_but_backends
+from sandbox.routing.nginx import NginxMaster, RouterError, is_our_nginx, nginx_binary, same_but_dynamic
 from sandbox.routing.render import (
     LUA_MODULES,
     MAINTENANCE_PAGE,
@@ -79,13 +80,13 @@ class OwnRouter(NginxMaster):
         self.control().prepare()
 
     def apply(self, cfg: RouterConfig, user: str = "nobody") -> None:
-        """Write, check and (re)load the config when it changed beyond its backends; then set the
-        backends through the control socket. A failed check keeps the running config.
+        """Write, check and (re)load the config when it changed beyond its backends and mode; then set
+        the backends and the mode through the control socket. A failed check keeps the running config.
 
-        A swap (only the backends change) reloads nothing: the file is rewritten (its backends
-        serve only after a restart, until the control socket sets them) and the balancer's dict
-        updated. A reload is preceded by `nginx -t`; a first start needs no separate check,
-        since nginx checks the config itself and starts nothing if it is invalid.
+        A swap or a mode switch (only the backends and/or the mode change) reloads nothing: the file
+        is rewritten (its backends and mode serve only after a restart, until the control socket
+        sets them) and the dict updated. A reload is preceded by `nginx -t`; a first start needs no
+        separate check, since nginx checks the config itself and starts nothing if it is invalid.
         """
         if cfg.ports and not Path(STREAM_MODULE).exists():
             raise RouterError(
@@ -119,7 +120,7 @@ class OwnRouter(NginxMaster):
                 running = self.conf.read_text()
             except FileNotFoundError:
                 running = None
-            if same_but_backends(running, text):
+            if same_but_dynamic(running, text):
                 if running != text:
                     atomic_write(self.conf, text.encode())
             else:
@@ -137,7 +138,7 @@ class OwnRouter(NginxMaster):
                     )
                 os.replace(candidate, self.conf)
                 self.signal_reload(pid)
-        control.set_backends(cfg.backends)
+        control.serve(cfg.backends, cfg.maintenance, cfg.readonly)
 
     def stop(self, timeout: float = 10.0) -> None:
         pid = self.pid

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ MAINTENANCE_PAGE = (
     "<!doctype html><title>Back soon</title><h1>We are updating</h1>"
     "<p>This site is being updated and will be back in a moment.</p>\n"
 )
+READONLY_BODY = "read-only for a moment: try again shortly\n"
+MAX_ALLOW = 256  # allowlist entries the control socket takes (templates/control.j2)
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,14 @@ def check_config(cfg: RouterConfig, **extra: Any) -> None:
     check("drain_timeout", netvalues.duration, cfg.drain_timeout)
     for i, b in enumerate(cfg.backends):
         check(f"backends[{i}]", netvalues.backend, b)
+    if cfg.maintenance is not None and not isinstance(cfg.maintenance, tuple | list):
+        raise _refuse("maintenance", f"{cfg.maintenance!r} is not None or a list of addresses/CIDRs")
     for i, a in enumerate(cfg.maintenance or ()):
         check(f"maintenance[{i}]", netvalues.network, a)
+    if len(cfg.maintenance or ()) > MAX_ALLOW:
+        raise _refuse("maintenance", f"{len(cfg.maintenance or ())} addresses: at most {MAX_ALLOW}")
+    if not isinstance(cfg.readonly, bool):
+        raise _refuse("readonly", f"{cfg.readonly!r} is not true or false")
     for i, p in enumerate(cfg.ports):
         check(f"ports[{i}].address", netvalues.ipv4, p.address)
         check(f"ports[{i}].host", netvalues.port, p.host)
@@ -103,6 +112,38 @@ def check_config(cfg: RouterConfig, **extra: Any) -> None:
             check(f"ports[{i}].backends[{j}]", netvalues.backend, b)
     for field, value in extra.items():
         check(field, netvalues.account if field in ("user", "group") else netvalues.safe_path, value)
+
+
+def mode_lines(maintenance: Sequence[str] | None, readonly: bool) -> list[str]:
+    """The env's mode as the control socket's `PUT /mode` lines (pure): `maintenance on|off`, one
+    `allow NETWORK` per allowed address (canonical CIDR: 10.0.0.5 is 10.0.0.5/32, 10.1.2.3/8 is
+    10.0.0.0/8; duplicates dropped), then `readonly on|off`. ValueError for a value that is not an
+    address/CIDR, more than MAX_ALLOW of them, or a readonly that is not a bool."""
+    if not isinstance(readonly, bool):
+        raise ValueError(f"readonly {readonly!r} is not true or false")
+    lines = ["maintenance " + ("off" if maintenance is None else "on")]
+    seen: set[str] = set()
+    for a in maintenance or ():
+        net = str(netvalues.network(a))
+        if net not in seen:
+            seen.add(net)
+            lines.append("allow " + net)
+    if len(seen) > MAX_ALLOW:
+        raise ValueError(f"{len(seen)} allowed addresses: at most {MAX_ALLOW}")
+    lines.append("readonly " + ("on" if readonly else "off"))
+    return lines
+
+
+def mode_value(maintenance: Sequence[str] | None, readonly: bool) -> str:
+    """The mode as the shared dict keeps it (key `mode`): the `mode_lines` joined by spaces."""
+    return " ".join(mode_lines(maintenance, readonly))
+
+
+def lua_string(text: str) -> str:
+    """`text` as a double-quoted Lua string literal (backslash, quote, control characters escaped)."""
+    named = {"\\": "\\\\", '"': '\\"', "\n": "\\n"}
+    out = (named.get(ch, f"\\{ord(ch):03d}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch) for ch in text)
+    return '"' + "".join(out) + '"'
 
 
 def control_socket(prefix: Path) -> Path:
@@ -123,14 +164,14 @@ def _variables(cfg: RouterConfig, prefix: Path) -> dict[str, Any]:
         "upstream": "app_" + ident,
         "dict": "sandbox_" + ident,
         "control_socket": str(control_socket(prefix)),
-        "maintenance_var": "sandbox_maintenance_" + ident,
         "backends": cfg.backends,
         "listen": cfg.listen,
         "port": cfg.port,
         "server_name": cfg.server_name,
-        "maintenance": cfg.maintenance,
-        "maintenance_page": MAINTENANCE_PAGE.strip().replace("\\", "\\\\").replace('"', '\\"'),
-        "readonly": cfg.readonly,
+        # the mode the dict starts with after a (re)start of nginx, until the control socket sets it
+        "mode": mode_value(cfg.maintenance, cfg.readonly),
+        "maintenance_page": lua_string(MAINTENANCE_PAGE.strip()),
+        "readonly_body": lua_string(READONLY_BODY),
         "ports": cfg.ports,
     }
 

@@ -12,7 +12,8 @@ in the system nginx's pid file, and returns once the new workers serve.
 The env's upstream is a Lua balancer (the system nginx must load Debian's
 libnginx-mod-http-lua) reading the routed backends from a shared dict, which sandbox
 sets through the env's control socket (a unix socket in a root-only directory under the
-env's router dir): a swap rewrites the include file's default backends but reloads nothing.
+env's router dir), and the env's mode (maintenance, read-only) from the same dict: a swap or a
+mode switch rewrites the include file's initial values but reloads nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from sandbox.routing.nginx import (
     is_our_nginx,
     nginx_binary,
     port_in_use,
-    same_but_backends,
+    same_but_dynamic,
 )
 from sandbox.routing.render import RouterConfig, control_socket, render_include
 from sandbox.settings import Routers
@@ -95,11 +96,11 @@ class SystemRouter(NginxMaster):
             )
         with self._locked():
             old = self._read()
-            if all(same_but_backends(old[f], text) for f, text in want.items()):
-                # nothing but the backends changed: no check, no reload; the control socket sets them
+            if all(same_but_dynamic(old[f], text) for f, text in want.items()):
+                # nothing but the backends/mode changed: no check, no reload; the control socket sets them
                 if old != want:
                     self._write(want)
-                control.set_backends(cfg.backends)
+                control.serve(cfg.backends, cfg.maintenance, cfg.readonly)
                 return
             if old[self.http_file] is None:
                 if port_in_use(cfg.port, cfg.listen):
@@ -122,7 +123,7 @@ class SystemRouter(NginxMaster):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(master, signal.SIGHUP)
                 raise
-            control.set_backends(cfg.backends)
+            control.serve(cfg.backends, cfg.maintenance, cfg.readonly)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Take the env out of the system nginx (its files removed, then a reload)."""

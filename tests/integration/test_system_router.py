@@ -9,7 +9,6 @@ import http.client
 import ipaddress
 import json
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from sandbox.routing.nginx import NginxMaster
 from sandbox.workspace import Workspace
 from tests.integration.conftest import Built, lxc_problem, new_workspace, require, sandbox
 from tests.sysnginx import OTHER_SITE, SystemNginx, system_nginx
@@ -148,13 +148,14 @@ def test_up_promote_modes_down_through_a_system_nginx(sysenv: Sys) -> None:
     assert {p: (x["non_2xx"], x["errors"]) for p, x in probe.items() if x["non_2xx"] or x["errors"]} == {}
     assert {served_image() for _ in range(6)} == {sysenv.v2}
     addresses = {i["address"] for i in sbx(ws, "status", "prod", "--json")["instances"]}
-    # the balancer serves exactly the new instances (set through the control socket, no reload),
-    # and the include file keeps them for a restart of the system nginx
-    routed = {f"{a}:8000" for a in addresses}
-    assert set(re.findall(r"\d+\.\d+\.\d+\.\d+:8000", conf.read_text())) == routed
+    # the balancer's backends (its dict's initial value, for a restart) and the stream block's servers
+    routed = next(ln for ln in conf.read_text().splitlines() if 'dict:add("backends", ' in ln)
+    assert set(routed.split('"')[3].split()) == {f"{a}:8000" for a in addresses}
     assert all(f"server {a}:8000;" in stream.read_text() for a in addresses)
 
-    # maintenance: everyone but the allowlist sees the page; read-only: writes get 503 + Retry-After
+    # maintenance: everyone but the allowlist sees the page; read-only: writes get 503 + Retry-After;
+    # each switch goes through the env's control socket: the system nginx's workers stay the same
+    workers = NginxMaster._workers(master, shutting_down=False)
     sbx(ws, "maintenance", "on", "prod")
     status, headers, body = send("GET", "/")
     assert status == 503 and b"We are updating" in body and headers.get("retry-after") == "60"
@@ -167,6 +168,7 @@ def test_up_promote_modes_down_through_a_system_nginx(sysenv: Sys) -> None:
     assert send("GET", "/healthz")[0] == 200
     sbx(ws, "readonly", "off", "prod")
     assert 200 <= send("POST", "/notes", body=b"x")[0] < 300
+    assert NginxMaster._workers(master, shutting_down=False) == workers  # no reload
     assert nginx.pid == master and nginx.other_site() == OTHER_SITE
 
     # down: the files are gone, the system nginx still runs and serves its own site

@@ -81,8 +81,9 @@ def test_drain_timeout_bounds_the_old_workers() -> None:
     )
 
 
-def test_no_maintenance_or_readonly_blocks_by_default() -> None:
+def test_no_maintenance_or_readonly_by_default() -> None:
     text = render_nginx_conf(TWO, PREFIX)
+    assert 'dict:add("mode", "maintenance off readonly off")' in text
     assert "geo " not in text and "@maintenance" not in text and "limit_except" not in text
 
 

@@ -5,6 +5,7 @@ requests in flight to an unrouted backend. Every wait is bounded; nginx is stopp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import os
@@ -20,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from sandbox.routing import RouterConfig, RouterError
+from sandbox.routing import PortForward, RouterConfig, RouterError
 from sandbox.routing.control import ControlSocket, _UnixConnection, check_backend
 from sandbox.routing.own import OwnRouter
-from sandbox.routing.render import LUA_MODULES
+from sandbox.routing.render import LUA_MODULES, STREAM_MODULE
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nginx") is None or not all(Path(m).exists() for m in LUA_MODULES),
@@ -72,8 +73,9 @@ class Backends:
         return f"127.0.0.1:{self.servers[i].server_address[1]}"
 
 
-@pytest.fixture
-def backends() -> Iterator[Backends]:
+@contextlib.contextmanager
+def named_servers() -> Iterator[Backends]:
+    """Three local backends answering "a", "b" and "c"."""
     servers = []
     for name in ("a", "b", "c"):
         srv = ThreadingHTTPServer(("127.0.0.1", 0), Named)
@@ -83,11 +85,19 @@ def backends() -> Iterator[Backends]:
         srv.release = threading.Event()  # type: ignore[attr-defined]
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(srv)
-    yield Backends(servers)
-    for srv in servers:
-        srv.release.set()  # type: ignore[attr-defined]
-        srv.shutdown()
-        srv.server_close()
+    try:
+        yield Backends(servers)
+    finally:
+        for srv in servers:
+            srv.release.set()  # type: ignore[attr-defined]
+            srv.shutdown()
+            srv.server_close()
+
+
+@pytest.fixture
+def backends() -> Iterator[Backends]:
+    with named_servers() as b:
+        yield b
 
 
 @pytest.fixture
@@ -156,14 +166,37 @@ def test_a_restarted_router_serves_the_last_backends_from_its_file(
     assert {get(port) for _ in range(4)} == {"b"}
 
 
-def test_a_mode_change_still_reloads_and_keeps_the_backends(router: OwnRouter, backends: Backends) -> None:
+def test_a_change_of_the_routers_own_settings_still_reloads_and_keeps_the_backends_and_mode(
+    router: OwnRouter, backends: Backends
+) -> None:
     port = free_port()
     router.apply(cfg(port, backends.addr(0)))
-    router.apply(cfg(port, backends.addr(1)))
-    before = workers(router)
     router.apply(cfg(port, backends.addr(1), readonly=True))
+    before = workers(router)
+    router.apply(cfg(port, backends.addr(1), readonly=True, drain_timeout=5))
     assert workers(router) != before  # the static config changed: a reload
     assert {get(port) for _ in range(4)} == {"b"}
+    assert router.control().mode() == ["maintenance off", "readonly on"]  # the dict outlives a reload
+
+
+@pytest.mark.skipif(not Path(STREAM_MODULE).exists(), reason="nginx's stream module (libnginx-mod-stream)")
+def test_a_swap_of_a_profile_with_forwarded_ports_still_reloads(
+    router: OwnRouter, backends: Backends
+) -> None:
+    """Stated in docs/promotion.md: the stream block lists its backends as static `server` lines."""
+    port, fwd = free_port(), free_port()
+
+    def with_ports(i: int) -> RouterConfig:
+        ports = (PortForward("127.0.0.1", fwd, "tcp", (backends.addr(i),)),)
+        return cfg(port, backends.addr(i), ports=ports)
+
+    router.apply(with_ports(0))
+    before = workers(router)
+    router.apply(dataclasses.replace(with_ports(0), maintenance=()))  # a mode switch: still none
+    assert workers(router) == before
+    router.apply(with_ports(1))
+    assert workers(router) != before  # the swap changed the stream block: a reload
+    assert get(fwd) == "b" and get(port) == "b"
 
 
 def test_a_keep_alive_client_that_never_retries_sees_no_error_across_swaps(

@@ -50,6 +50,7 @@ def variants(payload: str) -> list[tuple[str, RouterConfig]]:
         ("backends[0]", dataclasses.replace(GOOD, backends=(payload,))),
         ("backends[0]", dataclasses.replace(GOOD, backends=(f"10.0.0.2:{payload}",))),
         ("maintenance[0]", dataclasses.replace(GOOD, maintenance=(payload,))),
+        ("readonly", dataclasses.replace(GOOD, readonly=payload)),  # type: ignore[arg-type]
         ("ports[0].address", dataclasses.replace(GOOD, ports=(dataclasses.replace(fwd, address=payload),))),
         ("ports[0].proto", dataclasses.replace(GOOD, ports=(dataclasses.replace(fwd, proto=payload),))),
         (
@@ -60,7 +61,9 @@ def variants(payload: str) -> list[tuple[str, RouterConfig]]:
 
 
 def test_a_good_config_renders() -> None:
-    assert "10.0.0.0/8 0;" in render_nginx_conf(GOOD, PREFIX)
+    assert 'dict:add("mode", "maintenance on allow 10.0.0.0/8 readonly off")' in render_nginx_conf(
+        GOOD, PREFIX
+    )
     assert "of workspace /ws;" in render_include(GOOD, PREFIX, "http", "/ws")
 
 
@@ -90,6 +93,25 @@ def test_the_renderer_refuses_paths_and_accounts_that_could_carry_nginx_syntax(p
         render_include(GOOD, PREFIX, "http", "/ws/" + payload)
     with pytest.raises(RouterError, match="prefix"):
         render_include(GOOD, Path("/ws/" + payload), "http", "/ws")
+
+
+def test_the_mode_reaches_the_config_only_as_canonical_networks() -> None:
+    """The mode is the one value a Lua string in the file carries (the dict's initial value): only
+    `maintenance on|off`, `allow NETWORK` and `readonly on|off`, each NETWORK as `ipaddress` prints it."""
+    import re
+
+    cfg = dataclasses.replace(GOOD, maintenance=("10.0.0.5/8", "::ffff:1.2.3.4", "192.0.2.7"), readonly=True)
+    line = next(ln for ln in render_nginx_conf(cfg, PREFIX).splitlines() if 'dict:add("mode", ' in ln)
+    value = line.split('"')[3]
+    assert value == "maintenance on allow 10.0.0.0/8 allow ::ffff:102:304/128 allow 192.0.2.7/32 readonly on"
+    assert re.fullmatch(r"[a-z0-9 ./:]+", value)
+    with pytest.raises(RouterError, match="maintenance: 257 addresses"):
+        render_nginx_conf(
+            dataclasses.replace(GOOD, maintenance=tuple(f"10.0.{i // 256}.{i % 256}" for i in range(257))),
+            PREFIX,
+        )
+    with pytest.raises(RouterError, match="maintenance"):
+        render_nginx_conf(dataclasses.replace(GOOD, maintenance="10.0.0.0/8"), PREFIX)  # type: ignore[arg-type]
 
 
 def test_the_renderer_refuses_odd_numbers() -> None:
@@ -132,6 +154,13 @@ def test_the_profile_refuses_each_payload_with_file_and_line(tmp_path: Path, pay
     for body, where in cases:
         file, line, path = profile_issue(tmp_path, body)
         assert (file, line, path) == ("profiles/prod.yaml", 3, where)
+
+
+def test_the_profile_refuses_more_allowed_addresses_than_the_router_takes(tmp_path: Path) -> None:
+    file, line, where = profile_issue(
+        tmp_path, {"promotion": {"allow": [f"10.0.{i // 256}.{i % 256}" for i in range(257)]}}
+    )
+    assert (file, line, where) == ("profiles/prod.yaml", 3, "promotion.allow")
 
 
 def test_allow_is_typed_at_load_and_json_friendly_in_the_resolved_profile(tmp_path: Path) -> None:

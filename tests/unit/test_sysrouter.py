@@ -108,6 +108,40 @@ def test_an_env_is_an_include_file_served_by_the_system_nginx(
     assert nginx.running() and nginx.pid == master and nginx.other_site() == OTHER_SITE
 
 
+def test_mode_switches_in_a_system_nginx_reload_nothing(
+    nginx: SystemNginx, backend: int, tmp_path: Path
+) -> None:
+    """Maintenance and read-only are set through the env's control socket, as in an nginx of its own;
+    the include file carries the mode as the dict's initial value (for a restart of the system nginx)."""
+    r = SystemRouter(settings(nginx), tmp_path / "routers", "prod", WS)
+    port = free_port()
+    r.apply(cfg(backend, port))
+    before = r._workers(nginx.pid, shutting_down=False)
+
+    def post() -> tuple[int, str | None]:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            c.request("POST", "/", body=b"x")
+            resp = c.getresponse()
+            resp.read()
+            return resp.status, resp.getheader("Retry-After")
+        finally:
+            c.close()
+
+    r.apply(cfg(backend, port, maintenance=("10.0.0.0/8",)))
+    status, body = get(port)
+    assert status == 503 and "We are updating" in body and post() == (503, "60")
+    assert 'dict:add("mode", "maintenance on allow 10.0.0.0/8 readonly off")' in r.http_file.read_text()
+    r.apply(cfg(backend, port, maintenance=("127.0.0.1",), readonly=True))
+    assert get(port) == (200, "backend\n") and post() == (503, "30")
+    r.apply(cfg(backend, port))
+    assert get(port) == (200, "backend\n")
+    assert 'dict:add("mode", "maintenance off readonly off")' in r.http_file.read_text()
+    assert r._workers(nginx.pid, shutting_down=False) == before and not r.draining_workers()
+    assert nginx.other_site() == OTHER_SITE
+    r.remove()
+
+
 def test_a_rejected_config_restores_the_previous_file_and_keeps_serving(
     nginx: SystemNginx, backend: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
