@@ -7,6 +7,7 @@ forked child.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -102,9 +103,15 @@ def world(tmp_path: Path) -> World:
 
 
 def in_child(action: Callable[[], object]) -> int:
-    """Run `action` in a forked child; its exit status (CRASH_EXIT when the fake ended it)."""
+    """Run `action` in a forked child; its exit status (CRASH_EXIT when the fake ended it).
+
+    SQLite connections must not cross a fork: the parent's unreachable ones are closed before it,
+    and the child never runs the collector, so it never closes an inherited connection (that would
+    checkpoint and drop the WAL under the parent, as if it were the last user of the database)."""
+    gc.collect()
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
+        gc.disable()
         code = 0
         try:
             action()
