@@ -198,9 +198,12 @@ def main() -> None:
     remove_raw(raw)
     (raw / "base").mkdir(parents=True)
     (raw / "base" / "rootfs").symlink_to(lower)  # lxc-copy wants the container name in the rootfs path
+    from sandbox.subids import runtime_ids  # the id range the tool shifted the rootfs into
+
+    uids, gids = runtime_ids(runtime_dir(ws))
     (raw / "base" / "config").write_text(
         "lxc.include = /usr/share/lxc/config/common.conf\nlxc.include = /usr/share/lxc/config/userns.conf\n"
-        "lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n"
+        f"lxc.idmap = u 0 {uids.start} {uids.count}\nlxc.idmap = g 0 {gids.start} {gids.count}\n"
         f"lxc.rootfs.path = dir:{raw / 'base' / 'rootfs'}\n"
         "lxc.mount.auto = cgroup:mixed proc:mixed sys:mixed\n"
         "lxc.net.0.type = veth\nlxc.net.0.link = sbxbench0\nlxc.net.0.flags = up\n"
