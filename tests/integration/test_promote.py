@@ -516,8 +516,7 @@ def test_promotions_cost_no_error_to_wrk_or_a_keep_alive_client_that_never_retri
     """A swap reloads nothing (the Lua balancer takes the backends through the control socket), so
     no idle keep-alive connection is closed under a client: wrk -c16 counts 0 socket errors and a
     POST loop on one connection, never retried, 0 errors, over 4 promotions."""
-    if shutil.which("wrk") is None:
-        pytest.skip("wrk is not installed (apt-get install wrk)")
+    require(None if shutil.which("wrk") else "wrk is not installed (apt-get install wrk)")
     ws = prod
     url = f"http://127.0.0.1:{PROD_PORT}/"
     posts = KeepAlivePosts(url + "notes", interval=0.005, max_seconds=150)

@@ -8,11 +8,8 @@ file standing for it) is unchanged and that the call returned quickly.
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import textwrap
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,25 +30,12 @@ from sandbox.imageformats.vmdisk import copy_boot_file
 from sandbox.settings import Network
 from sandbox.store import ImageStore
 from tests.unit.test_config_sshkeys import blob
+from tests.unit.test_saferoot import deadline
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown/mknod need root")
 
 SECRET = "HOST_SECRET=stolen\n"
 UID = 100000
-
-
-@contextmanager
-def quickly(seconds: int = 5) -> Iterator[None]:
-    def boom(*_: Any) -> None:
-        raise TimeoutError("the call blocked")
-
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture
@@ -167,7 +151,7 @@ def test_exec_ignores_a_planted_app_env_link(lxc: LxcBackend, fake_lxc_tools: Pa
     upper = make_instance(lxc, "staging-1-0")
     (upper / "etc/sandbox/app.env").symlink_to(host / "secret.env")
     (upper / "etc/sandbox/instance.env").write_text('SANDBOX_ENV="staging-1"\n')
-    with quickly():
+    with deadline():
         lxc.exec("staging-1-0", ["true"])
     args = fake_lxc_tools.read_text()
     assert "HOST_SECRET" not in args
@@ -192,7 +176,7 @@ def test_exec_as_user_with_a_hostile_passwd(
     else:
         (host / "passwd").write_text("app:x:0:0::/root:/bin/sh\n")  # a host file making app root
         passwd.symlink_to(host / "passwd")
-    with quickly(), pytest.raises(BackendError, match="cannot read /etc/passwd of staging-1-0"):
+    with deadline(), pytest.raises(BackendError, match="cannot read /etc/passwd of staging-1-0"):
         lxc.exec("staging-1-0", ["id"], user="app")
     assert not fake_lxc_tools.exists()
 

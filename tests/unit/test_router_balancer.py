@@ -94,21 +94,6 @@ def named_servers() -> Iterator[Backends]:
             srv.server_close()
 
 
-@pytest.fixture
-def backends() -> Iterator[Backends]:
-    with named_servers() as b:
-        yield b
-
-
-@pytest.fixture
-def router(tmp_path: Path) -> Iterator[OwnRouter]:
-    r = OwnRouter(tmp_path / "routers", "prod")
-    try:
-        yield r
-    finally:
-        r.stop()
-
-
 def cfg(port: int, *backends: str, **kw: Any) -> RouterConfig:
     return RouterConfig("prod", "127.0.0.1", port, "_", tuple(backends), **kw)
 

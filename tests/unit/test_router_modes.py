@@ -27,7 +27,7 @@ from sandbox.routing.control import ControlSocket, _UnixConnection, check_mode
 from sandbox.routing.nginx import same_but_dynamic
 from sandbox.routing.own import OwnRouter
 from sandbox.routing.render import MAINTENANCE_PAGE, RouterConfig, mode_lines, render_nginx_conf
-from tests.unit.test_router_balancer import Backends, named_servers, workers
+from tests.unit.test_router_balancer import Backends, workers
 from tests.unit.test_router_balancer import cfg as balancer_cfg
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nginx"
@@ -357,21 +357,6 @@ def test_live_maintenance_and_readonly_together_still_show_the_page(live: Live) 
 
 
 # -- switched through the control socket: no reload (an OwnRouter, as test_router_balancer) -------
-
-
-@pytest.fixture
-def backends() -> Iterator[Backends]:
-    with named_servers() as b:
-        yield b
-
-
-@pytest.fixture
-def router(tmp_path: Path) -> Iterator[OwnRouter]:
-    r = OwnRouter(tmp_path / "routers", "prod")
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 def _reply(port: int, method: str, path: str = "/") -> Reply:
