@@ -1,0 +1,52 @@
+"""The host agent's entry: `python3 AGENT.pyz OP [ARGS...]`.
+
+Requests that carry data read one JSON document from stdin (or a byte stream, for blobs); every
+answer is one JSON document on stdout. An expected error is `{"error": CLASS, "message", "hint"}`
+with exit 3, so the control side raises it again with the host's name; anything else is a crash
+(exit 1, traceback on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from sandbox.errors import SandboxError
+
+#: where the agent keeps its state on a host: the image store (shared by workspaces: blobs are
+#: content-addressed) and one runtime dir per workspace
+HOST_ROOT = "/var/lib/sandbox-host"
+ERROR_EXIT = 3
+
+Op = Callable[[list[str]], Any]
+OPS: dict[str, Op] = {}
+
+
+def op(name: str) -> Callable[[Op], Op]:
+    def register(fn: Op) -> Op:
+        OPS[name] = fn
+        return fn
+
+    return register
+
+
+def read_request() -> Any:
+    return json.loads(sys.stdin.buffer.read() or b"null")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    from sandbox.hostagent import ops  # noqa: F401  (registers the ops)
+
+    if not args or args[0] not in OPS:
+        print(json.dumps({"error": "AgentUsage", "message": f"unknown op {args[:1]!r}", "hint": None}))
+        return ERROR_EXIT
+    try:
+        result = OPS[args[0]](args[1:])
+    except SandboxError as e:
+        sys.stdout.write(json.dumps(e.to_dict()) + "\n")
+        return ERROR_EXIT
+    sys.stdout.write(json.dumps({"ok": result}) + "\n")
+    return 0
