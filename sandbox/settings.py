@@ -102,9 +102,21 @@ class Routers:
 
 
 @dataclass(frozen=True)
+class Hosts:
+    ssh_config: str | None = setting(
+        None,
+        description="ssh client config for production hosts (ssh -F); ssh's own defaults "
+        "(~/.ssh/config, /etc/ssh/ssh_config) when omitted.",
+        check=absolute_path,
+    )
+    connect_timeout: float = setting(5.0, description="Seconds to wait for a host's ssh to connect.")
+
+
+@dataclass(frozen=True)
 class Settings:
     network: Network = setting(factory=Network, description="sandbox's bridge and subnet.")
     routers: Routers = setting(factory=Routers, description="Router settings.")
+    hosts: Hosts = setting(factory=Hosts, description="Production hosts (profile hosts:) over SSH.")
     owner: str | None = setting(None, description="Default owner of envs (else $SUDO_USER or $USER).")
 
     @classmethod

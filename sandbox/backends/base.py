@@ -59,6 +59,7 @@ class InstanceSpec:
     pids: int | None = None
     mounts: tuple[MountSpec, ...] = ()
     capabilities: tuple[str, ...] = ()  # Linux capabilities the app keeps (docker drops all others)
+    app_port: int | None = None  # the port the image's app listens on (a host publishes it)
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def address(self, name: str) -> str:
         """The IPv4 address the host reaches the instance at."""
+
+    def published(self, spec: InstanceSpec) -> str | None:
+        """HOST:PORT where the instance's app is reachable from this machine, when that is not its own
+        address and the app's port (an instance on a production host); None otherwise."""
+        return None
 
     @abc.abstractmethod
     def exec(

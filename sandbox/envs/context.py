@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandbox.backends.base import Backend, BackendRegistry
 from sandbox.events import Event, EventSink, Kind
@@ -17,6 +17,10 @@ from sandbox.settings import Settings
 from sandbox.state import Env, StateDB
 from sandbox.store import ImageStore
 from sandbox.workspace import Workspace
+
+if TYPE_CHECKING:
+    from sandbox.envs.hosts import EnvHosts
+    from sandbox.state import Instance
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class EnvContext:
     #: makes an env's router driver (env name, kind); None: the real nginx drivers (tests inject fakes)
     router_factory: Callable[[str, RouterKind], RouterDriver] | None = None
     _apps: dict[str, AppInfo] = field(default_factory=dict)
+    _hosts: EnvHosts | None = None
 
     @property
     def routers(self) -> Path:
@@ -75,6 +80,22 @@ class EnvContext:
     def env_backend(self, env: Env) -> Backend:
         """The backend an env runs on (with the profile's `remote:` it was created with)."""
         return self.backend(env.backend, env.spec.remote)
+
+    @property
+    def hosts(self) -> EnvHosts:
+        """The production hosts of envs whose profile has `hosts:` (connected on first use)."""
+        if self._hosts is None:
+            from sandbox.envs.hosts import EnvHosts
+
+            self._hosts = EnvHosts(self)
+        return self._hosts
+
+    def backend_on(self, env: Env, host: str | None) -> Backend:
+        """The backend of env's instances on `host` (a host of its profile), or on this machine (None)."""
+        return self.env_backend(env) if host is None else self.hosts.backend(env.spec, host)
+
+    def inst_backend(self, env: Env, inst: Instance) -> Backend:
+        return self.backend_on(env, inst.host)
 
 
 def default_owner(settings: Settings) -> str:

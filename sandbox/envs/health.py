@@ -4,6 +4,7 @@ then the router."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from sandbox.envs.context import EnvContext
@@ -27,15 +28,13 @@ class Health:
 
     def probe_instance(self, env: Env, inst: Instance, image: str | None = None) -> Probe:
         port, path, command = self._check(env, image or inst.image or env.image)
-        return probe_instance(self.ctx.env_backend(env), inst.name, port, path, command)
+        backend = self.ctx.inst_backend(env, inst)
+        if inst.address is None and not inst.endpoint:  # a backend that picks its addresses
+            inst = replace(inst, address=backend.address(inst.name))
+        return probe_instance(backend, inst.name, inst.upstream(port), path, command)
 
     def probe(self, env: Env) -> dict[str, Probe]:
-        backend = self.ctx.env_backend(env)
-        port, path, command = self._check(env, env.image)
-        return {
-            i.name: probe_instance(backend, i.name, port, path, command)
-            for i in self.ctx.state.instances(env.name)
-        }
+        return {i.name: self.probe_instance(env, i, env.image) for i in self.ctx.state.instances(env.name)}
 
     def wait_healthy(self, env: Env, timeout: float | None = None) -> dict[str, Probe]:
         """Until every instance and then the router answer; HealthTimeout (with where to look) if not."""

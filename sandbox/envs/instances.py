@@ -19,6 +19,7 @@ class Instances:
 
     def spec(self, env: Env, idx: int, address: str, image: str | None = None) -> InstanceSpec:
         p = env.spec
+        image = image or env.image
         mounts = tuple(
             MountSpec(src=str(src), dest=m.dest, readonly=m.readonly, is_file=src.is_file())
             for m in p.mounts
@@ -28,8 +29,9 @@ class Instances:
             name=f"{env.name}-{idx}",
             env=env.name,
             index=idx,
-            image=image or env.image,
+            image=image,
             address=address,
+            app_port=self.ctx.app(image).port,
             env_vars=dict(p.env),
             cpus=p.resources.cpus,
             memory=p.resources.memory,
@@ -43,43 +45,63 @@ class Instances:
         gw, _ = gateway(subnet)
         return self.ctx.state.allocate_address(env, idx, subnet, reserved={gw})
 
-    def create_all(self, env: Env, backend: Backend, clone_from: str | None = None) -> None:
-        """The env's instances, each recorded before it is made (so a crash leaves a row gc finds)."""
+    def placement(self, env: Env) -> list[str | None]:
+        """The host of each instance index (None: this machine)."""
+        if not env.spec.hosts:
+            return [None] * env.spec.instances
+        return list(self.ctx.hosts.placement(env.spec))
+
+    def create_all(self, env: Env, backend: Backend | None, clone_from: str | None = None) -> None:
+        """The env's instances, each recorded before it is made (so a crash leaves a row gc finds);
+        on its host when the profile has hosts (`backend` is then not used)."""
         sources = self.ctx.state.instances(clone_from) if clone_from is not None else []
-        for idx in range(env.spec.instances):
+        for idx, host in enumerate(self.placement(env)):
             iname = f"{env.name}-{idx}"
-            self.ctx.state.add_instance(env.name, idx, iname, "creating")
+            b = self.ctx.backend_on(env, host) if host is not None or backend is None else backend
+            self.ctx.state.add_instance(env.name, idx, iname, "creating", host=host)
             addr = self._address(env.name, idx)
             spec = self.spec(env, idx, addr)
-            self.ctx.emit("progress", "up", f"creating {iname} at {addr}")
+            self.ctx.emit("progress", "up", f"creating {iname} at {addr}" + (f" on {host}" if host else ""))
             if clone_from is not None:
-                backend.clone(sources[min(idx, len(sources) - 1)].name, spec)
+                b.clone(sources[min(idx, len(sources) - 1)].name, spec)
             else:
-                backend.create(spec)
-            backend.start(iname)
+                b.create(spec)
+            b.start(iname)
             self.ctx.state.set_instance(
-                env.name, idx, state="running", image=env.image, routed=True, **picked_address(backend, iname)
+                env.name,
+                idx,
+                state="running",
+                image=env.image,
+                routed=True,
+                endpoint=b.published(spec),
+                **picked_address(b, iname),
             )
 
-    def add(self, env: Env, image: str) -> Instance:
-        """One more instance of `env` running `image`, started but not yet routed."""
-        backend = self.ctx.env_backend(env)
+    def add(self, env: Env, image: str, host: str | None = None) -> Instance:
+        """One more instance of `env` running `image` (on `host`, for an env on hosts), started but
+        not yet routed."""
+        if env.spec.hosts and host is None:
+            host = self.ctx.hosts.placement(env.spec)[0]
+        backend = self.ctx.backend_on(env, host)
         idx = max((i.idx for i in self.ctx.state.instances(env.name)), default=-1) + 1
         iname = f"{env.name}-{idx}"
         # one transaction: a crash can never leave a row that looks like a routed old instance
-        self.ctx.state.add_instance(env.name, idx, iname, "creating", image=image, routed=False)
+        self.ctx.state.add_instance(env.name, idx, iname, "creating", image=image, routed=False, host=host)
         addr = self._address(env.name, idx)
         backend.prepare_image(image)
-        backend.create(self.spec(env, idx, addr, image))
+        spec = self.spec(env, idx, addr, image)
+        backend.create(spec)
         backend.start(iname)
-        self.ctx.state.set_instance(env.name, idx, **picked_address(backend, iname))
+        self.ctx.state.set_instance(
+            env.name, idx, endpoint=backend.published(spec), **picked_address(backend, iname)
+        )
         if self.ctx.state.get_env(env.name).readonly:
             # the app must see read-only mode from its first request on
             backend.exec(iname, ["/bin/sh", "-c", READONLY_ON])
         return self.ctx.state.set_instance(env.name, idx, state="running")
 
     def remove(self, env: Env, inst: Instance) -> None:
-        self.ctx.env_backend(env).destroy(inst.name)
+        self.ctx.inst_backend(env, inst).destroy(inst.name)
         self.ctx.state.delete_instance(env.name, inst.idx)
 
     def pick(self, name: str, index: int) -> tuple[Backend, str]:
@@ -91,7 +113,7 @@ class Instances:
                 f"{name} has no instance {index}",
                 hint=f"{name} has instances 0..{len(insts) - 1}" if insts else None,
             )
-        return self.ctx.env_backend(env), insts[index].name
+        return self.ctx.inst_backend(env, insts[index]), insts[index].name
 
     def exec(
         self, name: str, argv: list[str], index: int = 0, user: str | None = None, attach: bool = False
@@ -101,9 +123,10 @@ class Instances:
 
     def set_readonly_flag(self, env: Env, on: bool) -> None:
         """The flag file the app can read (/run/sandbox/readonly) in every instance."""
-        backend = self.ctx.env_backend(env)
         for inst in self.ctx.state.instances(env.name):
-            backend.exec(inst.name, ["/bin/sh", "-c", READONLY_ON if on else READONLY_OFF])
+            self.ctx.inst_backend(env, inst).exec(
+                inst.name, ["/bin/sh", "-c", READONLY_ON if on else READONLY_OFF]
+            )
 
 
 def picked_address(backend: Backend, iname: str) -> dict[str, str]:

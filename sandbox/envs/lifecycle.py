@@ -43,9 +43,13 @@ class Lifecycle:
         """Claim the name, create and start the instances, route them; undo everything on failure."""
         p = profile_for(self.ctx.ws, name)
         ttl_s = parse_ttl(ttl) if ttl is not None else p.spec.ttl
-        backend = self.ctx.backend(p.spec.backend, p.spec.remote)
-        backend.check()
+        hosted = bool(p.spec.hosts)
+        backend = None if hosted else self.ctx.backend(p.spec.backend, p.spec.remote)
+        if backend is not None:
+            backend.check()
         digest = self.image_for(p, image)
+        if hosted:  # every host reachable, ready, and holding the verified image before anything is made
+            self.ctx.hosts.ready(p.spec, digest)
         config: dict[str, object] = {
             "profile": p.spec.to_data(),
             "profile_digest": p.digest,
@@ -54,7 +58,8 @@ class Lifecycle:
         env = self._claim(name, p, digest, p.spec.backend, config, ttl_s, owner)
         self.ctx.state.event("up", f"up {name} with {digest[:19]}", env=name)
         try:
-            backend.prepare_image(digest)
+            if backend is not None:
+                backend.prepare_image(digest)
             self.instances.create_all(env, backend)
             return self.ctx.state.set_env(name, state="running", url=self.routing.route(env), pid=None)
         except BaseException as e:
@@ -67,6 +72,11 @@ class Lifecycle:
         """A new env `dst` whose instances are copies of `src`'s (their data, not only the image)."""
         source = self.ctx.state.get_env(src)
         p = profile_for(self.ctx.ws, dst)
+        if source.spec.hosts or p.spec.hosts:
+            raise SandboxError(
+                f"cannot clone {src} to {dst}: cloning copies instance data, which stays on one machine",
+                hint=f"start {dst} from the image instead: sandbox up {dst} --image {source.image[:19]}",
+            )
         backend = self.ctx.env_backend(source)
         backend.require("clone")
         backend.check()
@@ -118,9 +128,17 @@ class Lifecycle:
             env = None
         if env is not None:
             self.ctx.state.set_env(name, state="deleting", pid=os.getpid())
-            backend = backend or self.ctx.env_backend(env)
+            if not env.spec.hosts:
+                backend = backend or self.ctx.env_backend(env)
         self.routing.driver(name, env).remove()
-        if backend is not None:
+        if env is not None and env.spec.hosts:
+            # each instance on its host: the recorded ones, and those up was about to make
+            where = {i.name: i.host for i in self.ctx.state.instances(name)}
+            for idx, host in enumerate(self.instances.placement(env)):
+                where.setdefault(f"{name}-{idx}", host)
+            for iname, host in where.items():
+                self.ctx.backend_on(env, host).destroy(iname)
+        elif backend is not None:
             recorded = [i.name for i in self.ctx.state.instances(name)]
             planned = [f"{name}-{idx}" for idx in range(env.spec.instances)] if env is not None else []
             for iname in dict.fromkeys([*recorded, *planned]):
@@ -134,18 +152,18 @@ class Lifecycle:
 
     def stop(self, name: str) -> Env:
         env = self.ctx.state.get_env(name)
-        backend = self.ctx.env_backend(env)
         for inst in self.ctx.state.instances(name):
-            backend.stop(inst.name)
+            self.ctx.inst_backend(env, inst).stop(inst.name)
             self.ctx.state.set_instance(name, inst.idx, state="stopped")
         self.routing.driver(name, env).stop()
         return self.ctx.state.set_env(name, state="stopped", health="unknown")
 
     def start(self, name: str) -> Env:
         env = self.ctx.state.get_env(name)
-        backend = self.ctx.env_backend(env)
-        backend.check()
+        if not env.spec.hosts:
+            self.ctx.env_backend(env).check()
         for inst in self.ctx.state.instances(name):
+            backend = self.ctx.inst_backend(env, inst)
             if backend.state(inst.name) != "running":
                 backend.start(inst.name)
             self.ctx.state.set_instance(name, inst.idx, state="running", **picked_address(backend, inst.name))

@@ -48,11 +48,13 @@ def http_probe(address: str, port: int, path: str, timeout: float = 2.0) -> Prob
 
 
 def probe_instance(
-    backend: Backend, name: str, port: int | None, path: str | None, command: str | None
+    backend: Backend, name: str, upstream: str | None, path: str | None, command: str | None
 ) -> Probe:
+    """`upstream`: ADDR:PORT where this machine reaches the app (None: no port, no HTTP check)."""
     details = []
-    if path is not None and port is not None:
-        p = http_probe(backend.address(name), port, path)
+    if path is not None and upstream is not None:
+        host, _, port = upstream.rpartition(":")
+        p = http_probe(host, int(port), path)
         if not p.ok:
             return p
         details.append(p.detail)

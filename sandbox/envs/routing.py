@@ -34,8 +34,8 @@ class EnvRouting:
                     hint="give the profile a router: section",
                 )
             instances = self.ctx.state.instances(env.name)
-            first = instances[0].address if instances else None
-            return f"http://{first}:{app.port or 80}/" if first else ""
+            first = instances[0].upstream(app.port or 80) if instances else None
+            return f"http://{first}/" if first else ""
         if app.port is None:
             raise SandboxError(
                 f"image {env.image[:19]} has no app: the router has nothing to route to",
@@ -84,7 +84,7 @@ class EnvRouting:
         if env.spec.router is None or env.router_port is None:
             return True
         # the same ADDR:PORT that reroute gave the balancer
-        backend = f"{inst.address}:{self.ctx.app(env.image).port}" if inst.address else None
+        backend = inst.upstream(self.ctx.app(env.image).port)
         return self.driver(name, env).drain(timeout, backend)
 
     def reroute(self, name: str) -> None:
@@ -95,7 +95,7 @@ class EnvRouting:
         if r is None or env.router_port is None:
             return
         port = self.ctx.app(env.image).port
-        routed = [i for i in self.ctx.state.instances(name) if i.address and i.routed]
+        routed = [i for i in self.ctx.state.instances(name) if i.routed and i.upstream(port)]
         ports = tuple(
             PortForward(p.address, p.host, p.proto, tuple(f"{i.address}:{p.container}" for i in routed))
             for p in env.spec.ports
@@ -106,7 +106,7 @@ class EnvRouting:
                 r.listen,
                 int(env.router_port),
                 r.server_name,
-                tuple(f"{i.address}:{port}" for i in routed),
+                tuple(str(i.upstream(port)) for i in routed),
                 drain_timeout=r.drain_timeout,
                 maintenance=env.maintenance,
                 readonly=env.readonly,

@@ -183,9 +183,37 @@ class Envs:
         backend, iname = self.instances.pick(name, index)
         return backend.logs_argv(iname, follow, lines)
 
-    def new_instance(self, name: str, image: str) -> Instance:
-        """One more instance of env `name` running `image`, started but not yet routed."""
-        return self.instances.add(self.get(name), image)
+    def new_instance(self, name: str, image: str, host: str | None = None) -> Instance:
+        """One more instance of env `name` running `image` (on `host`), started but not yet routed."""
+        return self.instances.add(self.get(name), image, host)
+
+    # -- production hosts -------------------------------------------------------------
+    def hosts_ready(self, name: str, image: str) -> None:
+        """For an env on hosts: every host reachable and holding `image`, verified (else nothing)."""
+        env = self.get(name)
+        if env.spec.hosts:
+            self.ctx.hosts.ready(env.spec, image)
+
+    def unroute_host(self, name: str, host: str) -> list[Instance]:
+        """Take every instance of env `name` on `host` out of the router (a host that died)."""
+        hit = [i for i in self.state.instances(name) if i.host == host and i.routed]
+        for inst in hit:
+            self.state.set_instance(name, inst.idx, routed=False)
+        if hit:
+            self.routing.reroute(name)
+        return hit
+
+    def drain_host(self, name: str, host: str) -> list[str]:
+        """Forget a host that will not come back: its instances leave the router and the state (the
+        host itself is not contacted). Returns the instances forgotten."""
+        env = self.get(name)
+        self.ctx.hosts.spec(env.spec, host)
+        gone = [i for i in self.state.instances(name) if i.host == host]
+        self.unroute_host(name, host)
+        for inst in gone:
+            self.state.delete_instance(name, inst.idx)
+        self.state.event("host-drain", f"drained host {host}: forgot {len(gone)} instances", env=name)
+        return [i.name for i in gone]
 
     def remove_instance(self, name: str, inst: Instance) -> None:
         self.instances.remove(self.get(name), inst)

@@ -37,12 +37,12 @@ class Snapshots:
         done = []
         try:
             for inst in self.ctx.state.instances(name):
-                backend.snapshot(inst.name, snap)
-                done.append(inst.name)
-            self.ctx.state.add_snapshot(name, snap, {"image": env.image, "instances": done})
+                self.ctx.inst_backend(env, inst).snapshot(inst.name, snap)
+                done.append(inst)
+            self.ctx.state.add_snapshot(name, snap, {"image": env.image, "instances": [i.name for i in done]})
         except BaseException:
-            for iname in done:
-                backend.delete_snapshot(iname, snap)
+            for inst in done:
+                self.ctx.inst_backend(env, inst).delete_snapshot(inst.name, snap)
             raise
         self.ctx.state.event("snapshot", f"snapshot {snap}", env=name)
         return snap
@@ -51,8 +51,8 @@ class Snapshots:
         env = self.ctx.state.get_env(name)
         check_snapshot_name(snap, f"see `sandbox status {name}`")
         self.ctx.state.get_snapshot(name, snap)
-        backend = self.ctx.env_backend(env)
         for inst in self.ctx.state.instances(name):
+            backend = self.ctx.inst_backend(env, inst)
             backend.restore(inst.name, snap)
             if backend.state(inst.name) == "running":  # a re-made container may have a new address
                 self.ctx.state.set_instance(name, inst.idx, **picked_address(backend, inst.name))

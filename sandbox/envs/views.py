@@ -7,7 +7,8 @@ from typing import Any
 
 from sandbox.envs.context import EnvContext
 from sandbox.fsutil import pid_alive
-from sandbox.state import Env
+from sandbox.hosts.transport import HostError
+from sandbox.state import Env, Instance
 
 
 @dataclass
@@ -34,9 +35,14 @@ class EnvView:
 def env_view(ctx: EnvContext, env: Env, live: bool) -> EnvView:
     """The env as a user sees it; `live` asks the backend for each instance's state."""
     insts = ctx.state.instances(env.name)
-    backend = ctx.env_backend(env) if live and insts else None
     states = [
-        {"name": i.name, "address": i.address, "state": backend.state(i.name) if backend else i.state}
+        {
+            "name": i.name,
+            "address": i.address,
+            **({"host": i.host, "endpoint": i.endpoint} if i.host else {}),
+            "image": i.image,
+            "state": _live_state(ctx, env, i) if live else i.state,
+        }
         for i in insts
     ]
     state = env.state
@@ -61,3 +67,11 @@ def env_view(ctx: EnvContext, env: Env, live: bool) -> EnvView:
         instances=states,
         error=env.error,
     )
+
+
+def _live_state(ctx: EnvContext, env: Env, inst: Instance) -> str:
+    """The backend's word on an instance; "unreachable" for one on a host that does not answer."""
+    try:
+        return ctx.inst_backend(env, inst).state(inst.name)
+    except HostError:
+        return "unreachable"

@@ -26,6 +26,7 @@ from sandbox.state.rows import (
     SCHEMA,
     SCHEMA_V2,
     SCHEMA_V3,
+    SCHEMA_V4,
     TRANSIENT_STATES,
     Env,
     Instance,
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from sandbox.workspace import Workspace
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 10.0
 _LOCK = threading.RLock()
 _DB_HINT = (
@@ -136,7 +137,7 @@ class StateDB:
                     f"this sandbox understands up to {SCHEMA_VERSION}",
                     hint="upgrade sandbox, or move the workspace's .sandbox/state.db away to start afresh",
                 )
-            steps = {1: SCHEMA, 2: SCHEMA_V2, 3: SCHEMA_V3}
+            steps = {1: SCHEMA, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4}
             for v in range(version + 1, SCHEMA_VERSION + 1):  # create or migrate, one version at a time
                 for stmt in steps[v].split(";"):
                     if stmt.strip():
@@ -281,6 +282,7 @@ class StateDB:
         now: float | None = None,
         image: str | None = None,
         routed: bool = True,
+        host: str | None = None,
     ) -> Instance:
         with self._tx() as c:
             self._get_env(c, env)
@@ -289,10 +291,10 @@ class StateDB:
                 hint=f"`sandbox down {env}` first, or `sandbox gc` to clean up after a crash",
             )
             sql = (
-                "INSERT INTO instances (env, idx, name, state, created, image, routed)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO instances (env, idx, name, state, created, image, routed, host)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             )
-            insert_row(c, dup, sql, env, idx, name, state, now_or(now), image, int(routed))
+            insert_row(c, dup, sql, env, idx, name, state, now_or(now), image, int(routed), host)
             return self._get_instance(c, env, idx)
 
     def _get_instance(self, c: sqlite3.Connection, env: str, idx: int) -> Instance:

@@ -27,7 +27,7 @@ ENV_FIELDS = {
     "maintenance",
     "readonly",
 }
-INSTANCE_FIELDS = {"name", "address", "state", "image", "routed"}
+INSTANCE_FIELDS = {"name", "address", "state", "image", "routed", "host", "endpoint"}
 
 SCHEMA = """
 CREATE TABLE envs (
@@ -74,6 +74,13 @@ UPDATE envs SET router_kind = json_extract(config, '$.router_nginx'),
     maintenance = json_extract(config, '$.router_mode.maintenance'),
     readonly = coalesce(json_extract(config, '$.router_mode.readonly'), 0);
 UPDATE envs SET config = json_remove(config, '$.router_nginx', '$.router_mode')
+"""
+
+# version 4: production hosts: the host an instance runs on (NULL: this machine), and where its app is
+# published there (HOST_ADDRESS:PORT, what the router and the health probes use)
+SCHEMA_V4 = """
+ALTER TABLE instances ADD COLUMN host TEXT;
+ALTER TABLE instances ADD COLUMN endpoint TEXT
 """
 
 
@@ -192,6 +199,14 @@ class Instance:
     created: float
     image: str | None = None
     routed: bool = True
+    host: str | None = None  # the production host it runs on; None: this machine
+    endpoint: str | None = None  # HOST:PORT its app is published at on that host
+
+    def upstream(self, app_port: int | None) -> str | None:
+        """ADDR:PORT where this machine (its router, its probes) reaches the instance's app."""
+        if self.endpoint:
+            return self.endpoint
+        return f"{self.address}:{app_port}" if self.address and app_port is not None else None
 
 
 @dataclass(frozen=True)

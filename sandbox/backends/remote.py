@@ -1,0 +1,161 @@
+"""The lxc backend on a production host: every method is one call of the host agent over SSH.
+
+The host runs the same LxcBackend as this machine (sandbox/hostagent/lxcops.py); this class only
+carries the calls there and back. Each instance's app is published on the host's address (a DNAT
+rule per instance, sandbox/hostagent/publish.py), so the router and the health probes reach it at
+`endpoint()`, HOST_ADDRESS:PUBLISHED_PORT, with no route to the host's container subnet.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import subprocess
+from collections.abc import Mapping
+from typing import Any
+
+from sandbox.backends.base import Backend, BackendContext, ExecResult, InstanceSpec, UnsupportedOperation
+from sandbox.events import Event
+from sandbox.hosts.agent import HostAgent
+from sandbox.hosts.publishing import published_port
+
+
+class RemoteLxc(Backend):
+    """Instances of one workspace on one host (name: the host's name in the profile)."""
+
+    name = "lxc"
+    capabilities = frozenset({"snapshot", "clone", "init", "logs", "static-address"})
+
+    def __init__(self, ctx: BackendContext, agent: HostAgent, host_address: str) -> None:
+        super().__init__(ctx)
+        self.agent = agent
+        self.host = agent.name
+        self.host_address = host_address
+        self._ctx = {
+            "ws": ctx.workspace_id,
+            "network": {"bridge": ctx.network.bridge, "subnet": ctx.network.subnet},
+        }
+
+    def _call(self, method: str, timeout: float | None = 300, **args: Any) -> Any:
+        answer = self.agent.call(
+            "lxc", request={"ctx": self._ctx, "method": method, "args": args}, timeout=timeout
+        )
+        for e in answer.get("events", []):
+            if e.get("message"):
+                self.sink(Event("log", phase=str(e.get("phase", "")), message=f"{self.host}: {e['message']}"))
+        return answer.get("result")
+
+    def _tty_arg(self, **args: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps({"ctx": self._ctx, "args": args}).encode()).decode()
+
+    def _spec(self, spec: InstanceSpec) -> dict[str, Any]:
+        if spec.mounts:
+            raise UnsupportedOperation(
+                f"instance {spec.name}: host paths cannot be mounted on host {self.host}",
+                hint="remove mounts: from the profile (a workspace path does not exist on a host)",
+            )
+        d = dataclasses.asdict(spec)
+        d["env_vars"] = dict(spec.env_vars)
+        return d
+
+    def _publish(self, spec: InstanceSpec) -> dict[str, int] | None:
+        if spec.app_port is None or spec.address is None:
+            return None
+        return {"port": published_port(spec.address, self.ctx.network.subnet), "app_port": spec.app_port}
+
+    def published(self, spec: InstanceSpec) -> str | None:
+        if spec.app_port is None or spec.address is None:
+            return None
+        return f"{self.host_address}:{published_port(spec.address, self.ctx.network.subnet)}"
+
+    def check(self) -> None:
+        self._call("check")
+
+    def prepare_image(self, digest: str) -> None:
+        self._call("prepare_image", digest=digest, timeout=None)
+
+    def create(self, spec: InstanceSpec) -> None:
+        self._call("create", spec=self._spec(spec), publish=self._publish(spec), timeout=None)
+
+    def clone(self, src: str, spec: InstanceSpec) -> None:
+        self._call("clone", src=src, spec=self._spec(spec), publish=self._publish(spec), timeout=None)
+
+    def start(self, name: str) -> None:
+        self._call("start", name=name)
+
+    def stop(self, name: str, timeout: float = 10.0) -> None:
+        self._call("stop", name=name, timeout=timeout + 30)
+
+    def destroy(self, name: str) -> None:
+        self._call("destroy", name=name)
+
+    def state(self, name: str) -> str:
+        return str(self._call("state", name=name, timeout=30))
+
+    def address(self, name: str) -> str:
+        return self.host_address
+
+    def exec(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        interactive: bool = False,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        if interactive:
+            self.agent.ensure()
+            cmd = self.agent.transport.argv(
+                self.agent.argv("lxc-tty", self._tty_arg(name=name, argv=argv, user=user)), tty=True
+            )
+            return ExecResult(subprocess.call(cmd), "", "")
+        r = self._call(
+            "exec",
+            name=name,
+            argv=argv,
+            user=user,
+            env=dict(env or {}),
+            timeout=timeout,
+        )
+        return ExecResult(int(r["code"]), str(r["stdout"]), str(r["stderr"]))
+
+    def put_file(self, name: str, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+        self._call(
+            "put_file",
+            name=name,
+            path=path,
+            data=base64.b64encode(data).decode(),
+            mode=mode,
+            uid=uid,
+            gid=gid,
+        )
+
+    def logs_argv(self, name: str, follow: bool, lines: int) -> list[str]:
+        self.agent.ensure()
+        return self.agent.transport.argv(
+            self.agent.argv("lxc-logs", self._tty_arg(name=name, follow=follow, lines=lines))
+        )
+
+    def snapshot(self, name: str, snap: str) -> dict[str, str]:
+        return dict(self._call("snapshot", name=name, snap=snap, timeout=None))
+
+    def restore(self, name: str, snap: str) -> None:
+        self._call("restore", name=name, snap=snap, timeout=None)
+
+    def delete_snapshot(self, name: str, snap: str) -> None:
+        self._call("delete_snapshot", name=name, snap=snap)
+
+    def instances(self) -> list[str]:
+        return list(self._call("instances"))
+
+    def images(self) -> list[str]:
+        return list(self._call("images"))
+
+    def forget_image(self, digest: str) -> None:
+        self._call("forget_image", digest=digest)
+
+    def clean_stale(self) -> list[str]:
+        return [f"{self.host}:{p}" for p in self._call("clean_stale")]

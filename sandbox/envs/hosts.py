@@ -1,0 +1,127 @@
+"""An env's production hosts: one backend per host (the lxc backend over SSH), made on first use,
+only for hosts the env's profile names; and the steps before anything runs there: every host
+reachable, its engine ready, the image shipped and verified.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sandbox.backends.base import Backend
+from sandbox.backends.remote import RemoteLxc
+from sandbox.config.placement import place
+from sandbox.config.resolved import HostSpec, ResolvedProfile
+from sandbox.envs.context import EnvContext
+from sandbox.errors import SandboxError
+from sandbox.hosts.agent import HostAgent
+from sandbox.hosts.ssh import SshTransport
+from sandbox.hosts.transport import HostError
+
+
+class EnvHosts:
+    def __init__(self, ctx: EnvContext) -> None:
+        self.ctx = ctx
+        self._made: dict[tuple[str, str], RemoteLxc] = {}
+
+    def spec(self, profile: ResolvedProfile, host: str) -> HostSpec:
+        for h in profile.hosts:
+            if h.name == host:
+                return h
+        raise SandboxError(
+            f"host {host!r} is not in profile {profile.name}",
+            hint=f"its hosts: {', '.join(h.name for h in profile.hosts) or 'none'}",
+        )
+
+    def transport(self, h: HostSpec) -> SshTransport:
+        cfg = self.ctx.settings.hosts.ssh_config
+        return SshTransport(
+            h.name,
+            h.ssh,
+            ssh_config=Path(cfg) if cfg else None,
+            connect_timeout=self.ctx.settings.hosts.connect_timeout,
+        )
+
+    def backend(self, profile: ResolvedProfile, host: str) -> RemoteLxc:
+        """The lxc backend on `host` (a host of `profile`), made once per command."""
+        h = self.spec(profile, host)
+        key = (h.name, h.ssh)
+        made = self._made.get(key)
+        if made is None:
+            t = self.transport(h)
+            made = self._made[key] = RemoteLxc(self.ctx.backends.ctx, HostAgent(t), h.address or _address(t))
+        return made
+
+    def placement(self, profile: ResolvedProfile) -> list[str]:
+        return place(profile.hosts, profile.instances)
+
+    def each(self, profile: ResolvedProfile, hosts: Sequence[str] | None = None) -> list[RemoteLxc]:
+        names = list(hosts) if hosts is not None else [h.name for h in profile.hosts]
+        return [self.backend(profile, n) for n in names]
+
+    def ready(self, profile: ResolvedProfile, digest: str, hosts: Sequence[str] | None = None) -> None:
+        """Every host (of `hosts`, default all) reachable, its engine ready, `digest` shipped, verified
+        and unpacked: in parallel, before anything changes anywhere. One error names every host that
+        failed."""
+        backends = self.each(profile, hosts)
+        self._parallel(backends, lambda b: b.check(), "checking")
+        from sandbox.hosts.ship import ship
+
+        ship(
+            self.ctx.store,
+            digest,
+            [b.agent.transport for b in backends],
+            lambda t: self._agent_for(backends, t.name).prefix(),
+            self.ctx.sink,
+        )
+        self._parallel(backends, lambda b: b.prepare_image(digest), "unpacking the image on")
+
+    @staticmethod
+    def _agent_for(backends: Sequence[RemoteLxc], name: str) -> HostAgent:
+        return next(b.agent for b in backends if b.host == name)
+
+    def _parallel(self, backends: Sequence[RemoteLxc], fn: Callable[[RemoteLxc], object], what: str) -> None:
+        failures: list[str] = []
+
+        def one(b: RemoteLxc) -> None:
+            try:
+                fn(b)
+            except SandboxError as e:
+                failures.append(e.message if b.host in e.message else f"host {b.host}: {e.message}")
+                if len(backends) == 1:
+                    raise
+
+        if len(backends) == 1:
+            one(backends[0])
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(backends))) as pool:
+            list(pool.map(one, backends))
+        if failures:
+            raise HostError(
+                f"{what} {len(failures)} of {len(backends)} hosts failed: " + "; ".join(sorted(failures)),
+                hint="`sandbox host check PROFILE` shows what each host lacks",
+            )
+
+
+def _address(t: SshTransport) -> str:
+    """The IPv4 address the router reaches a host at: its ssh HostName, resolved once."""
+    name = t.effective().get("hostname", t.target.host)
+    try:
+        return str(ipaddress.IPv4Address(name))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as e:
+        raise HostError(
+            f"host {t.name}: cannot resolve {name!r}: {e}",
+            hint="give the host an `address:` in the profile",
+        ) from e
+    return str(infos[0][4][0])
+
+
+def is_hosted(backend: Backend) -> bool:
+    return isinstance(backend, RemoteLxc)

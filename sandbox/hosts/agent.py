@@ -1,0 +1,144 @@
+"""The host agent as the control side sees it: the bundle (sandbox's code as a zipapp, named by its
+sha256) and the client that runs one agent op on a host and reads its JSON answer.
+
+The bundle holds the package's modules but the CLI (and the web frontend): what runs on a host is the
+same code that runs here (the safe unpack, saferoot, the lxc backend), so the guarantees are the same
+and nothing is written twice. It needs only python3 (≥ 3.11) on the host, no pip package. It is copied
+once per version: `AGENT_DIR/<sha>.pyz`; a host runs a command, never a daemon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import IO, Any
+
+from sandbox.hosts.transport import HostError, Transport
+
+HOST_ROOT = "/var/lib/sandbox-host"
+AGENT_DIR = f"{HOST_ROOT}/agent"
+MISSING = 97  # the launcher's exit when the bundle is not on the host yet
+ERROR_EXIT = 3  # an expected error, answered as JSON (sandbox/hostagent/main.py)
+_SKIP = {"cli", "web", "__pycache__"}
+_MAIN = b"import sys\nfrom sandbox.hostagent.main import main\nsys.exit(main())\n"
+
+
+class RemoteError(HostError):
+    """An op failed on a host with an expected error (the host's message and hint, host named)."""
+
+
+@cache
+def bundle() -> tuple[str, bytes]:
+    """(sha256 hex, zipapp bytes) of this sandbox's code; deterministic: same code, same digest."""
+    pkg = Path(__file__).resolve().parent.parent
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(zipfile.ZipInfo("__main__.py", (1980, 1, 1, 0, 0, 0)), _MAIN)
+        for path in sorted(pkg.rglob("*")):
+            rel = path.relative_to(pkg)
+            if not path.is_file() or _SKIP & set(rel.parts) or path.suffix in (".pyc", ".pyo"):
+                continue
+            info = zipfile.ZipInfo(f"sandbox/{rel.as_posix()}", (1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            z.writestr(info, path.read_bytes())
+    data = buf.getvalue()
+    return hashlib.sha256(data).hexdigest(), data
+
+
+class HostAgent:
+    """Runs agent ops on one host through its transport (installing the bundle on first use)."""
+
+    def __init__(self, transport: Transport, python: str = "python3") -> None:
+        self.transport = transport
+        self.python = python
+        self._ready = False
+
+    @property
+    def name(self) -> str:
+        return self.transport.name
+
+    @property
+    def path(self) -> str:
+        return f"{AGENT_DIR}/{bundle()[0][:24]}.pyz"
+
+    def prefix(self) -> list[str]:
+        """The command that runs the agent on the host, before the op and its arguments."""
+        return [self.python, self.path]
+
+    def argv(self, op: str, *args: str) -> list[str]:
+        """The command that runs `op` on the host (for ops attached to a terminal: exec -i, logs -f)."""
+        return [*self.prefix(), op, *args]
+
+    def ensure(self) -> dict[str, Any]:
+        """Make sure the bundle is on the host (copied once per version); returns the host's ping."""
+        launcher = ["sh", "-c", f'test -f "$0" || exit {MISSING}; exec {self.python} "$0" "$@"', self.path]
+        p = self.transport.run([*launcher, "ping"], timeout=30)
+        if p.returncode == MISSING:
+            _, data = bundle()
+            put = (
+                'umask 022; mkdir -p "$(dirname "$0")" && cat > "$0.$$" && chmod 0644 "$0.$$" '
+                '&& mv -f "$0.$$" "$0"'
+            )
+            up = self.transport.run(["sh", "-c", put, self.path], input=data, timeout=120)
+            if up.returncode != 0:
+                raise HostError(
+                    f"host {self.name}: cannot install sandbox's host agent: {_tail(up.stderr)}",
+                    hint=f"sandbox needs root (or sudo) on the host to write {AGENT_DIR}",
+                )
+            p = self.transport.run([*launcher, "ping"], timeout=30)
+        if p.returncode == 127 or (p.returncode != 0 and b"python3" in p.stderr and b"not found" in p.stderr):
+            raise HostError(
+                f"host {self.name} has no python3",
+                hint="`sandbox host prepare PROFILE` (apt-get install python3)",
+            )
+        ping = self._answer("ping", p)
+        self._ready = True
+        return dict(ping)
+
+    def call(
+        self,
+        op: str,
+        *args: str,
+        request: Any = None,
+        stdin: IO[bytes] | None = None,
+        timeout: float | None = 120,
+    ) -> Any:
+        """Run `op` on the host and return its answer; RemoteError with the host's message if it fails."""
+        if not self._ready:
+            self.ensure()
+        argv = self.argv(op, *args)
+        if stdin is not None:
+            p = self.transport.run(argv, stdin=stdin, timeout=timeout)
+        else:
+            body = json.dumps(request).encode() if request is not None else b""
+            p = self.transport.run(argv, input=body, timeout=timeout)
+        return self._answer(op, p)
+
+    def _answer(self, op: str, p: Any) -> Any:
+        out: bytes = p.stdout
+        try:
+            doc = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else None
+        except (ValueError, IndexError):
+            doc = None
+        if p.returncode == 0 and isinstance(doc, dict) and "ok" in doc:
+            return doc["ok"]
+        if p.returncode == ERROR_EXIT and isinstance(doc, dict) and "message" in doc:
+            raise RemoteError(f"host {self.name}: {doc['message']}", hint=doc.get("hint"))
+        raise RemoteError(
+            f"host {self.name}: the host agent failed in {op!r} (exit {p.returncode}): {_tail(p.stderr)}",
+            hint="this is a bug in sandbox; the lines above are the host's traceback",
+        )
+
+
+def _tail(data: bytes, lines: int = 6) -> str:
+    return "\n".join(data.decode(errors="replace").strip().splitlines()[-lines:])
+
+
+def agents(transports: Sequence[Transport]) -> dict[str, HostAgent]:
+    return {t.name: HostAgent(t) for t in transports}

@@ -1,0 +1,223 @@
+"""The SSH transport: the user's own OpenSSH, multiplexed, with strict host-key checking.
+
+Why OpenSSH and not asyncssh: the user's `~/.ssh/config` (aliases, ProxyJump, IdentityFile), agent
+and `known_hosts` apply exactly as they do for `ssh` at the shell, with no second implementation of
+them, and sandbox never holds a private key (ssh reads it, or asks the agent). Multiplexing is
+OpenSSH's `ControlMaster`: the first command to a host opens one connection (~0.35 s), the next ones
+ride on it (a few ms); `ControlPersist` closes it a minute after the last use.
+
+Strictness is on the command line, which wins over any config file: `StrictHostKeyChecking=yes`
+(an unknown host key is an error that shows its fingerprint, never accepted), `BatchMode=yes` (no
+password or passphrase prompt hangs a command), no agent or port forwarding. The target is parsed
+(config/hostvalues.py) and given after `--`, so nothing from a profile can become an ssh option.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from sandbox.config.hostvalues import SshTarget, ssh_target
+from sandbox.hosts.transport import (
+    HostAuthRefused,
+    HostError,
+    HostKeyChanged,
+    HostKeyUnknown,
+    HostUnreachable,
+)
+
+#: the control sockets (a unix socket path has at most 107 bytes: keep it short, not in the workspace)
+CONTROL_ROOT = Path("/run/sandbox-ssh")
+#: a dead host is noticed within ServerAliveInterval * ServerAliveCountMax seconds
+ALIVE_INTERVAL = 2
+ALIVE_COUNT = 3
+
+
+class SshTransport:
+    """Commands on one host over ssh (name: the host's name in the profile, for every message)."""
+
+    def __init__(
+        self,
+        name: str,
+        target: str,
+        ssh_config: Path | None = None,
+        connect_timeout: float = 5.0,
+        control_root: Path = CONTROL_ROOT,
+    ) -> None:
+        self.name = name
+        self.target: SshTarget = ssh_target(target)
+        self.ssh_config = ssh_config
+        self.connect_timeout = connect_timeout
+        key = hashlib.sha256(f"{ssh_config}|{os.getuid()}".encode()).hexdigest()[:10]
+        self.control_dir = control_root / key
+        self._effective: dict[str, str] | None = None
+
+    # -- argv ----------------------------------------------------------------
+    def options(self) -> list[str]:
+        opts = ["-F", str(self.ssh_config)] if self.ssh_config is not None else []
+        for o in (
+            "BatchMode=yes",
+            "StrictHostKeyChecking=yes",
+            "ForwardAgent=no",
+            "ClearAllForwardings=yes",
+            "ControlMaster=auto",
+            f"ControlPath={self.control_dir}/%C",
+            "ControlPersist=60",
+            f"ConnectTimeout={max(1, int(self.connect_timeout))}",
+            f"ServerAliveInterval={ALIVE_INTERVAL}",
+            f"ServerAliveCountMax={ALIVE_COUNT}",
+            "LogLevel=ERROR",
+        ):
+            opts += ["-o", o]
+        if self.target.user:
+            opts += ["-l", self.target.user]
+        if self.target.port:
+            opts += ["-p", str(self.target.port)]
+        return opts
+
+    def effective(self) -> dict[str, str]:
+        """What ssh will use for this target after every config file (`ssh -G`): hostname, user, port."""
+        if self._effective is None:
+            p = subprocess.run(
+                ["ssh", "-G", *self.options(), "--", self.target.host],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+            if p.returncode != 0:
+                raise HostError(
+                    f"host {self.name}: ssh cannot read its config for {self.target}: {p.stderr.strip()}",
+                    hint="check ~/.ssh/config (or settings hosts.ssh_config)",
+                )
+            out: dict[str, str] = {}
+            for line in p.stdout.splitlines():
+                k, _, v = line.partition(" ")
+                out.setdefault(k.lower(), v)
+            self._effective = out
+        return self._effective
+
+    def remote_command(self, argv: Sequence[str]) -> str:
+        """argv as one shell-quoted command line (ssh hands the remote shell a string); through
+        `sudo -n` when the login user is not root."""
+        cmd = list(argv)
+        if self.effective().get("user", "root") != "root":
+            cmd = ["sudo", "-n", "--", *cmd]
+        return shlex.join(cmd)
+
+    def argv(self, argv: Sequence[str], tty: bool = False) -> list[str]:
+        self.control_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return [
+            "ssh",
+            *(["-t"] if tty else ["-T"]),
+            *self.options(),
+            "--",
+            self.target.host,
+            self.remote_command(argv),
+        ]
+
+    # -- running -------------------------------------------------------------
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: bytes | None = None,
+        stdin: IO[bytes] | None = None,
+        timeout: float | None = 60,
+    ) -> subprocess.CompletedProcess[bytes]:
+        cmd = self.argv(argv)
+        try:
+            if input is not None:
+                p = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout, check=False)
+            else:
+                p = subprocess.run(
+                    cmd,
+                    stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=timeout,
+                    check=False,
+                )
+        except subprocess.TimeoutExpired as e:
+            raise HostUnreachable(
+                f"host {self.name} ({self.target}) did not answer within {timeout:.0f}s",
+                hint="is the host up and its network reachable? `sandbox host check PROFILE`",
+            ) from e
+        if p.returncode == 255:
+            raise self.classify(p.stderr.decode(errors="replace"))
+        return p
+
+    def close(self) -> None:
+        """End the multiplexed connection (if one is open)."""
+        if self.control_dir.is_dir():
+            subprocess.run(
+                ["ssh", *self.options(), "-O", "exit", "--", self.target.host],
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+
+    # -- errors --------------------------------------------------------------
+    def classify(self, stderr: str) -> HostError:
+        """ssh's own failure (exit 255) as an error that names the host and says what to do."""
+        where = f"host {self.name} ({self.target})"
+        text = stderr.strip()
+        last = text.splitlines()[-1] if text else "ssh failed"
+        if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text or ("Host key for" in text and "changed" in text):
+            return HostKeyChanged(
+                f"{where}: its host key CHANGED since it was recorded in known_hosts; sandbox stops",
+                hint="if the host was reinstalled, check the new key out of band, then "
+                f"`ssh-keygen -R {self.effective().get('hostname', self.target.host)}` and add it",
+            )
+        if (
+            "Host key verification failed" in text
+            or "No ED25519 host key is known" in text
+            or ("host key" in text.lower() and "known" in text.lower())
+        ):
+            fps = self.fingerprints()
+            return HostKeyUnknown(
+                f"{where}: its host key is not in known_hosts"
+                + (f"; the host offers {'; '.join(fps)}" if fps else ""),
+                hint="compare it on the host (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), "
+                f"then `ssh {self.target}` once and accept it, or add it to known_hosts",
+            )
+        if "Permission denied" in text or "Too many authentication failures" in text:
+            return HostAuthRefused(
+                f"{where} refused every key offered: {last}",
+                hint=f"authorise your public key for {self.effective().get('user', '?')} on the host "
+                "(ssh-copy-id), or load the key into ssh-agent",
+            )
+        if re.search(r"sudo: (a password is required|a terminal is required)", text):
+            return HostAuthRefused(
+                f"{where}: the login user may not run sudo without a password",
+                hint="give it `NOPASSWD` for sudo, or log in as root",
+            )
+        return HostUnreachable(
+            f"{where} is unreachable: {last}",
+            hint="is the host up, its sshd running and its address right? `sandbox host check PROFILE`",
+        )
+
+    def fingerprints(self) -> list[str]:
+        """The SHA256 fingerprints of the keys the host offers (to show, never to accept)."""
+        eff = self.effective()
+        host, port = eff.get("hostname", self.target.host), eff.get("port", "22")
+        try:
+            scan = subprocess.run(
+                ["ssh-keyscan", "-T", "3", "-p", port, "--", host],
+                capture_output=True,
+                timeout=10,
+                check=False,
+            )
+            if not scan.stdout:
+                return []
+            p = subprocess.run(
+                ["ssh-keygen", "-lf", "-"], input=scan.stdout, capture_output=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        return [" ".join(line.split()[1:2] + line.split()[-1:]) for line in p.stdout.decode().splitlines()]
