@@ -32,7 +32,8 @@ def _expiry(v: EnvView) -> str:
 def _show(obj: Ctx, v: EnvView, took: float | None = None) -> None:
     lines = [f"[bold]{v.name}[/] {v.state} ({v.health}) on {v.backend}, image {v.image[7:19]}"]
     for i in v.instances:
-        lines.append(f"  {i['name']:<20} {i['address'] or '-':<15} {i['state']}")
+        where = f"on {i['host']} ({i['endpoint']})" if i.get("host") else (i["address"] or "-")
+        lines.append(f"  {i['name']:<20} {where:<15} {i['state']}")
     if v.url:
         lines.append(f"  url: [link={v.url}]{v.url}[/link]")
     if took is not None:

@@ -37,6 +37,7 @@ LAZY_COMMANDS = {
     "lock": "build_cmds",
     "images": "image_cmds",
     "image": "image_cmds",
+    "host": "host_cmds",
     **dict.fromkeys(
         [
             "up",

@@ -125,3 +125,49 @@ def _address(t: SshTransport) -> str:
 
 def is_hosted(backend: Backend) -> bool:
     return isinstance(backend, RemoteLxc)
+
+
+PREPARE = (
+    "export DEBIAN_FRONTEND=noninteractive; apt-get update -q && "
+    "apt-get install -y -q --no-install-recommends lxc uidmap iptables iproute2 python3"
+)
+
+
+def check_hosts(ctx: EnvContext, profile: ResolvedProfile) -> list[dict[str, object]]:
+    """Per host of `profile`: reachable (host key, login, sudo), then what the host agent finds."""
+    hosts = EnvHosts(ctx)
+
+    def one(h: HostSpec) -> dict[str, object]:
+        items: list[dict[str, object]] = []
+        b = hosts.backend(profile, h.name)
+        try:
+            ping = b.agent.ensure()
+            items.append({"item": "ssh", "ok": True, "detail": f"{h.ssh}, host key known", "fix": None})
+            items += b.agent.call("host-check")
+            del ping
+        except HostError as e:
+            items.append({"item": "ssh", "ok": False, "detail": e.message, "fix": e.hint})
+        return {"host": h.name, "ssh": h.ssh, "ok": all(i["ok"] for i in items), "checks": items}
+
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(profile.hosts)))) as pool:
+        return list(pool.map(one, profile.hosts))
+
+
+def prepare_hosts(ctx: EnvContext, profile: ResolvedProfile) -> list[dict[str, object]]:
+    """Install what sandbox needs with each host's apt, then set the host up (bridge, ids, limits)."""
+    hosts = EnvHosts(ctx)
+
+    def one(h: HostSpec) -> dict[str, object]:
+        b = hosts.backend(profile, h.name)
+        p = b.agent.transport.run(["sh", "-c", PREPARE], timeout=1800)
+        if p.returncode != 0:
+            tail = p.stderr.decode(errors="replace").strip().splitlines()[-3:]
+            return {"host": h.name, "ok": False, "detail": "apt-get failed: " + " / ".join(tail)}
+        try:
+            b.check()
+        except SandboxError as e:
+            return {"host": h.name, "ok": False, "detail": e.message}
+        return {"host": h.name, "ok": True, "detail": "lxc, uidmap, iptables, python3 installed; bridge up"}
+
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(profile.hosts)))) as pool:
+        return list(pool.map(one, profile.hosts))

@@ -129,7 +129,7 @@ class HostAgent:
         if p.returncode == 0 and isinstance(doc, dict) and "ok" in doc:
             return doc["ok"]
         if p.returncode == ERROR_EXIT and isinstance(doc, dict) and "message" in doc:
-            raise RemoteError(f"host {self.name}: {doc['message']}", hint=doc.get("hint"))
+            raise RemoteError(f"host {self.name}: {doc['message']}", hint=doc.get("hint"), host=self.name)
         raise RemoteError(
             f"host {self.name}: the host agent failed in {op!r} (exit {p.returncode}): {_tail(p.stderr)}",
             hint="this is a bug in sandbox; the lines above are the host's traceback",

@@ -95,6 +95,7 @@ class SshTransport:
                 raise HostError(
                     f"host {self.name}: ssh cannot read its config for {self.target}: {p.stderr.strip()}",
                     hint="check ~/.ssh/config (or settings hosts.ssh_config)",
+                    host=self.name,
                 )
             out: dict[str, str] = {}
             for line in p.stdout.splitlines():
@@ -147,6 +148,7 @@ class SshTransport:
             raise HostUnreachable(
                 f"host {self.name} ({self.target}) did not answer within {timeout:.0f}s",
                 hint="is the host up and its network reachable? `sandbox host check PROFILE`",
+                host=self.name,
             ) from e
         if p.returncode == 255:
             raise self.classify(p.stderr.decode(errors="replace"))
@@ -173,6 +175,7 @@ class SshTransport:
                 f"{where}: its host key CHANGED since it was recorded in known_hosts; sandbox stops",
                 hint="if the host was reinstalled, check the new key out of band, then "
                 f"`ssh-keygen -R {self.effective().get('hostname', self.target.host)}` and add it",
+                host=self.name,
             )
         if (
             "Host key verification failed" in text
@@ -185,21 +188,25 @@ class SshTransport:
                 + (f"; the host offers {'; '.join(fps)}" if fps else ""),
                 hint="compare it on the host (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), "
                 f"then `ssh {self.target}` once and accept it, or add it to known_hosts",
+                host=self.name,
             )
         if "Permission denied" in text or "Too many authentication failures" in text:
             return HostAuthRefused(
                 f"{where} refused every key offered: {last}",
                 hint=f"authorise your public key for {self.effective().get('user', '?')} on the host "
                 "(ssh-copy-id), or load the key into ssh-agent",
+                host=self.name,
             )
         if re.search(r"sudo: (a password is required|a terminal is required)", text):
             return HostAuthRefused(
                 f"{where}: the login user may not run sudo without a password",
                 hint="give it `NOPASSWD` for sudo, or log in as root",
+                host=self.name,
             )
         return HostUnreachable(
             f"{where} is unreachable: {last}",
             hint="is the host up, its sshd running and its address right? `sandbox host check PROFILE`",
+            host=self.name,
         )
 
     def fingerprints(self) -> list[str]:

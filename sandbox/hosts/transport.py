@@ -17,6 +17,10 @@ from sandbox.errors import SandboxError
 class HostError(SandboxError):
     """A host cannot be reached or refused what sandbox asked (the message names the host)."""
 
+    def __init__(self, message: str, hint: str | None = None, host: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.host = host
+
 
 class HostUnreachable(HostError):
     """No connection to the host (down, network gone, sshd stopped, timeout)."""

@@ -123,6 +123,11 @@ class Deploys:
             ).fetchone()
         return _deploy(row) if row else None
 
+    def release(self, deploy_id: int) -> None:
+        """Leave a running deploy for `--resume` or `rollback` (a host failed: nothing more is safe)."""
+        with self.state.transaction() as c:
+            c.execute("UPDATE deploys SET pid = NULL, updated = ? WHERE id = ?", (time.time(), deploy_id))
+
     def take_over(self, deploy: Deploy) -> Deploy:
         """Continue an interrupted deploy in this process (its pid must be gone)."""
         with self.state.transaction() as c:

@@ -23,6 +23,7 @@ from sandbox.envs import Envs
 from sandbox.envs.probes import wait_until
 from sandbox.errors import SandboxError
 from sandbox.events import Event
+from sandbox.hosts.transport import HostError
 from sandbox.promote.deploys import Deploy, Deploys
 from sandbox.promote.plan import Plan, make_plan
 from sandbox.state import Env, Instance
@@ -130,6 +131,8 @@ class Promoter:
                     hint="sandbox up staging-N --image IMAGE && sandbox verify staging-N, "
                     "or --force (recorded in the history)",
                 )
+        # every host reachable and holding the verified image before any traffic changes
+        self.envs.hosts_ready(target, candidate)
         deploy = self.deploys.begin(
             target, env.image, candidate, result.plan.strategy, kind=kind, source=source, forced=force
         )
@@ -142,6 +145,7 @@ class Promoter:
         d = self.deploys.interrupted(target)
         if d is None:
             raise PromotionError(f"no interrupted promotion of {target}", hint=f"sandbox history {target}")
+        self.envs.hosts_ready(target, d.to_image)
         d = self.deploys.take_over(d)
         self.deploys.step(d.id, "resumed")
         t0 = time.monotonic()
@@ -194,6 +198,8 @@ class Promoter:
             self.state.event(
                 d.kind, f"{d.kind} {d.from_image[:19]} → {d.to_image[:19]} ({strategy})", env=d.env
             )
+        except HostError as e:
+            self._host_failed(d, e)
         except BaseException as e:
             if isinstance(e, KeyboardInterrupt | SystemExit):
                 raise  # leave it resumable
@@ -207,6 +213,21 @@ class Promoter:
                 f"{d.kind} of {d.env} stopped and was rolled back: {e}",
                 hint=f"sandbox history {d.env}; sandbox logs {d.env}",
             ) from e
+
+    def _host_failed(self, d: Deploy, e: HostError) -> None:
+        """A host stopped answering mid-way: take its instances out of the router (traffic goes only
+        to the others), stop, and leave the deploy for `--resume` or `rollback`, which need the host
+        back (or `sandbox host drain`). Rolling back now would have to touch the dead host too."""
+        gone = self.envs.unroute_host(d.env, e.host) if e.host else []
+        self.deploys.step(d.id, "host failed", host=e.host, error=e.message, unrouted=[i.name for i in gone])
+        self.deploys.release(d.id)
+        self.state.event(d.kind, f"stopped: host {e.host} failed: {e.message}", env=d.env)
+        raise PromotionError(
+            f"{d.kind} of {d.env} stopped: host {e.host or '?'} failed ({e.message}); "
+            f"its {len(gone)} instance(s) no longer get traffic",
+            hint=f"when {e.host} is back: sandbox promote --to {d.env} --resume (or sandbox rollback "
+            f"--to {d.env}); if it never returns: sandbox host drain {d.env} {e.host}",
+        ) from e
 
     def _finish_modes(self, env: str, strategy: str) -> None:
         """Undo the mode this strategy switched on (modes switched on by hand stay)."""
@@ -233,7 +254,7 @@ class Promoter:
                 self.envs.reroute(d.env)
                 self.deploys.step(d.id, "unrouted", instance=old.name)
             elif old.routed:
-                new = self._start_healthy(d, env, image)
+                new = self._start_healthy(d, env, image, old.host)
                 self._swap_routes(d, new, old)
             self._emit(f"draining {old.name}")
             if not self.envs.drain(d.env, old, drain):
@@ -256,11 +277,11 @@ class Promoter:
         self.deploys.step(d.id, "routed", instance=new.name)
         self.deploys.step(d.id, "unrouted", instance=old.name)
 
-    def _start_healthy(self, d: Deploy, env: Env, image: str) -> Instance:
+    def _start_healthy(self, d: Deploy, env: Env, image: str, host: str | None = None) -> Instance:
         health = env.spec.health
-        self._emit("starting a new instance")
-        new = self.envs.new_instance(d.env, image)
-        self.deploys.step(d.id, "started", instance=new.name, address=new.address)
+        self._emit("starting a new instance" + (f" on {host}" if host else ""))
+        new = self.envs.new_instance(d.env, image, host)
+        self.deploys.step(d.id, "started", instance=new.name, address=new.address, host=new.host)
         probe, took = wait_until(
             lambda: self.envs.probe_instance(d.env, new, image),
             health.timeout,

@@ -1,0 +1,99 @@
+"""`host-check`: what this host has and lacks for sandbox's lxc instances (each with the fix)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sandbox.hostagent.main import op
+from sandbox.subids import SUBID_FILES
+
+PACKAGES = "lxc uidmap iptables python3"
+
+
+def _item(name: str, ok: bool, detail: str, fix: str | None = None) -> dict[str, Any]:
+    return {"item": name, "ok": ok, "detail": detail, "fix": None if ok else fix}
+
+
+def _free(path: str) -> int:
+    p = Path(path)
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+@op("host-check")
+def host_check(args: list[str]) -> list[dict[str, Any]]:
+    out = [
+        _item("root", os.geteuid() == 0, f"euid {os.geteuid()}", "log in as root or give the user sudo"),
+        _item(
+            "python3",
+            tuple(map(int, platform.python_version_tuple()[:2])) >= (3, 11),
+            platform.python_version(),
+            "apt-get install python3 (3.11 or newer)",
+        ),
+        _item(
+            "user namespaces",
+            Path("/proc/self/ns/user").exists(),
+            "/proc/self/ns/user",
+            "enable CONFIG_USER_NS",
+        ),
+        _item(
+            "overlayfs",
+            "overlay" in Path("/proc/filesystems").read_text(),
+            "/proc/filesystems",
+            "modprobe overlay",
+        ),
+        _item(
+            "cgroup v2",
+            Path("/sys/fs/cgroup/cgroup.controllers").exists(),
+            "/sys/fs/cgroup",
+            "boot with the unified cgroup hierarchy",
+        ),
+    ]
+    missing = [t for t in ("lxc-start", "lxc-attach", "lxc-info", "lxc-stop") if shutil.which(t) is None]
+    out.append(
+        _item(
+            "lxc",
+            not missing,
+            "missing " + ", ".join(missing) if missing else "lxc-* tools",
+            "apt-get install lxc",
+        )
+    )
+    out.append(
+        _item(
+            "iptables", shutil.which("iptables") is not None, "publishes each app", "apt-get install iptables"
+        )
+    )
+    out.append(_item("ip", shutil.which("ip") is not None, "iproute2", "apt-get install iproute2"))
+    ids = [f for f in SUBID_FILES if f.is_file() and "root:" in f.read_text()]
+    out.append(
+        _item(
+            "subordinate ids",
+            len(ids) == len(SUBID_FILES),
+            "root has ranges in /etc/subuid and /etc/subgid" if len(ids) == 2 else "root has no range",
+            "`sandbox host prepare PROFILE` (adds root:1000000:1000000 style ranges)",
+        )
+    )
+    free = _free("/var/lib/sandbox-host")
+    out.append(
+        _item(
+            "disk",
+            free > 2 << 30,
+            f"{free >> 30} GiB free under /var/lib",
+            "free space under /var/lib (2 GiB at least)",
+        )
+    )
+    if args and args[0] == "router":
+        out.append(
+            _item(
+                "nginx",
+                shutil.which("nginx") is not None,
+                "the router host's nginx",
+                "apt-get install nginx libnginx-mod-http-lua",
+            )
+        )
+    return out
