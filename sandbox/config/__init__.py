@@ -17,6 +17,7 @@ _WHERE = {
     "Duration": "sandbox.config.units",
     "FileEntry": "sandbox.config.recipe",
     "Health": "sandbox.config.profile",
+    "Host": "sandbox.config.profile_hosts",
     "LoadedProfile": "sandbox.config.profile_loader",
     "LoadedRecipe": "sandbox.config.loader",
     "MarkedDict": "sandbox.config.yamlmarks",
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from sandbox.config.loader import LoadedRecipe, ResolvedFile, load_recipe, merge
     from sandbox.config.names import env_profile_name
     from sandbox.config.profile import Health, Mount, PortMap, Profile, Resources, Router
+    from sandbox.config.profile_hosts import Host
     from sandbox.config.profile_loader import (
         LoadedProfile,
         load_profile,
@@ -80,6 +82,7 @@ __all__ = [
     "Duration",
     "FileEntry",
     "Health",
+    "Host",
     "LoadedProfile",
     "LoadedRecipe",
     "MarkedDict",

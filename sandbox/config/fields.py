@@ -9,11 +9,17 @@ from pydantic import AfterValidator, BeforeValidator, Strict
 from pydantic_core import PydanticCustomError
 
 
-def fail(message: str, hint: str | None = None) -> NoReturn:
-    """Raise a validation error whose message (and optional hint) reach the ConfigIssue as is."""
-    ctx: dict[str, str] = {"reason": message}
+def fail(message: str, hint: str | None = None, *, at: tuple[str | int, ...] = ()) -> NoReturn:
+    """Raise a validation error whose message (and optional hint) reach the ConfigIssue as is.
+
+    `at` is the key path below the failing model that the error is about: a model validator's own
+    error has the model's location only, so a cross-key rule names the key to point the user at.
+    """
+    ctx: dict[str, Any] = {"reason": message}
     if hint:
         ctx["hint"] = hint
+    if at:
+        ctx["at"] = at
     raise PydanticCustomError("sandbox", "{reason}", ctx)
 
 

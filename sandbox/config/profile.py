@@ -26,6 +26,7 @@ from pydantic import (
 from sandbox.config import netvalues
 from sandbox.config.fields import EnvKey, EnvValue, RecipeName, fail
 from sandbox.config.names import PROFILE_NAME_HINT, PROFILE_NAME_RE
+from sandbox.config.profile_hosts import Host, HostName, SshTarget, check_hosts, check_profile
 from sandbox.config.units import Duration, Size, format_size
 
 """No '-': an environment is named PROFILE or PROFILE-SUFFIX."""
@@ -33,6 +34,8 @@ IMAGE_REF_HINT = "an image reference: RECIPE, RECIPE:TAG, sha256:DIGEST or a dig
 MIN_MEMORY = 32 << 20
 PARTIAL = "partial"
 """Validation context key: True while validating one file of an extends chain (recipe/image optional)."""
+ONE_FILE = "one_file"
+"""Validation context key: True while validating one file alone; rules across keys wait for the merge."""
 NEITHER = "give 'recipe' or 'image' (in this file or a parent)"
 NEITHER_HINT = "recipe: NAME runs the latest image of recipes/NAME.yaml; image: REF runs that image"
 
@@ -269,6 +272,14 @@ class Router(BaseModel):
     drain_timeout: Duration = Field(
         30.0, description="How long a removed instance keeps serving open requests, e.g. 30s."
     )
+    host: HostName | None = Field(
+        None,
+        description="Host running nginx: one of `hosts` or another machine (then `ssh` too); this one "
+        "when omitted.",
+    )
+    ssh: SshTarget | None = Field(
+        None, description="SSH target of the router's host; taken from `hosts` when `host` is one of them."
+    )
 
 
 class Promotion(BaseModel):
@@ -317,7 +328,14 @@ class Profile(BaseModel):
         description="Linux capabilities the app keeps on the docker backend, e.g. NET_BIND_SERVICE; "
         "all others are dropped.",
     )
-    instances: Annotated[StrictInt, Field(ge=1, le=64)] = Field(1, description="Number of instances (1-64).")
+    instances: Annotated[StrictInt, Field(ge=1, le=64)] = Field(
+        1,
+        description="Number of instances (1-64); with per-host counts, their sum when omitted.",
+    )
+    hosts: list[Host] = Field(
+        default_factory=list,
+        description="Production hosts the instances run on, over SSH (lxc backend); this machine when empty.",
+    )
     resources: Resources = Field(default_factory=Resources, description="Limits per instance.")
     ports: list[PortMap] = Field(default_factory=list, description="Host ports forwarded to the instance.")
     env: dict[EnvKey, EnvValue] = Field(default_factory=dict, description="Environment of the app.")
@@ -340,6 +358,13 @@ class Profile(BaseModel):
                 "give either 'recipe' or 'image', not both", "a profile runs one recipe's image or one image"
             )
         return value
+
+    @model_validator(mode="after")
+    def _hosts_fit(self, info: ValidationInfo) -> Profile:
+        check_hosts(self.hosts)
+        if not (info.context and info.context.get(ONE_FILE)):
+            check_profile(self)
+        return self
 
     @model_validator(mode="after")
     def _remote_fits_backend(self) -> Profile:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from sandbox.config.merging import concat_merge, deep_merge, display_path
 from sandbox.config.names import PROFILE_NAME_HINT, PROFILE_NAME_RE
-from sandbox.config.profile import NEITHER, NEITHER_HINT, PARTIAL, Profile
+from sandbox.config.profile import NEITHER, NEITHER_HINT, ONE_FILE, PARTIAL, Profile
 from sandbox.config.validate import error_issue, format_path, sort_issues
 from sandbox.config.yamlmarks import MarkedDict, locate, read_yaml, to_plain
 from sandbox.errors import ConfigError, ConfigIssue, IssueCollector, Location, NotFound
@@ -143,11 +143,15 @@ class _Loader:
             self.load_chain(parent, [*stack, path])
 
     def validate_each(self) -> bool:
-        """Validate every file alone (recipe/image and the name may come from the merge)."""
+        """Validate every file alone (recipe/image and the name may come from the merge).
+
+        Rules across keys (hosts against instances, backend, router ...) wait for the merged
+        profile: a parent's hosts may meet a child's instances.
+        """
         clean = True
         for _, raw in self.chain:
             try:
-                Profile.model_validate(to_plain(raw), context={PARTIAL: True})
+                Profile.model_validate(to_plain(raw), context={PARTIAL: True, ONE_FILE: True})
             except ValidationError as exc:
                 for err in exc.errors():
                     if not _top_missing(err):

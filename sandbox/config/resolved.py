@@ -52,6 +52,19 @@ class RouterSpec:
     port: RouterPort
     server_name: str
     drain_timeout: float
+    host: str | None = None  # nginx on another machine (a host name); this machine when None
+    ssh: str | None = None  # its SSH target, filled from `hosts` when the router runs on one of them
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """A production host (issue 11): where some of the env's instances run, reached over SSH."""
+
+    name: str
+    ssh: str  # as written in the profile; hostvalues.ssh_target parses it again before use
+    address: str | None  # the router's way to the host; resolved from `ssh` at run time when None
+    labels: Mapping[str, str] = field(hash=False)
+    instances: int | None  # per-host count; None: spread evenly (placement.place)
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,7 @@ class ResolvedProfile:
     health: HealthSpec
     router: RouterSpec | None
     promotion: PromotionSpec
+    hosts: tuple[HostSpec, ...] = ()  # empty: instances run on this machine
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> ResolvedProfile:
@@ -124,6 +138,7 @@ class ResolvedProfile:
                 bool(promo.get("require_verified")),
                 tuple(_network(a) for a in promo.get("allow")),
             ),
+            hosts=tuple(_host(h) for h in d.get("hosts")),
         )
 
     def to_data(self) -> dict[str, Any]:
@@ -142,7 +157,34 @@ def _router(r: _Section) -> RouterSpec:
         port if port == "auto" else int(port),
         str(r.get("server_name")),
         float(r.get("drain_timeout")),
+        _checked(r.get("host"), "host_name"),
+        _checked(r.get("ssh"), "ssh_target"),
     )
+
+
+def _host(h: Mapping[str, Any]) -> HostSpec:
+    count = h.get("instances")
+    return HostSpec(
+        str(_checked(h["name"], "host_name")),
+        str(_checked(h["ssh"], "ssh_target")),
+        _opt_str(h.get("address")),
+        {str(k): str(v) for k, v in (h.get("labels") or {}).items()},
+        None if count is None else int(count),
+    )
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def _checked(value: Any, check: str) -> str | None:
+    """A host name or SSH target, checked again: the stored profile reaches an ssh argv."""
+    from sandbox.config import hostvalues
+
+    if value is None:
+        return None
+    getattr(hostvalues, check)(value)
+    return str(value)
 
 
 def _network(value: Any) -> str:

@@ -108,9 +108,10 @@ def error_issue(err: ErrorDetails, raw: Any, model: type[BaseModel] | None = Non
         from sandbox.config.recipe import Recipe
 
         model = Recipe
-    loc = clean_loc(err["loc"])
     kind = err["type"]
     ctx = err.get("ctx") or {}
+    below = ctx.get("at") if kind == "sandbox" else None  # fields.fail(..., at=KEY PATH)
+    loc = clean_loc(err["loc"]) + (tuple(below) if isinstance(below, tuple | list) else ())
     hint: str | None = ctx.get("hint") if isinstance(ctx.get("hint"), str) else None
     show = not (loc and loc[0] == "keys")  # never echo anything that may be key material
     if kind == "extra_forbidden" and loc:
