@@ -129,26 +129,26 @@ class FakeBackend:
 
 
 def test_probe_instance_path_only(server: int) -> None:
-    p = probe_instance(FakeBackend(), "web-0", server, "/healthz", None)  # type: ignore[arg-type]
+    p = probe_instance(FakeBackend(), "web-0", f"127.0.0.1:{server}", "/healthz", None)  # type: ignore[arg-type]
     assert p == Probe(True, "GET /healthz → 200")
 
 
 def test_probe_instance_path_and_command_both_pass(server: int) -> None:
     b = FakeBackend(0)
-    p = probe_instance(b, "web-0", server, "/healthz", "test -e /run/ok")  # type: ignore[arg-type]
+    p = probe_instance(b, "web-0", f"127.0.0.1:{server}", "/healthz", "test -e /run/ok")  # type: ignore[arg-type]
     assert p.ok and p.detail == "GET /healthz → 200; `test -e /run/ok` ok"
     assert b.calls == [("web-0", ["/bin/sh", "-c", "test -e /run/ok"])]
 
 
 def test_probe_instance_failing_command(server: int) -> None:
     b = FakeBackend(3, stderr="no such file\n")
-    p = probe_instance(b, "web-0", server, "/healthz", "test -e /run/ok")  # type: ignore[arg-type]
+    p = probe_instance(b, "web-0", f"127.0.0.1:{server}", "/healthz", "test -e /run/ok")  # type: ignore[arg-type]
     assert p == Probe(False, "`test -e /run/ok` exited 3: no such file")
 
 
 def test_probe_instance_failing_http_skips_the_command(server: int) -> None:
     b = FakeBackend(0)
-    p = probe_instance(b, "web-0", server, "/broken", "true")  # type: ignore[arg-type]
+    p = probe_instance(b, "web-0", f"127.0.0.1:{server}", "/broken", "true")  # type: ignore[arg-type]
     assert not p.ok and "500" in p.detail
     assert b.calls == []
 
