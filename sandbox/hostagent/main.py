@@ -9,8 +9,10 @@ with exit 3, so the control side raises it again with the host's name; anything 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sandbox.errors import SandboxError
@@ -19,6 +21,17 @@ from sandbox.errors import SandboxError
 #: content-addressed) and one runtime dir per workspace
 HOST_ROOT = "/var/lib/sandbox-host"
 ERROR_EXIT = 3
+
+
+class AgentUsage(SandboxError):
+    """A request the agent refuses before touching anything: an unknown op or a malformed argument
+    (the control side and the agent are of different versions, or something forged the request)."""
+
+
+def host_root() -> Path:
+    """HOST_ROOT, or $SANDBOX_HOST_ROOT (tests and test hosts keep their state in a dir of theirs)."""
+    return Path(os.environ.get("SANDBOX_HOST_ROOT") or HOST_ROOT)
+
 
 Op = Callable[[list[str]], Any]
 OPS: dict[str, Op] = {}
@@ -38,7 +51,7 @@ def read_request() -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    from sandbox.hostagent import ops  # noqa: F401  (registers the ops)
+    from sandbox.hostagent import ops, storeops  # noqa: F401  (registers the ops)
 
     if not args or args[0] not in OPS:
         print(json.dumps({"error": "AgentUsage", "message": f"unknown op {args[:1]!r}", "hint": None}))

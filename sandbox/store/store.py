@@ -51,6 +51,11 @@ class _HashingWriter:
         self.f.flush()
 
 
+class BlobCorrupt(StoreError):
+    """A received blob's bytes do not hash to the digest it was sent as (corrupt, cut short or too
+    long); nothing of it is kept."""
+
+
 @dataclass(frozen=True)
 class ImageSummary:
     digest: str
@@ -89,9 +94,11 @@ class ImageStore:
         return self.root / "layers" / f"{_hex(digest)}.json"
 
     # -- writes ------------------------------------------------------------
-    def put_blob(self, write: Callable[[IO[bytes]], Any]) -> tuple[str, int, Any]:
+    def put_blob(self, write: Callable[[IO[bytes]], Any], expect: str | None = None) -> tuple[str, int, Any]:
         """Stream a blob through `write(fileobj)`; store it under its sha256.
 
+        With `expect` (a blob received from elsewhere), a digest other than `expect` raises
+        BlobCorrupt before the rename: the store never holds a blob under a digest it does not have.
         Returns (digest, size, whatever `write` returned).
         """
         d = self._dir("blobs", "sha256")
@@ -103,6 +110,11 @@ class ImageStore:
                 f.flush()
                 os.fsync(f.fileno())
             digest = "sha256:" + w.h.hexdigest()
+            if expect is not None and digest != expect:
+                raise BlobCorrupt(
+                    f"blob {expect} arrived corrupt (sha256 {digest[7:]}, {w.size} bytes)",
+                    hint="send it again; if it fails again, check the network and the host's disk",
+                )
             os.chmod(tmp, FILE_MODE)  # the content digest covers the bytes, not the mode
             os.replace(tmp, self.blob_path(digest))
             fsync_dir(d)

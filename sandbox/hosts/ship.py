@@ -1,0 +1,319 @@
+"""Shipping an image by digest to production hosts: only the blobs a host lacks, compressed in flight.
+
+Per host: `have` (what of the image it holds), then each missing blob as `recv-blob DIGEST SIZE
+CODEC` with the compressed bytes on stdin, then the manifest (`recv-manifest`), which the host takes
+only when all its blobs are there. The host verifies every blob's sha256 before it renames it into
+its store (sandbox/hostagent/storeops.py), so a host that has the manifest has the verified image.
+A blob that fails (corrupt, cut short, connection lost) is sent once more; a second failure fails
+that host. Hosts are shipped to in parallel; one failed host does not undo the others.
+
+The codec is zstd -3 -T0 when both sides have the zstd CLI (fast, and multi-threaded so one stream
+keeps up with a fast link), else gzip level 1 from zlib (the stdlib, present everywhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from sandbox.errors import SandboxError, StoreError
+from sandbox.events import Event, EventSink
+from sandbox.hosts.agentcall import AgentPrefix, agent_call
+from sandbox.hosts.transport import HostError, Transport
+from sandbox.store import ImageStore
+
+CHUNK = 1 << 20
+#: progress events per host at most this often (the last one always comes)
+PROGRESS_EVERY = 0.3
+#: a blob may take this long plus a second per MB (1 MB/s is a slow link; a stuck one still ends)
+BLOB_TIMEOUT_BASE, BLOB_TIMEOUT_PER_MB = 120.0, 1.0
+
+
+@dataclass
+class HostShipResult:
+    host: str
+    blobs_sent: int = 0
+    bytes_raw: int = 0
+    bytes_wire: int = 0
+    seconds: float = 0.0
+    codec: str = ""
+    resent: int = 0  # blobs that failed once and were sent again
+    manifest_sent: bool = False
+
+
+@dataclass
+class ShipReport:
+    digest: str
+    hosts: dict[str, HostShipResult] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # host → why
+
+
+class ShipError(HostError):
+    """One or more hosts did not get the image (each is named); `report` has what the others got."""
+
+    def __init__(self, message: str, hint: str | None, report: ShipReport) -> None:
+        super().__init__(message, hint)
+        self.report = report
+
+
+def ship(
+    store: ImageStore,
+    digest: str,
+    targets: Sequence[Transport],
+    agent: AgentPrefix,
+    sink: EventSink,
+    parallel: bool = True,
+) -> ShipReport:
+    """Make every target hold image `digest` (verified); raise ShipError naming every host that
+    does not. Hosts that already hold it cost one `have` round trip."""
+    manifest = store.manifest_path(digest).read_bytes()
+    if "sha256:" + hashlib.sha256(manifest).hexdigest() != digest:
+        raise StoreError(f"image {digest} is corrupt in the local store", hint="rebuild it")
+    layers: dict[str, tuple[Path, int]] = {}
+    for layer in store.manifest(digest)["layers"]:
+        path = store.blob_path(layer["digest"])
+        if not path.is_file():
+            raise StoreError(f"image {digest} lacks its blob {layer['digest']} here", hint="rebuild it")
+        layers[layer["digest"]] = (path, path.stat().st_size)
+    lock = threading.Lock()
+
+    def emit(event: Event) -> None:  # sinks need not be thread-safe
+        with lock:
+            sink(event)
+
+    report = ShipReport(digest)
+
+    def one(t: Transport) -> None:
+        result = HostShipResult(t.name)
+        t0 = time.monotonic()
+        try:
+            _ship_host(t, agent, digest, manifest, layers, result, emit)
+        except Exception as e:
+            why = e.message if isinstance(e, SandboxError) else f"{type(e).__name__}: {e}"
+            with lock:
+                report.failed[t.name] = why if why.startswith(f"{t.name}: ") else f"{t.name}: {why}"
+        finally:
+            result.seconds = time.monotonic() - t0
+            with lock:
+                report.hosts[t.name] = result
+
+    if parallel and len(targets) > 1:
+        with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="ship") as pool:
+            list(pool.map(one, targets))
+    else:
+        for t in targets:
+            one(t)
+    for r in report.hosts.values():
+        if r.host not in report.failed:
+            emit(Event("result", phase="ship", message=_summary(r), data={"host": r.host, **_numbers(r)}))
+    if report.failed:
+        names = ", ".join(sorted(report.failed))
+        raise ShipError(
+            f"image {digest[:19]} did not reach {len(report.failed)} host(s) ({names}): "
+            + "; ".join(report.failed[h] for h in sorted(report.failed)),
+            hint="the hosts that got it keep it; ship again when fixed (only what a host lacks is sent)",
+            report=report,
+        )
+    return report
+
+
+def _ship_host(
+    t: Transport,
+    agent: AgentPrefix,
+    digest: str,
+    manifest: bytes,
+    layers: dict[str, tuple[Path, int]],
+    result: HostShipResult,
+    emit: EventSink,
+) -> None:
+    have = agent_call(t, agent, "have", input=_json({"blobs": list(layers), "manifests": [digest]}))
+    present = set(have.get("blobs", [])) if isinstance(have, dict) else set()
+    if digest in (have.get("manifests", []) if isinstance(have, dict) else []) and present >= set(layers):
+        return
+    missing = [d for d in layers if d not in present]
+    progress = _Progress(t.name, len(missing), sum(layers[d][1] for d in missing), emit)
+    if missing:
+        caps = agent_call(t, agent, "caps")
+        zstd = local_zstd() and isinstance(caps, dict) and caps.get("zstd") is True
+        result.codec = "zstd" if zstd else "gzip"
+    for d in missing:
+        path, size = layers[d]
+        for attempt in (1, 2):
+            base = progress.raw
+            try:
+                wire = _send_blob(t, agent, d, path, size, result.codec, progress)
+                break
+            except SandboxError as e:
+                progress.raw = base
+                if attempt == 2:
+                    why = e.message.removeprefix(f"{t.name}: ")
+                    why = why if d in why else f"blob {d}: {why}"
+                    raise HostError(f"{t.name}: {why} (sent twice)", hint=e.hint) from e
+                result.resent += 1
+                emit(Event("warning", phase="ship", message=f"{t.name}: blob {d[:19]} failed, sending again"))
+        progress.blob_done(base + size)
+        result.blobs_sent += 1
+        result.bytes_raw += size
+        result.bytes_wire += wire
+    agent_call(t, agent, "recv-manifest", [digest], input=manifest)
+    result.manifest_sent = True
+    result.bytes_wire += len(manifest)
+    progress.emit(final=True)
+
+
+def _send_blob(
+    t: Transport, agent: AgentPrefix, digest: str, path: Path, size: int, codec: str, progress: _Progress
+) -> int:
+    """Stream one blob to the host through a pipe fed by a thread; the bytes that went on the wire."""
+    with open(path, "rb") as src, contextlib.ExitStack() as cleanup:
+        if codec == "zstd":
+            proc = subprocess.Popen(
+                ["zstd", "-3", "-T0", "-c", "-q"],
+                stdin=src,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            cleanup.callback(_reap, proc)
+            out = proc.stdout
+            assert out is not None
+            chunks: Iterator[bytes] = iter(lambda: out.read(CHUNK), b"")
+            # zstd reads the file through our open file: its offset is how far the raw bytes got
+            raw_done: Callable[[], int] = lambda: min(size, os.lseek(src.fileno(), 0, os.SEEK_CUR))  # noqa: E731
+        else:
+            counted = [0]
+            chunks = _gzip_chunks(src, counted) if codec == "gzip" else _file_chunks(src, counted)
+            raw_done = lambda: counted[0]  # noqa: E731
+        base, wire = progress.raw, [0]
+        r, w = os.pipe()
+
+        def pump() -> None:
+            try:
+                for chunk in chunks:
+                    _write_all(w, chunk)
+                    wire[0] += len(chunk)
+                    progress.raw = base + raw_done()
+                    progress.emit()
+            except OSError:
+                pass  # the host stopped reading (it refused the blob): its answer says why
+            finally:
+                os.close(w)
+
+        thread = threading.Thread(target=pump, name=f"ship-{t.name}", daemon=True)
+        thread.start()
+        cleanup.callback(thread.join)  # after the read end is closed: a blocked pump gets EPIPE
+        with os.fdopen(r, "rb", buffering=0) as stdin:
+            timeout = BLOB_TIMEOUT_BASE + size / 1e6 * BLOB_TIMEOUT_PER_MB
+            agent_call(t, agent, "recv-blob", [digest, str(size), codec], stdin=stdin, timeout=timeout)
+    return wire[0]
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """End the local zstd: it has finished when the host took the blob; killed when the host gave up."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
+
+
+def local_zstd() -> bool:
+    return shutil.which("zstd") is not None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _file_chunks(f: IO[bytes], counted: list[int]) -> Iterator[bytes]:
+    while chunk := f.read(CHUNK):
+        counted[0] += len(chunk)
+        yield chunk
+
+
+def _gzip_chunks(f: IO[bytes], counted: list[int]) -> Iterator[bytes]:
+    """gzip level 1: zlib releases the GIL while it compresses, so hosts compress in parallel."""
+    z = zlib.compressobj(1, zlib.DEFLATED, 31)
+    for chunk in _file_chunks(f, counted):
+        if out := z.compress(chunk):
+            yield out
+    yield z.flush()
+
+
+class _Progress:
+    """'web1: 2/5 blobs, 120/250 MB', at most every PROGRESS_EVERY seconds per host."""
+
+    def __init__(self, host: str, blobs: int, total: int, emit: EventSink) -> None:
+        self.host, self.blobs, self.total, self._emit = host, blobs, total, emit
+        self.done, self.raw, self.last = 0, 0, 0.0
+
+    def blob_done(self, raw: int) -> None:
+        self.done += 1
+        self.raw = raw
+        self.emit()
+
+    def emit(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.last < PROGRESS_EVERY:
+            return
+        self.last = now
+        unit, div = _unit(self.total)
+        digits = 0 if self.total >= 10 * div else 1
+        amount = f"{self.raw / div:.{digits}f}/{self.total / div:.{digits}f} {unit}"
+        message = f"{self.host}: {self.done}/{self.blobs} blobs, {amount}"
+        self._emit(
+            Event(
+                "progress",
+                phase="ship",
+                message=message,
+                current=self.raw,
+                total=self.total,
+                data={"host": self.host, "blobs": self.done, "blobs_total": self.blobs},
+            )
+        )
+
+
+def _unit(n: int) -> tuple[str, float]:
+    return ("MB", 1e6) if n >= 1e6 else ("KB", 1e3)
+
+
+def _size(n: int) -> str:
+    unit, div = _unit(n)
+    return f"{n / div:.1f} {unit}"
+
+
+def _numbers(r: HostShipResult) -> dict[str, object]:
+    return {
+        "blobs_sent": r.blobs_sent,
+        "bytes_raw": r.bytes_raw,
+        "bytes_wire": r.bytes_wire,
+        "seconds": round(r.seconds, 3),
+        "codec": r.codec,
+        "resent": r.resent,
+    }
+
+
+def _summary(r: HostShipResult) -> str:
+    if not r.blobs_sent and not r.manifest_sent:
+        return f"{r.host}: has the image already ({r.seconds:.1f}s)"
+    return (
+        f"{r.host}: {r.blobs_sent} blob(s), {_size(r.bytes_raw)} raw, {_size(r.bytes_wire)} on the wire"
+        f" ({r.codec or 'no blobs'}), {r.seconds:.1f}s"
+    )
+
+
+def _json(doc: object) -> bytes:
+    return json.dumps(doc).encode()

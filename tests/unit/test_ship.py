@@ -1,0 +1,238 @@
+"""Shipping images by digest: the control side (sandbox/hosts/ship.py) against the real host agent
+(`python -m sandbox.hostagent`) through LocalTransport, each host's store under the test's tmp dir."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from sandbox.events import Recorder
+from sandbox.hosts import ship as ship_mod
+from sandbox.hosts.agentcall import AgentError, agent_call
+from sandbox.hosts.ship import ShipError, ship
+from sandbox.hosts.transport import LocalTransport, Transport
+from sandbox.store import ImageStore
+from tests.unit.imagefactory import Image, make_image
+
+REPO = Path(__file__).resolve().parents[2]
+AGENT = [sys.executable, "-m", "sandbox.hostagent"]
+
+
+@pytest.fixture(autouse=True)
+def _agent_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("SANDBOX_HOST_ROOT", str(tmp_path / "hosts" / "local"))
+
+
+def per_host(tmp_path: Path, path: str | None = None) -> ship_mod.AgentPrefix:
+    """The agent prefix with a store of its own per host name (and optionally another PATH)."""
+
+    def prefix(t: Transport) -> Sequence[str]:
+        env = [f"SANDBOX_HOST_ROOT={tmp_path / 'hosts' / t.name}"] + ([f"PATH={path}"] if path else [])
+        return ["env", *env, *AGENT]
+
+    return prefix
+
+
+def host_store(tmp_path: Path, name: str = "local") -> ImageStore:
+    return ImageStore(tmp_path / "hosts" / name / "store")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ImageStore:
+    return ImageStore(tmp_path / "images")
+
+
+@pytest.fixture
+def image(store: ImageStore, tmp_path: Path) -> Image:
+    return make_image(store, tmp_path / "work", app_files={"srv/app/main.py": b"print('v1')\n" * 5000})
+
+
+def assert_holds(host: ImageStore, local: ImageStore, digest: str) -> None:
+    data = host.manifest_path(digest).read_bytes()
+    assert data == local.manifest_path(digest).read_bytes()
+    assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+    for layer in local.manifest(digest)["layers"]:
+        blob = host.blob_path(layer["digest"]).read_bytes()
+        assert "sha256:" + hashlib.sha256(blob).hexdigest() == layer["digest"]
+        assert len(blob) == layer["size"]
+
+
+def leftovers(host: ImageStore) -> list[Path]:
+    return sorted(host.root.rglob(".tmp-*")) if host.root.exists() else []
+
+
+class Corrupting(LocalTransport):
+    """Flips a byte in the middle of the first `times` blob streams it carries."""
+
+    def __init__(self, name: str, times: int) -> None:
+        super().__init__(name)
+        self.left = times
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: bytes | None = None,
+        stdin: IO[bytes] | None = None,
+        timeout: float | None = 60,
+    ) -> subprocess.CompletedProcess[bytes]:
+        if "recv-blob" in argv and stdin is not None and self.left > 0:
+            self.left -= 1
+            data = bytearray(stdin.read())
+            data[len(data) // 2] ^= 0xFF
+            return super().run(argv, input=bytes(data), timeout=timeout)
+        return super().run(argv, input=input, stdin=stdin, timeout=timeout)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "gzip"])
+def test_ship_then_nothing_then_only_the_changed_layer(
+    store: ImageStore, image: Image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, codec: str
+) -> None:
+    if codec == "gzip":
+        monkeypatch.setattr(ship_mod, "local_zstd", lambda: False)
+    rec = Recorder()
+    report = ship(store, image.digest, [LocalTransport()], AGENT, rec)
+    r = report.hosts["local"]
+    assert (r.blobs_sent, r.codec, r.resent, report.failed) == (2, codec, 0, {})
+    assert r.bytes_raw == sum(layer["size"] for layer in image.manifest["layers"])
+    assert 0 < r.bytes_wire < r.bytes_raw  # tar of repeated text compresses
+    assert_holds(host_store(tmp_path), store, image.digest)
+    assert any(e.kind == "progress" and e.message.startswith("local: 2/2 blobs") for e in rec.events)
+
+    again = ship(store, image.digest, [LocalTransport()], AGENT, rec).hosts["local"]
+    assert (again.blobs_sent, again.bytes_wire, again.manifest_sent) == (0, 0, False)
+
+    v2 = make_image(store, tmp_path / "work", app_files={"srv/app/main.py": b"print('v2')\n"})
+    assert v2.base == image.base and v2.app != image.app
+    r2 = ship(store, v2.digest, [LocalTransport()], AGENT, rec).hosts["local"]
+    assert (r2.blobs_sent, r2.bytes_raw) == (1, v2.manifest["layers"][1]["size"])
+    assert_holds(host_store(tmp_path), store, v2.digest)
+    assert leftovers(host_store(tmp_path)) == []
+
+
+def test_host_without_zstd_gets_gzip(store: ImageStore, image: Image, tmp_path: Path) -> None:
+    report = ship(store, image.digest, [LocalTransport("h1")], per_host(tmp_path, "/nonexistent"), Recorder())
+    assert report.hosts["h1"].codec == "gzip"
+    assert_holds(host_store(tmp_path, "h1"), store, image.digest)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "gzip"])
+def test_a_corrupt_blob_is_sent_again(
+    store: ImageStore, image: Image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, codec: str
+) -> None:
+    if codec == "gzip":
+        monkeypatch.setattr(ship_mod, "local_zstd", lambda: False)
+    rec = Recorder()
+    r = ship(store, image.digest, [Corrupting("local", times=1)], AGENT, rec).hosts["local"]
+    assert (r.blobs_sent, r.resent, r.codec) == (2, 1, codec)
+    assert_holds(host_store(tmp_path), store, image.digest)
+    assert any(e.kind == "warning" and "sending again" in e.message for e in rec.events)
+    assert leftovers(host_store(tmp_path)) == []
+
+
+def test_always_corrupt_fails_that_host_and_keeps_nothing_of_it(
+    store: ImageStore, image: Image, tmp_path: Path
+) -> None:
+    good, bad = LocalTransport("web1"), Corrupting("web2", times=99)
+    with pytest.raises(ShipError) as e:
+        ship(store, image.digest, [good, bad], per_host(tmp_path), Recorder())
+    assert "web2" in e.value.message and "web1" not in e.value.message
+    assert image.base in e.value.message and "arrived corrupt" in e.value.message
+    assert set(e.value.report.failed) == {"web2"}
+    assert_holds(host_store(tmp_path, "web1"), store, image.digest)  # the good host keeps the image
+    h2 = host_store(tmp_path, "web2")
+    assert leftovers(h2) == []
+    assert list((h2.root / "blobs" / "sha256").iterdir()) == []
+    assert not h2.manifest_path(image.digest).exists()
+
+
+@pytest.mark.parametrize(
+    "digest",
+    ["sha256:../../../etc/passwd", "sha256:" + "A" * 64, "sha256:" + "a" * 64 + "\n", "md5:" + "a" * 32, ""],
+)
+def test_recv_blob_refuses_a_bad_digest(tmp_path: Path, digest: str) -> None:
+    with pytest.raises(AgentError) as e:
+        agent_call(LocalTransport(), AGENT, "recv-blob", [digest, "4", "none"], input=b"abcd")
+    assert e.value.kind == "AgentUsage"
+    assert not (tmp_path / "hosts" / "local" / "store").exists()
+
+
+def test_recv_blob_refuses_more_bytes_than_announced_and_keeps_nothing(tmp_path: Path) -> None:
+    data = b"x" * 100_000
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with pytest.raises(AgentError) as e:
+        agent_call(LocalTransport(), AGENT, "recv-blob", [digest, "1000", "none"], input=data)
+    assert e.value.kind == "BlobCorrupt" and "more than" in e.value.message
+    host = host_store(tmp_path)
+    assert leftovers(host) == [] and not host.blob_path(digest).exists()
+    agent_call(LocalTransport(), AGENT, "recv-blob", [digest, str(len(data)), "none"], input=data)
+    assert host.blob_path(digest).read_bytes() == data
+
+
+def test_recv_blob_refuses_a_cut_short_stream(tmp_path: Path) -> None:
+    data = b"y" * 50_000
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    zstd = subprocess.run(["zstd", "-3", "-c", "-q"], input=data, capture_output=True, check=True).stdout
+    with pytest.raises(AgentError) as e:
+        agent_call(LocalTransport(), AGENT, "recv-blob", [digest, str(len(data)), "zstd"], input=zstd[:-8])
+    assert e.value.kind == "BlobCorrupt" and f"blob {digest} arrived corrupt" in e.value.message
+    assert leftovers(host_store(tmp_path)) == [] and not host_store(tmp_path).blob_path(digest).exists()
+
+
+def test_recv_manifest_before_its_blobs_is_refused(store: ImageStore, image: Image, tmp_path: Path) -> None:
+    data = store.manifest_path(image.digest).read_bytes()
+    with pytest.raises(AgentError) as e:
+        agent_call(LocalTransport(), AGENT, "recv-manifest", [image.digest], input=data)
+    assert e.value.kind == "StoreError" and "blobs first" in (e.value.hint or "")
+    assert not host_store(tmp_path).manifest_path(image.digest).exists()
+    with pytest.raises(AgentError) as e:  # and bytes that are not the digest's
+        agent_call(LocalTransport(), AGENT, "recv-manifest", [image.digest], input=data + b" ")
+    assert e.value.kind == "BlobCorrupt"
+
+
+def test_have_answers_only_for_verified_objects(store: ImageStore, image: Image, tmp_path: Path) -> None:
+    ask = {"blobs": [image.base, image.app], "manifests": [image.digest]}
+    got = agent_call(LocalTransport(), AGENT, "have", input=ship_mod._json(ask))
+    assert got == {"blobs": [], "manifests": []}
+    ship(store, image.digest, [LocalTransport()], AGENT, Recorder())
+    got = agent_call(LocalTransport(), AGENT, "have", input=ship_mod._json(ask))
+    assert got == ask
+    with pytest.raises(AgentError):
+        agent_call(LocalTransport(), AGENT, "have", input=ship_mod._json({"blobs": ["../x"]}))
+
+
+def test_a_host_that_stops_reading_does_not_hang_the_sender(store: ImageStore, tmp_path: Path) -> None:
+    """A blob far larger than a pipe's buffer, to a "host" that exits without reading: the pump gets
+    EPIPE, the blob is tried twice, the host fails with its name."""
+    digest, size, _ = store.put_blob(lambda f: f.write(os.urandom(4 << 20)))
+    image = store.put_manifest({"layers": [{"kind": "base", "digest": digest, "size": size}], "created": 0})
+    t0 = time.monotonic()
+    with pytest.raises(ShipError) as e:
+        ship(
+            store,
+            image,
+            [LocalTransport("mute")],
+            ["sh", "-c", 'for a; do [ "$a" = recv-blob ] && exit 1; done; exec "$@"', "sh", *AGENT],
+            Recorder(),
+        )
+    assert time.monotonic() - t0 < 30
+    assert f"mute: blob {digest}: agent recv-blob failed (exit 1)" in e.value.message
+    assert "(sent twice)" in e.value.message
+    assert e.value.report.hosts["mute"].resent == 1
+
+
+def test_have_removes_temp_files_of_dead_agents(tmp_path: Path) -> None:
+    blobs = host_store(tmp_path).root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (blobs / ".tmp-999999999-abc").write_bytes(b"half a blob")
+    agent_call(LocalTransport(), AGENT, "have", input=b'{"blobs": [], "manifests": []}')
+    assert leftovers(host_store(tmp_path)) == []
