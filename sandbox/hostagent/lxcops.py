@@ -21,7 +21,7 @@ from sandbox.backends.base import BackendContext, ImageAccess, InstanceSpec
 from sandbox.backends.lxc import LxcBackend
 from sandbox.errors import SandboxError
 from sandbox.events import Event
-from sandbox.hostagent.main import op, read_request
+from sandbox.hostagent.main import host_root, op, read_request
 from sandbox.hostagent.publish import publish, unpublish
 from sandbox.settings import Network
 from sandbox.store import ImageStore
@@ -34,10 +34,6 @@ SNAP = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 class BadRequest(SandboxError):
     """A request the host agent refuses (a bug or a hostile caller)."""
-
-
-def host_root() -> Path:
-    return Path(os.environ.get("SANDBOX_HOST_ROOT", "/var/lib/sandbox-host"))
 
 
 def _str(args: dict[str, Any], key: str, pattern: re.Pattern[str]) -> str:

@@ -18,18 +18,14 @@ from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
+from sandbox.hosts.agentcall import agent_call, answer
 from sandbox.hosts.transport import HostError, Transport
 
 HOST_ROOT = "/var/lib/sandbox-host"
 AGENT_DIR = f"{HOST_ROOT}/agent"
 MISSING = 97  # the launcher's exit when the bundle is not on the host yet
-ERROR_EXIT = 3  # an expected error, answered as JSON (sandbox/hostagent/main.py)
 _SKIP = {"cli", "web", "__pycache__"}
 _MAIN = b"import sys\nfrom sandbox.hostagent.main import main\nsys.exit(main())\n"
-
-
-class RemoteError(HostError):
-    """An op failed on a host with an expected error (the host's message and hint, host named)."""
 
 
 @cache
@@ -97,7 +93,7 @@ class HostAgent:
                 f"host {self.name} has no python3",
                 hint="`sandbox host prepare PROFILE` (apt-get install python3)",
             )
-        ping = self._answer("ping", p)
+        ping = answer(self.name, "ping", p)
         self._ready = True
         return dict(ping)
 
@@ -109,30 +105,18 @@ class HostAgent:
         stdin: IO[bytes] | None = None,
         timeout: float | None = 120,
     ) -> Any:
-        """Run `op` on the host and return its answer; RemoteError with the host's message if it fails."""
+        """Run `op` on the host and return its answer; AgentError with the host's message if it fails."""
         if not self._ready:
             self.ensure()
-        argv = self.argv(op, *args)
-        if stdin is not None:
-            p = self.transport.run(argv, stdin=stdin, timeout=timeout)
-        else:
-            body = json.dumps(request).encode() if request is not None else b""
-            p = self.transport.run(argv, input=body, timeout=timeout)
-        return self._answer(op, p)
-
-    def _answer(self, op: str, p: Any) -> Any:
-        out: bytes = p.stdout
-        try:
-            doc = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else None
-        except (ValueError, IndexError):
-            doc = None
-        if p.returncode == 0 and isinstance(doc, dict) and "ok" in doc:
-            return doc["ok"]
-        if p.returncode == ERROR_EXIT and isinstance(doc, dict) and "message" in doc:
-            raise RemoteError(f"host {self.name}: {doc['message']}", hint=doc.get("hint"), host=self.name)
-        raise RemoteError(
-            f"host {self.name}: the host agent failed in {op!r} (exit {p.returncode}): {_tail(p.stderr)}",
-            hint="this is a bug in sandbox; the lines above are the host's traceback",
+        body = json.dumps(request).encode() if request is not None and stdin is None else None
+        return agent_call(
+            self.transport,
+            self.prefix(),
+            op,
+            args,
+            input=body if stdin is None else None,
+            stdin=stdin,
+            timeout=timeout,
         )
 
 

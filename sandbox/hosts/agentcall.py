@@ -21,8 +21,10 @@ AgentPrefix = Callable[[Transport], Sequence[str]] | Sequence[str]
 class AgentError(HostError):
     """The host agent refused a request or crashed (the message names the host)."""
 
-    def __init__(self, message: str, hint: str | None = None, kind: str = "") -> None:
-        super().__init__(message, hint)
+    def __init__(
+        self, message: str, hint: str | None = None, kind: str = "", host: str | None = None
+    ) -> None:
+        super().__init__(message, hint, host)
         self.kind = kind  # the agent's error class ("BlobCorrupt", "AgentUsage", ...), "" for a crash
 
 
@@ -45,8 +47,15 @@ def agent_call(
         cp = t.run([*agent_argv(agent, t), op, *args], input=input, stdin=stdin, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         raise HostUnreachable(
-            f"{t.name}: agent {op} got no answer in {timeout:.0f}s", hint="is the host up and not overloaded?"
+            f"{t.name}: agent {op} got no answer in {timeout:.0f}s",
+            hint="is the host up and not overloaded?",
+            host=t.name,
         ) from e
+    return answer(t.name, op, cp)
+
+
+def answer(host: str, op: str, cp: subprocess.CompletedProcess[bytes]) -> Any:
+    """The `ok` value of an agent's answer, or the AgentError it stands for."""
     lines = cp.stdout.decode(errors="replace").strip().splitlines()
     try:
         doc = json.loads(lines[-1]) if lines else None
@@ -57,12 +66,14 @@ def agent_call(
     if isinstance(doc, dict) and isinstance(doc.get("error"), str):
         hint = doc.get("hint")
         raise AgentError(
-            f"{t.name}: {str(doc.get('message'))[:2000]}",
+            f"host {host}: {str(doc.get('message'))[:2000]}",
             hint=hint if isinstance(hint, str) else None,
             kind=doc["error"],
+            host=host,
         )
     tail = cp.stderr.decode(errors="replace").strip().splitlines()[-5:]
     raise AgentError(
-        f"{t.name}: agent {op} failed (exit {cp.returncode}): {' / '.join(tail)[:2000] or 'no output'}",
+        f"host {host}: agent {op} failed (exit {cp.returncode}): {' / '.join(tail)[:2000] or 'no output'}",
         hint="is the agent installed on the host and of this version? (sandbox host check)",
+        host=host,
     )
