@@ -158,9 +158,9 @@ def _ship_host(
             except SandboxError as e:
                 progress.raw = base
                 if attempt == 2:
-                    why = e.message.removeprefix(f"{t.name}: ")
+                    why = e.message.removeprefix(f"host {t.name}: ").removeprefix(f"{t.name}: ")
                     why = why if d in why else f"blob {d}: {why}"
-                    raise HostError(f"{t.name}: {why} (sent twice)", hint=e.hint) from e
+                    raise HostError(f"{t.name}: {why} (sent twice)", hint=e.hint, host=t.name) from e
                 result.resent += 1
                 emit(Event("warning", phase="ship", message=f"{t.name}: blob {d[:19]} failed, sending again"))
         progress.blob_done(base + size)
