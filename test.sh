@@ -14,6 +14,18 @@ scripts/backends.sh
 SANDBOX_EXTRAS="[test]" ./install.sh --no-run
 # wrk: the promotion tests count its socket errors across promotions
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+# openssh-server: each test host of the multi-host tests runs its own sshd (scripts/testhosts.sh).
+# A policy-rc.d that denies every service start keeps the package from starting a machine-wide sshd
+# (it needs no systemd: without one its postinst would start /etc/init.d/ssh, which we do not want)
+if [ ! -x /usr/sbin/sshd ]; then
+    POLICY=/usr/sbin/policy-rc.d
+    OURS=""
+    if [ ! -e "$POLICY" ]; then printf '#!/bin/sh\nexit 101\n' >"$POLICY" && chmod 755 "$POLICY" && OURS=1; fi
+    RC=0
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null; } || RC=$?
+    if [ -n "$OURS" ]; then rm -f "$POLICY"; fi
+    [ "$RC" = 0 ] || { echo "error: apt-get could not install openssh-server" >&2; exit 1; }
+fi
 
 echo ">> ruff"
 "$VENV/bin/ruff" check sandbox tests bench

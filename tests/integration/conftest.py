@@ -232,3 +232,107 @@ def docker_problem() -> str | None:
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"docker does not answer ({e}); scripts/backends.sh docker"
     return None if p.returncode == 0 else "dockerd is not running (scripts/backends.sh docker)"
+
+
+# -- test hosts: several "machines" on this one (scripts/testhosts.sh) ----------------------------
+
+TESTHOSTS = REPO / "scripts" / "testhosts.sh"
+TESTHOSTS_NET = ipaddress.ip_network("10.250.0.0/24")
+
+
+def testhosts_problem() -> str | None:
+    """Why the multi-host rig cannot run here (None: it can)."""
+    tools = ("ip", "nsenter", "unshare", "setsid", "setpriv", "ssh", "ssh-keygen")
+    missing = [t for t in (*tools, "/usr/sbin/sshd") if not shutil.which(t)]
+    if missing:
+        return f"missing tools: {', '.join(missing)} (apt-get install openssh-server iproute2 util-linux)"
+    return None
+
+
+@dataclass
+class HostRig:
+    """The rig that `scripts/testhosts.sh up` made: host i (1-based) is sbxh{i} at 10.250.0.1{i}."""
+
+    __test__ = False
+    dir: Path
+    ssh_config: Path
+    hosts: list[dict[str, Any]]
+
+    def script(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run scripts/testhosts.sh ARGS on this rig; it must succeed."""
+        p = subprocess.run(
+            [str(TESTHOSTS), *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TESTHOSTS_DIR": str(self.dir)},
+            timeout=timeout,
+            check=False,
+        )
+        assert p.returncode == 0, f"testhosts.sh {' '.join(args)}: exit {p.returncode}\n{p.stdout}{p.stderr}"
+        return p
+
+    def cut(self, i: int) -> None:
+        """Take host i off the network: to this machine it is as good as dead."""
+        self.script("cut", str(i))
+
+    def heal(self, i: int) -> None:
+        self.script("heal", str(i))
+
+    def stop_sshd(self, i: int) -> None:
+        """Stop host i's sshd (by its pid file): new connections are refused, open sessions live on."""
+        self.script("stop-sshd", str(i), str(self.dir))
+
+    def start_sshd(self, i: int) -> None:
+        self.script("start-sshd", str(i), str(self.dir))
+
+    def exec(self, i: int, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run ARGV inside host i's namespaces (not over ssh); the caller checks the result."""
+        return subprocess.run(
+            [str(TESTHOSTS), "exec", str(i), *argv],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TESTHOSTS_DIR": str(self.dir)},
+            timeout=timeout,
+            check=False,
+        )
+
+    def ssh(
+        self, target: str, *argv: str, options: tuple[str, ...] = (), timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """`ssh -F ssh_config [OPTIONS] TARGET ARGV` (strict host-key checking); the caller checks the
+        result. ARGV is joined by ssh and parsed by the host's shell."""
+        return subprocess.run(
+            ["ssh", "-F", str(self.ssh_config), "-o", "ConnectTimeout=3", *options, "--", target, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    @staticmethod
+    def allowed(host: str) -> bool:
+        """For http_get: an address on the rig's network (traffic goes only there or to loopback)."""
+        return ipaddress.ip_address(host) in TESTHOSTS_NET
+
+
+@pytest.fixture(scope="session")
+def testhosts() -> Iterator[HostRig]:
+    """Three test hosts for the whole session, torn down at its end. Their dir is under /var/lib:
+    not /root or pytest's 0700 temp dirs, which container root (uid 100000) cannot traverse."""
+    require(testhosts_problem())
+    d = Path(f"/var/lib/sandbox-testhosts-{os.getpid()}")
+    env = {**os.environ, "TESTHOSTS_DIR": str(d)}
+
+    def script(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(TESTHOSTS), *args], capture_output=True, text=True, env=env, timeout=300, check=False
+        )
+
+    try:
+        p = script("up", "3", str(d))
+        assert p.returncode == 0, f"testhosts.sh up: exit {p.returncode}\n{p.stdout}{p.stderr}"
+        hosts = json.loads((d / "hosts.json").read_text())
+        yield HostRig(d, d / "ssh_config", hosts)
+    finally:
+        p = script("down", str(d))
+        assert p.returncode == 0, f"testhosts.sh down: exit {p.returncode}\n{p.stdout}{p.stderr}"
