@@ -48,10 +48,10 @@ def host_check(args: list[str]) -> list[dict[str, Any]]:
             "modprobe overlay",
         ),
         _item(
-            "cgroup v2",
-            Path("/sys/fs/cgroup/cgroup.controllers").exists(),
-            "/sys/fs/cgroup",
-            "boot with the unified cgroup hierarchy",
+            "cgroups",
+            Path("/sys/fs/cgroup").is_dir(),
+            "v2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "v1 (lxc handles both)",
+            "mount the cgroup hierarchy at /sys/fs/cgroup",
         ),
     ]
     missing = [t for t in ("lxc-start", "lxc-attach", "lxc-info", "lxc-stop") if shutil.which(t) is None]
