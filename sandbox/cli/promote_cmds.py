@@ -12,7 +12,7 @@ from sandbox.cli.main import Ctx, cli, json_option
 from sandbox.cli.markup import escape
 from sandbox.envs import Envs
 from sandbox.errors import SandboxError
-from sandbox.promote.probe import with_load_probe
+from sandbox.promote.probe import probe_lines, with_load_probe
 from sandbox.promote.rolling import Promoter, PromoteResult
 
 
@@ -41,11 +41,7 @@ def _print(obj: Ctx, result: PromoteResult, probe: Any) -> None:
             f"  per backend: {', '.join(f'{s:.2f}s' for s in result.per_backend)}; "
             f"total {result.seconds:.2f}s"
         )
-    for phase, r in (probe or {}).items():
-        lines.append(
-            f"  probe {phase:<7} {r['requests']} requests, {r['non_2xx']} non-2xx, {r['errors']} errors, "
-            f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, images {', '.join(i[7:19] for i in r['images'])}"
-        )
+    lines += [f"  {line}" for line in probe_lines(probe)]
     obj.output.result({**result.to_dict(), "probe": probe}, "\n".join(lines))
 
 

@@ -3,8 +3,11 @@ and running commands and writing files inside them."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from sandbox.backends.base import Backend, ExecResult, InstanceSpec, MountSpec
 from sandbox.backends.hostsetup import gateway
+from sandbox.config.placement import place
 from sandbox.envs.context import EnvContext
 from sandbox.errors import SandboxError
 from sandbox.state import Env, Instance
@@ -49,7 +52,12 @@ class Instances:
         """The host of each instance index (None: this machine)."""
         if not env.spec.hosts:
             return [None] * env.spec.instances
-        return list(self.ctx.hosts.placement(env.spec))
+        drained = set(env.config.get("drained_hosts", []))
+        if not drained:
+            return list(self.ctx.hosts.placement(env.spec))
+        # hosts forgotten with `host drain`: their instances come back spread over the others
+        rest = [dataclasses.replace(h, instances=None) for h in env.spec.hosts if h.name not in drained]
+        return list(place(rest, env.spec.instances)) if rest else []
 
     def create_all(self, env: Env, backend: Backend | None, clone_from: str | None = None) -> None:
         """The env's instances, each recorded before it is made (so a crash leaves a row gc finds);

@@ -188,11 +188,16 @@ class Envs:
         return self.instances.add(self.get(name), image, host)
 
     # -- production hosts -------------------------------------------------------------
+    def placement(self, name: str) -> list[str | None]:
+        """The host of each instance index of env `name` by its profile (None: this machine)."""
+        return self.instances.placement(self.get(name))
+
     def hosts_ready(self, name: str, image: str) -> None:
         """For an env on hosts: every host reachable and holding `image`, verified (else nothing)."""
         env = self.get(name)
-        if env.spec.hosts:
-            self.ctx.hosts.ready(env.spec, image)
+        if env.spec.hosts:  # the hosts of its placement (not those forgotten with `host drain`)
+            hosts = list(dict.fromkeys(h for h in self.instances.placement(env) if h))
+            self.ctx.hosts.ready(env.spec, image, hosts)
 
     def unroute_host(self, name: str, host: str) -> list[Instance]:
         """Take every instance of env `name` on `host` out of the router (a host that died)."""
@@ -209,6 +214,8 @@ class Envs:
         env = self.get(name)
         self.ctx.hosts.spec(env.spec, host)
         gone = [i for i in self.state.instances(name) if i.host == host]
+        drained = sorted({*env.config.get("drained_hosts", []), host})
+        self.state.set_env(name, config={**env.config, "drained_hosts": drained})
         self.unroute_host(name, host)
         for inst in gone:
             self.state.delete_instance(name, inst.idx)

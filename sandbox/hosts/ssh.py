@@ -57,6 +57,8 @@ class SshTransport:
         key = hashlib.sha256(f"{ssh_config}|{os.getuid()}".encode()).hexdigest()[:10]
         self.control_dir = control_root / key
         self._effective: dict[str, str] | None = None
+        #: once a host did not answer, the rest of this command fails fast instead of waiting again
+        self._dead: HostUnreachable | None = None
 
     # -- argv ----------------------------------------------------------------
     def options(self) -> list[str]:
@@ -132,6 +134,8 @@ class SshTransport:
         stdin: IO[bytes] | None = None,
         timeout: float | None = 60,
     ) -> subprocess.CompletedProcess[bytes]:
+        if self._dead is not None:
+            raise self._dead
         cmd = self.argv(argv)
         try:
             if input is not None:
@@ -145,13 +149,19 @@ class SshTransport:
                     check=False,
                 )
         except subprocess.TimeoutExpired as e:
+            self._dead = HostUnreachable(
+                f"host {self.name} ({self.target}) did not answer within {timeout:.0f}s", host=self.name
+            )
             raise HostUnreachable(
                 f"host {self.name} ({self.target}) did not answer within {timeout:.0f}s",
                 hint="is the host up and its network reachable? `sandbox host check PROFILE`",
                 host=self.name,
             ) from e
         if p.returncode == 255:
-            raise self.classify(p.stderr.decode(errors="replace"))
+            err = self.classify(p.stderr.decode(errors="replace"))
+            if isinstance(err, HostUnreachable):
+                self._dead = err
+            raise err
         return p
 
     def close(self) -> None:

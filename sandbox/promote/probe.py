@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from sandbox.errors import SandboxError
+from sandbox.events import Event
 
 if TYPE_CHECKING:
     from sandbox.envs import Envs
@@ -209,6 +210,16 @@ def summary(reports: dict[str, PhaseReport]) -> dict[str, Any]:
     return {phase: dict(r.__dict__) for phase, r in reports.items()}
 
 
+def probe_lines(probe: dict[str, Any] | None) -> list[str]:
+    """One line per phase of a probe summary, as the CLI prints it."""
+    return [
+        f"probe {phase:<7} {r['requests']} requests, {r['non_2xx']} non-2xx, {r['errors']} errors, "
+        f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, images {', '.join(i[7:19] for i in r['images'])}"
+        + (f"; first failures: {'; '.join(r['first_errors'])}" if r.get("first_errors") else "")
+        for phase, r in (probe or {}).items()
+    ]
+
+
 def with_load_probe(envs: Envs, target: str, rps: float | None, run: Callable[[], T]) -> tuple[T, Any]:
     """Run `run()` (a promotion or rollback of `target`) with a load probe through the env's router
     at `rps` requests per second, 2 s before and after; returns its result and the probe's summary."""
@@ -223,10 +234,16 @@ def with_load_probe(envs: Envs, target: str, rps: float | None, run: Callable[[]
     probe.mark("during")
     try:
         result = run()
-    finally:
+    except BaseException:
+        # the promotion stopped: what the clients saw meanwhile still matters (and is printed)
         probe.mark("after")
         time.sleep(2.0)
-        reports = probe.stop()
+        for line in probe_lines(summary(probe.stop())):
+            envs.sink(Event("warning", phase="probe", message=line))
+        raise
+    probe.mark("after")
+    time.sleep(2.0)
+    reports = probe.stop()
     return result, summary(reports)
 
 

@@ -256,12 +256,31 @@ class Promoter:
             elif old.routed:
                 new = self._start_healthy(d, env, image, old.host)
                 self._swap_routes(d, new, old)
+            elif len(routed) < wanted:  # unrouted when its host failed: its replacement goes in first
+                self._route(d, self._start_healthy(d, env, image, old.host))
             self._emit(f"draining {old.name}")
             if not self.envs.drain(d.env, old, drain):
                 self.deploys.step(d.id, "drain timeout", instance=old.name)
             self.envs.remove_instance(d.env, old)
             self.deploys.step(d.id, "stopped", instance=old.name)
             result.per_backend.append(round(time.monotonic() - t0, 3))
+        for host in self._missing_hosts(d.env, env, image):  # back to the profile's count
+            self._route(d, self._start_healthy(d, env, image, host))
+
+    def _route(self, d: Deploy, new: Instance) -> None:
+        self.state.set_instance(d.env, new.idx, routed=True)
+        self.envs.reroute(d.env)
+        self.deploys.step(d.id, "routed", instance=new.name)
+
+    def _missing_hosts(self, name: str, env: Env, image: str) -> list[str | None]:
+        """Where instances are missing to reach the profile's count (instances forgotten with `host
+        drain` come back on the hosts that remain in the profile)."""
+        have = [i.host for i in self.state.instances(name) if i.routed and i.image == image]
+        want: list[str | None] = list(self.envs.placement(name))
+        for h in have:
+            if h in want:
+                want.remove(h)
+        return want[: max(0, env.spec.instances - len(have))]
 
     def _swap_routes(self, d: Deploy, new: Instance, old: Instance) -> None:
         """Route the healthy `new` instance and unroute `old` in ONE update of the balancer.
