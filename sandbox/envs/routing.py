@@ -111,5 +111,6 @@ class EnvRouting:
                 maintenance=env.maintenance,
                 readonly=env.readonly,
                 ports=ports,
+                remote=bool(env.spec.hosts),
             )
         )

@@ -49,6 +49,10 @@ class RouterConfig:
     maintenance: tuple[str, ...] | None = None  # None: off; else the addresses that still get through
     readonly: bool = False
     ports: tuple[PortForward, ...] = ()
+    #: the backends are on other machines (production hosts): no idle upstream connection is kept, so
+    #: a request never waits on a connection to a host that died (a new one fails to connect within
+    #: the connect timeout, and nginx tries another backend: safe for any method, nothing was sent)
+    remote: bool = False
 
 
 @functools.cache
@@ -173,6 +177,8 @@ def _variables(cfg: RouterConfig, prefix: Path) -> dict[str, Any]:
         "maintenance_page": lua_string(MAINTENANCE_PAGE.strip()),
         "readonly_body": lua_string(READONLY_BODY),
         "ports": cfg.ports,
+        "upstream_keepalive": 0 if cfg.remote else 32,
+        "connect_timeout": "1s" if cfg.remote else "5s",
     }
 
 

@@ -1,0 +1,213 @@
+"""Production hosts on the test rig (scripts/testhosts.sh): three "machines", each a network and mount
+namespace with its own sshd, reached over ssh with strict host-key checking.
+
+prod runs 3 instances spread over the 3 hosts behind this machine's router; the image is shipped by
+digest; a promotion under load fails no request; a host cut off mid-promotion stops it (naming the
+host) with no failed request, and `--resume` converges once the host is back; bad hosts fail `up`
+with the host's name and nothing made anywhere. Traffic goes only to 127.0.0.1 (the router) and to
+the rig's addresses (10.250.0.0/24); every env made here is removed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import (
+    Built,
+    HostRig,
+    grant_traverse,
+    lxc_problem,
+    ok,
+    require,
+    sandbox,
+    workspace_like,
+)
+
+pytestmark = pytest.mark.integration
+
+ROUTER_PORT = 19590
+PROFILE = """\
+name: {name}
+recipe: web
+backend: lxc
+hosts:
+{hosts}
+instances: {instances}
+health: {{path: /healthz, interval: 0.5s, timeout: 40s}}
+router: {{listen: 127.0.0.1, port: {port}, drain_timeout: 5s}}
+"""
+HOSTS3 = "\n".join(f"  - {{name: web{i}, ssh: root@10.250.0.1{i}}}" for i in (1, 2, 3))
+
+
+def profile(ws: Path, name: str, hosts: str, instances: int, port: int) -> None:
+    text = PROFILE.format(name=name, hosts=hosts, instances=instances, port=port)
+    (ws / "profiles" / f"{name}.yaml").write_text(text)
+
+
+@pytest.fixture(scope="module")
+def hws(built: Built, testhosts: HostRig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A workspace whose prod runs on the rig's 3 hosts, with images v1 (the session build) and v2."""
+    require(lxc_problem())
+    ws = workspace_like(built, tmp_path_factory.mktemp("hosts"), "ws")
+    (ws / "profiles").mkdir()
+    (ws / "sandbox.yaml").write_text(
+        "network: {bridge: sbxhost0, subnet: 10.218.0.0/24}\n"
+        f"hosts: {{ssh_config: {testhosts.ssh_config}, connect_timeout: 3}}\n"
+    )
+    profile(ws, "prod", HOSTS3, 3, ROUTER_PORT)
+    restore = grant_traverse(ws)
+    try:
+        yield ws
+    finally:
+        for name in ("prod", "edge"):
+            sandbox(ws, "down", name, timeout=300)
+        for d, mode in restore:
+            if d.exists():
+                d.chmod(mode)
+
+
+def containers(rig: HostRig, i: int) -> list[str]:
+    """The instance dirs sandbox keeps on host i (any workspace)."""
+    p = rig.exec(i, "sh", "-c", "ls -d /var/lib/sandbox-host/ws/*/lxc/*/ 2>/dev/null || true")
+    return sorted(Path(x).name for x in p.stdout.split())
+
+
+def probe_counts(text: str) -> list[tuple[int, int, int]]:
+    """(requests, non-2xx, errors) of each probe phase printed by the CLI."""
+    return [
+        (int(a), int(b), int(c))
+        for a, b, c in re.findall(r"probe \w+\s+(\d+) requests, (\d+) non-2xx, (\d+) errors", text)
+    ]
+
+
+def test_bad_hosts_fail_clearly_and_make_nothing(hws: Path, testhosts: HostRig, tmp_path: Path) -> None:
+    # a target that ssh would read as an option: the profile's line and key, nothing contacted
+    profile(hws, "edge", "  - {name: web1, ssh: -oProxyCommand=touch}", 1, ROUTER_PORT + 1)
+    r = sandbox(hws, "up", "edge")
+    assert r.code != 0 and "looks like an ssh option" in r.stderr and "edge.yaml:5" in r.stderr, r.stderr
+    # a host that does not exist: up names it and leaves nothing on the hosts that answered
+    before = [containers(testhosts, i) for i in (1, 2)]
+    hosts = "  - {name: web1, ssh: root@10.250.0.11}\n  - {name: ghost, ssh: root@10.250.0.19}"
+    profile(hws, "edge", hosts, 2, ROUTER_PORT + 1)
+    t0 = time.monotonic()
+    r = sandbox(hws, "up", "edge")
+    assert r.code != 0 and "host ghost" in r.stderr and "unreachable" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 30
+    assert all(e["name"] != "edge" for e in ok(sandbox(hws, "ls", "--json")))
+    assert [containers(testhosts, i) for i in (1, 2)] == before
+    # an unknown host key: refused, with the key's fingerprint shown, never accepted
+    cfg = tmp_path / "ssh_config"
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    cfg.write_text(testhosts.ssh_config.read_text().replace(str(testhosts.dir / "known_hosts"), str(empty)))
+    (hws / "sandbox.yaml").write_text(
+        (hws / "sandbox.yaml").read_text().replace(str(testhosts.ssh_config), str(cfg))
+    )
+    try:
+        profile(hws, "edge", "  - {name: web1, ssh: root@10.250.0.11}", 1, ROUTER_PORT + 1)
+        r = sandbox(hws, "host", "check", "edge")
+        assert r.code != 0 and "not in known_hosts" in r.stdout + r.stderr and "SHA256:" in r.stdout, r.stdout
+        assert empty.read_text() == ""
+    finally:
+        (hws / "sandbox.yaml").write_text(
+            (hws / "sandbox.yaml").read_text().replace(str(cfg), str(testhosts.ssh_config))
+        )
+        (hws / "profiles" / "edge.yaml").unlink()
+
+
+def test_prod_on_three_hosts_promotes_with_no_failed_request(
+    hws: Path, testhosts: HostRig, built: Built
+) -> None:
+    check = sandbox(hws, "host", "check", "prod", "--json")
+    assert check.code == 0, check.stdout + check.stderr
+    assert [h["host"] for h in check.json["hosts"]] == ["web1", "web2", "web3"]
+    ok(sandbox(hws, "up", "prod", "--wait", "--json", timeout=600))
+    s = ok(sandbox(hws, "status", "prod", "--json"))
+    assert sorted(i["host"] for i in s["instances"]) == ["web1", "web2", "web3"]
+    assert all(i["state"] == "running" and i["health"] == "healthy" for i in s["instances"]), s
+    for i, n in zip((1, 2, 3), ("prod-0", "prod-1", "prod-2"), strict=True):
+        assert n in containers(testhosts, i)
+    # every host holds the image's blobs, verified by digest
+    for i in (1, 2, 3):
+        assert (
+            testhosts.exec(
+                i, "test", "-f", f"/var/lib/sandbox-host/store/manifests/{built.digest[7:]}.json"
+            ).returncode
+            == 0
+        )
+    r = sandbox(hws, "exec", "prod", "-i", "1", "--", "cat", "/etc/hostname")
+    assert r.code == 0 and "prod-1" in r.stdout, r
+    # v2: only the app layer differs; shipped, then swapped one instance at a time across hosts
+    tpl = hws / "recipes" / "web" / "templates" / "settings.py.j2"
+    original = tpl.read_text()
+    tpl.write_text(original.replace('GREETING = "{{ greeting }}"', 'GREETING = "{{ greeting }} (v2)"'))
+    try:
+        v2 = ok(sandbox(hws, "build", "web", "--tag", "v2", "--json", timeout=900))["digest"]
+    finally:
+        tpl.write_text(original)
+    r = sandbox(
+        hws, "promote", v2, "--to", "prod", "--force", "--yes", "--probe", "30", "--json", timeout=600
+    )
+    result = ok(r)
+    assert result["state"] == "done" and len(result["per_backend"]) == 3, result
+    for phase, rep in result["probe"].items():
+        assert rep["non_2xx"] == 0 and rep["errors"] == 0 and rep["requests"] > 0, (phase, rep)
+    s = ok(sandbox(hws, "status", "prod", "--json"))
+    assert s["image"] == v2 and sorted(i["host"] for i in s["instances"]) == ["web1", "web2", "web3"]
+
+
+def test_a_host_cut_off_mid_promotion_stops_it_and_resume_converges(hws: Path, testhosts: HostRig) -> None:
+    s = ok(sandbox(hws, "status", "prod", "--json"))
+    if s["state"] != "running":
+        pytest.fail(f"prod is not running (the previous test failed?): {s['state']}")
+    history = ok(sandbox(hws, "history", "prod", "--json"))
+    back_to = next(d["from_image"] for d in history if d["state"] == "done")
+    cut_at: list[float] = []
+
+    def cut() -> None:
+        time.sleep(5.0)  # the probe's 2 s, then the first swap on web1
+        testhosts.cut(2)
+        cut_at.append(time.time())
+
+    killer = threading.Thread(target=cut)
+    killer.start()
+    try:
+        r = sandbox(hws, "promote", back_to, "--to", "prod", "--force", "--yes", "--probe", "30", timeout=600)
+        killer.join()
+        assert r.code != 0, r.stdout
+        assert "host web2" in r.stderr and "host drain prod web2" in r.stderr, r.stderr
+        last = ok(sandbox(hws, "history", "prod", "--json"))[0]
+        failed = [st for st in last["steps"] if st["step"] == "host failed"]
+        assert failed and failed[0]["host"] == "web2", last["steps"]
+        assert failed[0]["ts"] - cut_at[0] < 40, "the promotion must stop within the health timeout (40 s)"
+        counts = probe_counts(r.stdout + r.stderr)
+        assert len(counts) == 3 and all(nx == 0 and err == 0 and n > 0 for n, nx, err in counts), counts
+        # traffic goes only to instances that answer: the router still serves
+        st = ok(sandbox(hws, "status", "prod", "--json"))
+        assert any(i.get("host") == "web2" and i["state"] == "unreachable" for i in st["instances"]) or all(
+            i.get("host") != "web2" for i in st["instances"]
+        )
+    finally:
+        with contextlib.suppress(AssertionError):
+            testhosts.heal(2)
+    time.sleep(1.0)
+    r2 = sandbox(hws, "promote", "--to", "prod", "--resume", "--probe", "30", "--json", timeout=600)
+    res = ok(r2)
+    assert res["state"] == "done", res
+    for phase, rep in res["probe"].items():
+        assert rep["non_2xx"] == 0 and rep["errors"] == 0, (phase, rep)
+    s = ok(sandbox(hws, "status", "prod", "--json"))
+    assert s["image"] == back_to
+    assert sorted(i["host"] for i in s["instances"]) == ["web1", "web2", "web3"], s["instances"]
+    assert all(i["health"] == "healthy" for i in s["instances"])
+    ok(sandbox(hws, "down", "prod", timeout=300))
+    for i in (1, 2, 3):
+        left = [c for c in containers(testhosts, i) if c.startswith("prod-")]
+        assert left == [], (i, left)
