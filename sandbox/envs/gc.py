@@ -10,6 +10,7 @@ from sandbox.envs.context import EnvContext
 from sandbox.envs.lifecycle import Lifecycle
 from sandbox.envs.routing import EnvRouting
 from sandbox.errors import SandboxError
+from sandbox.hosts.transport import HostError
 from sandbox.routing.own import OwnRouter
 
 
@@ -37,7 +38,11 @@ def collect(
     for env in ctx.state.stale_envs(t):
         why = "expired" if env.expired(t) else f"left in state {env.state} by a dead process"
         ctx.emit("progress", "gc", f"removing {env.name} ({why})")
-        lifecycle.teardown(env.name)
+        try:
+            lifecycle.teardown(env.name)
+        except HostError as e:  # a host that does not answer: the others are still collected
+            ctx.emit("warning", "gc", f"kept {env.name}: {e.message}")
+            continue
         ctx.state.event("gc", f"removed ({why})", env=env.name)
         report.removed_envs.append(env.name)
     for name in ctx.backends.names():

@@ -13,6 +13,7 @@ from sandbox.envs.instances import Instances, picked_address
 from sandbox.envs.profiles import parse_ttl, profile_for
 from sandbox.envs.routing import EnvRouting
 from sandbox.errors import SandboxError
+from sandbox.hosts.transport import HostError
 from sandbox.state import Env
 
 
@@ -137,7 +138,15 @@ class Lifecycle:
             for idx, host in enumerate(self.instances.placement(env)):
                 where.setdefault(f"{name}-{idx}", host)
             for iname, host in where.items():
-                self.ctx.backend_on(env, host).destroy(iname)
+                try:
+                    self.ctx.backend_on(env, host).destroy(iname)
+                except HostError as e:
+                    raise HostError(
+                        f"cannot remove {iname}: {e.message}",
+                        hint=f"when {host} is back, run this again; if it never returns: "
+                        f"sandbox host drain {name} {host}",
+                        host=host,
+                    ) from e
         elif backend is not None:
             recorded = [i.name for i in self.ctx.state.instances(name)]
             planned = [f"{name}-{idx}" for idx in range(env.spec.instances)] if env is not None else []
