@@ -20,12 +20,14 @@ from sandbox.errors import SandboxError
 from sandbox.hosts.agent import HostAgent
 from sandbox.hosts.ssh import SshTransport
 from sandbox.hosts.transport import HostError
+from sandbox.routing.remote import RemoteRouter
 
 
 class EnvHosts:
     def __init__(self, ctx: EnvContext) -> None:
         self.ctx = ctx
         self._made: dict[tuple[str, str], RemoteLxc] = {}
+        self._routers: dict[tuple[str, str], tuple[HostAgent, str]] = {}
 
     def spec(self, profile: ResolvedProfile, host: str) -> HostSpec:
         for h in profile.hosts:
@@ -54,6 +56,34 @@ class EnvHosts:
             t = self.transport(h)
             made = self._made[key] = RemoteLxc(self.ctx.backends.ctx, HostAgent(t), h.address or _address(t))
         return made
+
+    def router_spec(self, profile: ResolvedProfile) -> HostSpec:
+        """The router host of `profile` as a host (its ssh target: router.ssh, or that host's)."""
+        r = profile.router
+        assert r is not None and r.host is not None
+        ssh = r.ssh or next((h.ssh for h in profile.hosts if h.name == r.host), None)
+        if ssh is None:
+            raise SandboxError(f"router host {r.host} has no ssh target", hint="give router: an ssh: target")
+        known = next((h for h in profile.hosts if h.name == r.host), None)
+        return HostSpec(
+            name=r.host, ssh=ssh, address=known.address if known else None, labels={}, instances=None
+        )
+
+    def router_agent(self, profile: ResolvedProfile) -> tuple[HostAgent, str]:
+        """The host agent of the router host, and the address this machine reaches it at."""
+        h = self.router_spec(profile)
+        key = ("router:" + h.name, h.ssh)
+        made = self._routers.get(key)
+        if made is None:
+            t = self.transport(h)
+            made = self._routers[key] = (HostAgent(t), h.address or _address(t))
+        return made
+
+    def router(self, profile: ResolvedProfile, env: str) -> RemoteRouter:
+        return RemoteRouter(self.router_agent(profile)[0], self.ctx.ws.id, env)
+
+    def router_address(self, profile: ResolvedProfile) -> str:
+        return self.router_agent(profile)[1]
 
     def placement(self, profile: ResolvedProfile) -> list[str]:
         return place(profile.hosts, profile.instances)

@@ -42,14 +42,29 @@ class EnvRouting:
                 hint="add an app: section to the recipe, or remove router: from the profile",
             )
         if env.router_kind is None:  # own or system nginx: chosen once, kept for the env's life
-            self.ctx.state.set_env(env.name, router_kind=self.default_kind())
+            self.ctx.state.set_env(env.name, router_kind="own" if r.host else self.default_kind())
+        address = r.listen
+        if r.host is not None:  # nginx on the router host: the URL is that host's
+            address = self._remote_address(env, r.listen)
         if r.port == "auto":
             lo, hi = self.ctx.settings.routers.port_range
-            port = self.ctx.state.claim_router_port(env.name, lo, hi, lambda x: port_in_use(x, r.listen))
+            in_use = (lambda x: False) if r.host else (lambda x: port_in_use(x, r.listen))
+            port = self.ctx.state.claim_router_port(env.name, lo, hi, in_use)
         else:
             port = self.ctx.state.claim_fixed_router_port(env.name, r.port)
         self.reroute(env.name)
-        return f"http://{r.listen}:{port}/"
+        return f"http://{address}:{port}/"
+
+    def _remote_address(self, env: Env, listen: str) -> str:
+        r = env.spec.router
+        assert r is not None and r.host is not None
+        if listen.startswith("127."):
+            raise SandboxError(
+                f"the router of {env.name} runs on {r.host} but listens on {listen}: only {r.host} "
+                "itself could reach it",
+                hint="give router: a listen: of 0.0.0.0 or the router host's address",
+            )
+        return self.ctx.hosts.router_address(env.spec) if listen == "0.0.0.0" else listen
 
     def default_kind(self) -> RouterKind:
         return router_kind(self.ctx.settings.routers)
@@ -66,6 +81,8 @@ class EnvRouting:
         )
         if self.ctx.router_factory is not None:
             return self.ctx.router_factory(name, kind)
+        if env is not None and env.spec.router is not None and env.spec.router.host is not None:
+            return self.ctx.hosts.router(env.spec, name)
         return router_for(self.ctx.settings.routers, self.ctx.routers, name, kind, str(self.ctx.ws.root))
 
     def set_maintenance(self, name: str, allow: Sequence[str] | None) -> None:

@@ -8,7 +8,10 @@ nothing here prints.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.backends.base import BackendRegistry, ExecResult
@@ -21,6 +24,7 @@ from sandbox.envs.registry import make_backend_registry
 from sandbox.envs.routing import EnvRouting
 from sandbox.envs.snapshots import Snapshots
 from sandbox.envs.views import EnvView, env_view
+from sandbox.errors import SandboxError
 from sandbox.events import EventSink, null_sink
 from sandbox.routing import RouterDriver, RouterKind
 from sandbox.settings import Settings, load_settings
@@ -199,6 +203,21 @@ class Envs:
             hosts = list(dict.fromkeys(h for h in self.instances.placement(env) if h))
             self.ctx.hosts.ready(env.spec, image, hosts)
 
+    def router_lock(self, name: str, take: bool) -> None:
+        """Take (or release) env `name`'s deploy lock on its router host, when its router runs on
+        another machine: a second control machine is refused while one promotes. No-op otherwise."""
+        env = self.get(name)
+        if env.spec.router is None or env.spec.router.host is None:
+            return
+        router = self.ctx.hosts.router(env.spec, name)
+        if take:
+            router.lock(control_id(self.ws), True)
+        else:
+            with contextlib.suppress(
+                SandboxError
+            ):  # a router host that died keeps it; same holder may retake
+                router.lock(control_id(self.ws), False)
+
     def unroute_host(self, name: str, host: str) -> list[Instance]:
         """Take every instance of env `name` on `host` out of the router (a host that died)."""
         hit = [i for i in self.state.instances(name) if i.host == host and i.routed]
@@ -244,3 +263,12 @@ class Envs:
         """Read-only mode: the flag file the app sees in every instance, and 503 for writes at the router."""
         self.instances.set_readonly_flag(self.get(name), on)
         self.routing.set_readonly(name, on)
+
+
+def control_id(ws: Workspace) -> str:
+    """Who holds a deploy lock on a router host: this machine (host name, machine id) and workspace."""
+    try:
+        machine = Path("/etc/machine-id").read_text().strip()[:12]
+    except OSError:
+        machine = "-"
+    return f"{socket.gethostname()}/{machine}/{ws.id}"

@@ -16,7 +16,7 @@ def ping(args: list[str]) -> dict[str, Any]:
 
 def _register() -> None:
     """The other ops live in their own modules; importing them registers them."""
-    from sandbox.hostagent import hostcheck, lxcops  # noqa: F401
+    from sandbox.hostagent import hostcheck, lxcops, routerops  # noqa: F401
 
 
 _register()

@@ -133,11 +133,15 @@ class Promoter:
                 )
         # every host reachable and holding the verified image before any traffic changes
         self.envs.hosts_ready(target, candidate)
-        deploy = self.deploys.begin(
-            target, env.image, candidate, result.plan.strategy, kind=kind, source=source, forced=force
-        )
-        result.deploy = deploy.id
-        self._run(deploy, result)
+        self.envs.router_lock(target, take=True)
+        try:
+            deploy = self.deploys.begin(
+                target, env.image, candidate, result.plan.strategy, kind=kind, source=source, forced=force
+            )
+            result.deploy = deploy.id
+            self._run(deploy, result)
+        finally:
+            self._unlock(target)
         result.seconds = time.monotonic() - t0
         return result
 
@@ -146,11 +150,15 @@ class Promoter:
         if d is None:
             raise PromotionError(f"no interrupted promotion of {target}", hint=f"sandbox history {target}")
         self.envs.hosts_ready(target, d.to_image)
+        self.envs.router_lock(target, take=True)
         d = self.deploys.take_over(d)
         self.deploys.step(d.id, "resumed")
         t0 = time.monotonic()
         result = PromoteResult(target, d.from_image, d.to_image, Plan(d.strategy, ["resumed"]), deploy=d.id)
-        self._run(d, result)
+        try:
+            self._run(d, result)
+        finally:
+            self._unlock(target)
         result.seconds = time.monotonic() - t0
         return result
 
@@ -158,6 +166,8 @@ class Promoter:
         """Back to the image before the last promotion (finishing an interrupted one backwards)."""
         d = self.deploys.interrupted(target)
         if d is not None:
+            self.envs.hosts_ready(target, d.from_image)
+            self.envs.router_lock(target, take=True)
             d = self.deploys.take_over(d)
             self.deploys.step(d.id, "rolling back")
             t0 = time.monotonic()
@@ -168,6 +178,7 @@ class Promoter:
             self._finish_modes(target, d.strategy)
             self.state.set_env(target, image=d.from_image)
             self.deploys.finish(d.id, "rolled-back")
+            self._unlock(target)
             result.seconds, result.state = time.monotonic() - t0, "rolled-back"
             return result
         previous = self.deploys.previous_image(target)
@@ -213,6 +224,11 @@ class Promoter:
                 f"{d.kind} of {d.env} stopped and was rolled back: {e}",
                 hint=f"sandbox history {d.env}; sandbox logs {d.env}",
             ) from e
+
+    def _unlock(self, target: str) -> None:
+        """Release the router host's deploy lock, unless the deploy is left to resume (a host failed)."""
+        if self.deploys.running(target) is None:
+            self.envs.router_lock(target, take=False)
 
     def _host_failed(self, d: Deploy, e: HostError) -> None:
         """A host stopped answering mid-way: take its instances out of the router (traffic goes only
