@@ -211,3 +211,54 @@ def test_a_host_cut_off_mid_promotion_stops_it_and_resume_converges(hws: Path, t
     for i in (1, 2, 3):
         left = [c for c in containers(testhosts, i) if c.startswith("prod-")]
         assert left == [], (i, left)
+
+
+def test_router_on_its_own_host(hws: Path, testhosts: HostRig, built: Built) -> None:
+    """nginx on host 3 in front of instances on hosts 1 and 2; a second control machine is locked out."""
+    hosts = "  - {name: web1, ssh: root@10.250.0.11}\n  - {name: web2, ssh: root@10.250.0.12}"
+    text = PROFILE.format(name="edge", hosts=hosts, instances=2, port=19601).replace(
+        "router: {listen: 127.0.0.1,", "router: {host: lb, ssh: root@10.250.0.13, listen: 0.0.0.0,"
+    )
+    (hws / "profiles" / "edge.yaml").write_text(text)
+    try:
+        v = ok(sandbox(hws, "up", "edge", "--wait", "--json", timeout=600))
+        assert v["url"] == "http://10.250.0.13:19601/", v["url"]
+        assert sorted(i["host"] for i in v["instances"]) == ["web1", "web2"]
+        routers = testhosts.exec(3, "sh", "-c", "ls /var/lib/sandbox-host/ws/*/routers/").stdout.split()
+        assert routers == ["edge"], routers
+        assert containers(testhosts, 3) == [] or all(
+            not c.startswith("edge-") for c in containers(testhosts, 3)
+        )
+        # another control machine holds the lock: a promotion is refused and changes nothing
+        lock = "/var/lib/sandbox-host/locks"
+        ws_id = testhosts.exec(3, "sh", "-c", "ls /var/lib/sandbox-host/ws/").stdout.split()[0]
+        testhosts.exec(
+            3,
+            "sh",
+            "-c",
+            f'mkdir -p {lock} && echo \'{{"holder": "other/1/x", "ts": 1}}\' > {lock}/{ws_id}-edge.json',
+        )
+        r = sandbox(hws, "promote", built.digest, "--to", "edge", "--force", "--yes")
+        assert r.code != 0 and "another control machine" in r.stderr and "other/1/x" in r.stderr, r.stderr
+        testhosts.exec(3, "rm", "-f", f"{lock}/{ws_id}-edge.json")
+        # a promotion through the remote router under load fails no request, and releases the lock
+        tpl = hws / "recipes" / "web" / "templates" / "settings.py.j2"
+        original = tpl.read_text()
+        tpl.write_text(original.replace('GREETING = "{{ greeting }}"', 'GREETING = "{{ greeting }} (edge)"'))
+        try:
+            v3 = ok(sandbox(hws, "build", "web", "--tag", "edge", "--json", timeout=900))["digest"]
+        finally:
+            tpl.write_text(original)
+        res = ok(
+            sandbox(
+                hws, "promote", v3, "--to", "edge", "--force", "--yes", "--probe", "30", "--json", timeout=600
+            )
+        )
+        assert res["state"] == "done", res
+        for phase, rep in res["probe"].items():
+            assert rep["non_2xx"] == 0 and rep["errors"] == 0 and rep["requests"] > 0, (phase, rep)
+        assert testhosts.exec(3, "sh", "-c", f"ls {lock}").stdout.split() == []
+    finally:
+        ok(sandbox(hws, "down", "edge", timeout=300))
+        (hws / "profiles" / "edge.yaml").unlink()
+    assert testhosts.exec(3, "sh", "-c", "ls /var/lib/sandbox-host/ws/*/routers/").stdout.split() == []
