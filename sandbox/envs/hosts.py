@@ -161,43 +161,63 @@ PREPARE = (
     "export DEBIAN_FRONTEND=noninteractive; apt-get update -q && "
     "apt-get install -y -q --no-install-recommends lxc uidmap iptables iproute2 python3"
 )
+ROUTER_PACKAGES = "nginx-light libnginx-mod-http-lua"
+
+
+def _machines(hosts: EnvHosts, profile: ResolvedProfile) -> list[tuple[HostSpec, HostAgent, str]]:
+    """Every machine of `profile`: its hosts, then its router host; (spec, agent, role)."""
+    out = []
+    router = profile.router.host if profile.router is not None else None
+    for h in profile.hosts:
+        out.append((h, hosts.backend(profile, h.name).agent, "router" if h.name == router else "instances"))
+    if router is not None and router not in {h.name for h in profile.hosts}:
+        out.append((hosts.router_spec(profile), hosts.router_agent(profile)[0], "router"))
+    return out
 
 
 def check_hosts(ctx: EnvContext, profile: ResolvedProfile) -> list[dict[str, object]]:
-    """Per host of `profile`: reachable (host key, login, sudo), then what the host agent finds."""
-    hosts = EnvHosts(ctx)
+    """Per machine of `profile`: reachable (host key, login, sudo), then what the host agent finds
+    (the router host: nginx too)."""
 
-    def one(h: HostSpec) -> dict[str, object]:
+    def one(m: tuple[HostSpec, HostAgent, str]) -> dict[str, object]:
+        h, agent, role = m
         items: list[dict[str, object]] = []
-        b = hosts.backend(profile, h.name)
         try:
-            ping = b.agent.ensure()
+            agent.ensure()
             items.append({"item": "ssh", "ok": True, "detail": f"{h.ssh}, host key known", "fix": None})
-            items += b.agent.call("host-check")
-            del ping
+            items += agent.call("host-check", *(["router"] if role == "router" else []))
         except HostError as e:
             items.append({"item": "ssh", "ok": False, "detail": e.message, "fix": e.hint})
-        return {"host": h.name, "ssh": h.ssh, "ok": all(i["ok"] for i in items), "checks": items}
+        ok = all(i["ok"] for i in items)
+        return {"host": h.name, "ssh": h.ssh, "role": role, "ok": ok, "checks": items}
 
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(profile.hosts)))) as pool:
-        return list(pool.map(one, profile.hosts))
+    machines = _machines(EnvHosts(ctx), profile)
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(machines)))) as pool:
+        return list(pool.map(one, machines))
 
 
 def prepare_hosts(ctx: EnvContext, profile: ResolvedProfile) -> list[dict[str, object]]:
-    """Install what sandbox needs with each host's apt, then set the host up (bridge, ids, limits)."""
+    """Install what sandbox needs with each machine's apt (the router host: nginx and its Lua module
+    too), then set the instance hosts up (bridge, ids, limits)."""
     hosts = EnvHosts(ctx)
 
-    def one(h: HostSpec) -> dict[str, object]:
-        b = hosts.backend(profile, h.name)
-        p = b.agent.transport.run(["sh", "-c", PREPARE], timeout=1800)
+    def one(m: tuple[HostSpec, HostAgent, str]) -> dict[str, object]:
+        h, agent, role = m
+        script = PREPARE + (f" {ROUTER_PACKAGES}" if role == "router" else "")
+        p = agent.transport.run(["sh", "-c", script], timeout=1800)
         if p.returncode != 0:
             tail = p.stderr.decode(errors="replace").strip().splitlines()[-3:]
             return {"host": h.name, "ok": False, "detail": "apt-get failed: " + " / ".join(tail)}
         try:
-            b.check()
+            if h.name in {x.name for x in profile.hosts}:
+                hosts.backend(profile, h.name).check()
+            else:
+                agent.ensure()
         except SandboxError as e:
             return {"host": h.name, "ok": False, "detail": e.message}
-        return {"host": h.name, "ok": True, "detail": "lxc, uidmap, iptables, python3 installed; bridge up"}
+        what = "lxc, uidmap, iptables, python3" + (", nginx" if role == "router" else "")
+        return {"host": h.name, "ok": True, "detail": f"{what} installed; ready"}
 
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(profile.hosts)))) as pool:
-        return list(pool.map(one, profile.hosts))
+    machines = _machines(hosts, profile)
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(machines)))) as pool:
+        return list(pool.map(one, machines))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.hostagent.main import op
+from sandbox.routing.render import LUA_MODULES
 from sandbox.subids import SUBID_FILES
 
 PACKAGES = "lxc uidmap iptables python3"
@@ -88,12 +89,13 @@ def host_check(args: list[str]) -> list[dict[str, Any]]:
         )
     )
     if args and args[0] == "router":
+        missing = [m for m in LUA_MODULES if not Path(m).exists()]
         out.append(
             _item(
                 "nginx",
-                shutil.which("nginx") is not None,
-                "the router host's nginx",
-                "apt-get install nginx libnginx-mod-http-lua",
+                shutil.which("nginx") is not None and not missing,
+                "nginx with its Lua module (the router's balancer)",
+                "apt-get install nginx-light libnginx-mod-http-lua",
             )
         )
     return out
