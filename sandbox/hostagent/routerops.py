@@ -16,7 +16,7 @@ from sandbox.fsutil import atomic_write, file_lock
 from sandbox.hostagent.lxcops import INSTANCE, WS_ID, BadRequest, _str
 from sandbox.hostagent.main import host_root, op, read_request
 from sandbox.routing.own import OwnRouter
-from sandbox.routing.render import RouterConfig
+from sandbox.routing.render import ROUTER_GROUP, ROUTER_USER, RouterConfig, check_config
 
 ENV = INSTANCE
 
@@ -61,8 +61,16 @@ def router(argv: list[str]) -> Any:
         raise BadRequest("bad request")
     r = OwnRouter(_routers(_str(req, "ws", WS_ID)), _str(req, "env", ENV))
     method = req.get("method")
+    if method == "prefix":  # where the control side renders the config for
+        return str(r.prefix)
     if method == "apply":
-        r.apply(router_config(req.get("cfg")))
+        cfg, text = router_config(req.get("cfg")), req.get("text")
+        if not isinstance(text, str):
+            raise BadRequest("bad config text")
+        # rendered on the control machine (no template engine here) for this prefix; the values it
+        # came from are checked again, and nginx -t checks the text before any reload
+        check_config(cfg, prefix=r.prefix, user=ROUTER_USER, group=ROUTER_GROUP)
+        r.serve(cfg, text, ROUTER_USER)
         return None
     if method == "stop":
         r.stop(float(req.get("timeout", 10.0)))

@@ -99,11 +99,15 @@ class OwnRouter(NginxMaster):
                 f"the router balances with nginx's Lua module: {missing[-1]} is missing",
                 hint="apt-get install libnginx-mod-http-lua",
             )
+        pw = pwd.getpwnam(user)
+        self.serve(cfg, render_nginx_conf(cfg, self.prefix, user, grp.getgrgid(pw.pw_gid).gr_name), user)
+
+    def serve(self, cfg: RouterConfig, text: str, user: str = "nobody") -> None:
+        """`apply` with the config already rendered (for this prefix and user): what a router host
+        runs, with no template engine there."""
         for b in cfg.backends:
             check_backend(b)
         self._prepare(user)
-        pw = pwd.getpwnam(user)
-        text = render_nginx_conf(cfg, self.prefix, user, grp.getgrgid(pw.pw_gid).gr_name)
         control = self.control()
         pid = self.pid
         if pid is None:

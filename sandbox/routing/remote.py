@@ -5,10 +5,11 @@ connection (a swap costs a few ms more than locally, and still reloads nothing).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from sandbox.hosts.agent import HostAgent
-from sandbox.routing.render import RouterConfig
+from sandbox.routing.render import ROUTER_GROUP, ROUTER_USER, RouterConfig, render_nginx_conf
 
 
 class RemoteRouter:
@@ -16,13 +17,18 @@ class RemoteRouter:
         self.agent = agent
         self.ws = workspace_id
         self.env = env
+        self._prefix: str | None = None
 
     def _call(self, method: str, wait: float | None = 120, **args: Any) -> Any:
         request = {"ws": self.ws, "env": self.env, "method": method, **args}
         return self.agent.call("router", request=request, timeout=wait)
 
     def apply(self, cfg: RouterConfig, user: str = "nobody") -> None:
-        self._call("apply", cfg={**dataclasses.asdict(cfg), "ports": []})
+        """Rendered here (the host has no template engine), checked and served there."""
+        if self._prefix is None:
+            self._prefix = str(self._call("prefix"))
+        text = render_nginx_conf(cfg, Path(self._prefix), ROUTER_USER, ROUTER_GROUP)
+        self._call("apply", cfg={**dataclasses.asdict(cfg), "ports": []}, text=text)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._call("stop", timeout + 30, timeout=timeout)

@@ -38,6 +38,10 @@ class PortForward:
     backends: tuple[str, ...]
 
 
+#: the account nginx's workers run as on a router host (Debian's nobody:nogroup)
+ROUTER_USER, ROUTER_GROUP = "nobody", "nogroup"
+
+
 @dataclass(frozen=True)
 class RouterConfig:
     env: str
