@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 from sandbox.backends.base import Backend, BackendContext, BackendError, ExecResult, InstanceSpec
 from sandbox.fsutil import atomic_write, file_lock
+from sandbox.hosts.publishing import published_port
+from sandbox.hosts.transport import HostUnreachable, LocalTransport
 from sandbox.routing import RouterConfig, RouterDriver, RouterKind
 
 CRASH_EXIT = 70
@@ -188,3 +190,52 @@ def router_log(log: Path, env: str | None = None) -> list[dict[str, Any]]:
         return []
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     return [e for e in entries if env is None or e["env"] == env]
+
+
+class FakeHostBackend(FakeBackend):
+    """A FakeBackend standing for the lxc backend on one production host (sandbox/backends/remote.py):
+    its own instance file per host, instances published at HOST_ADDRESS:PORT, and a host that can
+    "die" (every call raises HostUnreachable naming it, as the SSH transport does)."""
+
+    #: hosts that do not answer (every call raises HostUnreachable)
+    down: ClassVar[set[str]] = set()
+    #: (operation, host): that call on that host makes the host die (it joins `down`)
+    die_at: ClassVar[tuple[str, str] | None] = None
+
+    def __init__(self, ctx: BackendContext, host: str, host_address: str) -> None:
+        super().__init__(ctx)
+        self.host = host
+        self.host_address = host_address
+        # what EnvHosts.ready reads of a RemoteLxc (the transport only names the host)
+        self.agent = _FakeAgent(LocalTransport(host))
+
+    def _unreachable(self) -> None:
+        if self.host in FakeHostBackend.down:
+            raise HostUnreachable(f"host {self.host} (fake) is unreachable", hint="a test", host=self.host)
+
+    def _op(self, op: str, name: str) -> None:
+        if FakeHostBackend.die_at == (op, self.host):
+            FakeHostBackend.down.add(self.host)
+        self._unreachable()
+        super()._op(op, f"{name}@{self.host}")
+
+    def check(self) -> None:
+        self._unreachable()
+
+    def state(self, name: str) -> str:
+        self._unreachable()
+        return super().state(name)
+
+    def published(self, spec: InstanceSpec) -> str | None:
+        if spec.app_port is None or spec.address is None:
+            return None
+        return f"{self.host_address}:{published_port(spec.address, self.ctx.network.subnet)}"
+
+
+class _FakeAgent:
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.name = transport.name
+
+    def prefix(self) -> list[str]:
+        return ["false"]

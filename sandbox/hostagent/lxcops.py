@@ -9,6 +9,7 @@ machine, made with this host's runtime dir (HOST_ROOT/ws/WORKSPACE) and image st
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import re
@@ -30,10 +31,28 @@ WS_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 INSTANCE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 SNAP = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # as the profile's; unquoted in the instance's env file
+BRIDGE = re.compile(r"[a-z][a-z0-9_-]{0,14}")  # as settings.Network.bridge
 
 
 class BadRequest(SandboxError):
     """A request the host agent refuses (a bug or a hostile caller)."""
+
+
+def _network(net: object) -> Network:
+    """The workspace's bridge and subnet, checked as the settings check them (both end up in the lxc
+    config of every container: a newline there would add lines of the caller's choosing)."""
+    if not isinstance(net, dict):
+        raise BadRequest("bad network")
+    bridge = _str({"bridge": net.get("bridge", "sandbox0")}, "bridge", BRIDGE)
+    subnet = net.get("subnet", "10.213.0.0/24")
+    try:
+        ok = isinstance(subnet, str) and str(ipaddress.IPv4Network(subnet)) == subnet
+    except ValueError:
+        ok = False
+    if not ok:
+        raise BadRequest(f"bad subnet: {subnet!r}")
+    return Network(bridge=bridge, subnet=str(subnet))
 
 
 def _str(args: dict[str, Any], key: str, pattern: re.Pattern[str]) -> str:
@@ -55,10 +74,7 @@ class HostLxc:
 
     def __init__(self, ctx: dict[str, Any]) -> None:
         ws = _str(ctx, "ws", WS_ID)
-        net = ctx.get("network") or {}
-        network = Network(
-            bridge=str(net.get("bridge", "sandbox0")), subnet=str(net.get("subnet", "10.213.0.0/24"))
-        )
+        network = _network(ctx.get("network") or {})
         root = host_root()
         runtime = root / "ws" / ws
         runtime.mkdir(parents=True, exist_ok=True)
@@ -93,19 +109,33 @@ class HostLxc:
         if not isinstance(s, dict):
             raise BadRequest("bad spec")
         env_vars = s.get("env_vars") or {}
-        if not isinstance(env_vars, dict) or not all(isinstance(v, str) for v in env_vars.values()):
+        if not isinstance(env_vars, dict) or not all(
+            isinstance(v, str) and ENV_KEY.fullmatch(k) for k, v in env_vars.items()
+        ):
             raise BadRequest("bad env_vars")
         return InstanceSpec(
             name=_str(s, "name", INSTANCE),
             env=_str(s, "env", INSTANCE),
             index=_int(s, "index"),
             image=_str(s, "image", DIGEST),
-            address=str(s.get("address")),
-            env_vars={str(k): v for k, v in env_vars.items()},
+            address=self._address(s.get("address")),
+            env_vars=dict(env_vars),
             cpus=float(s["cpus"]) if s.get("cpus") is not None else None,
             memory=_int(s, "memory") if s.get("memory") is not None else None,
             pids=_int(s, "pids") if s.get("pids") is not None else None,
         )
+
+    def _address(self, value: object) -> str:
+        """An IPv4 address of the workspace's subnet (it is written into the container's lxc config)."""
+        try:
+            subnet = ipaddress.IPv4Network(self.backend.ctx.network.subnet)
+            ok = isinstance(value, str) and str(ipaddress.IPv4Address(value)) == value
+            ok = ok and ipaddress.IPv4Address(value) in subnet
+        except ValueError:
+            ok = False
+        if not ok:
+            raise BadRequest(f"bad address: {value!r}")
+        return str(value)
 
     def _remember_publish(self, name: str, args: dict[str, Any], address: str) -> None:
         pub = args.get("publish")

@@ -18,7 +18,8 @@ def published_port(address: str, subnet: str) -> int:
     """The port on its host at which the instance with `address` (in `subnet`) is published."""
     net = ipaddress.IPv4Network(subnet)
     offset = int(ipaddress.IPv4Address(address)) - int(net.network_address)
-    if not 0 < offset < net.num_addresses or PUBLISH_BASE + offset > 65535:
+    # neither the network nor the broadcast address is an instance's
+    if not 0 < offset < net.num_addresses - 1 or PUBLISH_BASE + offset > 65535:
         raise SandboxError(
             f"instance address {address} cannot be published on a host (subnet {subnet})",
             hint="hosts need a network.subnet of at most 45000 addresses, e.g. a /24",

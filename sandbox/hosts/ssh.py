@@ -37,6 +37,8 @@ CONTROL_ROOT = Path("/run/sandbox-ssh")
 #: a dead host is noticed within ServerAliveInterval * ServerAliveCountMax seconds
 ALIVE_INTERVAL = 2
 ALIVE_COUNT = 3
+#: what `sudo -n` says (exit 1) when the login user may not run it without a password
+_SUDO_REFUSED = re.compile(rb"\s*sudo: (a password is required|a terminal is required)")
 
 
 class SshTransport:
@@ -150,14 +152,13 @@ class SshTransport:
                 )
         except subprocess.TimeoutExpired as e:
             self._dead = HostUnreachable(
-                f"host {self.name} ({self.target}) did not answer within {timeout:.0f}s", host=self.name
-            )
-            raise HostUnreachable(
                 f"host {self.name} ({self.target}) did not answer within {timeout:.0f}s",
                 hint="is the host up and its network reachable? `sandbox host check PROFILE`",
                 host=self.name,
-            ) from e
-        if p.returncode == 255:
+            )
+            raise self._dead from e
+        # sudo -n refusing exits 1, not 255: its own message, not the command's failure
+        if p.returncode == 255 or (p.returncode == 1 and _SUDO_REFUSED.match(p.stderr)):
             err = self.classify(p.stderr.decode(errors="replace"))
             if isinstance(err, HostUnreachable):
                 self._dead = err
