@@ -61,5 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except SandboxError as e:
         sys.stdout.write(json.dumps(e.to_dict()) + "\n")
         return ERROR_EXIT
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # a malformed value in the request
+        err = AgentUsage(f"malformed request to {args[0]}: {type(e).__name__}: {e}"[:500])
+        sys.stdout.write(json.dumps(err.to_dict()) + "\n")
+        return ERROR_EXIT
     sys.stdout.write(json.dumps({"ok": result}) + "\n")
     return 0
