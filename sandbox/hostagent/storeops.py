@@ -162,11 +162,18 @@ def recv_blob(args: list[str]) -> dict[str, Any]:
 
 @op("recv-manifest")
 def recv_manifest(args: list[str]) -> dict[str, Any]:
-    """`recv-manifest DIGEST`, the manifest's bytes on stdin; its blobs must be here already."""
-    if len(args) != 1:
-        raise AgentUsage("recv-manifest wants DIGEST")
+    """`recv-manifest DIGEST [gzip]`, the manifest's bytes on stdin (gzipped: it lists every file of
+    the image, megabytes of JSON); its blobs must be here already."""
+    if len(args) not in (1, 2) or args[1:] not in ([], ["gzip"]):
+        raise AgentUsage("recv-manifest wants DIGEST [gzip]")
     digest = digest_arg(args[0])
     data = sys.stdin.buffer.read(MAX_MANIFEST + 1)
+    if args[1:] == ["gzip"]:
+        try:
+            d = zlib.decompressobj(wbits=31)
+            data = d.decompress(data, MAX_MANIFEST + 1)
+        except zlib.error as e:
+            raise BlobCorrupt(f"manifest {digest} arrived corrupt (gzip: {e})", hint="send it again") from e
     got = "sha256:" + hashlib.sha256(data).hexdigest()
     if len(data) > MAX_MANIFEST or got != digest:
         raise BlobCorrupt(f"manifest {digest} arrived corrupt (sha256 {got[7:]})", hint="send it again")

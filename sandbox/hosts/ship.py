@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import zlib
@@ -30,6 +31,7 @@ from typing import IO
 
 from sandbox.errors import SandboxError, StoreError
 from sandbox.events import Event, EventSink
+from sandbox.fsutil import pid_alive, remove_tree
 from sandbox.hosts.agentcall import AgentPrefix, agent_call
 from sandbox.hosts.transport import HostError, Transport
 from sandbox.store import ImageStore
@@ -94,27 +96,57 @@ def ship(
             sink(event)
 
     report = ShipReport(digest)
+    plans: dict[str, tuple[list[str], str]] = {}  # host → (missing blobs, codec)
 
-    def one(t: Transport) -> None:
-        result = HostShipResult(t.name)
+    def each(fn: Callable[[Transport], None]) -> None:
+        live = [t for t in targets if t.name not in report.failed]
+        if parallel and len(live) > 1:
+            with ThreadPoolExecutor(max_workers=len(live), thread_name_prefix="ship") as pool:
+                list(pool.map(fn, live))
+        else:
+            for t in live:
+                fn(t)
+
+    def guarded(t: Transport, result: HostShipResult, work: Callable[[], None]) -> None:
         t0 = time.monotonic()
         try:
-            _ship_host(t, agent, digest, manifest, layers, result, emit)
+            work()
         except Exception as e:
             why = e.message if isinstance(e, SandboxError) else f"{type(e).__name__}: {e}"
             with lock:
                 report.failed[t.name] = why if why.startswith(f"{t.name}: ") else f"{t.name}: {why}"
         finally:
-            result.seconds = time.monotonic() - t0
+            result.seconds += time.monotonic() - t0
             with lock:
                 report.hosts[t.name] = result
 
-    if parallel and len(targets) > 1:
-        with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="ship") as pool:
-            list(pool.map(one, targets))
-    else:
-        for t in targets:
-            one(t)
+    def plan(t: Transport) -> None:
+        result = HostShipResult(t.name)
+        guarded(t, result, lambda: plans.__setitem__(t.name, _plan_host(t, agent, digest, layers, result)))
+
+    each(plan)  # 1. what each host lacks, and whether it takes zstd
+    with contextlib.ExitStack() as cleanup:
+        # 2. each blob a zstd host lacks, compressed once for all of them (not once per host)
+        need = {d for missing, codec in plans.values() if codec == "zstd" for d in missing}
+        packed: dict[str, Path] = {}
+        if need:
+            _remove_dead_packs(store.root)
+            prefix = f".ship-{os.getpid()}-"
+            tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix=prefix, dir=store.root)))
+            packed = _pack({d: layers[d][0] for d in sorted(need)}, tmp, emit)
+
+        def send(t: Transport) -> None:  # 3. each host its missing blobs, then the manifest
+            if t.name not in plans:
+                return
+            missing, _ = plans[t.name]
+            result = report.hosts[t.name]
+            guarded(
+                t,
+                result,
+                lambda: _ship_host(t, agent, digest, manifest, layers, missing, packed, result, emit),
+            )
+
+        each(send)
     for r in report.hosts.values():
         if r.host not in report.failed:
             emit(Event("result", phase="ship", message=_summary(r), data={"host": r.host, **_numbers(r)}))
@@ -129,31 +161,66 @@ def ship(
     return report
 
 
+def _remove_dead_packs(root: Path) -> None:
+    """Compressed blobs of a ship whose process died (`.ship-PID-*` in the store's root)."""
+    for p in root.glob(".ship-*-*"):
+        pid = p.name.split("-")[1]
+        if pid.isdigit() and not pid_alive(int(pid)) and p.is_dir() and not p.is_symlink():
+            remove_tree(p)
+
+
+def _plan_host(
+    t: Transport, agent: AgentPrefix, digest: str, layers: dict[str, tuple[Path, int]], result: HostShipResult
+) -> tuple[list[str], str]:
+    """The blobs host `t` lacks and the codec it takes; ([], "") when it holds the whole image."""
+    have = agent_call(t, agent, "have", input=_json({"blobs": list(layers), "manifests": [digest]}))
+    present = set(have.get("blobs", [])) if isinstance(have, dict) else set()
+    if digest in (have.get("manifests", []) if isinstance(have, dict) else []) and present >= set(layers):
+        return [], ""
+    missing = [d for d in layers if d not in present]
+    if not missing:  # only its manifest
+        result.codec = "none"
+        return [], "none"
+    caps = agent_call(t, agent, "caps")
+    zstd = local_zstd() and isinstance(caps, dict) and caps.get("zstd") is True
+    result.codec = "zstd" if zstd else "gzip"
+    return missing, result.codec
+
+
+def _pack(blobs: dict[str, Path], tmp: Path, emit: EventSink) -> dict[str, Path]:
+    """Each blob compressed once (zstd -3 on every core) into `tmp`: what every zstd host is sent."""
+    t0, out = time.monotonic(), {}
+    emit(Event("progress", phase="ship", message=f"compressing {len(blobs)} blob(s) once for every host"))
+    for d, path in blobs.items():
+        dest = tmp / f"{d[7:]}.zst"
+        p = subprocess.run(["zstd", "-3", "-T0", "-q", "-f", "-o", str(dest), str(path)], capture_output=True)
+        if p.returncode != 0:
+            raise StoreError(f"zstd failed on blob {d}: {p.stderr.decode(errors='replace').strip()}")
+        out[d] = dest
+    emit(Event("log", phase="ship", message=f"compressed in {time.monotonic() - t0:.1f}s"))
+    return out
+
+
 def _ship_host(
     t: Transport,
     agent: AgentPrefix,
     digest: str,
     manifest: bytes,
     layers: dict[str, tuple[Path, int]],
+    missing: list[str],
+    packed: dict[str, Path],
     result: HostShipResult,
     emit: EventSink,
 ) -> None:
-    have = agent_call(t, agent, "have", input=_json({"blobs": list(layers), "manifests": [digest]}))
-    present = set(have.get("blobs", [])) if isinstance(have, dict) else set()
-    if digest in (have.get("manifests", []) if isinstance(have, dict) else []) and present >= set(layers):
-        return
-    missing = [d for d in layers if d not in present]
+    if not missing and not result.codec:
+        return  # it holds the image
     progress = _Progress(t.name, len(missing), sum(layers[d][1] for d in missing), emit)
-    if missing:
-        caps = agent_call(t, agent, "caps")
-        zstd = local_zstd() and isinstance(caps, dict) and caps.get("zstd") is True
-        result.codec = "zstd" if zstd else "gzip"
     for d in missing:
         path, size = layers[d]
         for attempt in (1, 2):
             base = progress.raw
             try:
-                wire = _send_blob(t, agent, d, path, size, result.codec, progress)
+                wire = _send_blob(t, agent, d, path, size, result.codec, progress, packed.get(d))
                 break
             except SandboxError as e:
                 progress.raw = base
@@ -167,18 +234,32 @@ def _ship_host(
         result.blobs_sent += 1
         result.bytes_raw += size
         result.bytes_wire += wire
-    agent_call(t, agent, "recv-manifest", [digest], input=manifest)
+    packed_manifest = zlib.compress(manifest, 6, wbits=31)  # gzip: megabytes of file list → a tenth
+    agent_call(t, agent, "recv-manifest", [digest, "gzip"], input=packed_manifest)
     result.manifest_sent = True
-    result.bytes_wire += len(manifest)
+    result.bytes_wire += len(packed_manifest)
     progress.emit(final=True)
 
 
 def _send_blob(
-    t: Transport, agent: AgentPrefix, digest: str, path: Path, size: int, codec: str, progress: _Progress
+    t: Transport,
+    agent: AgentPrefix,
+    digest: str,
+    path: Path,
+    size: int,
+    codec: str,
+    progress: _Progress,
+    packed: Path | None = None,
 ) -> int:
-    """Stream one blob to the host through a pipe fed by a thread; the bytes that went on the wire."""
-    with open(path, "rb") as src, contextlib.ExitStack() as cleanup:
-        if codec == "zstd":
+    """Stream one blob to the host through a pipe fed by a thread (from `packed`, its zstd form made
+    once for every host, when given); the bytes that went on the wire."""
+    with open(packed or path, "rb") as src, contextlib.ExitStack() as cleanup:
+        if packed is not None:
+            counted = [0]
+            chunks: Iterator[bytes] = _file_chunks(src, counted)
+            whole = max(1, packed.stat().st_size)
+            raw_done: Callable[[], int] = lambda: size * counted[0] // whole  # noqa: E731
+        elif codec == "zstd":
             proc = subprocess.Popen(
                 ["zstd", "-3", "-T0", "-c", "-q"],
                 stdin=src,
@@ -188,9 +269,9 @@ def _send_blob(
             cleanup.callback(_reap, proc)
             out = proc.stdout
             assert out is not None
-            chunks: Iterator[bytes] = iter(lambda: out.read(CHUNK), b"")
+            chunks = iter(lambda: out.read(CHUNK), b"")
             # zstd reads the file through our open file: its offset is how far the raw bytes got
-            raw_done: Callable[[], int] = lambda: min(size, os.lseek(src.fileno(), 0, os.SEEK_CUR))  # noqa: E731
+            raw_done = lambda: min(size, os.lseek(src.fileno(), 0, os.SEEK_CUR))  # noqa: E731
         else:
             counted = [0]
             chunks = _gzip_chunks(src, counted) if codec == "gzip" else _file_chunks(src, counted)
