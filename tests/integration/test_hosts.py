@@ -229,6 +229,13 @@ def test_router_on_its_own_host(hws: Path, testhosts: HostRig, built: Built) -> 
         assert containers(testhosts, 3) == [] or all(
             not c.startswith("edge-") for c in containers(testhosts, 3)
         )
+        tpl = hws / "recipes" / "web" / "templates" / "settings.py.j2"
+        original = tpl.read_text()
+        tpl.write_text(original.replace('GREETING = "{{ greeting }}"', 'GREETING = "{{ greeting }} (edge)"'))
+        try:
+            v3 = ok(sandbox(hws, "build", "web", "--tag", "edge", "--json", timeout=900))["digest"]
+        finally:
+            tpl.write_text(original)
         # another control machine holds the lock: a promotion is refused and changes nothing
         lock = "/var/lib/sandbox-host/locks"
         ws_id = testhosts.exec(3, "sh", "-c", "ls /var/lib/sandbox-host/ws/").stdout.split()[0]
@@ -238,17 +245,10 @@ def test_router_on_its_own_host(hws: Path, testhosts: HostRig, built: Built) -> 
             "-c",
             f'mkdir -p {lock} && echo \'{{"holder": "other/1/x", "ts": 1}}\' > {lock}/{ws_id}-edge.json',
         )
-        r = sandbox(hws, "promote", built.digest, "--to", "edge", "--force", "--yes")
+        r = sandbox(hws, "promote", v3, "--to", "edge", "--force", "--yes")
         assert r.code != 0 and "another control machine" in r.stderr and "other/1/x" in r.stderr, r.stderr
         testhosts.exec(3, "rm", "-f", f"{lock}/{ws_id}-edge.json")
         # a promotion through the remote router under load fails no request, and releases the lock
-        tpl = hws / "recipes" / "web" / "templates" / "settings.py.j2"
-        original = tpl.read_text()
-        tpl.write_text(original.replace('GREETING = "{{ greeting }}"', 'GREETING = "{{ greeting }} (edge)"'))
-        try:
-            v3 = ok(sandbox(hws, "build", "web", "--tag", "edge", "--json", timeout=900))["digest"]
-        finally:
-            tpl.write_text(original)
         res = ok(
             sandbox(
                 hws, "promote", v3, "--to", "edge", "--force", "--yes", "--probe", "30", "--json", timeout=600
