@@ -150,7 +150,7 @@ def bench_ship(rig: Rig, ws: Path, digest: str, runs: int) -> tuple[dict[str, An
         ],
         "scp": lambda i: ["scp", "-q", "-F", str(rig.cfg), *files, f"sbxh{i}:{SCRATCH}/"],
     }
-    secs: dict[str, list[float]] = {k: [] for k in ("sandbox", *anchors)}
+    secs: dict[str, list[float]] = {k: [] for k in ("sandbox", "sandbox none", *anchors)}
     wire: dict[str, list[int]] = {k: [] for k in secs}
     reports = []
     for run in range(runs):
@@ -160,11 +160,13 @@ def bench_ship(rig: Rig, ws: Path, digest: str, runs: int) -> tuple[dict[str, An
                 rig.exec(i, "rm", "-rf", "/var/lib/sandbox-host/store", SCRATCH)
                 rig.exec(i, "mkdir", "-p", SCRATCH)
             before = rig.wire()
-            if method == "sandbox":
+            if method.startswith("sandbox"):
+                codec = "none" if method == "sandbox none" else "zstd"
                 t0 = time.perf_counter()
-                rep = ship(store, digest, ts, prefix, lambda e: None)
+                rep = ship(store, digest, ts, prefix, lambda e: None, compression=codec)
                 secs[method].append(time.perf_counter() - t0)
-                reports.append(rep)
+                if codec == "zstd":
+                    reports.append(rep)
             else:
                 secs[method].append(parallel([anchors[method](i) for i in HOSTS]))
             wire[method].append(rig.wire() - before)
@@ -187,6 +189,7 @@ def bench_ship(rig: Rig, ws: Path, digest: str, runs: int) -> tuple[dict[str, An
         "wire_bytes_median": {k: int(median([float(x) for x in v])) for k, v in wire.items()},
         "sandbox_bytes_wire_reported": sum(h.bytes_wire for h in last.hosts.values()),
         "ratio_sandbox_over": {k: median(secs["sandbox"]) / median(secs[k]) for k in anchors},
+        "ratio_sandbox_none_over": {k: median(secs["sandbox none"]) / median(secs[k]) for k in anchors},
         "already_there_s": again,
     }
     return res, (store, ts, prefix)
@@ -207,7 +210,7 @@ def bench_incremental(rig: Rig, ws: Path, shipping: Any, digest2: str) -> dict[s
         "bytes_raw_total": sum(h.bytes_raw for h in hosts),
         "bytes_wire_reported": sum(h.bytes_wire for h in hosts),
         "wire_bytes_veth": rig.wire() - before,
-        "manifest_bytes": store.manifest_path(digest2).stat().st_size,  # sent as is to every host
+        "manifest_bytes": store.manifest_path(digest2).stat().st_size,  # sent gzipped to every host
     }
 
 
@@ -460,15 +463,21 @@ def fails(r: dict[str, Any]) -> str:
     return f"probe {probe}, hey {hey} of {n}, posts {r['posts']['errors']} of {r['posts']['requests']}"
 
 
+class Done(Exception):
+    """--ship-only: the rest is skipped (the rig and workspace are still removed)."""
+
+
 def table(rep: dict[str, Any]) -> str:
     """The figures as a markdown table: figure | sandbox | anchor | ratio | target."""
-    s, inc, pr, solo, death = rep["ship"], rep["incremental"], rep["prod"], rep["solo"], rep["death"]
+    s, inc = rep["ship"], rep["incremental"]
     m, w = s["median_s"], s["wire_bytes_median"]
     rows = [("figure", "sandbox", "anchor", "ratio", "target"), ("---",) * 5]
-    for k, ratio in s["ratio_sandbox_over"].items():
-        target = "<= 1.1x" if k == "rsync -a" else ""
-        what = f"ship {mb(s['image_bytes'])} to 3 hosts, cold (s)"
-        rows.append((what, f"{m['sandbox']:.2f}", f"{k}: {m[k]:.2f}", f"{ratio:.2f}x", target))
+    for key, label in (("ratio_sandbox_over", "sandbox"), ("ratio_sandbox_none_over", "sandbox none")):
+        for k, ratio in s[key].items():
+            target = "<= 1.1x" if k == "rsync -a" else ""
+            codec = "zstd" if label == "sandbox" else "none"
+            what = f"ship {mb(s['image_bytes'])} to 3 hosts, cold (s), {codec}"
+            rows.append((what, f"{m[label]:.2f}", f"{k}: {m[k]:.2f}", f"{ratio:.2f}x", target))
     for k in s["ratio_sandbox_over"]:
         ratio = f"{w['sandbox'] / w[k]:.2f}x"
         rows.append(("bytes on the wire to 3 hosts", mb(w["sandbox"]), f"{k}: {mb(w[k])}", ratio, ""))
@@ -479,6 +488,9 @@ def table(rep: dict[str, Any]) -> str:
         f"{inc['seconds']:.2f} s"
     )
     rows.append(("ship a rebuild (app layer changed)", sent, "", "", "KB, not MB"))
+    if "prod" not in rep:  # --ship-only
+        return "\n".join("| " + " | ".join(str(x) for x in r) + " |" for r in rows)
+    pr, solo, death = rep["prod"], rep["solo"], rep["death"]
     per_h, per_l = median(pr["per_backend"]), median(solo["per_backend"])
     ratio = f"{per_h / per_l:.2f}x"
     rows.append(
@@ -507,6 +519,7 @@ def main() -> None:
     ap.add_argument("--probe", type=int, default=50, help="the promotions' --probe RPS")
     ap.add_argument("--hey-window", type=int, default=20, help="seconds of each hey -z window")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--ship-only", action="store_true", help="only the shipping figures (1, 2)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("hosts_bench needs root (the rig, lxc)")
@@ -545,6 +558,9 @@ def main() -> None:
         print("shipping …", flush=True)
         rep["ship"], shipping = bench_ship(rig, ws, v1, args.runs)
         rep["incremental"] = bench_incremental(rig, ws, shipping, v2)
+        if args.ship_only:
+            print(table(rep))
+            raise Done
         print("up solo, prod …", flush=True)
         for env in ("solo", "prod"):
             t0 = time.perf_counter()
@@ -562,6 +578,8 @@ def main() -> None:
         print("host death …", flush=True)
         rep["death"] = host_death(c, rig, v1 if target == v2 else v2, args.probe, args.hey_window)
         print(table(rep))
+    except Done:
+        pass
     except Failed as e:
         print(f"FAILED: {e}", file=sys.stderr)
         rep["failed"] = str(e)

@@ -110,6 +110,11 @@ class Hosts:
         check=absolute_path,
     )
     connect_timeout: float = setting(5.0, description="Seconds to wait for a host's ssh to connect.")
+    compression: Literal["zstd", "gzip", "none"] = setting(
+        "zstd",
+        description="How image blobs travel to hosts: zstd (gzip for a host without it), gzip, or none "
+        "(for a link faster than the CPUs compress).",
+    )
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,7 @@ class EnvHosts:
             [b.agent.transport for b in backends],
             lambda t: self._agent_for(backends, t.name).prefix(),
             self.ctx.sink,
+            compression=self.ctx.settings.hosts.compression,
         )
         self._parallel(backends, lambda b: b.prepare_image(digest), "unpacking the image on")
 

@@ -77,9 +77,11 @@ def ship(
     agent: AgentPrefix,
     sink: EventSink,
     parallel: bool = True,
+    compression: str = "zstd",
 ) -> ShipReport:
     """Make every target hold image `digest` (verified); raise ShipError naming every host that
-    does not. Hosts that already hold it cost one `have` round trip."""
+    does not. Hosts that already hold it cost one `have` round trip. `compression`: zstd (gzip for a
+    host without zstd), gzip, or none (a fast link where the CPU, not the wire, is the limit)."""
     manifest = store.manifest_path(digest).read_bytes()
     if "sha256:" + hashlib.sha256(manifest).hexdigest() != digest:
         raise StoreError(f"image {digest} is corrupt in the local store", hint="rebuild it")
@@ -122,7 +124,11 @@ def ship(
 
     def plan(t: Transport) -> None:
         result = HostShipResult(t.name)
-        guarded(t, result, lambda: plans.__setitem__(t.name, _plan_host(t, agent, digest, layers, result)))
+        guarded(
+            t,
+            result,
+            lambda: plans.__setitem__(t.name, _plan_host(t, agent, digest, layers, result, compression)),
+        )
 
     each(plan)  # 1. what each host lacks, and whether it takes zstd
     with contextlib.ExitStack() as cleanup:
@@ -170,7 +176,12 @@ def _remove_dead_packs(root: Path) -> None:
 
 
 def _plan_host(
-    t: Transport, agent: AgentPrefix, digest: str, layers: dict[str, tuple[Path, int]], result: HostShipResult
+    t: Transport,
+    agent: AgentPrefix,
+    digest: str,
+    layers: dict[str, tuple[Path, int]],
+    result: HostShipResult,
+    compression: str = "zstd",
 ) -> tuple[list[str], str]:
     """The blobs host `t` lacks and the codec it takes; ([], "") when it holds the whole image."""
     have = agent_call(t, agent, "have", input=_json({"blobs": list(layers), "manifests": [digest]}))
@@ -181,6 +192,9 @@ def _plan_host(
     if not missing:  # only its manifest
         result.codec = "none"
         return [], "none"
+    if compression in ("none", "gzip"):
+        result.codec = compression
+        return missing, result.codec
     caps = agent_call(t, agent, "caps")
     zstd = local_zstd() and isinstance(caps, dict) and caps.get("zstd") is True
     result.codec = "zstd" if zstd else "gzip"
