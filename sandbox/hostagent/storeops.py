@@ -64,7 +64,18 @@ def have(args: list[str]) -> dict[str, list[str]]:
     return {
         "blobs": [d for d in blobs if s.blob_path(d).is_file()],
         "manifests": [d for d in manifests if s.manifest_path(d).is_file()],
+        "recent": _recent_manifests(s),
     }
+
+
+def _recent_manifests(s: ImageStore, n: int = 20) -> list[str]:
+    """The newest manifests here: a new one is sent as a zstd patch against one of them."""
+    d = s.root / "manifests"
+    if not d.is_dir():
+        return []
+    found = [p for p in d.iterdir() if p.suffix == ".json" and DIGEST.fullmatch("sha256:" + p.stem)]
+    found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return ["sha256:" + p.stem for p in found[:n]]
 
 
 class _Bounded:
@@ -162,13 +173,27 @@ def recv_blob(args: list[str]) -> dict[str, Any]:
 
 @op("recv-manifest")
 def recv_manifest(args: list[str]) -> dict[str, Any]:
-    """`recv-manifest DIGEST [gzip]`, the manifest's bytes on stdin (gzipped: it lists every file of
-    the image, megabytes of JSON); its blobs must be here already."""
-    if len(args) not in (1, 2) or args[1:] not in ([], ["gzip"]):
-        raise AgentUsage("recv-manifest wants DIGEST [gzip]")
+    """`recv-manifest DIGEST [gzip | zstd-patch BASE]`, the manifest's bytes on stdin: gzipped (it
+    lists every file of the image, megabytes of JSON), or a zstd patch against manifest BASE that
+    this host holds (a rebuild's file list differs in a few lines: KB instead of MB). Its blobs must
+    be here already."""
+    if not (len(args) in (1, 2) and args[1:] in ([], ["gzip"])) and not (
+        len(args) == 3 and args[1] == "zstd-patch"
+    ):
+        raise AgentUsage("recv-manifest wants DIGEST [gzip | zstd-patch BASE]")
     digest = digest_arg(args[0])
     data = sys.stdin.buffer.read(MAX_MANIFEST + 1)
-    if args[1:] == ["gzip"]:
+    if args[1:2] == ["zstd-patch"]:
+        base = store().manifest_path(digest_arg(args[2]))
+        if not base.is_file():
+            raise StoreError(f"manifest {args[2]} (the patch's base) is not here", hint="send it whole")
+        p = subprocess.run(
+            ["zstd", "-d", "-q", "-c", f"--patch-from={base}"], input=data, capture_output=True, check=False
+        )
+        if p.returncode != 0 or len(p.stdout) > MAX_MANIFEST:
+            raise BlobCorrupt(f"manifest {digest} arrived corrupt (zstd patch: {p.stderr.decode()[:200]})")
+        data = p.stdout
+    elif args[1:] == ["gzip"]:
         try:
             d = zlib.decompressobj(wbits=31)
             data = d.decompress(data, MAX_MANIFEST + 1)

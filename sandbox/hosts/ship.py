@@ -53,6 +53,9 @@ class HostShipResult:
     codec: str = ""
     resent: int = 0  # blobs that failed once and were sent again
     manifest_sent: bool = False
+    #: the manifests the host holds, newest first (a new one goes as a zstd patch against one)
+    bases: list[str] = field(default_factory=list)
+    host_zstd: bool = False
 
 
 @dataclass
@@ -149,7 +152,7 @@ def ship(
             guarded(
                 t,
                 result,
-                lambda: _ship_host(t, agent, digest, manifest, layers, missing, packed, result, emit),
+                lambda: _ship_host(t, store, agent, digest, manifest, layers, missing, packed, result, emit),
             )
 
         each(send)
@@ -186,18 +189,19 @@ def _plan_host(
     """The blobs host `t` lacks and the codec it takes; ([], "") when it holds the whole image."""
     have = agent_call(t, agent, "have", input=_json({"blobs": list(layers), "manifests": [digest]}))
     present = set(have.get("blobs", [])) if isinstance(have, dict) else set()
+    recent = have.get("recent", []) if isinstance(have, dict) else []
+    result.bases = [d for d in recent if isinstance(d, str)]
     if digest in (have.get("manifests", []) if isinstance(have, dict) else []) and present >= set(layers):
         return [], ""
     missing = [d for d in layers if d not in present]
+    caps = agent_call(t, agent, "caps")
+    result.host_zstd = local_zstd() and isinstance(caps, dict) and caps.get("zstd") is True
     if not missing:  # only its manifest
         result.codec = "none"
-        return [], "none"
-    if compression in ("none", "gzip"):
+    elif compression in ("none", "gzip"):
         result.codec = compression
-        return missing, result.codec
-    caps = agent_call(t, agent, "caps")
-    zstd = local_zstd() and isinstance(caps, dict) and caps.get("zstd") is True
-    result.codec = "zstd" if zstd else "gzip"
+    else:
+        result.codec = "zstd" if result.host_zstd else "gzip"
     return missing, result.codec
 
 
@@ -215,8 +219,33 @@ def _pack(blobs: dict[str, Path], tmp: Path, emit: EventSink) -> dict[str, Path]
     return out
 
 
+def _manifest_form(
+    store: ImageStore, digest: str, manifest: bytes, result: HostShipResult
+) -> tuple[list[str], bytes]:
+    """How the manifest travels: a zstd patch against the newest manifest the host and this store
+    both hold (a rebuild's file list differs in a few lines), else gzipped."""
+    base = next((b for b in result.bases if b != digest and store.manifest_path(b).is_file()), None)
+    if base is not None and result.host_zstd:
+        p = subprocess.run(
+            [
+                "zstd",
+                "-19",
+                "-q",
+                "-c",
+                f"--patch-from={store.manifest_path(base)}",
+                str(store.manifest_path(digest)),
+            ],
+            capture_output=True,
+            check=False,
+        )
+        if p.returncode == 0:
+            return [digest, "zstd-patch", base], p.stdout
+    return [digest, "gzip"], zlib.compress(manifest, 6, wbits=31)
+
+
 def _ship_host(
     t: Transport,
+    store: ImageStore,
     agent: AgentPrefix,
     digest: str,
     manifest: bytes,
@@ -248,8 +277,8 @@ def _ship_host(
         result.blobs_sent += 1
         result.bytes_raw += size
         result.bytes_wire += wire
-    packed_manifest = zlib.compress(manifest, 6, wbits=31)  # gzip: megabytes of file list → a tenth
-    agent_call(t, agent, "recv-manifest", [digest, "gzip"], input=packed_manifest)
+    args, packed_manifest = _manifest_form(store, digest, manifest, result)
+    agent_call(t, agent, "recv-manifest", args, input=packed_manifest)
     result.manifest_sent = True
     result.bytes_wire += len(packed_manifest)
     progress.emit(final=True)

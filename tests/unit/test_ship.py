@@ -202,10 +202,10 @@ def test_recv_manifest_before_its_blobs_is_refused(store: ImageStore, image: Ima
 def test_have_answers_only_for_verified_objects(store: ImageStore, image: Image, tmp_path: Path) -> None:
     ask = {"blobs": [image.base, image.app], "manifests": [image.digest]}
     got = agent_call(LocalTransport(), AGENT, "have", input=ship_mod._json(ask))
-    assert got == {"blobs": [], "manifests": []}
+    assert got == {"blobs": [], "manifests": [], "recent": []}
     ship(store, image.digest, [LocalTransport()], AGENT, Recorder())
     got = agent_call(LocalTransport(), AGENT, "have", input=ship_mod._json(ask))
-    assert got == ask
+    assert got == {**ask, "recent": [image.digest]}
     with pytest.raises(AgentError):
         agent_call(LocalTransport(), AGENT, "have", input=ship_mod._json({"blobs": ["../x"]}))
 
@@ -236,3 +236,30 @@ def test_have_removes_temp_files_of_dead_agents(tmp_path: Path) -> None:
     (blobs / ".tmp-999999999-abc").write_bytes(b"half a blob")
     agent_call(LocalTransport(), AGENT, "have", input=b'{"blobs": [], "manifests": []}')
     assert leftovers(host_store(tmp_path)) == []
+
+
+class Argvs(LocalTransport):
+    """Records every command and the size of its stdin."""
+
+    def __init__(self) -> None:
+        super().__init__("local")
+        self.calls: list[tuple[list[str], int]] = []
+
+    def run(self, argv, *, input=None, stdin=None, timeout=60):  # type: ignore[no-untyped-def,override]
+        self.calls.append((list(argv), len(input) if input is not None else -1))
+        return super().run(argv, input=input, stdin=stdin, timeout=timeout)
+
+
+def test_a_rebuilds_manifest_goes_as_a_patch_against_one_the_host_has(
+    store: ImageStore, image: Image, tmp_path: Path
+) -> None:
+    ship(store, image.digest, [LocalTransport()], AGENT, Recorder())
+    v2 = make_image(store, tmp_path / "work", app_files={"srv/app/main.py": b"print('v2')\n"})
+    t = Argvs()
+    ship(store, v2.digest, [t], AGENT, Recorder())
+    sent = [(argv, n) for argv, n in t.calls if "recv-manifest" in argv]
+    assert len(sent) == 1
+    argv, n = sent[0]
+    assert argv[-3:] == [v2.digest, "zstd-patch", image.digest], argv
+    assert n < store.manifest_path(v2.digest).stat().st_size
+    assert_holds(host_store(tmp_path), store, v2.digest)
