@@ -10,8 +10,11 @@ image can be used there.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -56,7 +59,7 @@ def caps(args: list[str]) -> dict[str, Any]:
 
 
 @op("have")
-def have(args: list[str]) -> dict[str, list[str]]:
+def have(args: list[str]) -> dict[str, Any]:
     request = read_request()
     blobs, manifests = _digest_list(request, "blobs"), _digest_list(request, "manifests")
     s = store()
@@ -65,6 +68,7 @@ def have(args: list[str]) -> dict[str, list[str]]:
         "blobs": [d for d in blobs if s.blob_path(d).is_file()],
         "manifests": [d for d in manifests if s.manifest_path(d).is_file()],
         "recent": _recent_manifests(s),
+        "zstd": shutil.which("zstd") is not None,  # what `caps` says: one round trip less
     }
 
 
@@ -95,9 +99,17 @@ class _Bounded:
         self.f.write(data)
 
 
+def _wide_pipe(fd: int) -> None:
+    """A 1 MB pipe buffer on `fd` (when it is a pipe): 16 times fewer wake-ups than the default 64 KB
+    while a blob streams in."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, CHUNK)
+
+
 def _recv_none(out: _Bounded) -> str | None:
-    src = sys.stdin.buffer
-    while chunk := src.read(CHUNK):
+    fd = sys.stdin.fileno()
+    _wide_pipe(fd)
+    while chunk := os.read(fd, CHUNK):
         out.write(chunk)
     return None
 
@@ -121,12 +133,14 @@ def _recv_gzip(out: _Bounded) -> str | None:
 
 def _recv_zstd(out: _Bounded) -> str | None:
     """zstd from the host's CLI (no zstd in the stdlib of the hosts' Python) reading our stdin."""
+    _wide_pipe(sys.stdin.fileno())
     proc = subprocess.Popen(
         ["zstd", "-d", "-c", "-q"], stdin=sys.stdin.fileno(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     assert proc.stdout is not None and proc.stderr is not None
+    _wide_pipe(proc.stdout.fileno())
     try:
-        while chunk := proc.stdout.read(CHUNK):
+        while chunk := os.read(proc.stdout.fileno(), CHUNK):
             out.write(chunk)
     except BaseException:
         proc.kill()

@@ -194,8 +194,11 @@ def _plan_host(
     if digest in (have.get("manifests", []) if isinstance(have, dict) else []) and present >= set(layers):
         return [], ""
     missing = [d for d in layers if d not in present]
-    caps = agent_call(t, agent, "caps")
-    result.host_zstd = local_zstd() and isinstance(caps, dict) and caps.get("zstd") is True
+    host_zstd = have.get("zstd") if isinstance(have, dict) and "zstd" in have else None
+    if host_zstd is None:  # an agent of before `have` told
+        caps = agent_call(t, agent, "caps")
+        host_zstd = isinstance(caps, dict) and caps.get("zstd") is True
+    result.host_zstd = local_zstd() and host_zstd is True
     if not missing:  # only its manifest
         result.codec = "none"
     elif compression in ("none", "gzip"):
@@ -296,13 +299,10 @@ def _send_blob(
 ) -> int:
     """Stream one blob to the host through a pipe fed by a thread (from `packed`, its zstd form made
     once for every host, when given); the bytes that went on the wire."""
-    with open(packed or path, "rb") as src, contextlib.ExitStack() as cleanup:
-        if packed is not None:
-            counted = [0]
-            chunks: Iterator[bytes] = _file_chunks(src, counted)
-            whole = max(1, packed.stat().st_size)
-            raw_done: Callable[[], int] = lambda: size * counted[0] // whole  # noqa: E731
-        elif codec == "zstd":
+    if packed is not None or codec == "none":
+        return _send_file(t, agent, digest, packed or path, size, codec, progress)
+    with open(path, "rb") as src, contextlib.ExitStack() as cleanup:
+        if codec == "zstd":
             proc = subprocess.Popen(
                 ["zstd", "-3", "-T0", "-c", "-q"],
                 stdin=src,
@@ -312,9 +312,9 @@ def _send_blob(
             cleanup.callback(_reap, proc)
             out = proc.stdout
             assert out is not None
-            chunks = iter(lambda: out.read(CHUNK), b"")
+            chunks: Iterator[bytes] = iter(lambda: out.read(CHUNK), b"")
             # zstd reads the file through our open file: its offset is how far the raw bytes got
-            raw_done = lambda: min(size, os.lseek(src.fileno(), 0, os.SEEK_CUR))  # noqa: E731
+            raw_done: Callable[[], int] = lambda: min(size, os.lseek(src.fileno(), 0, os.SEEK_CUR))  # noqa: E731
         else:
             counted = [0]
             chunks = _gzip_chunks(src, counted) if codec == "gzip" else _file_chunks(src, counted)
@@ -341,6 +341,33 @@ def _send_blob(
             timeout = BLOB_TIMEOUT_BASE + size / 1e6 * BLOB_TIMEOUT_PER_MB
             agent_call(t, agent, "recv-blob", [digest, str(size), codec], stdin=stdin, timeout=timeout)
     return wire[0]
+
+
+def _send_file(
+    t: Transport, agent: AgentPrefix, digest: str, path: Path, size: int, codec: str, progress: _Progress
+) -> int:
+    """A file that goes as it is (the blob, or its zstd form made once for every host): it is ssh's
+    stdin, so no byte passes through this process; progress is how far ssh has read it."""
+    whole = max(1, path.stat().st_size)
+    base = progress.raw
+    done = threading.Event()
+    with open(path, "rb") as src:
+
+        def watch() -> None:
+            while not done.wait(PROGRESS_EVERY):
+                with contextlib.suppress(OSError):
+                    progress.raw = base + size * os.lseek(src.fileno(), 0, os.SEEK_CUR) // whole
+                    progress.emit()
+
+        watcher = threading.Thread(target=watch, name=f"ship-{t.name}", daemon=True)
+        watcher.start()
+        try:
+            timeout = BLOB_TIMEOUT_BASE + size / 1e6 * BLOB_TIMEOUT_PER_MB
+            agent_call(t, agent, "recv-blob", [digest, str(size), codec], stdin=src, timeout=timeout)
+        finally:
+            done.set()
+            watcher.join()
+    return whole
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:

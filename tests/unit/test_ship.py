@@ -202,10 +202,10 @@ def test_recv_manifest_before_its_blobs_is_refused(store: ImageStore, image: Ima
 def test_have_answers_only_for_verified_objects(store: ImageStore, image: Image, tmp_path: Path) -> None:
     ask = {"blobs": [image.base, image.app], "manifests": [image.digest]}
     got = agent_call(LocalTransport(), AGENT, "have", input=ship_mod._json(ask))
-    assert got == {"blobs": [], "manifests": [], "recent": []}
+    assert got == {"blobs": [], "manifests": [], "recent": [], "zstd": True}
     ship(store, image.digest, [LocalTransport()], AGENT, Recorder())
     got = agent_call(LocalTransport(), AGENT, "have", input=ship_mod._json(ask))
-    assert got == {**ask, "recent": [image.digest]}
+    assert got == {**ask, "recent": [image.digest], "zstd": True}
     with pytest.raises(AgentError):
         agent_call(LocalTransport(), AGENT, "have", input=ship_mod._json({"blobs": ["../x"]}))
 
