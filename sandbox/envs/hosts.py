@@ -98,6 +98,8 @@ class EnvHosts:
         failed."""
         backends = self.each(profile, hosts)
         self._parallel(backends, lambda b: b.check(), "checking")
+        if profile.router is not None and profile.router.host is not None:
+            self.router_ready(profile)
         from sandbox.hosts.ship import ship
 
         ship(
@@ -109,6 +111,18 @@ class EnvHosts:
             compression=self.ctx.settings.hosts.compression,
         )
         self._parallel(backends, lambda b: b.prepare_image(digest), "unpacking the image on")
+
+    def router_ready(self, profile: ResolvedProfile) -> None:
+        """The router host answers and has nginx with its Lua module (else nothing is made)."""
+        agent, _ = self.router_agent(profile)
+        items = agent.call("host-check", "router")
+        bad = [i for i in items if i.get("item") == "nginx" and not i.get("ok")]
+        if bad:
+            raise HostError(
+                f"router host {agent.name} lacks nginx with its Lua module",
+                hint=f"{bad[0].get('fix')} on {agent.name}, or `sandbox host prepare {profile.name}`",
+                host=agent.name,
+            )
 
     @staticmethod
     def _agent_for(backends: Sequence[RemoteLxc], name: str) -> HostAgent:

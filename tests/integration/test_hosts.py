@@ -102,6 +102,19 @@ def test_bad_hosts_fail_clearly_and_make_nothing(hws: Path, testhosts: HostRig, 
     assert time.monotonic() - t0 < 30
     assert all(e["name"] != "edge" for e in ok(sandbox(hws, "ls", "--json")))
     assert [containers(testhosts, i) for i in (1, 2)] == before
+    # a router host that does not answer: the same, named
+    text = PROFILE.format(
+        name="edge", hosts="  - {name: web1, ssh: root@10.250.0.11}", instances=1, port=19602
+    )
+    (hws / "profiles" / "edge.yaml").write_text(
+        text.replace(
+            "router: {listen: 127.0.0.1,", "router: {host: lb, ssh: root@10.250.0.19, listen: 0.0.0.0,"
+        )
+    )
+    r = sandbox(hws, "up", "edge")
+    assert r.code != 0 and "host lb" in r.stderr and "unreachable" in r.stderr, r.stderr
+    assert all(e["name"] != "edge" for e in ok(sandbox(hws, "ls", "--json")))
+    assert [containers(testhosts, i) for i in (1, 2)] == before
     # an unknown host key: refused, with the key's fingerprint shown, never accepted
     cfg = tmp_path / "ssh_config"
     empty = tmp_path / "known_hosts"
