@@ -8,6 +8,7 @@ with exit 3, so the control side raises it again with the host's name; anything 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -33,6 +34,21 @@ def host_root() -> Path:
     return Path(os.environ.get("SANDBOX_HOST_ROOT") or HOST_ROOT)
 
 
+#: op → the module that registers it (imported when that op runs)
+MODULES = {
+    "ping": "ops",
+    "caps": "storeops",
+    "have": "storeops",
+    "recv-blob": "storeops",
+    "recv-manifest": "storeops",
+    "lxc": "lxcops",
+    "lxc-tty": "lxcops",
+    "lxc-logs": "lxcops",
+    "host-check": "hostcheck",
+    "router": "routerops",
+    "lock": "routerops",
+}
+
 Op = Callable[[list[str]], Any]
 OPS: dict[str, Op] = {}
 
@@ -51,8 +67,9 @@ def read_request() -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    from sandbox.hostagent import ops, storeops  # noqa: F401  (registers the ops)
-
+    module = MODULES.get(args[0]) if args else None
+    if module is not None:  # only the module of this op: a request pays for its own imports only
+        importlib.import_module(f"sandbox.hostagent.{module}")
     if not args or args[0] not in OPS:
         print(json.dumps({"error": "AgentUsage", "message": f"unknown op {args[:1]!r}", "hint": None}))
         return ERROR_EXIT

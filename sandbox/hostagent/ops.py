@@ -12,11 +12,3 @@ from sandbox.hostagent.main import op
 @op("ping")
 def ping(args: list[str]) -> dict[str, Any]:
     return {"euid": os.geteuid(), "python": platform.python_version(), "kernel": platform.release()}
-
-
-def _register() -> None:
-    """The other ops live in their own modules; importing them registers them."""
-    from sandbox.hostagent import hostcheck, lxcops, routerops  # noqa: F401
-
-
-_register()
