@@ -68,7 +68,7 @@ class HostWorld(World):
             assert h.address is not None
             return FakeHostBackend(ctx, h.name, h.address)
 
-        def ship(store: Any, digest: str, transports: Any, agent: Any, sink: Any) -> None:
+        def ship(store: Any, digest: str, transports: Any, agent: Any, sink: Any, **kw: Any) -> None:
             self.shipped.append((digest, sorted(t.name for t in transports)))
 
         monkeypatch.setattr(EnvHosts, "backend", backend)

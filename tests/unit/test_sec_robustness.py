@@ -192,7 +192,7 @@ def test_an_own_router_candidate_config_is_a_new_file(tmp_path: Path) -> None:
 
     from sandbox.routing import own
 
-    src = inspect.getsource(own.OwnRouter.apply)
+    src = inspect.getsource(own.OwnRouter.serve)
     assert "mkstemp" in src and '"nginx.conf.new"' not in src
 
 
