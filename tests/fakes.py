@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -179,6 +179,9 @@ class FakeRouter:
     def drain(self, timeout: float, backend: str | None = None) -> bool:
         self._record(op="drain", backend=backend)
         return True
+
+    def abort(self, backends: Sequence[str]) -> None:
+        self._record(op="abort", backends=list(backends))
 
 
 def router_factory(log: Path) -> Callable[[str, RouterKind], RouterDriver]:

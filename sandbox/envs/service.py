@@ -225,6 +225,11 @@ class Envs:
             self.state.set_instance(name, inst.idx, routed=False)
         if hit:
             self.routing.reroute(name)
+            # requests in flight to the dead host fail now, not after nginx's read timeout: the
+            # idempotent ones are retried on the instances that answer
+            ends = [e for e in (i.upstream(self.app(self.get(name).image).port) for i in hit) if e]
+            with contextlib.suppress(SandboxError):
+                self.routing.driver(name).abort(ends)
         return hit
 
     def drain_host(self, name: str, host: str) -> list[str]:

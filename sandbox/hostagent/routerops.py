@@ -78,6 +78,9 @@ def router(argv: list[str]) -> Any:
     if method == "remove":
         r.remove()
         return None
+    if method == "abort":
+        r.abort(_strs(req.get("backends", []), "backends"))
+        return None
     if method == "drain":
         backend = req.get("backend")
         return r.drain(float(req.get("timeout", 30.0)), str(backend) if backend is not None else None)

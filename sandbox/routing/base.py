@@ -7,6 +7,7 @@ files in the host's nginx (`SystemRouter`, system.py). The env layer renders a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -36,6 +37,10 @@ class RouterDriver(Protocol):
     def drain(self, timeout: float, backend: str | None = None) -> bool:
         """Wait until the unrouted `backend` ("ADDR:PORT") has no request in flight, and requests
         that started before the last reload are done; False on timeout."""
+
+    def abort(self, backends: Sequence[str]) -> None:
+        """Abort the router's connections to unrouted `backends` on a host that died (its requests in
+        flight fail at once; nginx retries the idempotent ones elsewhere)."""
 
 
 def router_kind(s: Routers) -> RouterKind:

@@ -3,13 +3,17 @@ replaces, and the drain of old workers."""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import itertools
 import os
 import re
 import shutil
 import signal
 import socket
+import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +35,22 @@ def port_in_use(port: int, address: str = "127.0.0.1") -> bool:
         except OSError:
             return True
     return False
+
+
+def abort_connections(backends: Sequence[str]) -> None:
+    """Abort this machine's TCP connections to `backends` ("ADDR:PORT", checked): for backends on a
+    host that died. nginx then sees its requests in flight to them fail at once and retries the
+    idempotent ones on another backend (at once, not after proxy_read_timeout); a POST in flight
+    fails either way. Needs the kernel's socket destroy (INET_DIAG_DESTROY); without it, nothing."""
+    for b in backends:
+        addr, _, port = b.rpartition(":")
+        ipaddress.IPv4Address(addr)
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"not ADDR:PORT: {b!r}")
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                ["ss", "-K", "dst", f"{addr}:{int(port)}"], capture_output=True, timeout=10, check=False
+            )
 
 
 class NginxMaster:
@@ -97,6 +117,10 @@ class NginxMaster:
 
     def control(self) -> ControlSocket:
         raise NotImplementedError
+
+    def abort(self, backends: Sequence[str]) -> None:
+        """Abort this nginx's connections to `backends` on a host that died (abort_connections)."""
+        abort_connections(backends)
 
     def drain(self, timeout: float, backend: str | None = None) -> bool:
         """Wait until `backend` (unrouted) has no request in flight and no old worker (of a reload) is

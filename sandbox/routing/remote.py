@@ -5,6 +5,7 @@ connection (a swap costs a few ms more than locally, and still reloads nothing).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ class RemoteRouter:
 
     def drain(self, timeout: float, backend: str | None = None) -> bool:
         return bool(self._call("drain", timeout + 30, timeout=timeout, backend=backend))
+
+    def abort(self, backends: Sequence[str]) -> None:
+        self._call("abort", backends=list(backends))
 
     def lock(self, holder: str, take: bool = True) -> None:
         """The env's deploy lock on the router host (two control machines never promote at once)."""

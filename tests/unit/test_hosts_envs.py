@@ -226,6 +226,9 @@ def test_a_host_dying_mid_promotion_stops_unroutes_it_and_resume_converges(world
     routed = [i for i in insts if i.routed]
     assert routed and all(i.host != "web2" for i in routed)
     assert world.last_config("prod")["backends"] == sorted(str(i.endpoint) for i in routed)
+    # the router's connections to the dead host's instances are aborted (in-flight GETs go elsewhere)
+    aborts = [c for c in router_log(world.log, "prod") if c["op"] == "abort"]
+    assert aborts and sorted(aborts[-1]["backends"]) == sorted(str(i.endpoint) for i in on_web2 if i.endpoint)
     d = Deploys(envs.state).interrupted("prod")
     assert d is not None and d.to_image == world.b
     assert envs.get("prod").image == world.a  # not promoted yet
