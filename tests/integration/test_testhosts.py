@@ -68,7 +68,7 @@ def test_exec_enters_the_hosts_namespaces(testhosts: HostRig) -> None:
     own = set(p.stdout.split())
     # its eth0 and lo; none of this machine's links (other tests may have made bridges and veths
     # inside the host: sandbox's own, created there)
-    assert {"eth0", "lo"} <= own and "sbxtb0" not in own and not any(n.startswith("sbxh") for n in own), own
+    assert {"eth0", "lo"} <= own and "sbxtb0" not in own and not any(n.endswith("-v") for n in own), own
     name = f"probe-{uuid.uuid4().hex}"
     assert testhosts.exec(3, "touch", f"/var/lib/lxc/{name}").returncode == 0
     assert (testhosts.dir / "sbxh3" / "lxc" / name).exists()
