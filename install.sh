@@ -15,8 +15,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # system packages: the image builder and the Python to run sandbox with
-# mmdebstrap builds images; lxc runs them (no daemon); nginx-light is each env's router
-APT_PACKAGES="mmdebstrap python3 python3-venv python3-pip uidmap util-linux tar lxc nginx-light libnginx-mod-stream libnginx-mod-http-lua iproute2 curl"
+# mmdebstrap builds images; lxc runs them (no daemon); nginx-light is each env's router;
+# openssh-client, zstd and iptables serve production hosts (ssh, blobs compressed in flight, and the
+# DNAT rule that publishes an instance on its host)
+APT_PACKAGES="mmdebstrap python3 python3-venv python3-pip uidmap util-linux tar lxc nginx-light libnginx-mod-stream libnginx-mod-http-lua iproute2 curl openssh-client zstd iptables"
 missing=""
 for p in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

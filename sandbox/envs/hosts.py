@@ -174,7 +174,7 @@ def is_hosted(backend: Backend) -> bool:
 
 PREPARE = (
     "export DEBIAN_FRONTEND=noninteractive; apt-get update -q && "
-    "apt-get install -y -q --no-install-recommends lxc uidmap iptables iproute2 python3"
+    "apt-get install -y -q --no-install-recommends lxc uidmap iptables iproute2 python3 zstd"
 )
 ROUTER_PACKAGES = "nginx-light libnginx-mod-http-lua"
 
@@ -230,7 +230,7 @@ def prepare_hosts(ctx: EnvContext, profile: ResolvedProfile) -> list[dict[str, o
                 agent.ensure()
         except SandboxError as e:
             return {"host": h.name, "ok": False, "detail": e.message}
-        what = "lxc, uidmap, iptables, python3" + (", nginx" if role == "router" else "")
+        what = "lxc, uidmap, iptables, python3, zstd" + (", nginx" if role == "router" else "")
         return {"host": h.name, "ok": True, "detail": f"{what} installed; ready"}
 
     machines = _machines(hosts, profile)
