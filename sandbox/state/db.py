@@ -114,8 +114,8 @@ class StateDB:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         conn.execute("PRAGMA foreign_keys = ON")
-        if wal and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
+        if wal:
+            _to_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")  # durable across crashes of sandbox in WAL mode
         self._conn, self._conn_pid = conn, pid
         return conn
@@ -398,3 +398,19 @@ class StateDB:
         where, args = ("", (limit,)) if env is None else (" WHERE env = ?", (env, limit))
         rows = self._rows(f"SELECT * FROM events{where} ORDER BY id DESC LIMIT ?", *args)
         return [{**dict(r), "data": json.loads(r["data"])} for r in reversed(rows)]
+
+
+def _to_wal(conn: sqlite3.Connection) -> None:
+    """Switch a new database to WAL. The switch needs the file to itself, and SQLite answers "database
+    is locked" at once (no busy wait) when another process is in the middle of creating the same
+    fresh file: try again for up to BUSY_TIMEOUT_S."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
