@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import HostRig
+from tests.integration.conftest import HostRig, require
 
 pytestmark = pytest.mark.integration
 
@@ -53,8 +53,7 @@ def test_a_hosts_dirs_are_its_own(testhosts: HostRig, path: str) -> None:
 
 
 def test_a_host_starts_from_this_machines_nginx_config(testhosts: HostRig) -> None:
-    if not Path("/etc/nginx/nginx.conf").exists():
-        pytest.skip("no nginx here to copy the config of")
+    require(None if Path("/etc/nginx/nginx.conf").exists() else "no nginx here to copy the config of")
     p = testhosts.ssh("sbxh2", "cat", "/etc/nginx/nginx.conf")
     assert p.returncode == 0, p.stderr
     assert p.stdout == Path("/etc/nginx/nginx.conf").read_text()
