@@ -9,6 +9,7 @@
 #   scripts/testhosts.sh cut I | heal I    take host I off the test network / put it back
 #   scripts/testhosts.sh stop-sshd I | start-sshd I
 #   scripts/testhosts.sh exec I CMD...     run CMD inside host I's namespaces
+#   scripts/testhosts.sh docker I...        start a docker engine in each host I (its own data root)
 #
 # DIR defaults to $TESTHOSTS_DIR, else the rig that is up (recorded in /run/sandbox-testhosts.dir),
 # else /var/lib/sandbox-testhosts. DIR holds the keys, DIR/ssh_config (`ssh -F DIR/ssh_config sbxh1`),
@@ -26,7 +27,7 @@ MARKER=.sandbox-testhosts
 FW_COMMENT=sandbox-testhosts
 SELF=$(readlink -f "$0")
 # the paths each host has to itself: bound over from DIR/sbxhI/<dir>, in this order
-PRIVATE="sandbox-host:/var/lib/sandbox-host lxc:/var/lib/lxc nginx-etc:/etc/nginx nginx-log:/var/log/nginx nginx-lib:/var/lib/nginx lxc-log:/var/log/lxc run:/run"
+PRIVATE="sandbox-host:/var/lib/sandbox-host lxc:/var/lib/lxc docker:/var/lib/docker nginx-etc:/etc/nginx nginx-log:/var/log/nginx nginx-lib:/var/lib/nginx lxc-log:/var/log/lxc run:/run"
 
 die() { echo "error: $*" >&2; exit 1; }
 step() {  # step DESCRIPTION COMMAND...: run COMMAND, or say which step failed and stop
@@ -34,7 +35,7 @@ step() {  # step DESCRIPTION COMMAND...: run COMMAND, or say which step failed a
     shift
     "$@" || die "$what failed: $*"
 }
-usage() { sed -n '7,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '7,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 pick_dir() {  # pick_dir [DIR]
     if [ -n "${1:-}" ]; then echo "$1"
@@ -56,7 +57,7 @@ check_dir() {  # an absolute path, not in a place a host hides or uid 100000 can
     case "$d/" in
         /root/*) die "DIR may not be under /root (0700: container root, uid 100000, cannot traverse it)" ;;
         /run/* | /var/run/*) die "DIR may not be under /run (each host has its own /run)" ;;
-        /var/lib/sandbox-host/* | /var/lib/lxc/* | /etc/nginx/* | /var/log/nginx/* | /var/lib/nginx/*)
+        /var/lib/sandbox-host/* | /var/lib/lxc/* | /var/lib/docker/* | /etc/nginx/* | /var/log/nginx/* | /var/lib/nginx/*)
             die "DIR may not be under a path the hosts keep private: $d" ;;
     esac
     # from / down, so the error names the first directory that is closed
@@ -191,6 +192,42 @@ stop_sshd() {  # stop_sshd DIR I: by its pid file only
         sleep 0.1
     done
     rm -f "$h/sshd.pid"
+}
+
+start_docker() {  # start_docker DIR I: dockerd in host I (its /var/lib/docker and /run are private)
+    local h="$1/sbxh$2" holder n=0
+    command -v dockerd >/dev/null || die "missing dockerd (apt-get install docker.io)"
+    holder=$(holder_pid "$1" "$2") || die "sbxh$2 has no namespace holder (is the rig up? DIR=$1)"
+    if alive_as "$h/run/docker.pid" dockerd >/dev/null; then return 0; fi
+    rm -f "$h/run/docker.pid"
+    setsid nsenter -t "$holder" -n -m -u dockerd --pidfile /run/docker.pid \
+        -H unix:///var/run/docker.sock </dev/null >>"$h/dockerd.log" 2>&1 &
+    until nsenter -t "$holder" -n -m -u docker -H unix:///var/run/docker.sock version >/dev/null 2>&1; do
+        n=$((n + 1))
+        if [ "$n" -gt 300 ]; then
+            tail -20 "$h/dockerd.log" >&2
+            die "dockerd of sbxh$2 did not answer in 30 s (log: $h/dockerd.log)"
+        fi
+        sleep 0.1
+    done
+}
+
+stop_docker() {  # stop_docker DIR I: remove its containers, then stop dockerd by its pid file
+    local h="$1/sbxh$2" holder pid ids n=0
+    pid=$(alive_as "$h/run/docker.pid" dockerd) || return 0
+    if holder=$(holder_pid "$1" "$2"); then
+        ids=$(nsenter -t "$holder" -n -m docker -H unix:///var/run/docker.sock ps -aq 2>/dev/null || true)
+        if [ -n "$ids" ]; then
+            # shellcheck disable=SC2086  # one id per word
+            nsenter -t "$holder" -n -m docker -H unix:///var/run/docker.sock rm -f $ids >/dev/null 2>&1 || true
+        fi
+    fi
+    kill "$pid" 2>/dev/null || true
+    while running "$pid"; do
+        n=$((n + 1))
+        [ "$n" -gt 150 ] && kill -9 "$pid" 2>/dev/null
+        sleep 0.1
+    done
 }
 
 write_client_files() {  # write_client_files DIR N: ssh_config, known_hosts, hosts.json
@@ -394,6 +431,7 @@ down() {  # down DIR: tolerant of a half-made or half-removed rig
         name=sbxh$i
         if [ -d "$d/$name" ] || [ -e "/run/netns/$name" ]; then
             stop_containers "$d" "$i"
+            stop_docker "$d" "$i"
             stop_sshd "$d" "$i"
             kill_host_processes "$d" "$i"
             if [ -e "/run/netns/$name" ]; then step "deleting netns $name" ip netns del "$name"; fi
@@ -448,6 +486,11 @@ case "$cmd" in
         holder=$(holder_pid "$d" "$i") || die "sbxh$i is not up (DIR=$d)"
         cd /
         exec nsenter -t "$holder" -n -m -u -- "$@" ;;
+    docker)
+        [ $# -ge 1 ] || usage
+        d=$(pick_dir "")
+        for i in "$@"; do host_index "$i"; done
+        for i in "$@"; do start_docker "$d" "$i"; done ;;
     _holder) holder_setup "$1" "$2" ;;  # internal: start_holder runs this inside the namespaces
     *) usage ;;
 esac

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from sandbox.backends.base import Backend, BackendContext, BackendError, ExecResult, InstanceSpec
+from sandbox.backends.remote import OnHost
 from sandbox.fsutil import atomic_write, file_lock
 from sandbox.hosts.publishing import published_port
 from sandbox.hosts.transport import HostUnreachable, LocalTransport
@@ -195,7 +196,7 @@ def router_log(log: Path, env: str | None = None) -> list[dict[str, Any]]:
     return [e for e in entries if env is None or e["env"] == env]
 
 
-class FakeHostBackend(FakeBackend):
+class FakeHostBackend(OnHost, FakeBackend):
     """A FakeBackend standing for the lxc backend on one production host (sandbox/backends/remote.py):
     its own instance file per host, instances published at HOST_ADDRESS:PORT, and a host that can
     "die" (every call raises HostUnreachable naming it, as the SSH transport does)."""

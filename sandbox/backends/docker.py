@@ -57,29 +57,33 @@ class DockerBackend(Backend):
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                with _translated(self.remote):
-                    if self.remote is None and os.geteuid() == 0:
-                        # root: this host's engine, not one (or TLS material) that the caller's
-                        # DOCKER_HOST / DOCKER_CERT_PATH chose; a remote engine is the profile's `remote`
-                        self._client = docker.DockerClient(
-                            base_url="unix:///var/run/docker.sock", timeout=120
-                        )
-                    elif self.remote is None:
-                        self._client = docker.from_env(timeout=120)
-                    else:
-                        self._client = docker.DockerClient(
-                            base_url=self.remote, use_ssh_client=self.remote.startswith("ssh://"), timeout=120
-                        )
+                with self._errors():
+                    self._client = self._connect()
             return self._client
 
+    def _connect(self) -> Any:
+        if self.remote is None and os.geteuid() == 0:
+            # root: this host's engine, not one (or TLS material) that the caller's
+            # DOCKER_HOST / DOCKER_CERT_PATH chose; a remote engine is the profile's `remote`
+            return docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=120)
+        if self.remote is None:
+            return docker.from_env(timeout=120)
+        return docker.DockerClient(
+            base_url=self.remote, use_ssh_client=self.remote.startswith("ssh://"), timeout=120
+        )
+
+    def _errors(self) -> Any:
+        """The context every SDK call runs in: its errors become BackendErrors naming the engine."""
+        return _translated(self.remote)
+
     def check(self) -> None:
-        with _translated(self.remote):
+        with self._errors():
             self.client.ping()
         self._network()
 
     def _network(self) -> Any:
 
-        with _translated(self.remote):
+        with self._errors():
             try:
                 return self.client.networks.get(NETWORK)
             except docker.errors.NotFound:
@@ -95,7 +99,7 @@ class DockerBackend(Backend):
 
         store = self.store
         tag = repo_tag(store, digest)
-        with _translated(self.remote):
+        with self._errors():
             try:
                 if self.client.images.get(tag).labels.get(LABEL_DIGEST) == digest:
                     return
@@ -115,7 +119,7 @@ class DockerBackend(Backend):
 
     def forget_image(self, digest: str) -> None:
 
-        with _translated(self.remote), suppress(docker.errors.NotFound):
+        with self._errors(), suppress(docker.errors.NotFound):
             self.client.images.remove(repo_tag(self.store, digest))
 
     def unsupported(self, digest: str) -> list[str]:
@@ -157,7 +161,7 @@ class DockerBackend(Backend):
         }
         app = app_meta(store, spec.image).get("app") or {}
         if app.get("port"):
-            args["ports"] = {f"{app['port']}/tcp": ("127.0.0.1", None)}
+            args["ports"] = {f"{app['port']}/tcp": self._publish_at(spec)}
         if spec.memory:
             args["mem_limit"] = spec.memory
         if spec.cpus:
@@ -165,6 +169,10 @@ class DockerBackend(Backend):
         if spec.pids:
             args["pids_limit"] = spec.pids
         return args
+
+    def _publish_at(self, spec: InstanceSpec) -> tuple[str, int | None]:
+        """Where the app's port is published on the engine's machine (here: loopback, any port)."""
+        return ("127.0.0.1", None)
 
     def create(self, spec: InstanceSpec) -> None:
         self.prepare_image(spec.image)
@@ -187,7 +195,7 @@ class DockerBackend(Backend):
         path = self._spec_path(spec.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(args))
-        with _translated(self.remote):
+        with self._errors():
             try:
                 self.client.containers.create(**args)
             except docker.errors.APIError as e:
@@ -199,20 +207,20 @@ class DockerBackend(Backend):
                 raise
 
     def _container(self, name: str) -> Any:
-        with _translated(self.remote):
+        with self._errors():
             return self.client.containers.get(name)
 
     def start(self, name: str) -> None:
-        with _translated(self.remote):
+        with self._errors():
             self._container(name).start()
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
-        with _translated(self.remote):
+        with self._errors():
             self._container(name).stop(timeout=int(timeout))
 
     def destroy(self, name: str) -> None:
 
-        with _translated(self.remote):
+        with self._errors():
             with suppress(docker.errors.NotFound):
                 container = self.client.containers.get(name)
                 if container.labels.get(LABEL_WS) != self.ctx.workspace_id:
@@ -230,7 +238,7 @@ class DockerBackend(Backend):
 
     def state(self, name: str) -> str:
 
-        with _translated(self.remote):
+        with self._errors():
             try:
                 status = self.client.containers.get(name).status
             except docker.errors.NotFound:
@@ -263,7 +271,7 @@ class DockerBackend(Backend):
                 *(arg for k, v in (env or {}).items() for arg in ("-e", f"{k}={v}")),
             ]
             return ExecResult(subprocess.call([*cli, name, *argv]), "", "")
-        with _translated(self.remote):
+        with self._errors():
             code, (out, err) = self._container(name).exec_run(
                 argv, user=user or "root", environment=dict(env or {}), demux=True
             )
@@ -276,7 +284,7 @@ class DockerBackend(Backend):
             ti = tarfile.TarInfo(base)
             ti.size, ti.mode, ti.uid, ti.gid, ti.mtime = len(data), mode, uid, gid, int(time.time())
             tar.addfile(ti, io.BytesIO(data))
-        with _translated(self.remote):
+        with self._errors():
             if not self._container(name).put_archive(parent or "/", buf.getvalue()):
                 raise BackendError(f"could not write {path} into {name}", hint="does its directory exist?")
 
@@ -288,7 +296,7 @@ class DockerBackend(Backend):
 
     # -- snapshots and clones: `docker commit` of the container's filesystem ---------------
     def snapshot(self, name: str, snap: str) -> dict[str, str]:
-        with _translated(self.remote):
+        with self._errors():
             image = self._container(name).commit(repository=SNAP_REPO, tag=f"{name}.{snap}", pause=True)
         return {"image": str(image.id)}
 
@@ -299,7 +307,7 @@ class DockerBackend(Backend):
         args["ports"] = {k: tuple(v) for k, v in (args.get("ports") or {}).items()} or None
         was_running = self.state(name) == "running"
         staged = f"{name}.restoring"
-        with _translated(self.remote):
+        with self._errors():
             with suppress(docker.errors.NotFound):  # left by a restore that crashed
                 self.client.containers.get(staged).remove(force=True)
             image = self.client.images.get(f"{SNAP_REPO}:{name}.{snap}")
@@ -311,16 +319,16 @@ class DockerBackend(Backend):
 
     def delete_snapshot(self, name: str, snap: str) -> None:
 
-        with _translated(self.remote), suppress(docker.errors.ImageNotFound):
+        with self._errors(), suppress(docker.errors.ImageNotFound):
             self.client.images.remove(f"{SNAP_REPO}:{name}.{snap}")
 
     def clone(self, src: str, spec: InstanceSpec) -> None:
-        with _translated(self.remote):
+        with self._errors():
             image = self._container(src).commit(repository=SNAP_REPO, tag=f"{spec.name}.clone", pause=True)
         self._create(spec, str(image.id))
 
     def instances(self) -> list[str]:
-        with _translated(self.remote):
+        with self._errors():
             found = self.client.containers.list(
                 all=True, filters={"label": f"{LABEL_WS}={self.ctx.workspace_id}"}
             )
@@ -340,10 +348,11 @@ def _mount(m: Any) -> Any:
 
 
 @contextmanager
-def _translated(remote: str | None) -> Iterator[None]:
-    """Every docker SDK error becomes a BackendError with the fix (the one place they are mapped)."""
+def _translated(remote: str | None, where: str | None = None, down_hint: str | None = None) -> Iterator[None]:
+    """Every docker SDK error becomes a BackendError with the fix (the one place they are mapped);
+    `where` names the engine's machine, `down_hint` says what to do when it does not answer."""
 
-    where = remote or "this host"
+    where = where or remote or "this host"
     try:
         yield
     except BackendError:
@@ -369,7 +378,10 @@ def _translated(remote: str | None) -> Iterator[None]:
         why = msg.splitlines()[0][:200] if msg else type(e).__name__
         raise BackendError(
             f"the docker daemon on {where} does not answer ({why})",
-            hint="start it: scripts/backends.sh docker (or `systemctl start docker`)"
-            if remote is None
-            else f"check that {remote} is reachable and runs dockerd",
+            hint=down_hint
+            or (
+                "start it: scripts/backends.sh docker (or `systemctl start docker`)"
+                if remote is None
+                else f"check that {remote} is reachable and runs dockerd"
+            ),
         ) from e

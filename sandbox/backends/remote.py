@@ -21,7 +21,31 @@ from sandbox.hosts.agent import HostAgent
 from sandbox.hosts.publishing import published_port
 
 
-class RemoteLxc(Backend):
+class OnHost:
+    """What every backend on a production host has: the host's agent, its name in the profile, the
+    address this machine reaches it at, and each instance's app published there at a port that
+    follows from the instance's address (sandbox/hosts/publishing.py)."""
+
+    agent: HostAgent
+    host: str
+    host_address: str
+    ctx: BackendContext
+
+    def _on_host(self, agent: HostAgent, host_address: str) -> None:
+        self.agent = agent
+        self.host = agent.name
+        self.host_address = host_address
+
+    def published(self, spec: InstanceSpec) -> str | None:
+        if spec.app_port is None or spec.address is None:
+            return None
+        return f"{self.host_address}:{published_port(spec.address, self.ctx.network.subnet)}"
+
+    def address(self, name: str) -> str:
+        return self.host_address
+
+
+class RemoteLxc(OnHost, Backend):
     """Instances of one workspace on one host (name: the host's name in the profile)."""
 
     name = "lxc"
@@ -29,9 +53,7 @@ class RemoteLxc(Backend):
 
     def __init__(self, ctx: BackendContext, agent: HostAgent, host_address: str) -> None:
         super().__init__(ctx)
-        self.agent = agent
-        self.host = agent.name
-        self.host_address = host_address
+        self._on_host(agent, host_address)
         self._ctx = {
             "ws": ctx.workspace_id,
             "network": {"bridge": ctx.network.bridge, "subnet": ctx.network.subnet},
@@ -64,11 +86,6 @@ class RemoteLxc(Backend):
             return None
         return {"port": published_port(spec.address, self.ctx.network.subnet), "app_port": spec.app_port}
 
-    def published(self, spec: InstanceSpec) -> str | None:
-        if spec.app_port is None or spec.address is None:
-            return None
-        return f"{self.host_address}:{published_port(spec.address, self.ctx.network.subnet)}"
-
     def check(self) -> None:
         self._call("check")
 
@@ -92,9 +109,6 @@ class RemoteLxc(Backend):
 
     def state(self, name: str) -> str:
         return str(self._call("state", name=name, timeout=30))
-
-    def address(self, name: str) -> str:
-        return self.host_address
 
     def exec(
         self,

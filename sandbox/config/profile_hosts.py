@@ -152,17 +152,21 @@ def check_profile(p: Profile) -> None:
     _router_host(p)
 
 
+#: the engines sandbox runs on production hosts
+HOST_ENGINES = ("lxc", "docker")
+
+
 def _hosts_fit(p: Profile) -> None:
     if p.remote is not None:
         fail(
             "give either `hosts` or `remote`, not both",
-            "production hosts run the lxc backend over SSH; `remote:` is a daemon of lxd/docker/libvirt",
+            "production hosts are reached over SSH; `remote:` is one daemon of lxd/docker/libvirt",
             at=("remote",),
         )
-    if p.backend != "lxc":
+    if p.backend not in HOST_ENGINES:
         fail(
-            f"hosts run the lxc backend, not {p.backend}",
-            "production hosts run the lxc backend; lxd/docker/libvirt on hosts: use `remote:`",
+            f"hosts run the lxc or docker backend, not {p.backend}",
+            "use backend: lxc or docker on hosts; lxd or libvirt on one machine: `remote:`",
             at=("backend",) if "backend" in p.model_fields_set else ("hosts",),
         )
     if p.mounts:

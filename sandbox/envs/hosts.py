@@ -1,6 +1,7 @@
-"""An env's production hosts: one backend per host (the lxc backend over SSH), made on first use,
-only for hosts the env's profile names; and the steps before anything runs there: every host
-reachable, its engine ready, the image shipped and verified.
+"""An env's production hosts: one backend per host (lxc through the host agent, or the host's docker
+engine over a forwarded socket), made on first use, only for hosts the env's profile names; and the
+steps before anything runs there: every host reachable, its engine ready, the image shipped and
+verified.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sandbox.backends.base import Backend
-from sandbox.backends.remote import RemoteLxc
+from sandbox.backends.remote import OnHost, RemoteLxc
 from sandbox.config.placement import place
 from sandbox.config.resolved import HostSpec, ResolvedProfile
 from sandbox.envs.context import EnvContext
@@ -26,7 +27,7 @@ from sandbox.routing.remote import RemoteRouter
 class EnvHosts:
     def __init__(self, ctx: EnvContext) -> None:
         self.ctx = ctx
-        self._made: dict[tuple[str, str], RemoteLxc] = {}
+        self._made: dict[tuple[str, str, str], Backend] = {}
         self._routers: dict[tuple[str, str], tuple[HostAgent, str]] = {}
 
     def spec(self, profile: ResolvedProfile, host: str) -> HostSpec:
@@ -47,14 +48,22 @@ class EnvHosts:
             connect_timeout=self.ctx.settings.hosts.connect_timeout,
         )
 
-    def backend(self, profile: ResolvedProfile, host: str) -> RemoteLxc:
-        """The lxc backend on `host` (a host of `profile`), made once per command."""
+    def backend(self, profile: ResolvedProfile, host: str) -> Backend:
+        """The backend on `host` (a host of `profile`) for the profile's engine, made once per command."""
         h = self.spec(profile, host)
-        key = (h.name, h.ssh)
+        key = (h.name, h.ssh, profile.backend)
         made = self._made.get(key)
         if made is None:
             t = self.transport(h)
-            made = self._made[key] = RemoteLxc(self.ctx.backends.ctx, HostAgent(t), h.address or _address(t))
+            agent = HostAgent(t)
+            address = h.address or _address(t)
+            if profile.backend == "docker":
+                from sandbox.backends.remotedocker import RemoteDocker  # the docker SDK: only when used
+
+                made = RemoteDocker(self.ctx.backends.ctx, agent, address)
+            else:
+                made = RemoteLxc(self.ctx.backends.ctx, agent, address)
+            self._made[key] = made
         return made
 
     def router_spec(self, profile: ResolvedProfile) -> HostSpec:
@@ -88,7 +97,7 @@ class EnvHosts:
     def placement(self, profile: ResolvedProfile) -> list[str]:
         return place(profile.hosts, profile.instances)
 
-    def each(self, profile: ResolvedProfile, hosts: Sequence[str] | None = None) -> list[RemoteLxc]:
+    def each(self, profile: ResolvedProfile, hosts: Sequence[str] | None = None) -> list[Backend]:
         names = list(hosts) if hosts is not None else [h.name for h in profile.hosts]
         return [self.backend(profile, n) for n in names]
 
@@ -105,7 +114,7 @@ class EnvHosts:
         ship(
             self.ctx.store,
             digest,
-            [b.agent.transport for b in backends],
+            [host_agent(b).transport for b in backends],
             lambda t: self._agent_for(backends, t.name).prefix(),
             self.ctx.sink,
             compression=self.ctx.settings.hosts.compression,
@@ -125,17 +134,18 @@ class EnvHosts:
             )
 
     @staticmethod
-    def _agent_for(backends: Sequence[RemoteLxc], name: str) -> HostAgent:
-        return next(b.agent for b in backends if b.host == name)
+    def _agent_for(backends: Sequence[Backend], name: str) -> HostAgent:
+        return next(host_agent(b) for b in backends if host_agent(b).name == name)
 
-    def _parallel(self, backends: Sequence[RemoteLxc], fn: Callable[[RemoteLxc], object], what: str) -> None:
+    def _parallel(self, backends: Sequence[Backend], fn: Callable[[Backend], object], what: str) -> None:
         failures: list[str] = []
 
-        def one(b: RemoteLxc) -> None:
+        def one(b: Backend) -> None:
+            host = host_agent(b).name
             try:
                 fn(b)
             except SandboxError as e:
-                failures.append(e.message if b.host in e.message else f"host {b.host}: {e.message}")
+                failures.append(e.message if host in e.message else f"host {host}: {e.message}")
                 if len(backends) == 1:
                     raise
 
@@ -169,25 +179,48 @@ def _address(t: SshTransport) -> str:
 
 
 def is_hosted(backend: Backend) -> bool:
-    return isinstance(backend, RemoteLxc)
+    return isinstance(backend, OnHost)
 
 
-PREPARE = (
+def host_agent(backend: Backend) -> HostAgent:
+    """The host agent of a backend on a host."""
+    assert isinstance(backend, OnHost), backend
+    return backend.agent
+
+
+APT = (
     "export DEBIAN_FRONTEND=noninteractive; apt-get update -q && "
-    "apt-get install -y -q --no-install-recommends lxc uidmap iptables iproute2 python3 zstd"
+    "apt-get install -y -q --no-install-recommends"
 )
+#: what each engine needs on a host (python3 runs the host agent, zstd unpacks what is shipped)
+ENGINE_PACKAGES = {
+    "lxc": "lxc uidmap iptables iproute2 python3 zstd",
+    "docker": "docker.io python3 zstd",
+}
+#: docker's engine runs as a service: started (and enabled) once installed
+START_ENGINE = {"docker": "(systemctl enable --now docker || service docker start) >/dev/null 2>&1 || true"}
 ROUTER_PACKAGES = "nginx-light libnginx-mod-http-lua"
 
 
 def _machines(hosts: EnvHosts, profile: ResolvedProfile) -> list[tuple[HostSpec, HostAgent, str]]:
-    """Every machine of `profile`: its hosts, then its router host; (spec, agent, role)."""
+    """Every machine of `profile`: its hosts, then its router host; (spec, agent, role), the role
+    "instances", "instances+router" or "router"."""
     out = []
     router = profile.router.host if profile.router is not None else None
     for h in profile.hosts:
-        out.append((h, hosts.backend(profile, h.name).agent, "router" if h.name == router else "instances"))
+        role = "instances+router" if h.name == router else "instances"
+        out.append((h, host_agent(hosts.backend(profile, h.name)), role))
     if router is not None and router not in {h.name for h in profile.hosts}:
         out.append((hosts.router_spec(profile), hosts.router_agent(profile)[0], "router"))
     return out
+
+
+def _check_args(profile: ResolvedProfile, role: str) -> list[str]:
+    """The host agent's `host-check` arguments for a machine in `role`."""
+    args = ["docker"] if profile.backend == "docker" and role != "router" else []
+    if role == "router":
+        args.append("router-only")
+    return args + (["router"] if "router" in role else [])
 
 
 def check_hosts(ctx: EnvContext, profile: ResolvedProfile) -> list[dict[str, object]]:
@@ -200,7 +233,7 @@ def check_hosts(ctx: EnvContext, profile: ResolvedProfile) -> list[dict[str, obj
         try:
             agent.ensure()
             items.append({"item": "ssh", "ok": True, "detail": f"{h.ssh}, host key known", "fix": None})
-            items += agent.call("host-check", *(["router"] if role == "router" else []))
+            items += agent.call("host-check", *_check_args(profile, role))
         except HostError as e:
             items.append({"item": "ssh", "ok": False, "detail": e.message, "fix": e.hint})
         ok = all(i["ok"] for i in items)
@@ -218,7 +251,12 @@ def prepare_hosts(ctx: EnvContext, profile: ResolvedProfile) -> list[dict[str, o
 
     def one(m: tuple[HostSpec, HostAgent, str]) -> dict[str, object]:
         h, agent, role = m
-        script = PREPARE + (f" {ROUTER_PACKAGES}" if role == "router" else "")
+        packages = ENGINE_PACKAGES.get(profile.backend, "") if role != "router" else "python3"
+        if "router" in role:
+            packages += f" {ROUTER_PACKAGES}"
+        script = f"{APT} {packages}"
+        if role != "router" and profile.backend in START_ENGINE:
+            script += f" && {{ {START_ENGINE[profile.backend]}; }}"
         p = agent.transport.run(["sh", "-c", script], timeout=1800)
         if p.returncode != 0:
             tail = p.stderr.decode(errors="replace").strip().splitlines()[-3:]
@@ -230,8 +268,7 @@ def prepare_hosts(ctx: EnvContext, profile: ResolvedProfile) -> list[dict[str, o
                 agent.ensure()
         except SandboxError as e:
             return {"host": h.name, "ok": False, "detail": e.message}
-        what = "lxc, uidmap, iptables, python3, zstd" + (", nginx" if role == "router" else "")
-        return {"host": h.name, "ok": True, "detail": f"{what} installed; ready"}
+        return {"host": h.name, "ok": True, "detail": f"{packages.strip()} installed; ready"}
 
     machines = _machines(hosts, profile)
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(machines)))) as pool:

@@ -1,4 +1,6 @@
-"""`host-check`: what this host has and lacks for sandbox's lxc instances (each with the fix)."""
+"""`host-check [docker] [router-only] [router]`: what this host has and lacks for sandbox's instances
+(lxc, or the docker engine with `docker`; none with `router-only`) and, with `router`, for the router;
+each item with its fix."""
 
 from __future__ import annotations
 
@@ -36,6 +38,42 @@ def host_check(args: list[str]) -> list[dict[str, Any]]:
             platform.python_version(),
             "apt-get install python3 (3.11 or newer)",
         ),
+        *(_docker() if "docker" in args else [] if "router-only" in args else _lxc()),
+    ]
+    free = _free("/var/lib/docker" if "docker" in args else "/var/lib/sandbox-host")
+    out.append(
+        _item(
+            "disk",
+            free > 2 << 30,
+            f"{free >> 30} GiB free under /var/lib",
+            "free space under /var/lib (2 GiB at least)",
+        )
+    )
+    if "router" in args:
+        missing = [m for m in LUA_MODULES if not Path(m).exists()]
+        out.append(
+            _item(
+                "nginx",
+                shutil.which("nginx") is not None and not missing,
+                "nginx with its Lua module (the router's balancer)",
+                "apt-get install nginx-light libnginx-mod-http-lua",
+            )
+        )
+    return out
+
+
+def _docker() -> list[dict[str, Any]]:
+    from sandbox.hostagent.dockerops import DOCKER_SOCK, DockerEngineError, engine_version
+
+    try:
+        ok, detail = True, f"docker engine {engine_version()} on {DOCKER_SOCK}"
+    except DockerEngineError as e:
+        ok, detail = False, e.message
+    return [_item("docker", ok, detail, "apt-get install docker.io, and start dockerd")]
+
+
+def _lxc() -> list[dict[str, Any]]:
+    out = [
         _item(
             "user namespaces",
             Path("/proc/self/ns/user").exists(),
@@ -79,23 +117,4 @@ def host_check(args: list[str]) -> list[dict[str, Any]]:
             "`sandbox host prepare PROFILE` (adds root:1000000:1000000 style ranges)",
         )
     )
-    free = _free("/var/lib/sandbox-host")
-    out.append(
-        _item(
-            "disk",
-            free > 2 << 30,
-            f"{free >> 30} GiB free under /var/lib",
-            "free space under /var/lib (2 GiB at least)",
-        )
-    )
-    if args and args[0] == "router":
-        missing = [m for m in LUA_MODULES if not Path(m).exists()]
-        out.append(
-            _item(
-                "nginx",
-                shutil.which("nginx") is not None and not missing,
-                "nginx with its Lua module (the router's balancer)",
-                "apt-get install nginx-light libnginx-mod-http-lua",
-            )
-        )
     return out

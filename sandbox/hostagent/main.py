@@ -42,6 +42,8 @@ MODULES = {
     "recv-blob": "storeops",
     "recv-manifest": "storeops",
     "lxc": "lxcops",
+    "docker-load": "dockerops",
+    "docker-ping": "dockerops",
     "lxc-tty": "lxcops",
     "lxc-logs": "lxcops",
     "host-check": "hostcheck",

@@ -8,8 +8,14 @@ ride on it (a few ms); `ControlPersist` closes it a minute after the last use.
 
 Strictness is on the command line, which wins over any config file: `StrictHostKeyChecking=yes`
 (an unknown host key is an error that shows its fingerprint, never accepted), `BatchMode=yes` (no
-password or passphrase prompt hangs a command), no agent or port forwarding. The target is parsed
-(config/hostvalues.py) and given after `--`, so nothing from a profile can become an ssh option.
+password or passphrase prompt hangs a command), no agent forwarding and no forwarding from any
+config file. The target is parsed (config/hostvalues.py) and given after `--`, so nothing from a
+profile can become an ssh option.
+
+The one forwarding sandbox asks for itself is `forward_unix`: a host's docker socket, reached over
+the same multiplexed, strict connection (`ssh -O forward -L LOCAL:REMOTE`), so the docker SDK speaks
+to that host's engine without a second way in (docker's own `ssh://` starts its own ssh with the
+user's defaults and needs the docker CLI on the host).
 """
 
 from __future__ import annotations
@@ -37,6 +43,11 @@ CONTROL_ROOT = Path("/run/sandbox-ssh")
 #: a dead host is noticed within ServerAliveInterval * ServerAliveCountMax seconds
 ALIVE_INTERVAL = 2
 ALIVE_COUNT = 3
+#: why a forwarded socket may not answer (sshd refuses the channel and only its log says so)
+FORWARD_HINT = (
+    "the host's sshd must allow socket forwarding: AllowTcpForwarding and AllowStreamLocalForwarding "
+    "not `no` (OpenSSH checks both), no DisableForwarding"
+)
 #: what `sudo -n` says (exit 1) when the login user may not run it without a password
 _SUDO_REFUSED = re.compile(rb"\s*sudo: (a password is required|a terminal is required)")
 
@@ -63,13 +74,15 @@ class SshTransport:
         self._dead: HostUnreachable | None = None
 
     # -- argv ----------------------------------------------------------------
-    def options(self) -> list[str]:
+    def options(self, clear_forwardings: bool = True) -> list[str]:
         opts = ["-F", str(self.ssh_config)] if self.ssh_config is not None else []
         for o in (
             "BatchMode=yes",
             "StrictHostKeyChecking=yes",
             "ForwardAgent=no",
-            "ClearAllForwardings=yes",
+            # (a forward request to the master must not clear its own -L: forward_unix)
+            *(["ClearAllForwardings=yes"] if clear_forwardings else []),
+            "StreamLocalBindUnlink=yes",
             "ControlMaster=auto",
             f"ControlPath={self.control_dir}/%C",
             "ControlPersist=60",
@@ -164,6 +177,36 @@ class SshTransport:
                 self._dead = err
             raise err
         return p
+
+    def forward_unix(self, remote: str) -> Path:
+        """A local unix socket that reaches the unix socket `remote` on the host, forwarded by the
+        multiplexed connection (opened first if need be); the same path for the same remote. It lives
+        as long as that connection (ControlPersist), so each command asks again: a repeat is a no-op."""
+        key = hashlib.sha256(f"{self.target}|{remote}".encode()).hexdigest()[:12]
+        local = self.control_dir / f"fwd-{key}"
+        self.run(["true"], timeout=self.connect_timeout + 30)  # the master, and a live host
+        p = subprocess.run(
+            [
+                "ssh",
+                *self.options(clear_forwardings=False),
+                "-O",
+                "forward",
+                "-L",
+                f"{local}:{remote}",
+                "--",
+                self.target.host,
+            ],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if p.returncode != 0:
+            raise HostError(
+                f"host {self.name}: cannot forward {remote}: {p.stderr.decode(errors='replace').strip()}",
+                hint=FORWARD_HINT,
+                host=self.name,
+            )
+        return local
 
     def close(self) -> None:
         """End the multiplexed connection (if one is open)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -66,7 +67,7 @@ def hws(built: Built, testhosts: HostRig, tmp_path_factory: pytest.TempPathFacto
     try:
         yield ws
     finally:
-        for name in ("prod", "edge"):
+        for name in ("prod", "edge", "dock"):
             sandbox(ws, "down", name, timeout=300)
         for d, mode in restore:
             if d.exists():
@@ -275,3 +276,70 @@ def test_router_on_its_own_host(hws: Path, testhosts: HostRig, built: Built) -> 
         ok(sandbox(hws, "down", "edge", timeout=300))
         (hws / "profiles" / "edge.yaml").unlink()
     assert testhosts.exec(3, "sh", "-c", "ls /var/lib/sandbox-host/ws/*/routers/").stdout.split() == []
+
+
+def docker_containers(rig: HostRig, i: int) -> list[str]:
+    """The names of the docker containers on host i (its own engine)."""
+    p = rig.exec(i, "docker", "-H", "unix:///var/run/docker.sock", "ps", "-a", "--format", "{{.Names}}")
+    assert p.returncode == 0, p.stderr
+    return sorted(p.stdout.split())
+
+
+def test_docker_on_two_hosts_ships_loads_and_promotes_with_no_failed_request(
+    hws: Path, testhosts: HostRig
+) -> None:
+    """The docker engine of each host, spoken to over the forwarded socket: the image is shipped by
+    digest and loaded there by the host agent, apps are published on the hosts' addresses, and a
+    promotion under load fails no request."""
+    require(None if shutil.which("dockerd") else "dockerd is not installed (apt-get install docker.io)")
+    testhosts.script("docker", "1", "2", timeout=120)
+    hosts = "  - {name: web1, ssh: root@10.250.0.11}\n  - {name: web2, ssh: root@10.250.0.12}"
+    text = PROFILE.format(name="dock", hosts=hosts, instances=2, port=ROUTER_PORT + 3)
+    (hws / "profiles" / "dock.yaml").write_text(text.replace("backend: lxc", "backend: docker"))
+    try:
+        check = ok(sandbox(hws, "host", "check", "dock", "--json"))
+        items = {c["item"]: c for h in check["hosts"] for c in h["checks"] if h["host"] == "web1"}
+        assert items["docker"]["ok"] and "docker engine" in items["docker"]["detail"], items
+        assert "lxc" not in items
+        v = ok(sandbox(hws, "up", "dock", "--wait", "--json", timeout=600))
+        assert sorted(i["host"] for i in v["instances"]) == ["web1", "web2"], v["instances"]
+        assert [i["endpoint"].split(":")[0] for i in v["instances"]] == ["10.250.0.11", "10.250.0.12"]
+        assert docker_containers(testhosts, 1) == ["dock-0"] and docker_containers(testhosts, 2) == ["dock-1"]
+        s = ok(sandbox(hws, "status", "dock", "--json"))
+        assert all(i["health"] == "healthy" for i in s["instances"]), s
+        r = sandbox(hws, "exec", "dock", "-i", "1", "--", "cat", "/etc/hostname")
+        assert r.code == 0 and "dock-1" in r.stdout, r
+        tpl = hws / "recipes" / "web" / "templates" / "settings.py.j2"
+        original = tpl.read_text()
+        tpl.write_text(original.replace('GREETING = "{{ greeting }}"', 'GREETING = "{{ greeting }} (dock)"'))
+        try:
+            v2 = ok(sandbox(hws, "build", "web", "--tag", "dock", "--json", timeout=900))["digest"]
+        finally:
+            tpl.write_text(original)
+        res = ok(
+            sandbox(
+                hws, "promote", v2, "--to", "dock", "--force", "--yes", "--probe", "30", "--json", timeout=600
+            )
+        )
+        assert res["state"] == "done", res
+        for phase, rep in res["probe"].items():
+            assert rep["non_2xx"] == 0 and rep["errors"] == 0 and rep["requests"] > 0, (phase, rep)
+        s = ok(sandbox(hws, "status", "dock", "--json"))
+        assert s["image"] == v2 and sorted(i["host"] for i in s["instances"]) == ["web1", "web2"]
+        # the new image was loaded into each host's engine from the blobs shipped there
+        for i in (1, 2):
+            p = testhosts.exec(
+                i,
+                "docker",
+                "-H",
+                "unix:///var/run/docker.sock",
+                "images",
+                "--filter",
+                f"label=io.sandbox.digest={v2}",
+                "-q",
+            )
+            assert p.returncode == 0 and p.stdout.strip(), (i, p.stdout, p.stderr)
+    finally:
+        ok(sandbox(hws, "down", "dock", timeout=300))
+        (hws / "profiles" / "dock.yaml").unlink()
+    assert docker_containers(testhosts, 1) == [] and docker_containers(testhosts, 2) == []

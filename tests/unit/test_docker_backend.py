@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from sandbox.backends.docker import DockerBackend, _translated
 from sandbox.envs.registry import make_backend_registry
 from sandbox.events import null_sink
 from sandbox.export import ExportError, export_image
+from sandbox.hosts.transport import HostUnreachable
 from sandbox.imageformats.docker import image_config, repo_tag, write_docker_archive
 from sandbox.settings import Settings
 from sandbox.store import ImageStore
@@ -185,3 +187,57 @@ def test_a_backend_without_its_sdk_names_the_package_to_install(
     with pytest.raises(BackendError, match=f"needs the Python package '{sdk}'") as info:
         make_backend_registry(ws, Settings(), null_sink).get(backend)
     assert f"sandbox[{backend}]" in (info.value.hint or "")
+
+
+class _Transport:
+    """A host's transport: alive or not (what the ssh transport raises for a dead host)."""
+
+    name = "web1"
+
+    def __init__(self, alive: bool) -> None:
+        self.alive = alive
+
+    def run(self, argv: list[str], **kw: Any) -> Any:
+        if not self.alive:
+            raise HostUnreachable("host web1 (root@10.0.0.11) is unreachable", hint="is it up?", host="web1")
+        return subprocess.CompletedProcess(argv, 0, b"", b"")
+
+    def argv(self, argv: list[str], tty: bool = False) -> list[str]:
+        return list(argv)
+
+
+def _on_host(ws: Workspace, alive: bool) -> Any:
+    from sandbox.backends.remotedocker import RemoteDocker
+    from sandbox.hosts.agent import HostAgent
+
+    return RemoteDocker(ctx(ws), HostAgent(_Transport(alive)), "10.0.0.11")  # type: ignore[arg-type]
+
+
+def test_on_a_host_the_app_is_published_on_its_port_and_a_dead_host_is_named(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    """docker on a production host: the app port at 20000 + the address offset on every address of the
+    host, the endpoint HOST:PORT; an engine that does not answer because the host is gone is the
+    transport's HostUnreachable (a promotion stops on it), an engine error on a live host stays one."""
+    import docker.errors
+    import requests
+
+    img = _image(ws, tmp_path)
+    spec = InstanceSpec(
+        name="prod-0", env="prod", index=0, image=img.digest, address="10.213.0.7", app_port=8000
+    )
+    b = _on_host(ws, alive=True)
+    args: dict[str, Any] = b._create_args(spec, "sandbox/web:x")
+    assert args["ports"] == {"8000/tcp": ("0.0.0.0", 20007)}
+    assert b.published(spec) == "10.0.0.11:20007" and b.address("prod-0") == "10.0.0.11"
+    assert "remote" not in b.capabilities and "init" not in b.capabilities
+    with pytest.raises(BackendError) as e, b._errors():
+        raise requests.exceptions.ConnectionError("reset")
+    assert not isinstance(e.value, HostUnreachable) and "host web1" in e.value.message
+    # an API error never asks the host
+    with pytest.raises(BackendError) as e, _on_host(ws, alive=False)._errors():
+        raise docker.errors.APIError("conflict", response=None, explanation="name in use")
+    assert not isinstance(e.value, HostUnreachable)
+    with pytest.raises(HostUnreachable) as dead, _on_host(ws, alive=False)._errors():
+        raise requests.exceptions.ConnectionError("reset")
+    assert dead.value.host == "web1"

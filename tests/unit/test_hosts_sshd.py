@@ -162,7 +162,9 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n"
         f"AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        "AllowTcpForwarding no\nX11Forwarding no\nPrintMotd no\nMaxStartups 100\n"
+        # (a unix socket forward needs both: forward_unix)
+        "AllowTcpForwarding local\nAllowStreamLocalForwarding local\n"
+        "X11Forwarding no\nPrintMotd no\nMaxStartups 100\n"
     )
     s = Sshd(d, port, host_pub, d / "client_key")
     try:
@@ -231,3 +233,29 @@ def test_a_stopped_sshd_is_unreachable(sshd: Sshd) -> None:
     with pytest.raises(HostUnreachable, match="Connection refused") as e:
         t.run(["true"])
     assert e.value.host == "lo1"
+
+
+def test_a_unix_socket_on_the_host_is_forwarded_over_the_multiplexed_connection(sshd: Sshd) -> None:
+    """forward_unix (a host's docker socket, in production): the local socket reaches the remote one,
+    asking twice gives the same path, and a refused forward names the host."""
+    remote = sshd.dir / "engine.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(remote))
+    server.listen(4)
+    server.settimeout(10)
+    t = sshd.client("fwd")
+    local = t.forward_unix(str(remote))
+    assert local.parent == t.control_dir and len(str(local)) < 108
+    assert t.forward_unix(str(remote)) == local  # again: a no-op, the same path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(10)
+        c.connect(str(local))
+        conn, _ = server.accept()
+        with conn:
+            c.sendall(b"ping")
+            assert conn.recv(4) == b"ping"
+            conn.sendall(b"pong")
+            assert c.recv(4) == b"pong"
+    server.close()
+    # ordinary commands keep forwarding cleared: the option is only left off for the forward request
+    assert "ClearAllForwardings=yes" in t.options()

@@ -1,0 +1,103 @@
+"""The docker backend on a production host: the docker SDK over the host's own engine socket.
+
+The socket is forwarded by the same strict, multiplexed ssh connection the host agent uses
+(`SshTransport.forward_unix`), so every call is the same DockerBackend code as on this machine. What
+differs:
+
+- **images** go to the host blob by blob (sandbox/hosts/ship.py, verified by sha256 there), then
+  the host agent loads them into the engine from the host's own store (`docker-load`,
+  sandbox/hostagent/dockerops.py): a new app layer moves KB, and a whole image never crosses the
+  network twice;
+- **publishing**: each app port is published by docker on the host (all its addresses) at the port
+  that follows from the instance's address, so the router and the health probes reach it at
+  HOST_ADDRESS:PORT (the same scheme as lxc on hosts; sandbox/hosts/publishing.py);
+- `exec -i` and `logs` run the local docker CLI against the forwarded socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import docker
+import docker.errors
+
+from sandbox.backends.base import BackendContext, BackendError, InstanceSpec
+from sandbox.backends.docker import DockerBackend, _translated
+from sandbox.backends.remote import OnHost
+from sandbox.hosts.agent import HostAgent
+from sandbox.hosts.publishing import published_port
+from sandbox.hosts.ssh import FORWARD_HINT
+from sandbox.imageformats.docker import LABEL_DIGEST, repo_tag
+
+#: the engine's socket on a host (forwarded here; the host agent's `docker-load` uses it too)
+ENGINE_SOCKET = "/var/run/docker.sock"
+
+
+class RemoteDocker(OnHost, DockerBackend):
+    """Instances of one workspace in the docker engine of one host (name: the host's name)."""
+
+    name = "docker"
+    capabilities = frozenset({"snapshot", "clone", "logs"})
+
+    def __init__(self, ctx: BackendContext, agent: HostAgent, host_address: str) -> None:
+        super().__init__(ctx)
+        self._on_host(agent, host_address)
+        self._socket: str | None = None
+
+    # -- the engine, over the forwarded socket ---------------------------------------------
+    def _forwarded(self) -> str:
+        forward = getattr(self.agent.transport, "forward_unix", None)
+        if forward is None:  # a transport without ssh (unit tests): the socket itself
+            return ENGINE_SOCKET
+        return str(forward(ENGINE_SOCKET))
+
+    def _connect(self) -> Any:
+        self._socket = self._forwarded()
+        return docker.DockerClient(base_url=f"unix://{self._socket}", timeout=120)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """As on this machine, and: when the engine does not answer because the host is gone (the
+        forwarded socket dies with the ssh connection, within its keep-alive of about 6 s), the
+        error is the transport's HostUnreachable naming the host, so a promotion stops safely."""
+        try:
+            with _translated(
+                None,
+                where=f"host {self.host}",
+                down_hint=f"`sandbox host check PROFILE`: is dockerd running on {self.host}? {FORWARD_HINT}",
+            ):
+                yield
+        except BackendError as e:
+            if isinstance(e.__cause__, docker.errors.APIError):
+                raise
+            self._client = None  # the next call forwards the socket again
+            self.agent.transport.run(["true"], timeout=30)  # raises HostUnreachable if the host is gone
+            raise
+
+    def _host_args(self) -> list[str]:
+        if self._socket is None:
+            self._socket = self._forwarded()
+        return ["-H", f"unix://{self._socket}"]
+
+    def check(self) -> None:
+        self.agent.call("docker-ping", timeout=60)  # the engine answers on the host (its own error)
+        super().check()
+
+    # -- images: shipped by digest, loaded on the host ----------------------------------------
+    def prepare_image(self, digest: str) -> None:
+        tag = repo_tag(self.store, digest)
+        with self._errors():
+            try:
+                if self.client.images.get(tag).labels.get(LABEL_DIGEST) == digest:
+                    return
+            except docker.errors.ImageNotFound:
+                pass
+        self.agent.call("docker-load", digest, timeout=None)
+
+    # -- instances ---------------------------------------------------------------------------
+    def _publish_at(self, spec: InstanceSpec) -> tuple[str, int | None]:
+        if spec.address is None:
+            return ("0.0.0.0", None)
+        return ("0.0.0.0", published_port(spec.address, self.ctx.network.subnet))
