@@ -47,6 +47,9 @@ class DockerBackend(Backend):
     name = "docker"
     capabilities = frozenset({"snapshot", "clone", "logs", "remote"})
 
+    #: the docker network the instances sit on (one per engine, shared by workspaces, here)
+    network_name = NETWORK
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._client: Any = None
@@ -85,14 +88,18 @@ class DockerBackend(Backend):
 
         with self._errors():
             try:
-                return self.client.networks.get(NETWORK)
+                return self.client.networks.get(self.network_name)
             except docker.errors.NotFound:
                 try:
-                    return self.client.networks.create(NETWORK, driver="bridge", labels={LABEL_WS: "shared"})
+                    return self.client.networks.create(self.network_name, **self._network_args())
                 except docker.errors.APIError as e:  # another `up` made it meanwhile
                     if "already exists" not in str(e):
                         raise
-                    return self.client.networks.get(NETWORK)
+                    return self.client.networks.get(self.network_name)
+
+    def _network_args(self) -> dict[str, Any]:
+        """How the network is made: docker picks its subnet."""
+        return {"driver": "bridge", "labels": {LABEL_WS: "shared"}}
 
     # -- images --------------------------------------------------------------
     def prepare_image(self, digest: str) -> None:
@@ -150,7 +157,7 @@ class DockerBackend(Backend):
             "hostname": spec.name,
             "environment": env,
             "labels": {LABEL_WS: self.ctx.workspace_id, LABEL_ENV: spec.env, LABEL_DIGEST: spec.image},
-            "network": NETWORK,
+            "network": self.network_name,
             "init": True,
             "cap_drop": ["ALL"],
             "cap_add": profile_caps or None,
@@ -247,10 +254,11 @@ class DockerBackend(Backend):
 
     def address(self, name: str) -> str:
         nets = self._container(name).attrs["NetworkSettings"]["Networks"]
-        addr = (nets.get(NETWORK) or {}).get("IPAddress")
+        addr = (nets.get(self.network_name) or {}).get("IPAddress")
         if not addr:
             raise BackendError(
-                f"container {name} has no address on docker network {NETWORK!r}", hint="is it running?"
+                f"container {name} has no address on docker network {self.network_name!r}",
+                hint="is it running?",
             )
         return str(addr)
 

@@ -8,6 +8,9 @@ differs:
   the host agent loads them into the engine from the host's own store (`docker-load`,
   sandbox/hostagent/dockerops.py): a new app layer moves KB, and a whole image never crosses the
   network twice;
+- **addresses**: the workspace's own docker network on the host (`sandbox-WORKSPACE`, the
+  workspace's subnet), each container at the address the control machine's state handed out, as
+  lxc containers on hosts are;
 - **publishing**: each app port is published by docker on the host (all its addresses) at the port
   that follows from the instance's address, so the router and the health probes reach it at
   HOST_ADDRESS:PORT (the same scheme as lxc on hosts; sandbox/hosts/publishing.py);
@@ -24,7 +27,8 @@ import docker
 import docker.errors
 
 from sandbox.backends.base import BackendContext, BackendError, InstanceSpec
-from sandbox.backends.docker import DockerBackend, _translated
+from sandbox.backends.docker import LABEL_WS, DockerBackend, _translated
+from sandbox.backends.hostsetup import gateway
 from sandbox.backends.remote import OnHost
 from sandbox.hosts.agent import HostAgent
 from sandbox.hosts.publishing import published_port
@@ -39,12 +43,13 @@ class RemoteDocker(OnHost, DockerBackend):
     """Instances of one workspace in the docker engine of one host (name: the host's name)."""
 
     name = "docker"
-    capabilities = frozenset({"snapshot", "clone", "logs"})
+    capabilities = frozenset({"snapshot", "clone", "logs", "static-address"})
 
     def __init__(self, ctx: BackendContext, agent: HostAgent, host_address: str) -> None:
         super().__init__(ctx)
         self._on_host(agent, host_address)
         self._socket: str | None = None
+        self.network_name = f"sandbox-{ctx.workspace_id}"
 
     # -- the engine, over the forwarded socket ---------------------------------------------
     def _forwarded(self) -> str:
@@ -97,6 +102,24 @@ class RemoteDocker(OnHost, DockerBackend):
         self.agent.call("docker-load", digest, timeout=None)
 
     # -- instances ---------------------------------------------------------------------------
+    def _network_args(self) -> dict[str, Any]:
+        """The workspace's subnet, so each container gets the address the state handed out."""
+        from docker.types import IPAMConfig, IPAMPool
+
+        gw, _ = gateway(self.ctx.network.subnet)
+        pool = IPAMPool(subnet=self.ctx.network.subnet, gateway=gw)
+        return {
+            "driver": "bridge",
+            "ipam": IPAMConfig(pool_configs=[pool]),
+            "labels": {LABEL_WS: self.ctx.workspace_id},
+        }
+
+    def _create_args(self, spec: InstanceSpec, image: str) -> dict[str, Any]:
+        args = super()._create_args(spec, image)
+        if spec.address is not None:
+            args["networking_config"] = {self.network_name: {"IPAMConfig": {"IPv4Address": spec.address}}}
+        return args
+
     def _publish_at(self, spec: InstanceSpec) -> tuple[str, int | None]:
         if spec.address is None:
             return ("0.0.0.0", None)
