@@ -10,6 +10,8 @@ method cold (every host's store and scratch dir emptied first), order reversed e
   sandbox CODEC   sandbox.hosts.ship.ship over SshTransport + the agent bundle, hosts in parallel
   rsync -a        `rsync -a -e "ssh -F CFG"` of the same blob files + manifest, the 3 hosts at once
                   (the rig bench's anchor: the issue's target is sandbox <= 1.1x of it)
+  rsync -a gcm    the same with `ssh -c aes128-gcm@openssh.com`, the cipher sandbox prefers on a CPU
+                  with AES instructions (sandbox/hosts/ssh.py): the anchor at an equal cipher
   scp             `scp -q -F CFG` of the same files, the 3 hosts at once
 and prints each run and the medians. The image is --image (default: the newest manifest) of --images
 (default: the main checkout's images/, which must hold a built image). The blobs are read once first,
@@ -168,6 +170,14 @@ def bench(images: Path, digest: str | None, runs: int, methods: list[str], work:
         ts = [SshTransport(f"lbh{i}", f"lbh{i}", ssh_config=cfg, control_root=ctl) for i in HOSTS]
         anchors = {
             "rsync -a": lambda h: ["rsync", "-a", "-e", f"ssh -F {cfg}", *files, f"{h}:{scratch[h]}/"],
+            "rsync -a gcm": lambda h: [
+                "rsync",
+                "-a",
+                "-e",
+                f"ssh -F {cfg} -c aes128-gcm@openssh.com",
+                *files,
+                f"{h}:{scratch[h]}/",
+            ],
             "scp": lambda h: ["scp", "-q", "-F", str(cfg), *files, f"{h}:{scratch[h]}/"],
         }
         secs: dict[str, list[float]] = {m: [] for m in methods}
@@ -208,7 +218,9 @@ def main() -> None:
     ap.add_argument("--image", help="the image's digest (default: the newest)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument(
-        "--methods", nargs="+", default=["sandbox zstd", "sandbox gzip", "sandbox none", "rsync -a", "scp"]
+        "--methods",
+        nargs="+",
+        default=["sandbox zstd", "sandbox gzip", "sandbox none", "rsync -a", "rsync -a gcm", "scp"],
     )
     ap.add_argument("--json", type=Path, help="write the report here too")
     args = ap.parse_args()
