@@ -1,120 +1,147 @@
-"""Streaming one blob to a host: from the file itself (ssh's stdin), through a local zstd, or gzipped
-by zlib; and the per-host progress lines shipping shows. ship.py decides what goes where."""
+"""What goes on the wire to a host: an image's missing blobs and its manifest as the frames of one
+`recv-image` request (sandbox/hostagent/imagerecv.py reads them), each blob from its file as it is
+or from its compressed form made once for every host; and the per-host progress lines. ship.py
+decides what goes where.
+
+The bodies go from the page cache into ssh's stdin pipe by sendfile(2): no byte is copied through
+this process, and one agent call (one ssh session, one Python start on the host) carries them all.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import IO
 
+from sandbox.errors import StoreError
 from sandbox.events import Event, EventSink
 from sandbox.hosts.agentcall import AgentPrefix, agent_call
 from sandbox.hosts.transport import Transport
 
 CHUNK = 1 << 20
+#: sendfile(2) moves this much per call: progress is updated between calls
+SEND_STEP = 8 << 20
 #: progress events per host at most this often (the last one always comes)
 PROGRESS_EVERY = 0.3
-#: a blob may take this long plus a second per MB (1 MB/s is a slow link; a stuck one still ends)
+#: a request may take this long plus a second per MB (1 MB/s is a slow link; a stuck one still ends)
 BLOB_TIMEOUT_BASE, BLOB_TIMEOUT_PER_MB = 120.0, 1.0
+#: codecs a blob is packed with once for every host that takes them (`none` goes as it is)
+PACKED = ("zstd", "gzip")
 
 
-def send_blob(
+@dataclass(frozen=True)
+class Part:
+    """One blob as it travels: `size` raw bytes, sent as the file `wire` (itself, or packed)."""
+
+    digest: str
+    size: int
+    codec: str
+    wire: Path
+
+
+def send_image(
     t: Transport,
     agent: AgentPrefix,
     digest: str,
-    path: Path,
-    size: int,
-    codec: str,
+    parts: list[Part],
+    manifest: tuple[list[str], bytes],
     progress: Progress,
-    packed: Path | None = None,
 ) -> int:
-    """Stream one blob to the host through a pipe fed by a thread (from `packed`, its zstd form made
-    once for every host, when given); the bytes that went on the wire."""
-    if packed is not None or codec == "none":
-        return _send_file(t, agent, digest, packed or path, size, codec, progress)
-    with open(path, "rb") as src, contextlib.ExitStack() as cleanup:
-        if codec == "zstd":
-            proc = subprocess.Popen(
-                ["zstd", "-3", "-T0", "-c", "-q"],
-                stdin=src,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )
-            cleanup.callback(_reap, proc)
-            out = proc.stdout
-            assert out is not None
-            chunks: Iterator[bytes] = iter(lambda: out.read(CHUNK), b"")
-            # zstd reads the file through our open file: its offset is how far the raw bytes got
-            raw_done: Callable[[], int] = lambda: min(size, os.lseek(src.fileno(), 0, os.SEEK_CUR))  # noqa: E731
-        else:
-            counted = [0]
-            chunks = _gzip_chunks(src, counted) if codec == "gzip" else _file_chunks(src, counted)
-            raw_done = lambda: counted[0]  # noqa: E731
-        base, wire = progress.raw, [0]
-        r, w = os.pipe()
+    """Send `parts` and the manifest (its form, its bytes) in one `recv-image` request; the bytes
+    that went on the wire. A thread writes the frames into a pipe that is ssh's stdin; the host's
+    answer (or its error: a corrupt blob, a stream cut short) is raised here."""
+    wires = [p.wire.stat().st_size for p in parts]
+    form, data = manifest
+    r, w = os.pipe()
+    sent = [0]
 
-        def pump() -> None:
-            try:
-                for chunk in chunks:
-                    _write_all(w, chunk)
-                    wire[0] += len(chunk)
-                    progress.raw = base + raw_done()
-                    progress.emit()
-            except OSError:
-                pass  # the host stopped reading (it refused the blob): its answer says why
-            finally:
-                os.close(w)
+    def pump() -> None:
+        try:
+            for part, wire in zip(parts, wires, strict=True):
+                base = progress.raw
+                _write_all(w, f"blob {part.digest} {part.size} {part.codec} {wire}\n".encode())
+                with open(part.wire, "rb") as src:
+                    _send_body(src.fileno(), w, wire, partial(_advance, progress, base, part.size, wire))
+                sent[0] += wire
+                progress.blob_done(base + part.size)
+            header = f"manifest {form[0]} {form[1] if len(form) > 1 else '-'} {len(data)}\n"
+            _write_all(w, header.encode() + data + b"end\n")
+            sent[0] += len(data)
+        except OSError:
+            pass  # the host stopped reading (it refused the request): its answer says why
+        finally:
+            os.close(w)
 
-        thread = threading.Thread(target=pump, name=f"ship-{t.name}", daemon=True)
+    thread = threading.Thread(target=pump, name=f"ship-{t.name}", daemon=True)
+    with contextlib.ExitStack() as cleanup:
         thread.start()
         cleanup.callback(thread.join)  # after the read end is closed: a blocked pump gets EPIPE
         with os.fdopen(r, "rb", buffering=0) as stdin:
-            timeout = BLOB_TIMEOUT_BASE + size / 1e6 * BLOB_TIMEOUT_PER_MB
-            agent_call(t, agent, "recv-blob", [digest, str(size), codec], stdin=stdin, timeout=timeout)
-    return wire[0]
+            timeout = BLOB_TIMEOUT_BASE + sum(p.size for p in parts) / 1e6 * BLOB_TIMEOUT_PER_MB
+            agent_call(t, agent, "recv-image", [digest], stdin=stdin, timeout=timeout)
+    return sent[0]
 
 
-def _send_file(
-    t: Transport, agent: AgentPrefix, digest: str, path: Path, size: int, codec: str, progress: Progress
-) -> int:
-    """A file that goes as it is (the blob, or its zstd form made once for every host): it is ssh's
-    stdin, so no byte passes through this process; progress is how far ssh has read it."""
-    whole = max(1, path.stat().st_size)
-    base = progress.raw
-    done = threading.Event()
-    with open(path, "rb") as src:
-
-        def watch() -> None:
-            while not done.wait(PROGRESS_EVERY):
-                with contextlib.suppress(OSError):
-                    progress.raw = base + size * os.lseek(src.fileno(), 0, os.SEEK_CUR) // whole
-                    progress.emit()
-
-        watcher = threading.Thread(target=watch, name=f"ship-{t.name}", daemon=True)
-        watcher.start()
-        try:
-            timeout = BLOB_TIMEOUT_BASE + size / 1e6 * BLOB_TIMEOUT_PER_MB
-            agent_call(t, agent, "recv-blob", [digest, str(size), codec], stdin=src, timeout=timeout)
-        finally:
-            done.set()
-            watcher.join()
-    return whole
+def _advance(progress: Progress, base: int, size: int, wire: int, done: int) -> None:
+    progress.raw = base + size * done // max(1, wire)
+    progress.emit()
 
 
-def _reap(proc: subprocess.Popen[bytes]) -> None:
-    """End the local zstd: it has finished when the host took the blob; killed when the host gave up."""
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    if proc.stdout:
-        proc.stdout.close()
+def _send_body(src: int, dst: int, n: int, moved: Callable[[int], None]) -> None:
+    """n bytes of file `src` (from its start) into pipe `dst`: sendfile(2), or read/write where the
+    kernel refuses it; `moved(total so far)` after every step."""
+    offset = 0
+    try:
+        while offset < n:
+            k = os.sendfile(dst, src, offset, min(SEND_STEP, n - offset))
+            if k == 0:
+                raise StoreError("a blob's file got shorter while it was sent", hint="ship again")
+            offset += k
+            moved(offset)
+    except OSError as e:
+        if offset or e.errno not in (errno.EINVAL, errno.ENOSYS):
+            raise
+        os.lseek(src, 0, os.SEEK_SET)
+        while offset < n and (chunk := os.read(src, min(CHUNK, n - offset))):
+            _write_all(dst, chunk)
+            offset += len(chunk)
+            moved(offset)
+
+
+def pack(codec: str, blobs: dict[str, Path], tmp: Path, emit: EventSink) -> dict[str, Path]:
+    """Each blob compressed once into `tmp` (zstd -3 on every core, or gzip level 1): what every
+    host that takes `codec` is sent."""
+    t0, out = time.monotonic(), {}
+    emit(Event("progress", phase="ship", message=f"compressing {len(blobs)} blob(s) once for every host"))
+    for d, path in blobs.items():
+        dest = tmp / f"{d[7:]}.{codec}"
+        if codec == "zstd":
+            argv = ["zstd", "-3", "-T0", "-q", "-f", "-o", str(dest), str(path)]
+            p = subprocess.run(argv, capture_output=True, check=False)
+            if p.returncode != 0:
+                raise StoreError(f"zstd failed on blob {d}: {p.stderr.decode(errors='replace').strip()}")
+        else:
+            _gzip_file(path, dest)
+        out[d] = dest
+    emit(Event("log", phase="ship", message=f"compressed ({codec}) in {time.monotonic() - t0:.1f}s"))
+    return out
+
+
+def _gzip_file(src: Path, dest: Path) -> None:
+    z = zlib.compressobj(1, zlib.DEFLATED, 31)
+    with open(src, "rb") as f, open(dest, "wb") as out:
+        while chunk := f.read(CHUNK):
+            out.write(z.compress(chunk))
+        out.write(z.flush())
 
 
 def local_zstd() -> bool:
@@ -125,21 +152,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _file_chunks(f: IO[bytes], counted: list[int]) -> Iterator[bytes]:
-    while chunk := f.read(CHUNK):
-        counted[0] += len(chunk)
-        yield chunk
-
-
-def _gzip_chunks(f: IO[bytes], counted: list[int]) -> Iterator[bytes]:
-    """gzip level 1: zlib releases the GIL while it compresses, so hosts compress in parallel."""
-    z = zlib.compressobj(1, zlib.DEFLATED, 31)
-    for chunk in _file_chunks(f, counted):
-        if out := z.compress(chunk):
-            yield out
-    yield z.flush()
 
 
 class Progress:

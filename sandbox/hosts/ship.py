@@ -1,14 +1,16 @@
 """Shipping an image by digest to production hosts: only the blobs a host lacks, compressed in flight.
 
-Per host: `have` (what of the image it holds), then each missing blob as `recv-blob DIGEST SIZE
-CODEC` with the compressed bytes on stdin, then the manifest (`recv-manifest`), which the host takes
-only when all its blobs are there. The host verifies every blob's sha256 before it renames it into
-its store (sandbox/hostagent/storeops.py), so a host that has the manifest has the verified image.
-A blob that fails (corrupt, cut short, connection lost) is sent once more; a second failure fails
-that host. Hosts are shipped to in parallel; one failed host does not undo the others.
+Per host: `have` (what of the image it holds), then one `recv-image DIGEST` request that carries
+every missing blob and then the manifest as frames (sandbox/hosts/blobstream.py), which the host
+takes only when all its blobs are there. The host verifies every blob's sha256 before it renames it
+into its store (sandbox/hostagent/imagerecv.py), so a host that has the manifest has the verified
+image. Blobs that fail (corrupt, cut short, connection lost) are sent once more, in a second request
+with what the host still lacks; a second failure fails that host. Hosts are shipped to in parallel;
+one failed host does not undo the others.
 
 The codec is zstd -3 -T0 when both sides have the zstd CLI (fast, and multi-threaded so one stream
-keeps up with a fast link), else gzip level 1 from zlib (the stdlib, present everywhere).
+keeps up with a fast link), else gzip level 1 from zlib (the stdlib, present everywhere); each blob
+is compressed once for all the hosts that take that codec.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from sandbox.errors import SandboxError, StoreError
 from sandbox.events import Event, EventSink
 from sandbox.fsutil import pid_alive, remove_tree
 from sandbox.hosts.agentcall import AgentPrefix, agent_call
-from sandbox.hosts.blobstream import Progress, local_zstd, send_blob, size_unit
+from sandbox.hosts.blobstream import PACKED, Part, Progress, local_zstd, pack, send_image, size_unit
 from sandbox.hosts.transport import HostError, Transport
 from sandbox.store import ImageStore
 
@@ -128,14 +130,20 @@ def ship(
 
     each(plan)  # 1. what each host lacks, and whether it takes zstd
     with contextlib.ExitStack() as cleanup:
-        # 2. each blob a zstd host lacks, compressed once for all of them (not once per host)
-        need = {d for missing, codec in plans.values() if codec == "zstd" for d in missing}
-        packed: dict[str, Path] = {}
-        if need:
-            _remove_dead_packs(store.root)
-            prefix = f".ship-{os.getpid()}-"
-            tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix=prefix, dir=store.root)))
-            packed = _pack({d: layers[d][0] for d in sorted(need)}, tmp, emit)
+        # 2. each blob a host lacks, compressed once for all the hosts of its codec (not per host)
+        packed: dict[tuple[str, str], Path] = {}
+        for codec in PACKED:
+            need = {d for missing, c in plans.values() if c == codec for d in missing}
+            if need:
+                if not packed:
+                    _remove_dead_packs(store.root)
+                    prefix = f".ship-{os.getpid()}-"
+                    tmp = Path(
+                        cleanup.enter_context(tempfile.TemporaryDirectory(prefix=prefix, dir=store.root))
+                    )
+                done = pack(codec, {d: layers[d][0] for d in sorted(need)}, tmp, emit)
+                packed.update(((codec, d), p) for d, p in done.items())
+        gzipped = zlib.compress(manifest, 6, wbits=31)  # the manifest's form for a host with no base
 
         def send(t: Transport) -> None:  # 3. each host its missing blobs, then the manifest
             if t.name not in plans:
@@ -145,7 +153,7 @@ def ship(
             guarded(
                 t,
                 result,
-                lambda: _ship_host(t, store, agent, digest, manifest, layers, missing, packed, result, emit),
+                lambda: _ship_host(t, store, agent, digest, gzipped, layers, missing, packed, result, emit),
             )
 
         each(send)
@@ -201,22 +209,8 @@ def _plan_host(
     return missing, result.codec
 
 
-def _pack(blobs: dict[str, Path], tmp: Path, emit: EventSink) -> dict[str, Path]:
-    """Each blob compressed once (zstd -3 on every core) into `tmp`: what every zstd host is sent."""
-    t0, out = time.monotonic(), {}
-    emit(Event("progress", phase="ship", message=f"compressing {len(blobs)} blob(s) once for every host"))
-    for d, path in blobs.items():
-        dest = tmp / f"{d[7:]}.zst"
-        p = subprocess.run(["zstd", "-3", "-T0", "-q", "-f", "-o", str(dest), str(path)], capture_output=True)
-        if p.returncode != 0:
-            raise StoreError(f"zstd failed on blob {d}: {p.stderr.decode(errors='replace').strip()}")
-        out[d] = dest
-    emit(Event("log", phase="ship", message=f"compressed in {time.monotonic() - t0:.1f}s"))
-    return out
-
-
 def _manifest_form(
-    store: ImageStore, digest: str, manifest: bytes, result: HostShipResult
+    store: ImageStore, digest: str, gzipped: bytes, result: HostShipResult
 ) -> tuple[list[str], bytes]:
     """How the manifest travels: a zstd patch against the newest manifest the host and this store
     both hold (a rebuild's file list differs in a few lines), else gzipped."""
@@ -235,8 +229,8 @@ def _manifest_form(
             check=False,
         )
         if p.returncode == 0:
-            return [digest, "zstd-patch", base], p.stdout
-    return [digest, "gzip"], zlib.compress(manifest, 6, wbits=31)
+            return ["zstd-patch", base], p.stdout
+    return ["gzip"], gzipped
 
 
 def _ship_host(
@@ -244,39 +238,45 @@ def _ship_host(
     store: ImageStore,
     agent: AgentPrefix,
     digest: str,
-    manifest: bytes,
+    gzipped: bytes,
     layers: dict[str, tuple[Path, int]],
     missing: list[str],
-    packed: dict[str, Path],
+    packed: dict[tuple[str, str], Path],
     result: HostShipResult,
     emit: EventSink,
 ) -> None:
     if not missing and not result.codec:
         return  # it holds the image
+    form = _manifest_form(store, digest, gzipped, result)
     progress = Progress(t.name, len(missing), sum(layers[d][1] for d in missing), emit)
-    for d in missing:
-        path, size = layers[d]
-        for attempt in (1, 2):
-            base = progress.raw
-            try:
-                wire = send_blob(t, agent, d, path, size, result.codec, progress, packed.get(d))
-                break
-            except SandboxError as e:
-                progress.raw = base
-                if attempt == 2:
-                    why = e.message.removeprefix(f"host {t.name}: ").removeprefix(f"{t.name}: ")
-                    why = why if d in why else f"blob {d}: {why}"
-                    raise HostError(f"{t.name}: {why} (sent twice)", hint=e.hint, host=t.name) from e
-                result.resent += 1
-                emit(Event("warning", phase="ship", message=f"{t.name}: blob {d[:19]} failed, sending again"))
-        progress.blob_done(base + size)
-        result.blobs_sent += 1
-        result.bytes_raw += size
-        result.bytes_wire += wire
-    args, packed_manifest = _manifest_form(store, digest, manifest, result)
-    agent_call(t, agent, "recv-manifest", args, input=packed_manifest)
+    todo = list(missing)
+    for attempt in (1, 2):
+        parts = [
+            Part(d, layers[d][1], result.codec, packed.get((result.codec, d), layers[d][0])) for d in todo
+        ]
+        try:
+            result.bytes_wire += send_image(t, agent, digest, parts, form, progress)
+            break
+        except SandboxError as e:
+            why = e.message.removeprefix(f"host {t.name}: ").removeprefix(f"{t.name}: ")
+            if attempt == 2:
+                raise HostError(f"{t.name}: {why} (sent twice)", hint=e.hint, host=t.name) from e
+            try:  # what got through is verified and stays: send the rest once more
+                present = set(
+                    agent_call(t, agent, "have", input=_json({"blobs": todo, "manifests": []}))["blobs"]
+                )
+            except (SandboxError, TypeError, KeyError) as again:
+                raise HostError(f"{t.name}: {why}", hint=e.hint, host=t.name) from again
+            todo = [d for d in todo if d not in present]
+            result.resent += len(todo)
+            progress.done, progress.raw = (
+                len(missing) - len(todo),
+                sum(layers[d][1] for d in missing if d in present),
+            )
+            emit(Event("warning", phase="ship", message=f"{t.name}: {why[:300]}; sending again"))
+    result.blobs_sent = len(missing)
+    result.bytes_raw = sum(layers[d][1] for d in missing)
     result.manifest_sent = True
-    result.bytes_wire += len(packed_manifest)
     progress.emit(final=True)
 
 

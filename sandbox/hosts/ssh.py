@@ -16,6 +16,11 @@ The one forwarding sandbox asks for itself is `forward_unix`: a host's docker so
 the same multiplexed, strict connection (`ssh -O forward -L LOCAL:REMOTE`), so the docker SDK speaks
 to that host's engine without a second way in (docker's own `ssh://` starts its own ssh with the
 user's defaults and needs the docker CLI on the host).
+
+Cipher: where ssh would pick chacha20-poly1305 first (OpenSSH's default order) and this CPU has AES
+instructions, the AES-GCM ciphers of the same list go first: several times faster per byte there,
+which shipping an image to a host on a fast link feels (ssh's encryption is a large share of the
+CPU it takes). The set of ciphers is the user's own; a list the user ordered otherwise is kept.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import re
 import shlex
 import subprocess
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import IO
 
@@ -129,12 +135,22 @@ class SshTransport:
             cmd = ["sudo", "-n", "--", *cmd]
         return shlex.join(cmd)
 
+    def cipher_options(self) -> list[str]:
+        """`-o Ciphers=` with the AES-GCM ones of the effective list first, when that list puts
+        chacha20-poly1305 first (OpenSSH's default) and this CPU has AES instructions; else none."""
+        ciphers = self.effective().get("ciphers", "").split(",")
+        gcm = [c for c in ciphers if c.startswith("aes") and c.endswith("-gcm@openssh.com")]
+        if not gcm or not ciphers[0].startswith("chacha20-poly1305") or not cpu_has_aes():
+            return []
+        return ["-o", "Ciphers=" + ",".join(gcm + [c for c in ciphers if c not in gcm])]
+
     def argv(self, argv: Sequence[str], tty: bool = False) -> list[str]:
         self.control_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return [
             "ssh",
             *(["-t"] if tty else ["-T"]),
             *self.options(),
+            *self.cipher_options(),
             "--",
             self.target.host,
             self.remote_command(argv),
@@ -282,3 +298,17 @@ class SshTransport:
         except (OSError, subprocess.TimeoutExpired):
             return []
         return [" ".join(line.split()[1:2] + line.split()[-1:]) for line in p.stdout.decode().splitlines()]
+
+
+@cache
+def cpu_has_aes() -> bool:
+    """This CPU has AES instructions (x86 AES-NI, the ARMv8 crypto extension): /proc/cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return any(
+        line.split(":", 1)[0].strip() in ("flags", "Features") and "aes" in line.split(":", 1)[1].split()
+        for line in text.splitlines()
+        if ":" in line
+    )

@@ -122,6 +122,36 @@ def test_the_target_comes_after_double_dash(
     assert t.argv(["true"], tty=True)[1] == "-t"
 
 
+DEFAULT_CIPHERS = (
+    "chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr,aes128-gcm@openssh.com,aes256-gcm@openssh.com"
+)
+
+
+@pytest.mark.parametrize(
+    ("ciphers", "aes", "want"),
+    [
+        (
+            DEFAULT_CIPHERS,
+            True,
+            "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr",
+        ),
+        (DEFAULT_CIPHERS, False, None),  # no AES instructions: chacha20 is the faster one
+        ("aes256-ctr,chacha20-poly1305@openssh.com,aes128-gcm@openssh.com", True, None),  # the user's order
+        ("chacha20-poly1305@openssh.com", True, None),  # the user's set: nothing is added to it
+        ("", True, None),
+    ],
+)
+def test_aes_gcm_goes_first_only_in_the_default_order_on_a_cpu_with_aes(
+    tmp_path: Path, cfg: Path, monkeypatch: pytest.MonkeyPatch, ciphers: str, aes: bool, want: str | None
+) -> None:
+    t = transport(tmp_path, cfg)
+    monkeypatch.setattr(t, "effective", lambda: {"user": "root", "ciphers": ciphers})
+    monkeypatch.setattr(ssh_mod, "cpu_has_aes", lambda: aes)
+    argv = t.argv(["true"])
+    given = [o for o in opts(argv[: argv.index("--")]) if o.startswith("Ciphers=")]
+    assert given == ([f"Ciphers={want}"] if want else [])
+
+
 @pytest.mark.parametrize("bad", ["-oProxyCommand=sh", "a b", "x@y@z", "h:99999", "host;rm", "a..b", ""])
 def test_a_bad_target_is_refused_before_any_ssh(tmp_path: Path, bad: str) -> None:
     with pytest.raises(ValueError):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import subprocess
@@ -71,7 +72,7 @@ def leftovers(host: ImageStore) -> list[Path]:
 
 
 class Corrupting(LocalTransport):
-    """Flips a byte in the middle of the first `times` blob streams it carries."""
+    """Flips a byte in the middle of the first blob of the first `times` image streams it carries."""
 
     def __init__(self, name: str, times: int) -> None:
         super().__init__(name)
@@ -85,10 +86,11 @@ class Corrupting(LocalTransport):
         stdin: IO[bytes] | None = None,
         timeout: float | None = 60,
     ) -> subprocess.CompletedProcess[bytes]:
-        if "recv-blob" in argv and stdin is not None and self.left > 0:
+        if "recv-image" in argv and stdin is not None and self.left > 0:
             self.left -= 1
             data = bytearray(stdin.read())
-            data[len(data) // 2] ^= 0xFF
+            header = data.index(b"\n") + 1
+            data[header + int(data[:header].split()[-1]) // 2] ^= 0xFF
             return super().run(argv, input=bytes(data), timeout=timeout)
         return super().run(argv, input=input, stdin=stdin, timeout=timeout)
 
@@ -151,51 +153,116 @@ def test_always_corrupt_fails_that_host_and_keeps_nothing_of_it(
     assert_holds(host_store(tmp_path, "web1"), store, image.digest)  # the good host keeps the image
     h2 = host_store(tmp_path, "web2")
     assert leftovers(h2) == []
-    assert list((h2.root / "blobs" / "sha256").iterdir()) == []
+    # the blob after the corrupt one came through verified and stays; the corrupt one never lands
+    assert [p.name for p in (h2.root / "blobs" / "sha256").iterdir()] == [image.app[7:]]
     assert not h2.manifest_path(image.digest).exists()
+
+
+def frames(*blobs: tuple[str, int, str, bytes], manifest: bytes | None = None, end: bool = True) -> bytes:
+    """An image stream: a frame per (digest, size, codec, wire bytes), the manifest (gzip), `end`."""
+    out = b"".join(f"blob {d} {n} {codec} {len(w)}\n".encode() + w for d, n, codec, w in blobs)
+    if manifest is not None:
+        gz = gzip.compress(manifest)
+        out += f"manifest gzip - {len(gz)}\n".encode() + gz
+    return out + (b"end\n" if end else b"")
+
+
+def recv(digest: str, stream: bytes) -> object:
+    return agent_call(LocalTransport(), AGENT, "recv-image", [digest], input=stream)
+
+
+IMAGE = "sha256:" + "0" * 64  # a manifest that never comes
 
 
 @pytest.mark.parametrize(
     "digest",
     ["sha256:../../../etc/passwd", "sha256:" + "A" * 64, "sha256:" + "a" * 64 + "\n", "md5:" + "a" * 32, ""],
 )
-def test_recv_blob_refuses_a_bad_digest(tmp_path: Path, digest: str) -> None:
+def test_recv_image_refuses_a_bad_digest(tmp_path: Path, digest: str) -> None:
     with pytest.raises(AgentError) as e:
-        agent_call(LocalTransport(), AGENT, "recv-blob", [digest, "4", "none"], input=b"abcd")
+        recv(IMAGE, frames((digest, 4, "none", b"abcd")))
     assert e.value.kind == "AgentUsage"
-    assert not (tmp_path / "hosts" / "local" / "store").exists()
-
-
-def test_recv_blob_refuses_more_bytes_than_announced_and_keeps_nothing(tmp_path: Path) -> None:
-    data = b"x" * 100_000
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert (
+        not (tmp_path / "hosts" / "local" / "store" / "blobs").exists()
+        or leftovers(host_store(tmp_path)) == []
+    )
     with pytest.raises(AgentError) as e:
-        agent_call(LocalTransport(), AGENT, "recv-blob", [digest, "1000", "none"], input=data)
-    assert e.value.kind == "BlobCorrupt" and "more than" in e.value.message
+        recv(digest, frames())
+    assert e.value.kind == "AgentUsage"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"blob sha256:%s 4 none 99999999999999999\n" % (b"a" * 64),
+        b"blob x\n",
+        b"blob " + b"9" * 400 + b"\n",
+        b"rm -rf\n",
+    ],
+)
+def test_recv_image_refuses_a_malformed_header(tmp_path: Path, header: bytes) -> None:
+    with pytest.raises(AgentError) as e:
+        recv(IMAGE, header + b"abcd" + b"end\n")
+    assert e.value.kind in ("AgentUsage", "StreamCut")
+    assert leftovers(host_store(tmp_path)) == []
+
+
+def test_recv_image_refuses_more_bytes_than_announced_and_goes_on_with_the_next_blob(tmp_path: Path) -> None:
+    data, other = b"x" * 100_000, b"z" * 3000
+    digest, d2 = ("sha256:" + hashlib.sha256(b).hexdigest() for b in (data, other))
+    with pytest.raises(AgentError) as e:
+        recv(IMAGE, frames((digest, 1000, "none", data), (d2, len(other), "none", other)))
+    assert e.value.kind == "BlobCorrupt" and "more than" in e.value.message and digest in e.value.message
     host = host_store(tmp_path)
     assert leftovers(host) == [] and not host.blob_path(digest).exists()
-    agent_call(LocalTransport(), AGENT, "recv-blob", [digest, str(len(data)), "none"], input=data)
+    assert host.blob_path(d2).read_bytes() == other  # the frame after the bad one was found and taken
+    assert recv(IMAGE, frames((digest, len(data), "none", data)))["stored"] == [digest]  # type: ignore[index]
     assert host.blob_path(digest).read_bytes() == data
 
 
-def test_recv_blob_refuses_a_cut_short_stream(tmp_path: Path) -> None:
+@pytest.mark.parametrize("codec", ["zstd", "gzip", "none"])
+def test_recv_image_refuses_a_corrupt_blob_and_keeps_the_stream(tmp_path: Path, codec: str) -> None:
+    data, other = os.urandom(3000) * 20, b"w" * 5000
+    digest, d2 = ("sha256:" + hashlib.sha256(b).hexdigest() for b in (data, other))
+    wire = {"none": data, "gzip": gzip.compress(data)}.get(codec) or subprocess.run(
+        ["zstd", "-3", "-c", "-q"], input=data, capture_output=True, check=True
+    ).stdout
+    bad = bytearray(wire)
+    bad[len(bad) // 2] ^= 0xFF
+    with pytest.raises(AgentError) as e:
+        recv(IMAGE, frames((digest, len(data), codec, bytes(bad)), (d2, len(other), "none", other)))
+    assert e.value.kind == "BlobCorrupt" and f"blob {digest} arrived corrupt" in e.value.message
+    host = host_store(tmp_path)
+    assert leftovers(host) == [] and not host.blob_path(digest).exists()
+    assert host.blob_path(d2).read_bytes() == other
+
+
+@pytest.mark.parametrize("codec", ["zstd", "none"])
+def test_recv_image_refuses_a_cut_short_stream(tmp_path: Path, codec: str) -> None:
     data = b"y" * 50_000
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     zstd = subprocess.run(["zstd", "-3", "-c", "-q"], input=data, capture_output=True, check=True).stdout
-    with pytest.raises(AgentError) as e:
-        agent_call(LocalTransport(), AGENT, "recv-blob", [digest, str(len(data)), "zstd"], input=zstd[:-8])
-    assert e.value.kind == "BlobCorrupt" and f"blob {digest} arrived corrupt" in e.value.message
+    stream = frames((digest, len(data), codec, data if codec == "none" else zstd), end=False)
+    with pytest.raises(AgentError) as e:  # cut inside the blob's frame: nothing of it is kept
+        recv(IMAGE, stream[:-8])
+    assert e.value.kind == "StreamCut" and f"blob {digest} arrived cut short" in e.value.message
     assert leftovers(host_store(tmp_path)) == [] and not host_store(tmp_path).blob_path(digest).exists()
+    with pytest.raises(AgentError) as e:  # cut after it: the blob is whole and verified, the stream is not
+        recv(IMAGE, stream)
+    assert e.value.kind == "StreamCut" and "ended without `end`" in e.value.message
+    assert host_store(tmp_path).blob_path(digest).read_bytes() == data
 
 
-def test_recv_manifest_before_its_blobs_is_refused(store: ImageStore, image: Image, tmp_path: Path) -> None:
+def test_recv_image_takes_the_manifest_only_after_its_blobs(
+    store: ImageStore, image: Image, tmp_path: Path
+) -> None:
     data = store.manifest_path(image.digest).read_bytes()
     with pytest.raises(AgentError) as e:
-        agent_call(LocalTransport(), AGENT, "recv-manifest", [image.digest], input=data)
+        recv(image.digest, frames(manifest=data))
     assert e.value.kind == "StoreError" and "blobs first" in (e.value.hint or "")
     assert not host_store(tmp_path).manifest_path(image.digest).exists()
     with pytest.raises(AgentError) as e:  # and bytes that are not the digest's
-        agent_call(LocalTransport(), AGENT, "recv-manifest", [image.digest], input=data + b" ")
+        recv(image.digest, frames(manifest=data + b" "))
     assert e.value.kind == "BlobCorrupt"
 
 
@@ -221,11 +288,11 @@ def test_a_host_that_stops_reading_does_not_hang_the_sender(store: ImageStore, t
             store,
             image,
             [LocalTransport("mute")],
-            ["sh", "-c", 'for a; do [ "$a" = recv-blob ] && exit 1; done; exec "$@"', "sh", *AGENT],
+            ["sh", "-c", 'for a; do [ "$a" = recv-image ] && exit 1; done; exec "$@"', "sh", *AGENT],
             Recorder(),
         )
     assert time.monotonic() - t0 < 30
-    assert f"mute: blob {digest}: agent recv-blob failed (exit 1)" in e.value.message
+    assert "mute: agent recv-image failed (exit 1)" in e.value.message
     assert "(sent twice)" in e.value.message
     assert e.value.report.hosts["mute"].resent == 1
 
@@ -239,15 +306,16 @@ def test_have_removes_temp_files_of_dead_agents(tmp_path: Path) -> None:
 
 
 class Argvs(LocalTransport):
-    """Records every command and the size of its stdin."""
+    """Records every command and its stdin."""
 
     def __init__(self) -> None:
         super().__init__("local")
-        self.calls: list[tuple[list[str], int]] = []
+        self.calls: list[tuple[list[str], bytes]] = []
 
     def run(self, argv, *, input=None, stdin=None, timeout=60):  # type: ignore[no-untyped-def,override]
-        self.calls.append((list(argv), len(input) if input is not None else -1))
-        return super().run(argv, input=input, stdin=stdin, timeout=timeout)
+        data = input if input is not None else stdin.read() if stdin is not None else b""
+        self.calls.append((list(argv), data))
+        return super().run(argv, input=data, timeout=timeout)
 
 
 def test_a_rebuilds_manifest_goes_as_a_patch_against_one_the_host_has(
@@ -257,9 +325,13 @@ def test_a_rebuilds_manifest_goes_as_a_patch_against_one_the_host_has(
     v2 = make_image(store, tmp_path / "work", app_files={"srv/app/main.py": b"print('v2')\n"})
     t = Argvs()
     ship(store, v2.digest, [t], AGENT, Recorder())
-    sent = [(argv, n) for argv, n in t.calls if "recv-manifest" in argv]
-    assert len(sent) == 1
-    argv, n = sent[0]
-    assert argv[-3:] == [v2.digest, "zstd-patch", image.digest], argv
-    assert n < store.manifest_path(v2.digest).stat().st_size
+    [stream] = [stream for argv, stream in t.calls if "recv-image" in argv]
+    sent = []  # the frames' headers
+    while stream:
+        head, _, stream = stream.partition(b"\n")
+        sent.append(head.split())
+        stream = stream[int(head.split()[-1]) :] if head != b"end" else stream
+    assert [h[:2] for h in sent] == [[b"blob", v2.app.encode()], [b"manifest", b"zstd-patch"], [b"end"]]
+    assert sent[1][2] == image.digest.encode()
+    assert int(sent[1][3]) < store.manifest_path(v2.digest).stat().st_size
     assert_holds(host_store(tmp_path), store, v2.digest)
