@@ -1,6 +1,7 @@
 """Benchmark for production hosts (issue 11) on the 3-host test rig, anchors in the same run.
 
-    python bench/hosts_bench.py [--runs 3] [--rig /var/lib/sandbox-hostbench] [--json FILE]
+    python bench/hosts_bench.py [--runs 3] [--rig /var/lib/sandbox-hostbench] [--engine lxc|docker]
+                                [--json FILE]
 
 Brings up `scripts/testhosts.sh up 3 RIG` (3 "machines": netns + own sshd, reached with `ssh -F
 RIG/ssh_config`), makes its own workspace (recipes/ copied and images/ hard-linked from --workspace,
@@ -11,7 +12,8 @@ default the main checkout, which must hold a built `web` image), and reports:
               files to a scratch dir on the same hosts, each cold; seconds (median of --runs) and
               bytes on the wire (the hosts' veth counters: everything ssh sent, headers included)
   incr        a rebuild that changed only the app layer (a template): blobs and bytes shipped
-  promote     prod (3 hosts x 2 instances) and its anchor solo (this machine, 2 instances), each
+  promote     prod (3 hosts x 2 instances) and its anchor solo (this machine, 2 instances), both on
+              --engine (docker: each rig host runs its own dockerd, `testhosts.sh docker`), each
               `sandbox promote V --to ENV --probe 50` under `hey -c 4` (back-to-back 20 s windows
               while the promotion runs) and a no-retry keep-alive POST client: errors of each, and
               seconds per instance, hosts over local (target <= 1.2x)
@@ -49,7 +51,7 @@ PROD_PORT, SOLO_PORT = 19595, 19596
 PROFILE = """\
 name: {name}
 recipe: web
-backend: lxc
+backend: {engine}
 {hosts}instances: {instances}
 health: {{path: /healthz, interval: 0.5s, timeout: 40s}}
 router: {{listen: 127.0.0.1, port: {port}, drain_timeout: 5s}}
@@ -415,7 +417,7 @@ def host_death(c: list[str], rig: Rig, ref: str, rps: int, hey_window: int) -> d
 # -- the run ----------------------------------------------------------------------------------------
 
 
-def make_workspace(ws: Path, src: Path, rig: Rig) -> None:
+def make_workspace(ws: Path, src: Path, rig: Rig, engine: str) -> None:
     if not (src / "images" / "refs" / "web" / "latest").is_file():
         raise Failed(f"{src} holds no built web image: `sandbox -C {src} build web`, or pass --workspace")
     ws.mkdir(parents=True)
@@ -424,10 +426,10 @@ def make_workspace(ws: Path, src: Path, rig: Rig) -> None:
     (ws / "profiles").mkdir()
     hosts = "hosts:\n" + "".join(f"  - {{name: web{i}, ssh: root@10.250.0.1{i}}}\n" for i in HOSTS)
     (ws / "profiles" / "prod.yaml").write_text(
-        PROFILE.format(name="prod", hosts=hosts, instances=6, port=PROD_PORT)
+        PROFILE.format(name="prod", hosts=hosts, instances=6, port=PROD_PORT, engine=engine)
     )
     (ws / "profiles" / "solo.yaml").write_text(
-        PROFILE.format(name="solo", hosts="", instances=2, port=SOLO_PORT)
+        PROFILE.format(name="solo", hosts="", instances=2, port=SOLO_PORT, engine=engine)
     )
     (ws / "sandbox.yaml").write_text(
         "network: {bridge: sbxhbench0, subnet: 10.219.0.0/24}\n"
@@ -520,6 +522,7 @@ def main() -> None:
     ap.add_argument("--hey-window", type=int, default=20, help="seconds of each hey -z window")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--ship-only", action="store_true", help="only the shipping figures (1, 2)")
+    ap.add_argument("--engine", choices=("lxc", "docker"), default="lxc", help="prod's and solo's backend")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("hosts_bench needs root (the rig, lxc)")
@@ -535,6 +538,7 @@ def main() -> None:
     rep: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
+        "engine": args.engine,
     }
     shipping = None
     code = 0
@@ -542,7 +546,9 @@ def main() -> None:
         remove_workspace(ws)
         print(f"rig up in {rig.dir} …", flush=True)
         rig.script("up", "3", str(rig.dir))
-        make_workspace(ws, src, rig)
+        if args.engine == "docker":
+            rig.script("docker", *map(str, HOSTS))
+        make_workspace(ws, src, rig, args.engine)
         v1 = json.loads(sh([*c, "image", "inspect", "web", "--json"]).stdout)["digest"]
         print("building v2 (a template changed) …", flush=True)
         tpl = ws / "recipes" / "web" / "templates" / "settings.py.j2"

@@ -8,9 +8,12 @@ differs:
   the host agent loads them into the engine from the host's own store (`docker-load`,
   sandbox/hostagent/dockerops.py): a new app layer moves KB, and a whole image never crosses the
   network twice;
-- **addresses**: the workspace's own docker network on the host (`sandbox-WORKSPACE`, the
-  workspace's subnet), each container at the address the control machine's state handed out, as
-  lxc containers on hosts are;
+- **addresses**: the address the control machine's state hands out is the instance's *slot*: it
+  fixes the published port (below) and is never reused while the instance lives ("static-address").
+  docker picks the container's own address on the workspace's network on the host
+  (`sandbox-WORKSPACE`); nothing outside the host uses it. (Giving the container the slot address
+  itself would put the workspace's subnet on two bridges of a host that also runs the workspace's
+  lxc instances, and traffic would go to the wrong one.)
 - **publishing**: each app port is published by docker on the host (all its addresses) at the port
   that follows from the instance's address, so the router and the health probes reach it at
   HOST_ADDRESS:PORT (the same scheme as lxc on hosts; sandbox/hosts/publishing.py);
@@ -28,7 +31,6 @@ import docker.errors
 
 from sandbox.backends.base import BackendContext, BackendError, InstanceSpec
 from sandbox.backends.docker import LABEL_WS, DockerBackend, _translated
-from sandbox.backends.hostsetup import gateway
 from sandbox.backends.remote import OnHost
 from sandbox.hosts.agent import HostAgent
 from sandbox.hosts.publishing import published_port
@@ -103,22 +105,7 @@ class RemoteDocker(OnHost, DockerBackend):
 
     # -- instances ---------------------------------------------------------------------------
     def _network_args(self) -> dict[str, Any]:
-        """The workspace's subnet, so each container gets the address the state handed out."""
-        from docker.types import IPAMConfig, IPAMPool
-
-        gw, _ = gateway(self.ctx.network.subnet)
-        pool = IPAMPool(subnet=self.ctx.network.subnet, gateway=gw)
-        return {
-            "driver": "bridge",
-            "ipam": IPAMConfig(pool_configs=[pool]),
-            "labels": {LABEL_WS: self.ctx.workspace_id},
-        }
-
-    def _create_args(self, spec: InstanceSpec, image: str) -> dict[str, Any]:
-        args = super()._create_args(spec, image)
-        if spec.address is not None:
-            args["networking_config"] = {self.network_name: {"IPAMConfig": {"IPv4Address": spec.address}}}
-        return args
+        return {"driver": "bridge", "labels": {LABEL_WS: self.ctx.workspace_id}}
 
     def _publish_at(self, spec: InstanceSpec) -> tuple[str, int | None]:
         if spec.address is None:

@@ -304,8 +304,8 @@ def test_docker_on_two_hosts_ships_loads_and_promotes_with_no_failed_request(
         v = ok(sandbox(hws, "up", "dock", "--wait", "--json", timeout=600))
         assert sorted(i["host"] for i in v["instances"]) == ["web1", "web2"], v["instances"]
         assert [i["endpoint"].split(":")[0] for i in v["instances"]] == ["10.250.0.11", "10.250.0.12"]
-        # each container at the address the state handed out, on the workspace's network on its host
-        assert all(i["address"].startswith("10.218.0.") for i in v["instances"]), v["instances"]
+        # each instance's slot in the workspace's subnet (it fixes the port) is its own
+        assert len({i["address"] for i in v["instances"]}) == 2, v["instances"]
         assert docker_containers(testhosts, 1) == ["dock-0"] and docker_containers(testhosts, 2) == ["dock-1"]
         s = ok(sandbox(hws, "status", "dock", "--json"))
         assert all(i["health"] == "healthy" for i in s["instances"]), s
