@@ -2,7 +2,7 @@
 # Quick start, command 2 of 2: install the test needs and run the whole suite
 # (ruff, mypy, the import layers, unit and integration tests against real mmdebstrap, lxc, docker,
 # lxd, libvirt). .ci/run calls this.
-#   ./test.sh [pytest args...]
+#   ./test.sh [pytest args...]   (with args: one pytest run with them, e.g. a single test file)
 set -eu
 cd "$(dirname "$0")"
 HERE=$(pwd)
@@ -35,4 +35,13 @@ echo ">> mypy"
 echo ">> import layers"
 "$VENV/bin/lint-imports"
 echo ">> pytest"
+if [ $# -eq 0 ]; then
+    # the whole suite: the unit tests (tmp dirs and free ports of their own, mostly waiting on
+    # subprocesses) two at a time, then the integration tests one at a time (they share daemons,
+    # the test hosts and the machine's 2 cores with load probes that count every failed request)
+    RC=0
+    "$VENV/bin/python" -m pytest -ra -n 2 tests/unit || RC=$?
+    "$VENV/bin/python" -m pytest -ra --durations=25 tests/integration || RC=$?
+    exit "$RC"
+fi
 exec "$VENV/bin/python" -m pytest -ra "$@"
