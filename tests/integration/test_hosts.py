@@ -311,6 +311,9 @@ def test_docker_on_two_hosts_ships_loads_and_promotes_with_no_failed_request(
         assert all(i["health"] == "healthy" for i in s["instances"]), s
         r = sandbox(hws, "exec", "dock", "-i", "1", "--", "cat", "/etc/hostname")
         assert r.code == 0 and "dock-1" in r.stdout, r
+        # the app's log, read by the local docker CLI through the forwarded socket
+        r = sandbox(hws, "logs", "dock", "-i", "0", "-n", "20")
+        assert r.code == 0 and (r.stdout + r.stderr).strip(), r
         tpl = hws / "recipes" / "web" / "templates" / "settings.py.j2"
         original = tpl.read_text()
         tpl.write_text(original.replace('GREETING = "{{ greeting }}"', 'GREETING = "{{ greeting }} (dock)"'))
