@@ -230,6 +230,33 @@ class FakeHostBackend(OnHost, FakeBackend):
         self._unreachable()
         return super().state(name)
 
+    # -- what gc reads and removes on a host (its unpacked images: a file beside its instances)
+    def _images(self) -> list[str]:
+        f = self.dir / "images.json"
+        return list(json.loads(f.read_text())) if f.exists() else []
+
+    def prepare_image(self, digest: str) -> None:
+        super().prepare_image(digest)
+        atomic_write(self.dir / "images.json", json.dumps(sorted({*self._images(), digest})).encode())
+
+    def instances(self) -> list[str]:
+        self._unreachable()
+        return super().instances()
+
+    def images(self) -> list[str]:
+        self._unreachable()
+        return self._images()
+
+    def forget_image(self, digest: str) -> None:
+        self._op("forget", digest[7:19])
+        atomic_write(
+            self.dir / "images.json", json.dumps([d for d in self._images() if d != digest]).encode()
+        )
+
+    def clean_stale(self) -> list[str]:
+        self._unreachable()
+        return []
+
     def published(self, spec: InstanceSpec) -> str | None:
         if spec.app_port is None or spec.address is None:
             return None

@@ -242,11 +242,15 @@ def clone(obj: Ctx, src: str, dst: str, owner: str | None, wait: bool) -> None:
 @json_option
 @click.pass_obj
 def gc_cmd(obj: Ctx, images: bool) -> None:
-    """Remove expired envs and whatever a crash left behind."""
+    """Remove expired envs and whatever a crash left behind, here and on the profiles' hosts."""
 
-    report = Envs(obj.ws, obj.output).gc(images=images)
-    parts = [f"{len(v)} {k.removeprefix('removed_')}" for k, v in report.to_dict().items()]
-    obj.output.result(report.to_dict(), "removed " + ", ".join(parts))
+    d = Envs(obj.ws, obj.output).gc(images=images).to_dict()
+    text = "removed " + ", ".join(
+        f"{len(v)} {k.removeprefix('removed_')}" for k, v in d.items() if k.startswith("removed_")
+    )
+    if d["skipped_hosts"]:
+        text += f"; not collected on host {', '.join(d['skipped_hosts'])} (see the warnings)"
+    obj.output.result(d, text)
 
 
 @cli.command("diff")

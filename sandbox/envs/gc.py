@@ -1,4 +1,5 @@
-"""`sandbox gc`: remove expired envs, envs a crash left half-made, and orphans no env owns."""
+"""`sandbox gc`: remove expired envs, envs a crash left half-made, and orphans no env owns (on this
+machine, and on production hosts: sandbox/envs/gchosts.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.envs.context import EnvContext
+from sandbox.envs.gchosts import collect_hosts
 from sandbox.envs.lifecycle import Lifecycle
 from sandbox.envs.routing import EnvRouting
 from sandbox.errors import SandboxError
@@ -20,6 +22,8 @@ class GcReport:
     removed_instances: list[str] = field(default_factory=list)
     removed_routers: list[str] = field(default_factory=list)
     removed_images: list[str] = field(default_factory=list)
+    #: production hosts gc could not finish on (no answer, or their engine failed): a later gc does
+    skipped_hosts: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -69,6 +73,11 @@ def collect(
                     backend.forget_image(digest)
                     report.removed_images.append(digest)
         backend.clean_stale()
+    for h in collect_hosts(ctx, images=images):  # instances and images on production hosts (HOST:NAME)
+        report.removed_instances += h.instances
+        report.removed_images += h.images
+        if h.error is not None:
+            report.skipped_hosts.append(h.host)
     env_names = {e.name for e in ctx.state.list_envs()}
     for d in sorted(ctx.routers.iterdir()) if ctx.routers.is_dir() else []:
         if d.is_dir() and d.name not in env_names:

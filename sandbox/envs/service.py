@@ -150,7 +150,8 @@ class Envs:
         return [env_view(self.ctx, e, live=True) for e in self.ctx.state.list_envs(owner)]
 
     def gc(self, *, images: bool = False, now: float | None = None) -> GcReport:
-        """Remove expired envs, envs a crash left half-made, and orphans no env owns."""
+        """Remove expired envs, envs a crash left half-made, and orphans no env owns (here and on the
+        production hosts of the workspace's envs and profiles)."""
         from sandbox.envs.gc import collect
 
         return collect(self.ctx, self.lifecycle, self.routing, images=images, now=now)

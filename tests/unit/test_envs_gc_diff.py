@@ -138,6 +138,7 @@ def test_gc_on_an_empty_workspace_does_nothing(envs: Envs) -> None:
         "removed_instances": [],
         "removed_routers": [],
         "removed_images": [],
+        "skipped_hosts": [],
     }
 
 
@@ -253,6 +254,7 @@ def test_gc_is_idempotent(envs: Envs) -> None:
         "removed_instances": [],
         "removed_routers": [],
         "removed_images": [],
+        "skipped_hosts": [],
     }
 
 
