@@ -344,6 +344,14 @@ def test_docker_on_two_hosts_ships_loads_and_promotes_with_no_failed_request(
                 "-q",
             )
             assert p.returncode == 0 and p.stdout.strip(), (i, p.stdout, p.stderr)
+        # gc visits every host of the workspace's envs and profiles (docker and lxc ones) and keeps
+        # what the state knows
+        g = ok(sandbox(hws, "gc", "--images", "--json", timeout=300))
+        assert g["skipped_hosts"] == [] and not [x for x in g["removed_instances"] if "dock-" in x], g
+        assert sorted(docker_containers(testhosts, 1) + docker_containers(testhosts, 2)) == [
+            "dock-2",
+            "dock-3",
+        ]
     finally:
         ok(sandbox(hws, "down", "dock", timeout=300))
         (hws / "profiles" / "dock.yaml").unlink()
