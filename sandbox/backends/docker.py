@@ -376,7 +376,7 @@ def _translated(remote: str | None, where: str | None = None, down_hint: str | N
         else:
             hint = "see the docker daemon's log"
         raise BackendError(f"docker: {msg}", hint=hint) from e
-    except (docker.errors.DockerException, requests.exceptions.ConnectionError) as e:
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:  # incl. timeouts
         msg = str(e)
         if "Permission denied" in msg or "PermissionError" in msg:
             raise BackendError(

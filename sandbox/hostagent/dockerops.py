@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,7 +74,7 @@ def engine_version() -> str:
 
 
 def _loaded(tag: str, digest: str) -> bool:
-    status, body = _get(f"/images/{tag}/json")
+    status, body = _get(f"/images/{urllib.parse.quote(tag, safe='/:')}/json")
     if status != 200:
         return False
     labels = (json.loads(body).get("Config") or {}).get("Labels") or {}

@@ -16,7 +16,9 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 import zlib
+from pathlib import Path
 from typing import Any
 
 from sandbox.errors import StoreError
@@ -86,6 +88,30 @@ def wide_pipe(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, CHUNK)
 
 
+def _unpatch(digest: str, base: Path, patch: bytes) -> bytes:
+    """The manifest from a zstd patch against `base`, at most MAX_MANIFEST bytes read (a small
+    hostile patch can expand to gigabytes: zstd is stopped past the bound)."""
+    with tempfile.TemporaryFile() as src, tempfile.TemporaryFile() as err:
+        src.write(patch)
+        src.seek(0)
+        proc = subprocess.Popen(
+            ["zstd", "-d", "-q", "-c", f"--patch-from={base}"], stdin=src, stdout=subprocess.PIPE, stderr=err
+        )
+        assert proc.stdout is not None
+        out = proc.stdout.read(MAX_MANIFEST + 1)
+        if len(out) > MAX_MANIFEST:
+            proc.kill()
+        proc.stdout.close()
+        code = proc.wait()
+        err.seek(0)
+        why = err.read(200).decode(errors="replace")
+    if len(out) > MAX_MANIFEST:
+        raise BlobCorrupt(f"manifest {digest} arrived corrupt (zstd patch: longer than {MAX_MANIFEST} bytes)")
+    if code != 0:
+        raise BlobCorrupt(f"manifest {digest} arrived corrupt (zstd patch: {why})")
+    return out
+
+
 def take_manifest(digest: str, form: list[str], data: bytes) -> None:
     """Store manifest `digest` from its bytes as sent: `gzip` (it lists every file of the image,
     megabytes of JSON), or `zstd-patch BASE`, a patch against manifest BASE that this host holds (a
@@ -98,12 +124,7 @@ def take_manifest(digest: str, form: list[str], data: bytes) -> None:
         base = store().manifest_path(digest_arg(form[1]))
         if not base.is_file():
             raise StoreError(f"manifest {form[1]} (the patch's base) is not here", hint="send it whole")
-        p = subprocess.run(
-            ["zstd", "-d", "-q", "-c", f"--patch-from={base}"], input=data, capture_output=True, check=False
-        )
-        if p.returncode != 0 or len(p.stdout) > MAX_MANIFEST:
-            raise BlobCorrupt(f"manifest {digest} arrived corrupt (zstd patch: {p.stderr.decode()[:200]})")
-        data = p.stdout
+        data = _unpatch(digest, base, data)
     else:
         try:
             d = zlib.decompressobj(wbits=31)

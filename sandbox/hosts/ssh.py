@@ -200,22 +200,27 @@ class SshTransport:
         as long as that connection (ControlPersist), so each command asks again: a repeat is a no-op."""
         key = hashlib.sha256(f"{self.target}|{remote}".encode()).hexdigest()[:12]
         local = self.control_dir / f"fwd-{key}"
+        self._no_config_forwards()
         self.run(["true"], timeout=self.connect_timeout + 30)  # the master, and a live host
-        p = subprocess.run(
-            [
-                "ssh",
-                *self.options(clear_forwardings=False),
-                "-O",
-                "forward",
-                "-L",
-                f"{local}:{remote}",
-                "--",
-                self.target.host,
-            ],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
+        cmd = [
+            "ssh",
+            *self.options(clear_forwardings=False),
+            "-O",
+            "forward",
+            "-L",
+            f"{local}:{remote}",
+            "--",
+            self.target.host,
+        ]
+        try:
+            p = subprocess.run(cmd, capture_output=True, timeout=30, check=False)
+        except subprocess.TimeoutExpired as e:
+            self._dead = HostUnreachable(
+                f"host {self.name} ({self.target}): its ssh connection did not take the forward in 30 s",
+                hint="is the host up and its network reachable? `sandbox host check PROFILE`",
+                host=self.name,
+            )
+            raise self._dead from e
         if p.returncode != 0:
             raise HostError(
                 f"host {self.name}: cannot forward {remote}: {p.stderr.decode(errors='replace').strip()}",
@@ -223,6 +228,32 @@ class SshTransport:
                 host=self.name,
             )
         return local
+
+    def _no_config_forwards(self) -> None:
+        """A forward request sends the master every forwarding ssh would set up for this target,
+        those of the config files too (LocalForward, RemoteForward, DynamicForward), which the
+        other commands clear: refuse rather than open a way from the host back into this machine."""
+        p = subprocess.run(
+            ["ssh", "-G", *self.options(clear_forwardings=False), "--", self.target.host],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        found = [
+            line.strip()
+            for line in p.stdout.splitlines()
+            if line.split(" ", 1)[0].lower() in ("localforward", "remoteforward", "dynamicforward")
+        ]
+        if p.returncode != 0 or found:
+            raise HostError(
+                f"host {self.name}: the ssh config sets up forwardings for {self.target} "
+                f"({'; '.join(found[:3]) or p.stderr.strip()[:200]}); sandbox will not forward the "
+                "docker socket on that connection, as it would open them too",
+                hint="remove LocalForward/RemoteForward/DynamicForward for this host from the ssh config "
+                "(or give sandbox its own: settings hosts.ssh_config)",
+                host=self.name,
+            )
 
     def close(self) -> None:
         """End the multiplexed connection (if one is open)."""

@@ -294,3 +294,31 @@ def test_published_port_refuses(address: str, subnet: str) -> None:
 def test_the_broadcast_address_is_refused() -> None:
     with pytest.raises(SandboxError):
         published_port("10.0.0.255", "10.0.0.0/24")
+
+
+def test_a_manifest_patch_that_expands_past_the_bound_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small zstd patch can expand to gigabytes: the host reads at most MAX_MANIFEST bytes of it."""
+    if shutil.which("zstd") is None:
+        pytest.skip("zstd is not installed")
+    from sandbox.hostagent import storeops
+    from sandbox.store.store import BlobCorrupt
+
+    monkeypatch.setattr(storeops, "MAX_MANIFEST", 1 << 16)
+    base = tmp_path / "base.json"
+    base.write_bytes(b"{}")
+    big = tmp_path / "big"
+    big.write_bytes(bytes(1 << 20))
+    patch = subprocess.run(
+        ["zstd", "-q", "-c", f"--patch-from={base}", str(big)], capture_output=True, check=True
+    ).stdout
+    assert len(patch) < 1 << 12  # 1 MiB of zeros in a few hundred bytes
+    with pytest.raises(BlobCorrupt, match="longer than"):
+        storeops._unpatch("sha256:" + "a" * 64, base, patch)
+    small = tmp_path / "small.json"
+    small.write_bytes(b'{"a":1}')
+    ok = subprocess.run(
+        ["zstd", "-q", "-c", f"--patch-from={base}", str(small)], capture_output=True, check=True
+    )
+    assert storeops._unpatch("sha256:" + "a" * 64, base, ok.stdout) == b'{"a":1}'

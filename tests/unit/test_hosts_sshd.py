@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.hosts.ssh import SshTransport
-from sandbox.hosts.transport import HostAuthRefused, HostKeyUnknown, HostUnreachable
+from sandbox.hosts.transport import HostAuthRefused, HostError, HostKeyUnknown, HostUnreachable
 from tests.conftest import integration_required
 
 SSHD = "/usr/sbin/sshd"
@@ -259,3 +259,15 @@ def test_a_unix_socket_on_the_host_is_forwarded_over_the_multiplexed_connection(
     server.close()
     # ordinary commands keep forwarding cleared: the option is only left off for the forward request
     assert "ClearAllForwardings=yes" in t.options()
+
+
+def test_a_forward_is_refused_when_the_ssh_config_sets_up_forwardings(sshd: Sshd) -> None:
+    """`-O forward` would send the master the config's RemoteForward too (a way from the host back
+    into this machine): forward_unix refuses, naming the host and the line."""
+    t = sshd.client("cfgfwd")
+    assert t.ssh_config is not None
+    t.ssh_config.write_text(t.ssh_config.read_text() + "  RemoteForward 15432 127.0.0.1:5432\n")
+    with pytest.raises(HostError) as e:
+        t.forward_unix(str(sshd.dir / "engine.sock"))
+    assert e.value.host == "lo1" and "remoteforward 15432" in e.value.message.lower()
+    assert e.value.hint is not None and "RemoteForward" in e.value.hint
