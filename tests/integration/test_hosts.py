@@ -186,7 +186,17 @@ def test_a_host_cut_off_mid_promotion_stops_it_and_resume_converges(hws: Path, t
     cut_at: list[float] = []
 
     def cut() -> None:
-        time.sleep(5.0)  # the probe's 2 s, then the first swap on web1
+        """Cut web2 once the first swap has started (on web1): the next one is web2's."""
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            h = sandbox(hws, "history", "prod", "--json")
+            if (
+                h.code == 0
+                and len(h.json) > len(history)
+                and any(st["step"] == "started" for st in h.json[0]["steps"])
+            ):
+                break
+            time.sleep(0.3)
         testhosts.cut(2)
         cut_at.append(time.time())
 
