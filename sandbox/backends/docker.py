@@ -102,16 +102,22 @@ class DockerBackend(Backend):
         return {"driver": "bridge", "labels": {LABEL_WS: "shared"}}
 
     # -- images --------------------------------------------------------------
-    def prepare_image(self, digest: str) -> None:
-
-        store = self.store
-        tag = repo_tag(store, digest)
+    def _loaded(self, digest: str) -> bool:
+        """The engine holds `digest` under its tag (its digest label says so)."""
         with self._errors():
             try:
-                if self.client.images.get(tag).labels.get(LABEL_DIGEST) == digest:
-                    return
+                return bool(
+                    self.client.images.get(repo_tag(self.store, digest)).labels.get(LABEL_DIGEST) == digest
+                )
             except docker.errors.ImageNotFound:
-                pass
+                return False
+
+    def prepare_image(self, digest: str) -> None:
+        store = self.store
+        tag = repo_tag(store, digest)
+        if self._loaded(digest):
+            return
+        with self._errors():
             t0 = time.monotonic()
             self.sink(
                 Event("progress", phase="up", message=f"loading image {digest[7:19]} into docker (once)")

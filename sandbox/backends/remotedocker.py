@@ -35,7 +35,6 @@ from sandbox.backends.remote import OnHost
 from sandbox.hosts.agent import HostAgent
 from sandbox.hosts.publishing import published_port
 from sandbox.hosts.ssh import FORWARD_HINT
-from sandbox.imageformats.docker import LABEL_DIGEST, repo_tag
 
 #: the engine's socket on a host (forwarded here; the host agent's `docker-load` uses it too)
 ENGINE_SOCKET = "/var/run/docker.sock"
@@ -94,14 +93,8 @@ class RemoteDocker(OnHost, DockerBackend):
 
     # -- images: shipped by digest, loaded on the host ----------------------------------------
     def prepare_image(self, digest: str) -> None:
-        tag = repo_tag(self.store, digest)
-        with self._errors():
-            try:
-                if self.client.images.get(tag).labels.get(LABEL_DIGEST) == digest:
-                    return
-            except docker.errors.ImageNotFound:
-                pass
-        self.agent.call("docker-load", digest, timeout=None)
+        if not self._loaded(digest):
+            self.agent.call("docker-load", digest, timeout=None)
 
     # -- instances ---------------------------------------------------------------------------
     def _network_args(self) -> dict[str, Any]:
