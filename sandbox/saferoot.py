@@ -25,82 +25,27 @@ link, FIFO or device in the last component is replaced, never opened.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO
 
 from sandbox.errors import SandboxError
+from sandbox.saferesolve import MAX_LINKS, open_at, open_root, path_parts
+from sandbox.saferesolve import Links as Links  # the link modes, part of this module's API
 
-Links = Literal["refuse", "in_root"]
 READ_LIMIT = 1 << 20
-MAX_LINKS = 40
-
-_SYS_OPENAT2 = 437  # the same number on every architecture since Linux 5.6
-RESOLVE_NO_XDEV = 0x01
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_NO_SYMLINKS = 0x04
-RESOLVE_BENEATH = 0x08
-RESOLVE_IN_ROOT = 0x10
 
 
 class UnsafePath(SandboxError):
     """A path under an image root or instance layer that sandbox refuses to use from the host."""
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-#: None: not probed yet; tests set it to False to exercise the fallback walk
-use_openat2: bool | None = None
-
-
-def _openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
-    tmpfile = getattr(os, "O_TMPFILE", 0)
-    creates = flags & os.O_CREAT or (tmpfile and flags & tmpfile == tmpfile)
-    how = _OpenHow(flags, mode if creates else 0, resolve)  # a mode without O_CREAT is EINVAL
-    for _ in range(16):  # EAGAIN: a concurrent rename or mount; the kernel asks us to retry
-        fd = _libc.syscall(
-            ctypes.c_long(_SYS_OPENAT2),
-            ctypes.c_int(dirfd),
-            ctypes.c_char_p(os.fsencode(path)),
-            ctypes.byref(how),
-            ctypes.c_size_t(ctypes.sizeof(how)),
-        )
-        if fd >= 0:
-            return int(fd)
-        err = ctypes.get_errno()
-        if err != errno.EAGAIN:
-            raise OSError(err, os.strerror(err), path)
-    raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN), path)
-
-
-def _have_openat2() -> bool:
-    global use_openat2
-    if use_openat2 is None:
-        try:
-            os.close(_openat2(-100, "/", os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_NO_MAGICLINKS))  # AT_FDCWD
-            use_openat2 = True
-        except OSError as e:
-            if e.errno not in (errno.ENOSYS, errno.EPERM):  # EPERM: a seccomp filter that denies it
-                raise
-            use_openat2 = False
-    return use_openat2
-
-
-def _parts(rel: str) -> list[str]:
-    return [p for p in rel.split("/") if p not in ("", ".")]
-
-
 def _show(rel: str) -> str:
-    return "/" + "/".join(_parts(rel))
+    return "/" + "/".join(path_parts(rel))
 
 
 def _refused(root: Path, rel: str, why: str) -> UnsafePath:
@@ -123,79 +68,15 @@ def _translate(root: Path, rel: str, e: OSError) -> Exception:
 # -- resolution ---------------------------------------------------------------------------------
 
 
-def _open_root(root: Path) -> int:
-    return os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-
-
-def _walk(rootfd: int, root: Path, rel: str, flags: int, mode: int, links: Links) -> int:
-    """The fallback resolver: openat(O_PATH|O_NOFOLLOW) per component, links resolved by us."""
-    stack = [os.dup(rootfd)]
-    parts = _parts(rel)
-    followed = 0
-    try:
-        while True:
-            if not parts:  # the root itself
-                return os.open(".", flags | os.O_CLOEXEC, mode, dir_fd=stack[-1])
-            part = parts.pop(0)
-            if part == "..":
-                if len(stack) > 1:
-                    os.close(stack.pop())
-                elif links == "refuse":
-                    raise OSError(errno.EXDEV, "leaves the root", rel)
-                continue
-            last = not parts
-            if last and flags & os.O_NOFOLLOW:
-                return os.open(part, flags | os.O_CLOEXEC, mode, dir_fd=stack[-1])
-            try:
-                fd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stack[-1])
-            except FileNotFoundError:
-                if last and flags & os.O_CREAT:
-                    return os.open(part, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=stack[-1])
-                raise
-            st = os.fstat(fd)
-            if stat.S_ISLNK(st.st_mode):
-                target = os.readlink(part, dir_fd=stack[-1])
-                os.close(fd)
-                followed += 1
-                if links == "refuse" or followed > MAX_LINKS:
-                    raise OSError(errno.ELOOP, "symbolic link", rel)
-                if target.startswith("/"):
-                    while len(stack) > 1:
-                        os.close(stack.pop())
-                parts = _parts(target) + parts
-                continue
-            if not last:
-                if not stat.S_ISDIR(st.st_mode):
-                    os.close(fd)
-                    raise OSError(errno.ENOTDIR, "not a directory", rel)
-                stack.append(fd)
-                continue
-            os.close(fd)
-            # the last component, opened for real; O_NOFOLLOW: a link swapped in meanwhile is ELOOP
-            return os.open(part, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=stack[-1])
-    finally:
-        for fd in stack:
-            os.close(fd)
-
-
-def _open_at(rootfd: int, root: Path, rel: str, flags: int, mode: int, links: Links) -> int:
-    if _have_openat2():
-        resolve = RESOLVE_NO_MAGICLINKS | (
-            RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS if links == "refuse" else RESOLVE_IN_ROOT
-        )
-        return _openat2(rootfd, "/".join(_parts(rel)) or ".", flags | os.O_CLOEXEC, mode, resolve)
-    return _walk(rootfd, root, rel, flags, mode, links)
-
-
 def open_in_root(root: Path, rel: str, flags: int, mode: int = 0o644, *, links: Links = "refuse") -> int:
     """An fd for `rel` below `root`, resolved so that it never leaves `root` (see the module doc).
 
     In "in_root" mode the last component is followed (inside the root) unless `flags` has O_NOFOLLOW.
     Raises UnsafePath for a refused link or an escape, OSError (FileNotFoundError...) otherwise.
     """
-    rootfd = _open_root(root)
+    rootfd = open_root(root)
     try:
-        return _open_at(rootfd, root, rel, flags, mode, links)
+        return open_at(rootfd, root, rel, flags, mode, links)
     except OSError as e:
         raise _translate(root, rel, e) from None
     finally:
@@ -208,7 +89,7 @@ def _parent_dir(
 ) -> Iterator[tuple[int, str]]:
     """(fd of the parent directory of `rel`, last name): with `create` (mode, uid, gid), missing
     parents are made (and only those get that owner)."""
-    parts = _parts(rel)
+    parts = path_parts(rel)
     if not parts or parts[-1] == "..":
         raise _refused(root, rel, "names no file")
     parent = "/".join(parts[:-1])
@@ -228,14 +109,14 @@ def mkdirs_in_root(
 ) -> int:  # fmt: skip
     """`mkdir -p rel` below `root`; returns an O_PATH fd of the directory. Directories made here get
     `mode` and (if given) uid:gid; existing ones are left as they are (they must be directories)."""
-    parts = _parts(rel)
-    rootfd = _open_root(root)
+    parts = path_parts(rel)
+    rootfd = open_root(root)
     try:
         fd = os.dup(rootfd)
         for i, name in enumerate(parts):
             sub = "/".join(parts[: i + 1])
             try:
-                nfd = _open_at(rootfd, root, sub, os.O_PATH | os.O_DIRECTORY, 0, links)
+                nfd = open_at(rootfd, root, sub, os.O_PATH | os.O_DIRECTORY, 0, links)
             except FileNotFoundError:
                 if name == "..":
                     raise
@@ -252,7 +133,7 @@ def mkdirs_in_root(
                         base = "" if target.startswith("/") else "/".join(parts[:i])
                         os.close(mkdirs_in_root(root, f"{base}/{target}", mode, uid, gid, links=links,
                                                 _depth=_depth + 1))  # fmt: skip
-                nfd = _open_at(rootfd, root, sub, os.O_PATH | os.O_DIRECTORY, 0, links)
+                nfd = open_at(rootfd, root, sub, os.O_PATH | os.O_DIRECTORY, 0, links)
                 if made:  # on the inode the fd holds, not by name (it may have been swapped)
                     if uid is not None and gid is not None:
                         os.chown(f"/proc/self/fd/{nfd}", uid, gid)

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sandbox import saferoot
+from sandbox import saferesolve, saferoot
 from sandbox.saferoot import (
     UnsafePath,
     copy_out_of_root,
@@ -47,7 +47,7 @@ ZERO_DEV = os.stat("/dev/zero").st_rdev
 
 @pytest.fixture(params=[True, False], ids=["openat2", "walk"])
 def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    monkeypatch.setattr(saferoot, "use_openat2", request.param)
+    monkeypatch.setattr(saferesolve, "use_openat2", request.param)
     return bool(request.param)
 
 
@@ -175,8 +175,8 @@ def test_nothing_outside_the_root_changes(
     names: list[str], kinds: list[str], op: str, links: saferoot.Links, openat2: bool
 ) -> None:
     top = Path(tempfile.mkdtemp(prefix="saferoot-"))
-    old = saferoot.use_openat2
-    saferoot.use_openat2 = openat2
+    old = saferesolve.use_openat2
+    saferesolve.use_openat2 = openat2
     try:
         w = World(top)
         scratch = top / "scratch"
@@ -203,7 +203,7 @@ def test_nothing_outside_the_root_changes(
         before.pop(str(top / "."), None)
         assert after == before, f"{op} {rel!r} ({links}) changed something outside the root"
     finally:
-        saferoot.use_openat2 = old
+        saferesolve.use_openat2 = old
         shutil.rmtree(top)
 
 
