@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import os
 import sqlite3
 import threading
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import EnvExists, NotFound, QuotaExceeded, StateError
 from sandbox.fsutil import pid_alive
+from sandbox.state.history import SnapshotsAndEvents
 from sandbox.state.rows import (
     ENV_FIELDS,
     INSTANCE_FIELDS,
@@ -30,7 +30,6 @@ from sandbox.state.rows import (
     TRANSIENT_STATES,
     Env,
     Instance,
-    Snapshot,
     dump_json,
     env_missing,
     env_values,
@@ -62,7 +61,7 @@ def _private_files(db: Path) -> None:
             os.chmod(p, 0o600)
 
 
-class StateDB:
+class StateDB(SnapshotsAndEvents):
     """The state database at `path` (normally `<workspace>/.sandbox/state.db`)."""
 
     def __init__(self, path: Path) -> None:
@@ -351,53 +350,6 @@ class StateDB:
 
     def delete_instance(self, env: str, idx: int) -> bool:
         return self._write("DELETE FROM instances WHERE env = ? AND idx = ?", env, idx) > 0
-
-    # -- snapshots --------------------------------------------------------------------------
-
-    def add_snapshot(
-        self, env: str, name: str, data: dict[str, Any] | None = None, now: float | None = None
-    ) -> Snapshot:
-        t = now_or(now)
-        with self._tx() as c:
-            self._get_env(c, env)
-            dup = StateError(
-                f"snapshot {name!r} of {env!r} already exists",
-                hint=f"pick another snapshot name (`sandbox snapshot {env} NAME`)",
-            )
-            sql = "INSERT INTO snapshots (env, name, created, data) VALUES (?, ?, ?, ?)"
-            insert_row(c, dup, sql, env, name, t, dump_json(data))
-        return Snapshot(env, name, t, json.loads(dump_json(data)))
-
-    def snapshots(self, env: str) -> list[Snapshot]:
-        rows = self._rows("SELECT * FROM snapshots WHERE env = ? ORDER BY created, name", env)
-        return [Snapshot.from_row(r) for r in rows]
-
-    def get_snapshot(self, env: str, name: str) -> Snapshot:
-        with self._tx(write=False) as c:
-            row = c.execute("SELECT * FROM snapshots WHERE env = ? AND name = ?", (env, name)).fetchone()
-            if row is None:
-                self._get_env(c, env)
-                known = ", ".join(r[0] for r in c.execute("SELECT name FROM snapshots WHERE env = ?", (env,)))
-                hint = f"snapshots of {env}: {known}" if known else f"`sandbox snapshot {env}` takes one"
-                raise NotFound(f"snapshot {name!r} of {env!r} not found", hint=hint)
-        return Snapshot.from_row(row)
-
-    def delete_snapshot(self, env: str, name: str) -> bool:
-        return self._write("DELETE FROM snapshots WHERE env = ? AND name = ?", env, name) > 0
-
-    # -- events -----------------------------------------------------------------------------
-
-    def event(
-        self, kind: str, message: str, env: str | None = None, data: dict[str, Any] | None = None
-    ) -> None:
-        sql = "INSERT INTO events (ts, env, kind, message, data) VALUES (?, ?, ?, ?, ?)"
-        self._write(sql, time.time(), env, kind, message, dump_json(data))
-
-    def events(self, env: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The latest `limit` events (of `env`, or all), oldest first."""
-        where, args = ("", (limit,)) if env is None else (" WHERE env = ?", (env, limit))
-        rows = self._rows(f"SELECT * FROM events{where} ORDER BY id DESC LIMIT ?", *args)
-        return [{**dict(r), "data": json.loads(r["data"])} for r in reversed(rows)]
 
 
 def _to_wal(conn: sqlite3.Connection) -> None:
