@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -34,12 +33,11 @@ from sandbox.backends.instancefiles import (
 )
 from sandbox.backends.lxcconfig import LxcInstanceConfig, render_lxc_config
 from sandbox.backends.lxcimages import image_root, unpack_once, unpacked_digests
-from sandbox.backends.lxctools import lxc_errors, lxc_tool
+from sandbox.backends.lxctools import cgroup_v2, host_prerequisites, lxc_errors, lxc_tool
 from sandbox.events import Event
 from sandbox.fsutil import private_dir, remove_tree
 from sandbox.workspace import blocking_dir
 
-TOOLS = ("lxc-start", "lxc-stop", "lxc-attach", "lxc-info", "lxc-freeze", "lxc-unfreeze")
 EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -61,23 +59,7 @@ class LxcBackend(Backend):
 
     # -- prerequisites -----------------------------------------------------
     def check(self) -> None:
-        missing = [t for t in TOOLS if shutil.which(t) is None]
-        if missing:
-            raise BackendError(
-                f"LXC is not installed (missing {', '.join(missing)})", hint="apt-get install lxc"
-            )
-        if os.geteuid() != 0:
-            raise BackendError(
-                "the lxc backend needs root (it creates a bridge and overlay mounts)",
-                hint="run sandbox as root (sudo)",
-            )
-        if not Path("/proc/self/ns/user").exists():
-            raise BackendError(
-                "the kernel has no user namespaces", hint="enable CONFIG_USER_NS (see `lxc-checkconfig`)"
-            )
-        with open("/proc/filesystems") as f:
-            if "overlay" not in f.read():
-                raise BackendError("the kernel has no overlayfs", hint="modprobe overlay")
+        host_prerequisites()
         self._ids()
         runtime = self.ctx.runtime
         blocked = blocking_dir(runtime)
@@ -174,7 +156,7 @@ class LxcBackend(Backend):
             prefix=prefix,
             gateway=gw,
             console_log=str(d / "console.log"),
-            cgroup_v2=_cgroup_v2(),
+            cgroup_v2=cgroup_v2(),
             cpus=spec.cpus,
             memory=spec.memory,
             pids=spec.pids,
@@ -411,7 +393,3 @@ class LxcBackend(Backend):
         if not self.lxcpath.is_dir():
             return []
         return sorted(p.name for p in self.lxcpath.iterdir() if (p / "config").exists())
-
-
-def _cgroup_v2() -> bool:
-    return Path("/sys/fs/cgroup/cgroup.controllers").exists()

@@ -9,6 +9,8 @@ what it printed, with a hint, never as a traceback of CalledProcessError or OSEr
 from __future__ import annotations
 
 import errno
+import os
+import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -107,3 +109,30 @@ def lxc_tool(
         if check and p.returncode != 0:
             raise subprocess.CalledProcessError(p.returncode, list(argv), p.stdout, p.stderr)
     return p
+
+
+TOOLS = ("lxc-start", "lxc-stop", "lxc-attach", "lxc-info", "lxc-freeze", "lxc-unfreeze")
+
+
+def host_prerequisites() -> None:
+    """What the lxc backend needs of this host before anything else: the tools, root, user
+    namespaces and overlayfs (each its own error with what to do)."""
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        raise BackendError(f"LXC is not installed (missing {', '.join(missing)})", hint="apt-get install lxc")
+    if os.geteuid() != 0:
+        raise BackendError(
+            "the lxc backend needs root (it creates a bridge and overlay mounts)",
+            hint="run sandbox as root (sudo)",
+        )
+    if not Path("/proc/self/ns/user").exists():
+        raise BackendError(
+            "the kernel has no user namespaces", hint="enable CONFIG_USER_NS (see `lxc-checkconfig`)"
+        )
+    with open("/proc/filesystems") as f:
+        if "overlay" not in f.read():
+            raise BackendError("the kernel has no overlayfs", hint="modprobe overlay")
+
+
+def cgroup_v2() -> bool:
+    return Path("/sys/fs/cgroup/cgroup.controllers").exists()
