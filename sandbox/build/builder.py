@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import re
 import subprocess
@@ -29,6 +28,7 @@ from sandbox.build.base import remove_mountpoint_dirs, run_mmdebstrap, stop_left
 from sandbox.build.debcache import PackageCache
 from sandbox.build.formats import APP_FORMAT, BASE_FORMAT
 from sandbox.build.hostapt import PrivateApt, host_sources
+from sandbox.build.keys import doc_digest, rel_to, tree_digest
 from sandbox.build.lock import Lock, lock_path, package_inputs, read_lock, resolve, write_lock
 from sandbox.build.normalize import clean_rootfs, write_layer
 from sandbox.build.overlay import build_ids, overlay
@@ -128,7 +128,7 @@ class Builder:
 
     def current_lock(self, loaded: LoadedRecipe, *, locked: bool) -> tuple[Lock, bool]:
         path = lock_path(loaded.path)
-        rel = _rel(path, self.ws.root)
+        rel = rel_to(path, self.ws.root)
         if not path.is_file():
             if locked:
                 raise LockError(
@@ -160,8 +160,10 @@ class Builder:
             lock, created = self.current_lock(loaded, locked=locked)
             self.store.clean()
             self._clean_stale_builds()
-            base_key = _digest({"lock": lock.digest, "format": BASE_FORMAT})
-            app_key = _digest({"base": base_key, "app": self._app_inputs(loaded, lock), "format": APP_FORMAT})
+            base_key = doc_digest({"lock": lock.digest, "format": BASE_FORMAT})
+            app_key = doc_digest(
+                {"base": base_key, "app": self._app_inputs(loaded, lock), "format": APP_FORMAT}
+            )
             cached = {"base": False, "app": False, "image": False}
             image = self.store.cache_get("image", app_key)
             if image is None:
@@ -307,7 +309,7 @@ class Builder:
         files = []
         for rf in loaded.resolved_files:
             if rf.src is not None:
-                files.append({"index": rf.index, "src": _tree_digest(rf.src)})
+                files.append({"index": rf.index, "src": tree_digest(rf.src)})
             else:
                 files.append({"index": rf.index, "content": hashlib.sha256(rf.content or b"").hexdigest()})
         return {
@@ -349,7 +351,7 @@ class Builder:
                 "recipe": {
                     "name": r.name,
                     "digest": loaded.inputs_digest(),
-                    "sources": [_rel(p, self.ws.root) for p in loaded.sources],
+                    "sources": [rel_to(p, self.ws.root) for p in loaded.sources],
                 },
                 "lock": {"digest": lock.digest, "source_date_epoch": lock.source_date_epoch},
                 "base": {
@@ -366,36 +368,3 @@ class Builder:
                 "files": files,
             }
             return self.store.put_manifest(manifest)
-
-
-def _digest(doc: Any) -> str:
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-def _tree_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    if path.is_file():
-        h.update(path.read_bytes())
-        h.update(b"x" if os.access(path, os.X_OK) else b"-")
-        return h.hexdigest()
-    for dirpath, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]):
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, path)
-            if os.path.islink(full):
-                h.update(f"L {rel} {os.readlink(full)}\n".encode())
-            else:
-                with open(full, "rb") as f:
-                    content = hashlib.sha256(f.read()).hexdigest()
-                h.update(f"F {rel} {os.access(full, os.X_OK)} {content}\n".encode())
-        for d in dirs:
-            h.update(f"D {os.path.relpath(os.path.join(dirpath, d), path)}\n".encode())
-    return h.hexdigest()
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path)
