@@ -80,11 +80,13 @@ class LoadProbe:
         concurrency: int = 4,
         slow_seconds: float = 3.0,
         health_path: str = "/healthz",
+        request_timeout: float = 10.0,
     ) -> None:
         u = urlsplit(url)
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
         self.rps, self.concurrency, self.slow_seconds = rps, concurrency, slow_seconds
         self.health_path = health_path
+        self.request_timeout = request_timeout  # a request slower than this counts as an error
         self.phase = "before"
         self.samples: list[Sample] = []
         self._lock = threading.Lock()
@@ -152,14 +154,15 @@ class LoadProbe:
             i += 1
             phase, t0 = self.phase, time.monotonic()
             status, err, image, retried = None, None, None, False
+            limit, path = self.request_timeout, self.health_path
             try:
                 if kind == "get-new":
-                    c, status, body, retried = self._request(None, "GET", self.health_path, None, 10)
+                    c, status, body, retried = self._request(None, "GET", path, None, limit)
                     c.close()
                 elif kind == "get-keepalive":
-                    conn, status, body, retried = self._request(conn, "GET", self.health_path, None, 10)
+                    conn, status, body, retried = self._request(conn, "GET", path, None, limit)
                 else:
-                    conn, status, body, retried = self._request(conn, "POST", "/notes", b"probe", 10)
+                    conn, status, body, retried = self._request(conn, "POST", "/notes", b"probe", limit)
                 if kind != "post-keepalive" and status == 200:
                     image = json.loads(body).get("image")
             except (OSError, http.client.HTTPException, ValueError) as e:
