@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -55,6 +56,32 @@ def shared_cache() -> Path:
     p = Path(os.environ.get("SANDBOX_TEST_CACHE", REPO / ".sandbox" / "test-cache"))
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+@contextlib.contextmanager
+def edited(path: Path, old: str, new: str) -> Iterator[None]:
+    """`path` with `old` replaced by `new` while the block runs, then as it was."""
+    original = path.read_text()
+    assert old in original, f"{path} no longer contains {old!r}"
+    path.write_text(original.replace(old, new))
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
+GREETING = 'GREETING = "{{ greeting }}"'
+
+
+def build_variant(ws: Path, tag: str, timeout: float = 900) -> str:
+    """Build `web` of `ws` with its greeting changed to "... (TAG)" (a new app layer only) as tag `tag`;
+    the template is put back after. The new image's digest."""
+    tpl = ws / "recipes" / "web" / "templates" / "settings.py.j2"
+    with edited(tpl, GREETING, f'GREETING = "{{{{ greeting }}}} ({tag})"'):
+        r = sandbox(ws, "build", "web", "--tag", tag, "--json", timeout=timeout)
+    assert r.code == 0, r.stdout + r.stderr
+    digest: str = r.json["digest"]
+    return digest
 
 
 def new_workspace(base: Path, name: str) -> Path:

@@ -35,6 +35,7 @@ from sandbox.workspace import Workspace
 from tests.integration.conftest import (
     Built,
     Run,
+    build_variant,
     docker_problem,
     exec_out,
     http_get,
@@ -210,11 +211,7 @@ def contract(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "promotion: {require_verified: false}\n" + case.profile
         )
     v1 = built.digest
-    tpl = ws / "recipes" / "web" / "templates" / "settings.py.j2"
-    text = tpl.read_text()
-    tpl.write_text(text.replace('GREETING = "{{ greeting }}"', 'GREETING = "{{ greeting }} (v2)"'))
-    v2 = ok(sbx(ws, "build", "web", "--tag", "v2", "--json"))["digest"]
-    tpl.write_text(text)
+    v2 = build_variant(ws, "v2")
     assert v1 != v2
     try:
         yield Contract(ws, v1, v2)

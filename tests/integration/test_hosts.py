@@ -23,6 +23,7 @@ import pytest
 from tests.integration.conftest import (
     Built,
     HostRig,
+    build_variant,
     grant_traverse,
     lxc_problem,
     ok,
@@ -159,13 +160,7 @@ def test_prod_on_three_hosts_promotes_with_no_failed_request(
     r = sandbox(hws, "exec", "prod", "-i", "1", "--", "cat", "/etc/hostname")
     assert r.code == 0 and "prod-1" in r.stdout, r
     # v2: only the app layer differs; shipped, then swapped one instance at a time across hosts
-    tpl = hws / "recipes" / "web" / "templates" / "settings.py.j2"
-    original = tpl.read_text()
-    tpl.write_text(original.replace('GREETING = "{{ greeting }}"', 'GREETING = "{{ greeting }} (v2)"'))
-    try:
-        v2 = ok(sandbox(hws, "build", "web", "--tag", "v2", "--json", timeout=900))["digest"]
-    finally:
-        tpl.write_text(original)
+    v2 = build_variant(hws, "v2")
     r = sandbox(
         hws, "promote", v2, "--to", "prod", "--force", "--yes", "--probe", "30", "--json", timeout=600
     )
@@ -253,13 +248,7 @@ def test_router_on_its_own_host(hws: Path, testhosts: HostRig, built: Built) -> 
         assert containers(testhosts, 3) == [] or all(
             not c.startswith("edge-") for c in containers(testhosts, 3)
         )
-        tpl = hws / "recipes" / "web" / "templates" / "settings.py.j2"
-        original = tpl.read_text()
-        tpl.write_text(original.replace('GREETING = "{{ greeting }}"', 'GREETING = "{{ greeting }} (edge)"'))
-        try:
-            v3 = ok(sandbox(hws, "build", "web", "--tag", "edge", "--json", timeout=900))["digest"]
-        finally:
-            tpl.write_text(original)
+        v3 = build_variant(hws, "edge")
         # another control machine holds the lock: a promotion is refused and changes nothing
         lock = "/var/lib/sandbox-host/locks"
         ws_id = testhosts.exec(3, "sh", "-c", "ls /var/lib/sandbox-host/ws/").stdout.split()[0]
@@ -324,13 +313,7 @@ def test_docker_on_two_hosts_ships_loads_and_promotes_with_no_failed_request(
         # the app's log, read by the local docker CLI through the forwarded socket
         r = sandbox(hws, "logs", "dock", "-i", "0", "-n", "20")
         assert r.code == 0 and (r.stdout + r.stderr).strip(), r
-        tpl = hws / "recipes" / "web" / "templates" / "settings.py.j2"
-        original = tpl.read_text()
-        tpl.write_text(original.replace('GREETING = "{{ greeting }}"', 'GREETING = "{{ greeting }} (dock)"'))
-        try:
-            v2 = ok(sandbox(hws, "build", "web", "--tag", "dock", "--json", timeout=900))["digest"]
-        finally:
-            tpl.write_text(original)
+        v2 = build_variant(hws, "dock")
         res = ok(
             sandbox(
                 hws, "promote", v2, "--to", "dock", "--force", "--yes", "--probe", "30", "--json", timeout=600

@@ -36,6 +36,8 @@ from tests.integration.conftest import (
     REPO,
     Built,
     Run,
+    build_variant,
+    edited,
     grant_traverse,
     lxc_names,
     lxc_problem,
@@ -306,17 +308,6 @@ def build(ws: Path, *args: str) -> str:
     return digest
 
 
-@contextlib.contextmanager
-def edited(path: Path, old: str, new: str) -> Iterator[None]:
-    original = path.read_text()
-    assert old in original, f"{path} no longer contains {old!r}"
-    path.write_text(original.replace(old, new))
-    try:
-        yield
-    finally:
-        path.write_text(original)
-
-
 @pytest.fixture(scope="session")
 def promo(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
     """Own workspace and network; images v1, v2, css and broken; emptied and put back at the end."""
@@ -335,9 +326,7 @@ def promo(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Im
     restore = grant_traverse(ws)
     try:
         v1 = build(ws, "web", "--tag", "v1")
-        tpl = ws / "recipes" / "web" / "templates" / "settings.py.j2"
-        with edited(tpl, 'GREETING = "{{ greeting }}"', 'GREETING = "{{ greeting }} (v2)"'):
-            v2 = build(ws, "web", "--tag", "v2")
+        v2 = build_variant(ws, "v2")
         css = ws / "recipes" / "web" / "app" / "static" / "style.css"
         with edited(css, "", "/* promoted as a static-only change */\n"):
             css_image = build(ws, "web", "--tag", "css")

@@ -20,7 +20,7 @@ import pytest
 
 from sandbox.routing.nginx import NginxMaster
 from sandbox.workspace import Workspace
-from tests.integration.conftest import Built, lxc_problem, new_workspace, require, sandbox
+from tests.integration.conftest import Built, build_variant, lxc_problem, new_workspace, require, sandbox
 from tests.sysnginx import OTHER_SITE, SystemNginx, system_nginx
 
 pytestmark = pytest.mark.integration
@@ -101,14 +101,7 @@ def sysenv(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         )
         try:
             v1 = sbx(ws, "build", "web", "--tag", "v1", "--json", timeout=900)["digest"]
-            tpl = ws / "recipes" / "web" / "templates" / "settings.py.j2"
-            original = tpl.read_text()
-            assert 'GREETING = "{{ greeting }}"' in original
-            tpl.write_text(
-                original.replace('GREETING = "{{ greeting }}"', 'GREETING = "{{ greeting }} (v2)"')
-            )
-            v2 = sbx(ws, "build", "web", "--tag", "v2", "--json", timeout=900)["digest"]
-            tpl.write_text(original)
+            v2 = build_variant(ws, "v2")
             made.append("prod")
             yield Sys(ws, nginx, v1, v2)
         finally:
