@@ -188,9 +188,16 @@ def host_agent(backend: Backend) -> HostAgent:
     return backend.agent
 
 
-APT = (
-    "export DEBIAN_FRONTEND=noninteractive; apt-get update -q && "
-    "apt-get install -y -q --no-install-recommends"
+#: what is missing of the packages in "$@" (dpkg's own status), installed with the host's apt only
+#: then (a prepared host needs no package index, so a second `host prepare` works offline); the last
+#: line says what was installed: "installed: NAME..." (empty: nothing was missing)
+INSTALL = (
+    'missing=""; for p in "$@"; do '
+    "dpkg-query -W -f='${db:Status-Status}' \"$p\" 2>/dev/null | grep -qx installed "
+    '|| missing="$missing $p"; done; '
+    'if [ -n "$missing" ]; then export DEBIAN_FRONTEND=noninteractive; '
+    "apt-get update -q >&2 && apt-get install -y -q --no-install-recommends $missing >&2 || exit 1; fi; "
+    'echo "installed:$missing"'
 )
 #: what each engine needs on a host (python3 runs the host agent, zstd unpacks what is shipped)
 ENGINE_PACKAGES = {
@@ -254,21 +261,28 @@ def prepare_hosts(ctx: EnvContext, profile: ResolvedProfile) -> list[dict[str, o
         packages = ENGINE_PACKAGES.get(profile.backend, "") if role != "router" else "python3"
         if "router" in role:
             packages += f" {ROUTER_PACKAGES}"
-        script = f"{APT} {packages}"
+        script = INSTALL
         if role != "router" and profile.backend in START_ENGINE:
             script += f" && {{ {START_ENGINE[profile.backend]}; }}"
-        p = agent.transport.run(["sh", "-c", script], timeout=1800)
+        try:
+            p = agent.transport.run(["sh", "-c", script, "install", *packages.split()], timeout=1800)
+        except HostError as e:
+            return {"host": h.name, "ok": False, "installed": [], "detail": f"{e.message} ({e.hint})"}
         if p.returncode != 0:
             tail = p.stderr.decode(errors="replace").strip().splitlines()[-3:]
-            return {"host": h.name, "ok": False, "detail": "apt-get failed: " + " / ".join(tail)}
+            detail = "apt-get failed: " + " / ".join(tail)
+            return {"host": h.name, "ok": False, "installed": [], "detail": detail}
+        lines = p.stdout.decode(errors="replace").strip().splitlines()
+        installed = lines[-1].removeprefix("installed:").split() if lines else []
         try:
             if h.name in {x.name for x in profile.hosts}:
                 hosts.backend(profile, h.name).check()
             else:
                 agent.ensure()
         except SandboxError as e:
-            return {"host": h.name, "ok": False, "detail": e.message}
-        return {"host": h.name, "ok": True, "detail": f"{packages.strip()} installed; ready"}
+            return {"host": h.name, "ok": False, "installed": installed, "detail": e.message}
+        done = f"installed {' '.join(installed)}" if installed else "every package was there"
+        return {"host": h.name, "ok": True, "installed": installed, "detail": f"{done}; ready"}
 
     machines = _machines(hosts, profile)
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(machines)))) as pool:

@@ -89,6 +89,23 @@ def probe_counts(text: str) -> list[tuple[int, int, int]]:
     ]
 
 
+def test_host_prepare_installs_only_what_is_missing_and_names_a_host_it_cannot_reach(
+    hws: Path, testhosts: HostRig
+) -> None:
+    """The rig's hosts share this machine's packages: prepare finds every one installed (no apt, so
+    no package index is needed), checks the engine, and reports the unreachable host by name."""
+    hosts = "  - {name: web1, ssh: root@10.250.0.11}\n  - {name: ghost, ssh: root@10.250.0.19}"
+    profile(hws, "edge", hosts, 2, ROUTER_PORT + 1)
+    r = sandbox(hws, "host", "prepare", "edge", "--json", timeout=300)
+    assert r.code == 1, r
+    report = {h["host"]: h for h in r.json["hosts"]}
+    assert report["web1"]["ok"] and report["web1"]["installed"] == [], report
+    assert report["web1"]["detail"] == "every package was there; ready", report
+    assert not report["ghost"]["ok"] and "unreachable" in report["ghost"]["detail"], report
+    profile(hws, "edge", "  - {name: web1, ssh: root@10.250.0.11}", 1, ROUTER_PORT + 1)
+    assert sandbox(hws, "host", "prepare", "edge").code == 0
+
+
 def test_bad_hosts_fail_clearly_and_make_nothing(hws: Path, testhosts: HostRig, tmp_path: Path) -> None:
     # a target that ssh would read as an option: the profile's line and key, nothing contacted
     profile(hws, "edge", "  - {name: web1, ssh: -oProxyCommand=touch}", 1, ROUTER_PORT + 1)
