@@ -436,7 +436,11 @@ down() {  # down DIR: tolerant of a half-made or half-removed rig
             kill_host_processes "$d" "$i"
             if [ -e "/run/netns/$name" ]; then step "deleting netns $name" ip netns del "$name"; fi
         fi
-        if ip link show "$name-v" >/dev/null 2>&1; then step "deleting $name-v" ip link del "$name-v"; fi
+        # the peer of the host's veth goes away with its netns, a moment after `ip netns del`: a link
+        # that is gone by the time it is deleted is what we wanted
+        if ip link show "$name-v" >/dev/null 2>&1 && ! ip link del "$name-v" 2>/dev/null; then
+            ip link show "$name-v" >/dev/null 2>&1 && die "deleting $name-v failed: ip link del $name-v"
+        fi
         i=$((i + 1))
     done
     if ip link show "$BRIDGE" >/dev/null 2>&1; then step "deleting bridge $BRIDGE" ip link del "$BRIDGE"; fi
