@@ -7,6 +7,7 @@ which `parse_env_file` reads back (for `sandbox exec`, which runs with the app's
 
 from __future__ import annotations
 
+import json
 import re
 import stat
 from collections.abc import Sequence
@@ -19,6 +20,16 @@ from sandbox.saferoot import UnsafePath, lstat_in_root, read_in_root, write_in_r
 
 APP_ENV_FILE = "etc/sandbox/app.env"  # the recipe's env, written by the build
 INSTANCE_ENV_FILE = "etc/sandbox/instance.env"  # sandbox's and the profile's, written per instance
+
+
+def instance_meta(d: Path) -> dict[str, str]:
+    """What a backend recorded of an instance in its dir (`sandbox.json`: image, address, ...); {}
+    when there is none."""
+    try:
+        data: dict[str, str] = json.loads((d / "sandbox.json").read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
 
 
 def instance_env(spec: InstanceSpec) -> dict[str, str]:

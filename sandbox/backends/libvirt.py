@@ -1,12 +1,12 @@
 """KVM (or TCG) virtual machines through libvirt (libvirt-python, imported only here).
 
 Per image: its VM flavour (made by the env layer: the context's `derive_vm`) as
-a raw ext4 disk plus the kernel and initrd from its /boot (imageformats/vmdisk.py), under
-runtime/libvirt/images/. Per instance: a qcow2 overlay on that disk, a config
-disk, a persistent domain named `sbx-<workspace id>-<instance>` and tagged with
-sandbox metadata (backends/libvirtxml.py), booted directly from the kernel with
-the instance's address on the kernel command line. exec and files go through
-qemu-guest-agent (backends/guestagent.py).
+a raw ext4 disk plus the kernel and initrd from its /boot, under runtime/libvirt/images/.
+Per instance: a qcow2 overlay on that disk, a config disk (those files: backends/vmfiles.py,
+which a production host's agent runs too), a persistent domain named
+`sbx-<workspace id>-<instance>` and tagged with sandbox metadata (backends/libvirtxml.py),
+booted directly from the kernel with the instance's address on the kernel command line.
+exec and files go through qemu-guest-agent (backends/guestagent.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -28,32 +27,22 @@ import libvirt_qemu
 from sandbox.backends import guestagent
 from sandbox.backends.base import (
     Backend,
+    BackendContext,
     BackendError,
     ExecResult,
     InstanceSpec,
     UnsupportedOperation,
-    remove_stale_temps,
-    run,
 )
-from sandbox.backends.hostsetup import ensure_bridge, gateway
-from sandbox.backends.instancefiles import (
-    APP_ENV_FILE,
-    INSTANCE_ENV_FILE,
-    instance_files,
-    parse_env_file,
-)
-from sandbox.backends.libvirtconn import _calls, translate
+from sandbox.backends.hostsetup import gateway
+from sandbox.backends.instancefiles import APP_ENV_FILE, INSTANCE_ENV_FILE, parse_env_file
+from sandbox.backends.libvirtconn import _calls
 from sandbox.backends.libvirtxml import DomainConfig, mac_for, render_domain_xml
-from sandbox.backends.vmaccel import choose_accel
-from sandbox.events import Event
-from sandbox.fsutil import file_lock, remove_tree
+from sandbox.backends.vmfiles import VmFiles, VmStorage
 from sandbox.imageformats import vmdisk
 from sandbox.imageformats.vmdisk import kernel_cmdline
 from sandbox.saferoot import READ_LIMIT
 
 DEFAULT_URI = "qemu:///system"
-#: config disk file → the instance file it carries (the guest's sandbox-instance.service copies them)
-CONFIG_FILES = {"instance.env": INSTANCE_ENV_FILE, "hostname": "etc/hostname", "hosts": "etc/hosts"}
 DEFAULT_MEMORY_MIB = 512
 #: how long exec waits for the guest agent of a booting VM (TCG boots take ~45 s on 2 cores)
 AGENT_WAIT = 300.0
@@ -65,6 +54,12 @@ class LibvirtBackend(Backend):
 
     _conn: Any = None
 
+    def __init__(self, ctx: BackendContext, remote: str | None = None) -> None:
+        super().__init__(ctx, remote)
+        #: this machine's VM files (disks, kernels, console logs); `files` is where the domains run
+        self.vm = VmFiles(self.root, self.store, ctx.tmp, ctx.network, self.sink)
+        self.files: VmStorage = self.vm
+
     @property
     def uri(self) -> str:
         return self.remote or os.environ.get("SANDBOX_LIBVIRT_URI") or DEFAULT_URI
@@ -73,26 +68,28 @@ class LibvirtBackend(Backend):
     def root(self) -> Path:
         return self.ctx.runtime / "libvirt"
 
-    def _dir(self, name: str) -> Path:
-        return self.root / "instances" / name
-
     def domain_name(self, name: str) -> str:
         return f"sbx-{self.ctx.workspace_id}-{name}"
+
+    def _calls(self, what: str) -> contextlib.AbstractContextManager[None]:
+        """A block of libvirt calls: a libvirtError becomes a BackendError saying what was done."""
+        return _calls(what)
 
     def conn(self) -> Any:
         if self._conn is None:
             libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # no stderr noise
-            with _calls(f"connecting to {self.uri}"):
+            with self._calls(f"connecting to {self.uri}"):
                 self._conn = libvirt.open(self.uri)
         return self._conn
 
     def _domain(self, name: str) -> Any | None:
-        try:
-            return self.conn().lookupByName(self.domain_name(name))
-        except libvirt.libvirtError as e:
-            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return None
-            raise translate(e, f"looking up {name}") from e
+        with self._calls(f"looking up {name}"):
+            try:
+                return self.conn().lookupByName(self.domain_name(name))
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
 
     def _dom(self, name: str) -> Any:
         dom = self._domain(name)
@@ -102,17 +99,10 @@ class LibvirtBackend(Backend):
 
     # -- prerequisites -----------------------------------------------------
     def check(self) -> None:
-        for tool, pkg in (("qemu-img", "qemu-utils"), ("mkfs.ext4", "e2fsprogs")):
-            if shutil.which(tool) is None:
-                raise BackendError(f"{tool} is not installed", hint=f"apt-get install {pkg}")
+        self.files.check(bridge=self.remote is None)
         self.conn()
-        if self.remote is None:
-            ensure_bridge(self.ctx.network.bridge, self.ctx.network.subnet)
 
     # -- images ------------------------------------------------------------
-    def _image_dir(self, vm_digest: str) -> Path:
-        return self.root / "images" / vm_digest.removeprefix("sha256:")
-
     def _vm_digest(self, digest: str) -> str:
         derive = self.ctx.images.derive_vm
         if derive is None:
@@ -123,61 +113,20 @@ class LibvirtBackend(Backend):
         return derive(digest, self.sink)
 
     def prepare_image(self, digest: str) -> None:
-        self._boot_files(digest)
-
-    def _boot_files(self, digest: str) -> vmdisk.BootFiles:
-        meta = self.root / "images" / f"{digest.removeprefix('sha256:')}.vm"
-        if meta.is_file():
-            files = vmdisk.boot_files(self._image_dir(meta.read_text().strip()))
-            if files.disk.is_file():
-                return files
-        vm = self._vm_digest(digest)
-        d = self._image_dir(vm)
-        d.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.root / "images" / ".lock"):
-            if not vmdisk.boot_files(d).disk.is_file():
-                t0 = time.monotonic()
-                tmp = d.with_name(f".disk-{os.getpid()}-{d.name}")
-                remove_tree(tmp)
-                tmp.mkdir(mode=0o755)
-                try:
-                    vmdisk.make_image_disk(self.store, vm, tmp, self.ctx.tmp, self.sink)
-                    os.rename(tmp, d)
-                except BaseException:
-                    remove_tree(tmp)
-                    raise
-                self.sink(Event("log", phase="up", message=f"VM disk made in {time.monotonic() - t0:.1f}s"))
-            meta.write_text(vm + "\n")
-        return vmdisk.boot_files(d)
+        if self.vm.boot_files(digest) is None:
+            self.vm.prepare(digest, self._vm_digest(digest))
 
     def forget_image(self, digest: str) -> None:
-        meta = self.root / "images" / f"{digest.removeprefix('sha256:')}.vm"
-        if meta.is_file():
-            remove_tree(self._image_dir(meta.read_text().strip()))
-            meta.unlink()
+        self.files.forget_image(digest)
 
     def clean_stale(self) -> list[str]:
-        """Half-made VM disks and clone copies of processes that died."""
-        return remove_stale_temps([self.root / "images", self.root / "instances"], ("disk", "clone"))
+        return self.files.clean_stale()
 
     def images(self) -> list[str]:
         """Images (the env's digests, not their VM flavours) whose VM disk this backend keeps."""
-        d = self.root / "images"
-        return sorted("sha256:" + p.name.removesuffix(".vm") for p in d.glob("*.vm")) if d.is_dir() else []
-
-    def accel(self, kernel: Path) -> str:
-        accel, why = choose_accel(self.root / "accel.json", kernel)
-        self.sink(Event("log", phase="up", message=f"libvirt: {accel} ({why})"))
-        return accel
+        return self.files.images()
 
     # -- instances ---------------------------------------------------------
-    def _meta(self, name: str) -> dict[str, str]:
-        try:
-            data: dict[str, str] = json.loads((self._dir(name) / "sandbox.json").read_text())
-            return data
-        except (OSError, ValueError):
-            return {}
-
     def create(self, spec: InstanceSpec, disk_from: Path | None = None) -> None:
         if spec.mounts:
             raise UnsupportedOperation(
@@ -188,20 +137,11 @@ class LibvirtBackend(Backend):
             )
         if spec.address is None:
             raise BackendError(f"instance {spec.name} has no address", hint="this is a bug in sandbox")
-        boot = self._boot_files(spec.image)
-        net = self.ctx.network
-        gw, _ = gateway(net.subnet)
-        d = self._dir(spec.name)
-        if d.exists() or self._domain(spec.name) is not None:
+        self.prepare_image(spec.image)
+        if self._domain(spec.name) is not None:
             raise BackendError(f"instance {spec.name} already exists", hint="`sandbox gc` removes leftovers")
-        d.mkdir(parents=True, mode=0o755)
-        disk = d / "disk.qcow2"
-        if disk_from is not None:
-            vmdisk.copy_overlay(disk_from, disk)
-        else:
-            vmdisk.make_overlay(boot.disk, disk)
-        files = instance_files(spec)
-        vmdisk.make_config_disk({flat: files[rel] for flat, rel in CONFIG_FILES.items()}, d / "config.img")
+        made = self.files.make_instance(spec, disk_from)
+        net = self.ctx.network
         dom_name = self.domain_name(spec.name)
         cfg = DomainConfig(
             name=dom_name,
@@ -209,33 +149,27 @@ class LibvirtBackend(Backend):
             workspace=self.ctx.workspace_id,
             env=spec.env,
             image=spec.image,
-            domain_type="kvm" if self.accel(boot.kernel) == "kvm" else "qemu",
+            domain_type=made.domain_type,
             memory_mib=int(spec.memory // (1 << 20)) if spec.memory else DEFAULT_MEMORY_MIB,
             vcpus=max(1, math.ceil(spec.cpus)) if spec.cpus else 1,
-            kernel=str(boot.kernel),
-            initrd=str(boot.initrd),
-            cmdline=kernel_cmdline(spec.address, net.subnet, gw),
-            disk=str(disk),
-            config_disk=str(d / "config.img"),
+            kernel=made.kernel,
+            initrd=made.initrd,
+            cmdline=kernel_cmdline(spec.address, net.subnet, gateway(net.subnet)[0]),
+            disk=made.disk,
+            config_disk=made.config_disk,
             bridge=net.bridge,
             mac=mac_for(dom_name),
-            console_log=str(d / "console.log"),
+            console_log=made.console_log,
             address=spec.address,
         )
-        xml = render_domain_xml(cfg)
-        (d / "domain.xml").write_text(xml)
-        meta = {"image": spec.image, "env": spec.env, "address": spec.address, "index": str(spec.index)}
-        (d / "sandbox.json").write_text(json.dumps(meta))
-        with _calls(f"defining the domain of {spec.name}"):
-            self.conn().defineXML(xml)
+        with self._calls(f"defining the domain of {spec.name}"):
+            self.conn().defineXML(render_domain_xml(cfg))
 
     def start(self, name: str) -> None:
-        address = self._meta(name).get("address")
-        if address and self.remote is None:
-            # the address may have belonged to an instance removed moments ago: forget its MAC
-            run(["ip", "neigh", "flush", "to", address], timeout=10)
+        if self.remote is None:
+            self.files.starting(name)
         dom = self._dom(name)
-        with _calls(f"starting {name}"):
+        with self._calls(f"starting {name}"):
             if not dom.isActive():
                 dom.create()
 
@@ -243,7 +177,7 @@ class LibvirtBackend(Backend):
         dom = self._domain(name)
         if dom is None:
             return
-        with _calls(f"stopping {name}"):
+        with self._calls(f"stopping {name}"):
             if dom.isActive():
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.shutdown()
@@ -256,22 +190,21 @@ class LibvirtBackend(Backend):
     def destroy(self, name: str) -> None:
         dom = self._domain(name)
         if dom is not None:
-            with _calls(f"removing {name}"):
+            with self._calls(f"removing {name}"):
                 if dom.isActive():
                     dom.destroy()
                 dom.undefine()
-        if self._dir(name).exists():
-            remove_tree(self._dir(name))
+        self.files.remove_instance(name)
 
     def state(self, name: str) -> str:
         dom = self._domain(name)
         if dom is None:
             return "missing"
-        with _calls(f"reading the state of {name}"):
+        with self._calls(f"reading the state of {name}"):
             return "running" if dom.isActive() else "stopped"
 
     def address(self, name: str) -> str:
-        addr = self._meta(name).get("address")
+        addr = self.vm.meta(name).get("address")
         if not addr:
             raise BackendError(f"instance {name} has no recorded address")
         return addr
@@ -281,7 +214,7 @@ class LibvirtBackend(Backend):
         dom = self._dom(name)
 
         def send(cmd: str, timeout: int) -> str:
-            with _calls(f"guest agent of {name}"):
+            with self._calls(f"guest agent of {name}"):
                 reply: str = libvirt_qemu.qemuAgentCommand(dom, cmd, timeout, 0)
                 return reply
 
@@ -310,7 +243,7 @@ class LibvirtBackend(Backend):
         if interactive and argv == ["/bin/bash", "-l"]:
             raise UnsupportedOperation(
                 "the libvirt backend has no interactive shell (commands run through the guest agent)",
-                hint=f"run single commands: sandbox exec ENV -- CMD; the serial console: {self._dir(name)}",
+                hint="run single commands: sandbox exec ENV -- CMD; the serial console: sandbox logs ENV",
             )
         send = self._agent(name)
         # read in the guest (no host file is reachable there), but bounded: regular files only (a
@@ -333,7 +266,7 @@ class LibvirtBackend(Backend):
 
     def logs_argv(self, name: str, follow: bool, lines: int) -> list[str]:
         """The serial console (boot messages and systemd's status lines)."""
-        return ["tail", "-n", str(lines), *(["-F"] if follow else []), str(self._dir(name) / "console.log")]
+        return self.files.logs_argv(name, follow, lines)
 
     # -- snapshots and clones ----------------------------------------------
     @contextlib.contextmanager
@@ -344,51 +277,51 @@ class LibvirtBackend(Backend):
         if running:
             with contextlib.suppress(BackendError):
                 guestagent.guest_exec(self._agent(name, wait=5), ["sync"], timeout=30)
-            with _calls(f"pausing {name}"):
+            with self._calls(f"pausing {name}"):
                 dom.suspend()
         try:
             yield
         finally:
             if running:
-                with _calls(f"resuming {name}"):
+                with self._calls(f"resuming {name}"):
                     dom.resume()
 
     def snapshot(self, name: str, snap: str) -> dict[str, str]:
-        dest = self._dir(name) / "snaps" / f"{snap}.qcow2"
+        dest = self.vm.instance_dir(name) / "snaps" / f"{snap}.qcow2"
         if dest.exists():
             raise BackendError(f"snapshot {snap} of {name} exists")
         dest.parent.mkdir(parents=True, exist_ok=True)
         with self._paused(name):
-            vmdisk.copy_overlay(self._dir(name) / "disk.qcow2", dest)
+            vmdisk.copy_overlay(self.vm.instance_dir(name) / "disk.qcow2", dest)
         return {"path": str(dest)}
 
     def restore(self, name: str, snap: str) -> None:
-        src = self._dir(name) / "snaps" / f"{snap}.qcow2"
+        src = self.vm.instance_dir(name) / "snaps" / f"{snap}.qcow2"
         if not src.is_file():
             raise BackendError(f"instance {name} has no snapshot {snap}")
         was_running = self.state(name) == "running"
         if was_running:
-            with _calls(f"stopping {name}"):
+            with self._calls(f"stopping {name}"):
                 self._dom(name).destroy()  # the disk is replaced: nothing to shut down cleanly
-        vmdisk.copy_overlay(src, self._dir(name) / "disk.qcow2")
+        vmdisk.copy_overlay(src, self.vm.instance_dir(name) / "disk.qcow2")
         if was_running:
             self.start(name)
 
     def delete_snapshot(self, name: str, snap: str) -> None:
-        (self._dir(name) / "snaps" / f"{snap}.qcow2").unlink(missing_ok=True)
+        (self.vm.instance_dir(name) / "snaps" / f"{snap}.qcow2").unlink(missing_ok=True)
 
     def clone(self, src: str, spec: InstanceSpec) -> None:
         tmp = self.root / "instances" / f".clone-{os.getpid()}-{spec.name}.qcow2"
         try:
             with self._paused(src):
-                vmdisk.copy_overlay(self._dir(src) / "disk.qcow2", tmp)
+                vmdisk.copy_overlay(self.vm.instance_dir(src) / "disk.qcow2", tmp)
             self.create(spec, disk_from=tmp)
         finally:
             tmp.unlink(missing_ok=True)
 
     def instances(self) -> list[str]:
         prefix = self.domain_name("")
-        with _calls("listing domains"):
+        with self._calls("listing domains"):
             names = [d.name() for d in self.conn().listAllDomains()]
         return sorted(n[len(prefix) :] for n in names if n.startswith(prefix))
 

@@ -27,6 +27,7 @@ from sandbox.backends.hostsetup import (
 from sandbox.backends.instancefiles import (
     APP_ENV_FILE,
     INSTANCE_ENV_FILE,
+    instance_meta,
     parse_env_file,
     read_layered,
     write_instance_files,
@@ -115,11 +116,7 @@ class LxcBackend(Backend):
 
     # -- instances ---------------------------------------------------------
     def _meta(self, name: str) -> dict[str, str]:
-        try:
-            data: dict[str, str] = json.loads((self._dir(name) / "sandbox.json").read_text())
-            return data
-        except (OSError, ValueError):
-            return {}
+        return instance_meta(self._dir(name))
 
     def create(self, spec: InstanceSpec, upper_from: Path | None = None) -> None:
         if spec.address is None:

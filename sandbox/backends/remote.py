@@ -13,64 +13,64 @@ import dataclasses
 import json
 import subprocess
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from sandbox.backends.base import Backend, BackendContext, ExecResult, InstanceSpec, UnsupportedOperation
-from sandbox.events import Event
+from sandbox.events import Event, EventSink
 from sandbox.hosts.agent import HostAgent
+from sandbox.hosts.agentcall import AgentError
 from sandbox.hosts.publishing import published_port
 
 
 class OnHost:
-    """What every backend on a production host has: the host's agent, its name in the profile, the
-    address this machine reaches it at, and each instance's app published there at a port that
-    follows from the instance's address (sandbox/hosts/publishing.py)."""
+    """What every backend on a production host has (RemoteLxc, RemoteDocker, RemoteLibvirt): the
+    host's agent and the calls of its engine's op, its name in the profile, the address this machine
+    reaches it at, each instance's app published there at a port that follows from the instance's
+    address (sandbox/hosts/publishing.py), and a socket of the host forwarded by its ssh connection."""
 
     agent: HostAgent
     host: str
     host_address: str
     ctx: BackendContext
+    sink: EventSink
+    #: the host agent's op that carries this engine's methods (sandbox/hostagent/: "lxc", "libvirt")
+    agent_op: ClassVar[str] = ""
 
     def _on_host(self, agent: HostAgent, host_address: str) -> None:
         self.agent = agent
         self.host = agent.name
         self.host_address = host_address
-
-    def published(self, spec: InstanceSpec) -> str | None:
-        if spec.app_port is None or spec.address is None:
-            return None
-        return f"{self.host_address}:{published_port(spec.address, self.ctx.network.subnet)}"
-
-    def address(self, name: str) -> str:
-        return self.host_address
-
-
-class RemoteLxc(OnHost, Backend):
-    """Instances of one workspace on one host (name: the host's name in the profile)."""
-
-    name = "lxc"
-    capabilities = frozenset({"snapshot", "clone", "init", "logs", "static-address"})
-
-    def __init__(self, ctx: BackendContext, agent: HostAgent, host_address: str) -> None:
-        super().__init__(ctx)
-        self._on_host(agent, host_address)
-        self._prepared: set[str] = set()
-        self._ctx = {
-            "ws": ctx.workspace_id,
-            "network": {"bridge": ctx.network.bridge, "subnet": ctx.network.subnet},
+        self._prepared: set[str] = set()  # images made ready on the host during this command
+        net = self.ctx.network
+        self._host_ctx = {
+            "ws": self.ctx.workspace_id,
+            "network": {"bridge": net.bridge, "subnet": net.subnet},
         }
 
     def _call(self, method: str, timeout: float | None = 300, **args: Any) -> Any:
+        """One method of this engine's agent op on the host; its events are shown with the host's name."""
         answer = self.agent.call(
-            "lxc", request={"ctx": self._ctx, "method": method, "args": args}, timeout=timeout
+            self.agent_op, request={"ctx": self._host_ctx, "method": method, "args": args}, timeout=timeout
         )
-        for e in answer.get("events", []):
-            if e.get("message"):
+        if not isinstance(answer, dict):
+            raise AgentError(f"host {self.host}: malformed answer to {method}", host=self.host)
+        for e in answer.get("events") or []:
+            if isinstance(e, dict) and e.get("message"):
                 self.sink(Event("log", phase=str(e.get("phase", "")), message=f"{self.host}: {e['message']}"))
         return answer.get("result")
 
-    def _tty_arg(self, **args: Any) -> str:
-        return base64.urlsafe_b64encode(json.dumps({"ctx": self._ctx, "args": args}).encode()).decode()
+    def _host_argv(self, op: str, *, tty: bool = False, **args: Any) -> list[str]:
+        """The local command line that runs agent op `op` on the host attached to this terminal
+        (`lxc-tty`, `lxc-logs`, `libvirt-logs`): its one argument is `args` with the context."""
+        self.agent.ensure()
+        arg = base64.urlsafe_b64encode(json.dumps({"ctx": self._host_ctx, "args": args}).encode()).decode()
+        return self.agent.transport.argv(self.agent.argv(op, arg), tty=tty)
+
+    def _forwarded(self, remote_socket: str) -> str:
+        """A local unix socket that reaches `remote_socket` on the host, forwarded by its strict ssh
+        connection (sandbox/hosts/ssh.py); with a transport without ssh (unit tests) the socket itself."""
+        forward = getattr(self.agent.transport, "forward_unix", None)
+        return remote_socket if forward is None else str(forward(remote_socket))
 
     def _spec(self, spec: InstanceSpec) -> dict[str, Any]:
         if spec.mounts:
@@ -86,6 +86,30 @@ class RemoteLxc(OnHost, Backend):
         if spec.app_port is None or spec.address is None:
             return None
         return {"port": published_port(spec.address, self.ctx.network.subnet), "app_port": spec.app_port}
+
+    def ships(self, digest: str) -> str:
+        """The image that goes to the host for image `digest` (the VM flavour, for libvirt)."""
+        return digest
+
+    def published(self, spec: InstanceSpec) -> str | None:
+        if spec.app_port is None or spec.address is None:
+            return None
+        return f"{self.host_address}:{published_port(spec.address, self.ctx.network.subnet)}"
+
+    def address(self, name: str) -> str:
+        return self.host_address
+
+
+class RemoteLxc(OnHost, Backend):
+    """Instances of one workspace on one host (name: the host's name in the profile)."""
+
+    name = "lxc"
+    capabilities = frozenset({"snapshot", "clone", "init", "logs", "static-address"})
+    agent_op = "lxc"
+
+    def __init__(self, ctx: BackendContext, agent: HostAgent, host_address: str) -> None:
+        super().__init__(ctx)
+        self._on_host(agent, host_address)
 
     def check(self) -> None:
         self._call("check")
@@ -126,10 +150,7 @@ class RemoteLxc(OnHost, Backend):
         timeout: float | None = None,
     ) -> ExecResult:
         if interactive:
-            self.agent.ensure()
-            cmd = self.agent.transport.argv(
-                self.agent.argv("lxc-tty", self._tty_arg(name=name, argv=argv, user=user)), tty=True
-            )
+            cmd = self._host_argv("lxc-tty", tty=True, name=name, argv=argv, user=user)
             return ExecResult(subprocess.call(cmd), "", "")
         r = self._call(
             "exec",
@@ -153,10 +174,7 @@ class RemoteLxc(OnHost, Backend):
         )
 
     def logs_argv(self, name: str, follow: bool, lines: int) -> list[str]:
-        self.agent.ensure()
-        return self.agent.transport.argv(
-            self.agent.argv("lxc-logs", self._tty_arg(name=name, follow=follow, lines=lines))
-        )
+        return self._host_argv("lxc-logs", name=name, follow=follow, lines=lines)
 
     def snapshot(self, name: str, snap: str) -> dict[str, str]:
         return dict(self._call("snapshot", name=name, snap=snap, timeout=None))

@@ -53,14 +53,8 @@ class RemoteDocker(OnHost, DockerBackend):
         self.network_name = f"sandbox-{ctx.workspace_id}"
 
     # -- the engine, over the forwarded socket ---------------------------------------------
-    def _forwarded(self) -> str:
-        forward = getattr(self.agent.transport, "forward_unix", None)
-        if forward is None:  # a transport without ssh (unit tests): the socket itself
-            return ENGINE_SOCKET
-        return str(forward(ENGINE_SOCKET))
-
     def _connect(self) -> Any:
-        self._socket = self._forwarded()
+        self._socket = self._forwarded(ENGINE_SOCKET)
         return docker.DockerClient(base_url=f"unix://{self._socket}", timeout=120)
 
     @contextmanager
@@ -84,7 +78,7 @@ class RemoteDocker(OnHost, DockerBackend):
 
     def _host_args(self) -> list[str]:
         if self._socket is None:
-            self._socket = self._forwarded()
+            self._socket = self._forwarded(ENGINE_SOCKET)
         return ["-H", f"unix://{self._socket}"]
 
     def check(self) -> None:

@@ -1,7 +1,7 @@
 """An env's production hosts: one backend per host (lxc through the host agent, or the host's docker
-engine over a forwarded socket), made on first use, only for hosts the env's profile names; and the
-steps before anything runs there: every host reachable, its engine ready, the image shipped and
-verified.
+engine or libvirtd over a forwarded socket), made on first use, only for hosts the env's profile
+names; and the steps before anything runs there: every host reachable, its engine ready, the image
+shipped and verified.
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ class EnvHosts:
                 from sandbox.backends.remotedocker import RemoteDocker  # the docker SDK: only when used
 
                 made = RemoteDocker(self.ctx.backends.ctx, agent, address)
+            elif profile.backend == "libvirt":
+                from sandbox.backends.remotelibvirt import RemoteLibvirt  # libvirt-python: only when used
+
+                made = RemoteLibvirt(self.ctx.backends.ctx, agent, address)
             else:
                 made = RemoteLxc(self.ctx.backends.ctx, agent, address)
             self._made[key] = made
@@ -113,7 +117,7 @@ class EnvHosts:
 
         ship(
             self.ctx.store,
-            digest,
+            on_host(backends[0]).ships(digest),
             [host_agent(b).transport for b in backends],
             lambda t: self._agent_for(backends, t.name).prefix(),
             self.ctx.sink,
@@ -182,10 +186,14 @@ def is_hosted(backend: Backend) -> bool:
     return isinstance(backend, OnHost)
 
 
+def on_host(backend: Backend) -> OnHost:
+    assert isinstance(backend, OnHost), backend
+    return backend
+
+
 def host_agent(backend: Backend) -> HostAgent:
     """The host agent of a backend on a host."""
-    assert isinstance(backend, OnHost), backend
-    return backend.agent
+    return on_host(backend).agent
 
 
 #: what is missing of the packages in "$@" (dpkg's own status), installed with the host's apt only
@@ -203,9 +211,13 @@ INSTALL = (
 ENGINE_PACKAGES = {
     "lxc": "lxc uidmap iptables iproute2 python3 zstd",
     "docker": "docker.io python3 zstd",
+    "libvirt": "libvirt-daemon-system qemu-system-x86 qemu-utils e2fsprogs iptables iproute2 python3 zstd",
 }
-#: docker's engine runs as a service: started (and enabled) once installed
-START_ENGINE = {"docker": "(systemctl enable --now docker || service docker start) >/dev/null 2>&1 || true"}
+#: docker's engine and libvirtd run as services: started (and enabled) once installed
+START_ENGINE = {
+    "docker": "(systemctl enable --now docker || service docker start) >/dev/null 2>&1 || true",
+    "libvirt": "(systemctl enable --now libvirtd || service libvirtd start) >/dev/null 2>&1 || true",
+}
 ROUTER_PACKAGES = "nginx-light libnginx-mod-http-lua"
 
 
@@ -224,7 +236,7 @@ def _machines(hosts: EnvHosts, profile: ResolvedProfile) -> list[tuple[HostSpec,
 
 def _check_args(profile: ResolvedProfile, role: str) -> list[str]:
     """The host agent's `host-check` arguments for a machine in `role`."""
-    args = ["docker"] if profile.backend == "docker" and role != "router" else []
+    args = [profile.backend] if profile.backend in ("docker", "libvirt") and role != "router" else []
     if role == "router":
         args.append("router-only")
     return args + (["router"] if "router" in role else [])

@@ -1,12 +1,13 @@
-"""`host-check [docker] [router-only] [router]`: what this host has and lacks for sandbox's instances
-(lxc, or the docker engine with `docker`; none with `router-only`) and, with `router`, for the router;
-each item with its fix."""
+"""`host-check [docker|libvirt] [router-only] [router]`: what this host has and lacks for sandbox's
+instances (lxc, the docker engine with `docker`, libvirtd and qemu with `libvirt`; none with
+`router-only`) and, with `router`, for the router; each item with its fix."""
 
 from __future__ import annotations
 
 import os
 import platform
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def host_check(args: list[str]) -> list[dict[str, Any]]:
             platform.python_version(),
             "apt-get install python3 (3.11 or newer)",
         ),
-        *(_docker() if "docker" in args else [] if "router-only" in args else _lxc()),
+        *_engine(args),
     ]
     free = _free("/var/lib/docker" if "docker" in args else "/var/lib/sandbox-host")
     out.append(
@@ -60,6 +61,57 @@ def host_check(args: list[str]) -> list[dict[str, Any]]:
             )
         )
     return out
+
+
+def _engine(args: list[str]) -> list[dict[str, Any]]:
+    if "router-only" in args:
+        return []
+    return _docker() if "docker" in args else _libvirt() if "libvirt" in args else _lxc()
+
+
+def _tools(name: str, tools: tuple[str, ...], fix: str) -> dict[str, Any]:
+    missing = [t for t in tools if shutil.which(t) is None]
+    return _item(name, not missing, "missing " + ", ".join(missing) if missing else ", ".join(tools), fix)
+
+
+def _libvirt() -> list[dict[str, Any]]:
+    """libvirtd answers, qemu and the disk tools are there; KVM or TCG (both run VMs)."""
+    from sandbox.backends.vmaccel import kvm_device_usable
+
+    try:
+        p = subprocess.run(
+            ["virsh", "-c", "qemu:///system", "version"], capture_output=True, text=True, timeout=30
+        )
+        ok, detail = p.returncode == 0, (p.stdout if p.returncode == 0 else p.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        ok, detail = False, str(e)
+    kvm = kvm_device_usable()
+    return [
+        _item(
+            "libvirtd",
+            ok,
+            " / ".join(detail.splitlines()[-2:])[:300],
+            "apt-get install libvirt-daemon-system, and start libvirtd",
+        ),
+        _tools("qemu", ("qemu-system-x86_64", "qemu-img"), "apt-get install qemu-system-x86 qemu-utils"),
+        _tools("mkfs.ext4", ("mkfs.ext4",), "apt-get install e2fsprogs"),
+        _item(
+            "acceleration",
+            True,
+            "kvm: /dev/kvm usable (probed at the first boot; TCG if KVM cannot boot a kernel)"
+            if kvm
+            else "tcg: no usable /dev/kvm (VMs are emulated: slow)",
+        ),
+        *_publishing(),
+    ]
+
+
+def _publishing() -> list[dict[str, Any]]:
+    """What publishes each app (iptables) and makes the bridge (ip)."""
+    return [
+        _tools("iptables", ("iptables",), "apt-get install iptables"),
+        _tools("ip", ("ip",), "apt-get install iproute2"),
+    ]
 
 
 def _docker() -> list[dict[str, Any]]:
@@ -93,21 +145,8 @@ def _lxc() -> list[dict[str, Any]]:
             "mount the cgroup hierarchy at /sys/fs/cgroup",
         ),
     ]
-    missing = [t for t in ("lxc-start", "lxc-attach", "lxc-info", "lxc-stop") if shutil.which(t) is None]
-    out.append(
-        _item(
-            "lxc",
-            not missing,
-            "missing " + ", ".join(missing) if missing else "lxc-* tools",
-            "apt-get install lxc",
-        )
-    )
-    out.append(
-        _item(
-            "iptables", shutil.which("iptables") is not None, "publishes each app", "apt-get install iptables"
-        )
-    )
-    out.append(_item("ip", shutil.which("ip") is not None, "iproute2", "apt-get install iproute2"))
+    out.append(_tools("lxc", ("lxc-start", "lxc-attach", "lxc-info", "lxc-stop"), "apt-get install lxc"))
+    out += _publishing()
     ids = [f for f in SUBID_FILES if f.is_file() and "root:" in f.read_text()]
     out.append(
         _item(

@@ -45,6 +45,8 @@ MODULES = {
     "docker-ping": "dockerops",
     "lxc-tty": "lxcops",
     "lxc-logs": "lxcops",
+    "libvirt": "libvirtops",
+    "libvirt-logs": "libvirtops",
     "host-check": "hostcheck",
     "router": "routerops",
     "lock": "routerops",

@@ -4,8 +4,11 @@ Why DNAT and not routes: the router (on the control machine or its own host) the
 the host's address and a port; no route to each host's container subnet is added on any machine, and
 every host may use the same subnet. The rules live in sandbox's own chains (SANDBOX-PUB in nat
 PREROUTING, for local destination addresses only, and SANDBOX-FWD in filter FORWARD, which lets
-exactly the published app port through even where the FORWARD policy is DROP). Each rule carries the
-instance's name as its comment, and is added idempotently (`-C` before `-A`).
+exactly the published app port through even where the FORWARD policy is DROP). SANDBOX-PUB is also
+jumped to from nat OUTPUT, for connections the host makes itself to one of its own addresses but
+loopback (a router on a host that runs instances too; a control machine that is its own host): a
+connection from 127.0.0.1 cannot be sent to the bridge, so 127.0.0.0/8 keeps its own meaning. Each
+rule carries the instance's name as its comment, and is added idempotently (`-C` before `-A`).
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ def _ensure_rule(table: str, chain: str, rule: list[str], insert: bool = False) 
 
 
 def _ensure_chains() -> None:
+    local = ["-m", "addrtype", "--dst-type", "LOCAL"]
     for table, chain, parent, jump in (
-        ("nat", NAT_CHAIN, "PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", NAT_CHAIN]),
+        ("nat", NAT_CHAIN, "PREROUTING", [*local, "-j", NAT_CHAIN]),
+        ("nat", NAT_CHAIN, "OUTPUT", ["!", "-d", "127.0.0.0/8", *local, "-j", NAT_CHAIN]),
         ("filter", FWD_CHAIN, "FORWARD", ["-j", FWD_CHAIN]),
     ):
         if _ipt("-t", table, "-n", "-L", chain, check=False).returncode != 0:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.fsutil import atomic_write, file_lock
-from sandbox.hostagent.lxcops import INSTANCE, WS_ID, BadRequest, _str
+from sandbox.hostagent.instancereq import INSTANCE, WS_ID, BadRequest, str_arg
 from sandbox.hostagent.main import host_root, op, read_request
 from sandbox.routing.own import OwnRouter
 from sandbox.routing.render import ROUTER_GROUP, ROUTER_USER, RouterConfig, check_config
@@ -33,7 +33,7 @@ def router_config(d: Any) -> RouterConfig:
         raise BadRequest("bad router config")
     maintenance = d.get("maintenance")
     return RouterConfig(
-        env=_str(d, "env", ENV),
+        env=str_arg(d, "env", ENV),
         listen=str(d.get("listen")),
         port=int(d.get("port", 0)),
         server_name=str(d.get("server_name", "_")),
@@ -59,7 +59,7 @@ def router(argv: list[str]) -> Any:
     req = read_request()
     if not isinstance(req, dict):
         raise BadRequest("bad request")
-    r = OwnRouter(_routers(_str(req, "ws", WS_ID)), _str(req, "env", ENV))
+    r = OwnRouter(_routers(str_arg(req, "ws", WS_ID)), str_arg(req, "env", ENV))
     method = req.get("method")
     if method == "prefix":  # where the control side renders the config for
         return str(r.prefix)
@@ -98,7 +98,7 @@ def lock(argv: list[str]) -> Any:
     req = read_request()
     if not isinstance(req, dict):
         raise BadRequest("bad request")
-    ws, env = _str(req, "ws", WS_ID), _str(req, "env", ENV)
+    ws, env = str_arg(req, "ws", WS_ID), str_arg(req, "env", ENV)
     holder = str(req.get("holder", ""))[:200]
     d = host_root() / "locks"
     d.mkdir(parents=True, exist_ok=True)

@@ -252,6 +252,18 @@ def lxc_problem() -> str | None:
     return None
 
 
+def libvirt_problem() -> str | None:
+    """Why libvirtd (and what VMs and their routers need) cannot be used here (None: it can)."""
+    missing = [t for t in ("virsh", "qemu-img", "mkfs.ext4", "nginx") if shutil.which(t) is None]
+    if missing:
+        return f"missing {', '.join(missing)} (scripts/backends.sh libvirt)"
+    try:
+        p = subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "libvirtd does not answer (scripts/backends.sh libvirt)"
+    return None if p.returncode == 0 else "libvirtd is not running (scripts/backends.sh libvirt)"
+
+
 def docker_problem() -> str | None:
     """Why dockerd cannot be used here (None: `docker info` answers)."""
     try:

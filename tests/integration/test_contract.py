@@ -39,6 +39,7 @@ from tests.integration.conftest import (
     docker_problem,
     exec_out,
     http_get,
+    libvirt_problem,
     lxc_problem,
     ok,
     require,
@@ -97,13 +98,6 @@ class BackendCase:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _libvirt_problem() -> str | None:
-    missing = [t for t in ("virsh", "qemu-img", "mkfs.ext4", "nginx") if shutil.which(t) is None]
-    if missing:
-        return f"missing {', '.join(missing)} (scripts/backends.sh libvirt)"
-    return None if _cmd_ok("virsh", "-c", "qemu:///system", "version") else "libvirtd is not running"
-
-
 def _separate_kernel(ws: Path, env: str) -> None:
     """A VM: its own kernel (another boot id), and qemu on the host runs unprivileged (not root)."""
     host_boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -136,7 +130,7 @@ BACKENDS: dict[str, BackendCase] = {
     # and a request the probe makes slow takes several seconds more under emulation
     "libvirt": BackendCase(
         "libvirt",
-        _libvirt_problem,
+        libvirt_problem,
         _separate_kernel,
         boot_timeout="420s",
         drain_timeout="30s",

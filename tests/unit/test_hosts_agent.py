@@ -43,7 +43,13 @@ def test_the_bundle_is_deterministic_and_holds_the_agent_but_not_the_cli() -> No
     assert data == data2 and sha == sha2 and (sha, data) == bundle()
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert names[0] == "__main__.py"
-    for must in ("sandbox/hostagent/main.py", "sandbox/hostagent/lxcops.py", "sandbox/backends/lxc.py"):
+    for must in (
+        "sandbox/hostagent/main.py",
+        "sandbox/hostagent/lxcops.py",
+        "sandbox/backends/lxc.py",
+        "sandbox/hostagent/libvirtops.py",
+        "sandbox/backends/vmfiles.py",
+    ):
         assert must in names, must
     assert not [n for n in names if n.startswith(("sandbox/cli/", "sandbox/web/"))]
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))]
@@ -139,12 +145,15 @@ def test_an_agent_dir_that_cannot_be_written(tmp_path: Path, monkeypatch: pytest
 # -- the lxc op refuses malformed requests ---------------------------------------------------------
 
 
-def run_lxc(root: Path, request: Any) -> tuple[int, dict[str, Any], str]:
+def run_op(
+    root: Path, request: Any, op: str = "lxc", *args: str, env: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], str]:
+    """The agent's `op` on this machine, its root `root` (the request as JSON on stdin)."""
     p = subprocess.run(
-        [sys.executable, "-m", "sandbox.hostagent", "lxc"],
+        [sys.executable, "-m", "sandbox.hostagent", op, *args],
         input=json.dumps(request).encode(),
         capture_output=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), "SANDBOX_HOST_ROOT": str(root)},
+        env={**os.environ, "PYTHONPATH": str(REPO), "SANDBOX_HOST_ROOT": str(root), **(env or {})},
         cwd=root.parent,
         timeout=60,
         check=False,
@@ -216,7 +225,7 @@ def test_the_lxc_op_refuses_malformed_requests(tmp_path: Path, request_: Any, er
     if isinstance(request_, dict):
         request_ = {"ctx": CTX, **request_}
     before = files_under(tmp_path)
-    code, answer, stderr = run_lxc(root, request_)
+    code, answer, stderr = run_op(root, request_)
     assert code == 3, (answer, stderr)
     assert answer["error"] == "BadRequest" and error in answer["message"], answer
     # at most the workspace's runtime dir under the agent's root; nothing else, nowhere else
@@ -228,7 +237,7 @@ def test_nothing_is_made_outside_the_agents_root(tmp_path: Path) -> None:
     """The default root (/var/lib/sandbox-host) is never touched when SANDBOX_HOST_ROOT is set."""
     existed = Path("/var/lib/sandbox-host").exists()
     for req, _ in BAD[:12]:
-        run_lxc(tmp_path / "host", {"ctx": CTX, **req} if isinstance(req, dict) else req)
+        run_op(tmp_path / "host", {"ctx": CTX, **req} if isinstance(req, dict) else req)
     assert Path("/var/lib/sandbox-host").exists() == existed
     assert not (tmp_path / "etc").exists() and not (tmp_path.parent / "x").exists()
 

@@ -72,6 +72,8 @@ class Sshd:
     host_pub: str
     client_key: Path
     proc: subprocess.Popen[bytes] | None = None
+    #: entries of the real /run that sessions still see when sshd gets a /run of its own (below)
+    keep_run: tuple[str, ...] = ()
     ctl: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sbxt-", dir="/tmp")))
     opened: list[SshTransport] = field(default_factory=list)
 
@@ -103,17 +105,15 @@ class Sshd:
         log = (self.dir / "sshd.log").open("ab")
         cmd = [SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")]
         if not Path("/run/sshd").is_dir():  # a /run of its own (private mount namespace, a tmpfs)
-            cmd = [
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                'mount -t tmpfs -o mode=755 sbxt /run && mkdir -m 755 /run/sshd && exec "$@"',
-                "sh",
-                *cmd,
-            ]
+            script = 'mount -t tmpfs -o mode=755 sbxt /run && mkdir -m 755 /run/sshd && exec "$@"'
+            if self.keep_run:  # the real /run stays reachable below the dir `real`, to bind back from
+                real = self.dir / "run.real"
+                real.mkdir(exist_ok=True)
+                keep = "".join(
+                    f"mkdir -p /run/{k} && mount --bind {real}/{k} /run/{k} && " for k in self.keep_run
+                )
+                script = f"mount --bind /run {real} && " + script.replace("exec", keep + "exec")
+            cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *cmd]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + 10
@@ -152,7 +152,18 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
     problem = sshd_problem()
     if problem is not None:
         (pytest.fail if integration_required() else pytest.skip)(f"loopback sshd: {problem}")
-    d = tmp_path / "sshd"
+    s = make_sshd(tmp_path / "sshd")
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+    assert len(str(s.ctl)) < 40  # unix socket paths stay far below 107 bytes
+
+
+def make_sshd(d: Path, extra_config: str = "", keep_run: tuple[str, ...] = ()) -> Sshd:
+    """An sshd on 127.0.0.1 (not started) with keys and config in the new dir `d`; `extra_config`
+    is added to its sshd_config (e.g. `SetEnv` for its sessions)."""
     d.mkdir()
     host_pub = keygen(d / "host_key")
     client_pub = keygen(d / "client_key")
@@ -164,15 +175,9 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
         # (a unix socket forward needs both: forward_unix)
         "AllowTcpForwarding local\nAllowStreamLocalForwarding local\n"
-        "X11Forwarding no\nPrintMotd no\nMaxStartups 100\n"
+        "X11Forwarding no\nPrintMotd no\nMaxStartups 100\n" + extra_config
     )
-    s = Sshd(d, port, host_pub, d / "client_key")
-    try:
-        s.start()
-        yield s
-    finally:
-        s.stop()
-    assert len(str(s.ctl)) < 40  # unix socket paths stay far below 107 bytes
+    return Sshd(d, port, host_pub, d / "client_key", keep_run=keep_run)
 
 
 def control_sockets(t: SshTransport) -> list[Path]:
