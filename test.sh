@@ -50,10 +50,10 @@ if [ $# -eq 0 ]; then
     echo ">> integration, phase 1 (the VM tests run beside; their report follows)"
     VMLOG=$(mktemp /tmp/sandbox-vm-tests.XXXXXX)
     SANDBOX_CONTRACT_BACKENDS=libvirt "$PY" -m pytest -ra --durations=10 -k libvirt \
-        "$IT/test_contract.py" "$IT/test_libvirt.py" >"$VMLOG" 2>&1 &
+        "$IT/test_contract.py" "$IT/test_libvirt.py" "$IT/test_hosts_libvirt.py" >"$VMLOG" 2>&1 &
     VM=$!
     SANDBOX_CONTRACT_BACKENDS=lxc,docker,lxd "$PY" -m pytest -ra --durations=15 "$IT" \
-        --ignore="$IT/test_libvirt.py" --ignore="$IT/test_promote.py" \
+        --ignore="$IT/test_libvirt.py" --ignore="$IT/test_hosts_libvirt.py" --ignore="$IT/test_promote.py" \
         --ignore="$IT/test_hosts.py" --ignore="$IT/test_testhosts.py" || RC=$?
     wait "$VM" || RC=$?
     echo ">> integration, phase 1: the VM tests"
