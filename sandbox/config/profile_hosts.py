@@ -153,7 +153,7 @@ def check_profile(p: Profile) -> None:
 
 
 #: the engines sandbox runs on production hosts
-HOST_ENGINES = ("lxc", "docker")
+HOST_ENGINES = ("lxc", "docker", "lxd")
 
 
 def _hosts_fit(p: Profile) -> None:
@@ -165,8 +165,8 @@ def _hosts_fit(p: Profile) -> None:
         )
     if p.backend not in HOST_ENGINES:
         fail(
-            f"hosts run the lxc or docker backend, not {p.backend}",
-            "use backend: lxc or docker on hosts; lxd or libvirt on one machine: `remote:`",
+            f"hosts run the lxc, docker or lxd backend, not {p.backend}",
+            "use backend: lxc, docker or lxd on hosts; libvirt on one machine: `remote:`",
             at=("backend",) if "backend" in p.model_fields_set else ("hosts",),
         )
     if p.mounts:

@@ -1,6 +1,6 @@
-"""`host-check [docker] [router-only] [router]`: what this host has and lacks for sandbox's instances
-(lxc, or the docker engine with `docker`; none with `router-only`) and, with `router`, for the router;
-each item with its fix."""
+"""`host-check [docker|lxd] [router-only] [router]`: what this host has and lacks for sandbox's
+instances (lxc, the docker engine with `docker`, LXD with `lxd`; none with `router-only`) and, with
+`router`, for the router; each item with its fix."""
 
 from __future__ import annotations
 
@@ -38,9 +38,15 @@ def host_check(args: list[str]) -> list[dict[str, Any]]:
             platform.python_version(),
             "apt-get install python3 (3.11 or newer)",
         ),
-        *(_docker() if "docker" in args else [] if "router-only" in args else _lxc()),
+        *_engine(args),
     ]
-    free = _free("/var/lib/docker" if "docker" in args else "/var/lib/sandbox-host")
+    free = _free(
+        "/var/lib/docker"
+        if "docker" in args
+        else "/var/lib/lxd"
+        if "lxd" in args
+        else "/var/lib/sandbox-host"
+    )
     out.append(
         _item(
             "disk",
@@ -60,6 +66,29 @@ def host_check(args: list[str]) -> list[dict[str, Any]]:
             )
         )
     return out
+
+
+def _engine(args: list[str]) -> list[dict[str, Any]]:
+    if "docker" in args:
+        return _docker()
+    if "lxd" in args:
+        return _lxd()
+    return [] if "router-only" in args else _lxc()
+
+
+def _lxd() -> list[dict[str, Any]]:
+    from sandbox.hostagent.lxdops import status
+
+    answers, daemon, initialised, storage = status()
+    return [
+        _item("lxd", answers, daemon, "apt-get install lxd, and start it (`sandbox host prepare PROFILE`)"),
+        _item(
+            "lxd storage",
+            initialised,
+            storage,
+            "`sandbox host prepare PROFILE` (a dir pool and a root disk in the default profile), or lxd init",
+        ),
+    ]
 
 
 def _docker() -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -72,6 +73,8 @@ class Sshd:
     host_pub: str
     client_key: Path
     proc: subprocess.Popen[bytes] | None = None
+    #: dirs bind-mounted over others for sshd and its sessions only (a mount namespace of its own)
+    binds: dict[str, Path] = field(default_factory=dict)
     ctl: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sbxt-", dir="/tmp")))
     opened: list[SshTransport] = field(default_factory=list)
 
@@ -102,18 +105,14 @@ class Sshd:
     def start(self) -> None:
         log = (self.dir / "sshd.log").open("ab")
         cmd = [SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")]
-        if not Path("/run/sshd").is_dir():  # a /run of its own (private mount namespace, a tmpfs)
-            cmd = [
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                'mount -t tmpfs -o mode=755 sbxt /run && mkdir -m 755 /run/sshd && exec "$@"',
-                "sh",
-                *cmd,
-            ]
+        setup = [
+            f"mount --bind {shlex.quote(str(src))} {shlex.quote(dest)}" for dest, src in self.binds.items()
+        ]
+        if not Path("/run/sshd").is_dir():  # a /run of its own (a tmpfs)
+            setup.append("mount -t tmpfs -o mode=755 sbxt /run && mkdir -m 755 /run/sshd")
+        if setup:  # in a private mount namespace
+            script = " && ".join([*setup, 'exec "$@"'])
+            cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *cmd]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + 10
@@ -147,12 +146,11 @@ class Sshd:
         shutil.rmtree(self.ctl, ignore_errors=True)
 
 
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[Sshd]:
+def make_sshd(d: Path, binds: dict[str, Path] | None = None) -> Sshd:
+    """An sshd on 127.0.0.1 (not started) with its keys and config in `d`, logging root in."""
     problem = sshd_problem()
     if problem is not None:
         (pytest.fail if integration_required() else pytest.skip)(f"loopback sshd: {problem}")
-    d = tmp_path / "sshd"
     d.mkdir()
     host_pub = keygen(d / "host_key")
     client_pub = keygen(d / "client_key")
@@ -166,7 +164,12 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         "AllowTcpForwarding local\nAllowStreamLocalForwarding local\n"
         "X11Forwarding no\nPrintMotd no\nMaxStartups 100\n"
     )
-    s = Sshd(d, port, host_pub, d / "client_key")
+    return Sshd(d, port, host_pub, d / "client_key", binds=dict(binds or {}))
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    s = make_sshd(tmp_path / "sshd")
     try:
         s.start()
         yield s

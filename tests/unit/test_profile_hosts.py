@@ -198,7 +198,7 @@ def test_per_host_counts_must_add_up(tmp_path: Path) -> None:
     ("text", "path", "hint"),
     [
         ("backend: libvirt\n", "backend", "`remote:`"),
-        ("backend: lxd\n", "backend", "lxc or docker on hosts"),
+        ("backend: libvirt\n", "backend", "lxc, docker or lxd on hosts"),
         ("remote: ssh://deploy@h\nbackend: docker\n", "remote", "`remote:`"),
         ("mounts: [{src: /, dest: /srv}]\n", "mounts", "image"),
         ("ports: [{host: 8443, container: 443}]\n", "ports", "router"),
@@ -210,9 +210,10 @@ def test_hosts_exclude_other_keys(tmp_path: Path, text: str, path: str, hint: st
     assert issue.hint is not None and hint in issue.hint
 
 
-def test_docker_runs_on_hosts(tmp_path: Path) -> None:
-    lp = load(tmp_path, "prod", f"name: prod\nrecipe: web\ninstances: 3\nbackend: docker\n{HOSTS3}")
-    assert lp.profile.backend == "docker" and [h.name for h in lp.profile.hosts] == ["web1", "web2", "web3"]
+@pytest.mark.parametrize("engine", ["docker", "lxd"])
+def test_docker_and_lxd_run_on_hosts(tmp_path: Path, engine: str) -> None:
+    lp = load(tmp_path, "prod", f"name: prod\nrecipe: web\ninstances: 3\nbackend: {engine}\n{HOSTS3}")
+    assert lp.profile.backend == engine and [h.name for h in lp.profile.hosts] == ["web1", "web2", "web3"]
 
 
 def test_at_most_32_hosts(tmp_path: Path) -> None:
