@@ -32,6 +32,7 @@ import pylxd.client
 
 from sandbox.backends.base import BackendError
 from sandbox.backends.lxdconfig import remote_name
+from sandbox.fsutil import atomic_write, file_lock
 
 LOCAL_HINT = "start LXD with scripts/backends.sh lxd (as root)"
 LXC_REMOTE = "sandbox"  # the remote's name in the lxc client's config (LXD_CONF)
@@ -87,17 +88,21 @@ def lxd_dir() -> Path:
 
 
 def client_cert() -> tuple[Path, Path]:
-    """sandbox's client certificate and key for LXD remotes, made on first use (EC P-384, 10 years)."""
+    """sandbox's client certificate and key for LXD remotes, made on first use (EC P-384, 10 years),
+    under a lock: the hosts of an env are set up in parallel, and each must get the same pair."""
     d = lxd_dir()
     crt, key = d / "client.crt", d / "client.key"
     if crt.exists() and key.exists():
         return crt, key
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    cert_pem, key_pem = self_signed(f"sandbox@{socket.gethostname()}")
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key_pem)
-    crt.write_bytes(cert_pem)
+    with file_lock(d / ".client.lock"):
+        if crt.exists() and key.exists():
+            return crt, key
+        cert_pem, key_pem = self_signed(f"sandbox@{socket.gethostname()}")
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key_pem)
+        atomic_write(crt, cert_pem)  # last: a certificate there means its key is there
     return crt, key
 
 

@@ -21,7 +21,6 @@ What differs from a `remote:` LXD:
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from sandbox.backends.lxdapi import client_cert, server_cert
 from sandbox.backends.lxdconfig import PUBLISH_DEVICE, published
 from sandbox.backends.remote import OnHost
 from sandbox.events import Event
+from sandbox.fsutil import atomic_write
 from sandbox.hosts.agent import HostAgent
 from sandbox.hosts.publishing import published_port
 from sandbox.hosts.transport import HostError
@@ -64,15 +64,6 @@ def trust_answer(host: str, answer: object) -> tuple[bytes, int]:
     except ValueError as e:
         raise HostError(f"host {host}: LXD's server certificate does not parse: {e}", host=host) from e
     return pem.encode(), port
-
-
-def _write(path: os.PathLike[str], data: bytes) -> None:
-    """Replace `path` atomically (another command may be reading it)."""
-    tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 class RemoteLxd(OnHost, LxdBackend):
@@ -106,7 +97,7 @@ class RemoteLxd(OnHost, LxdBackend):
         pinned = server_cert(url)
         pinned.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not pinned.exists() or pinned.read_bytes() != pem:
-            _write(pinned, pem)
+            atomic_write(pinned, pem)
         return url
 
     @contextmanager

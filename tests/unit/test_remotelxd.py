@@ -214,3 +214,22 @@ def test_an_image_is_imported_by_the_agent_from_the_hosts_store_only_when_lxd_la
     monkeypatch.setattr(b, "_image", lambda d: None)
     b.prepare_image(digest)
     assert agent.calls == [("lxd-import", (digest,), None)]
+
+
+def test_the_client_certificate_is_made_once_when_hosts_ask_for_it_in_parallel(ws: Workspace) -> None:
+    """The hosts of an env are checked in parallel: each must get the same, matching pair."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from sandbox.backends.lxdapi import client_cert
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        pairs = set(pool.map(lambda _: client_cert(), range(16)))
+    [(crt, key)] = pairs
+    public = x509.load_pem_x509_certificate(crt.read_bytes()).public_key()
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    raw = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    assert public.public_bytes(*raw) == private.public_key().public_bytes(*raw)
+    assert key.stat().st_mode & 0o077 == 0
