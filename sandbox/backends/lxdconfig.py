@@ -53,13 +53,13 @@ def nic(address: str) -> dict[str, str]:
     return {"type": "nic", "nictype": "routed", "ipv4.address": address, "name": NIC}
 
 
-def published(address: str, app_port: int, port: int) -> dict[str, str]:
-    """The proxy device that publishes an instance's app on all its host's addresses at `port`: LXD's
-    forkproxy listens on the host and connects from inside the instance to ADDRESS:APP_PORT (the
-    address the router would use here), for as long as the instance runs."""
+def published(address: str, app_port: int, listen: str, port: int) -> dict[str, str]:
+    """The proxy device that publishes an instance's app on its host at LISTEN:PORT (an address of the
+    host, or 0.0.0.0: all of them): LXD's forkproxy listens on the host and connects from inside the
+    instance to ADDRESS:APP_PORT (the address the router would use here), while the instance runs."""
     return {
         "type": "proxy",
-        "listen": f"tcp:0.0.0.0:{int(port)}",
+        "listen": f"tcp:{listen}:{int(port)}",
         "connect": f"tcp:{address}:{int(app_port)}",
         "bind": "host",
     }

@@ -11,9 +11,10 @@ What differs from a `remote:` LXD:
 - **images** go to the host blob by blob (sandbox/hosts/ship.py, verified by sha256 there); the
   agent's `lxd-import` imports them into LXD from the host's own store, as the unified tarball the
   local backend imports (sandbox/imageformats/lxd.py): a whole image never crosses the network;
-- **publishing**: each instance's app is published by an LXD proxy device on all the host's
-  addresses at the port that follows from the instance's address (the lxc and docker scheme,
-  sandbox/hosts/publishing.py); the router and the health probes use HOST_ADDRESS:PORT;
+- **publishing**: each instance's app is published by an LXD proxy device at the port that follows
+  from the instance's address (the lxc and docker scheme, sandbox/hosts/publishing.py), on the
+  host's address the router uses when it is the host's own, else on all its addresses (a NAT'ed
+  address); the router and the health probes use HOST_ADDRESS:PORT;
 - **a dead host**: an HTTPS call that gets no connection or no answer (TCP keep-alive: about 10 s)
   is checked against the ssh transport, whose HostUnreachable names the host, so a promotion stops
   safely.
@@ -44,12 +45,15 @@ MAX_CERT = 16 << 10
 PEM = re.compile(r"\s*-----BEGIN CERTIFICATE-----\s+[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----\s*")
 
 
-def trust_answer(host: str, answer: object) -> tuple[bytes, int]:
-    """(server certificate PEM, HTTPS port) from a host's `lxd-trust` answer, or HostError: the host
-    is not trusted to say anything else (one PEM certificate of bounded size, a port)."""
+def trust_answer(host: str, answer: object) -> tuple[bytes, int, bool]:
+    """(server certificate PEM, HTTPS port, the host's address is its own) from a host's `lxd-trust`
+    answer, or HostError: the host is not trusted to say anything else (one PEM certificate of
+    bounded size, a port, a boolean)."""
     if not isinstance(answer, dict):
         raise HostError(f"host {host}: lxd-trust answered {type(answer).__name__}, not a document", host=host)
-    pem, port = answer.get("certificate"), answer.get("port")
+    pem, port, local = answer.get("certificate"), answer.get("port"), answer.get("local", False)
+    if not isinstance(local, bool):
+        raise HostError(f"host {host}: lxd-trust's `local` {str(local)[:40]!r} is not a boolean", host=host)
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise HostError(f"host {host}: LXD's HTTPS port {str(port)[:40]!r} is not a port", host=host)
     if not isinstance(pem, str) or len(pem) > MAX_CERT or not PEM.fullmatch(pem):
@@ -63,7 +67,7 @@ def trust_answer(host: str, answer: object) -> tuple[bytes, int]:
         x509.load_pem_x509_certificate(pem.encode())
     except ValueError as e:
         raise HostError(f"host {host}: LXD's server certificate does not parse: {e}", host=host) from e
-    return pem.encode(), port
+    return pem.encode(), port, local
 
 
 class RemoteLxd(OnHost, LxdBackend):
@@ -74,6 +78,7 @@ class RemoteLxd(OnHost, LxdBackend):
 
     def __init__(self, ctx: BackendContext, agent: HostAgent, host_address: str) -> None:
         self._url: str | None = None
+        self._local = False  # the host's address is its own: apps are published on it alone
         super().__init__(ctx)
         self._on_host(agent, host_address)
 
@@ -92,7 +97,9 @@ class RemoteLxd(OnHost, LxdBackend):
         crt, _ = client_cert()
         name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:55]
         request = {"cert": crt.read_text(), "name": f"sandbox@{name}", "address": self.host_address}
-        pem, port = trust_answer(self.host, self.agent.call("lxd-trust", request=request, timeout=60))
+        pem, port, self._local = trust_answer(
+            self.host, self.agent.call("lxd-trust", request=request, timeout=60)
+        )
         url = f"https://{self.host_address}:{port}"
         pinned = server_cert(url)
         pinned.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -133,7 +140,8 @@ class RemoteLxd(OnHost, LxdBackend):
         if spec.app_port is None or spec.address is None:
             return {}
         port = published_port(spec.address, self.ctx.network.subnet)
-        return {PUBLISH_DEVICE: published(spec.address, spec.app_port, port)}
+        listen = self.host_address if self.remote and self._local else "0.0.0.0"  # (self.remote: trusted)
+        return {PUBLISH_DEVICE: published(spec.address, spec.app_port, listen, port)}
 
     def logs_argv(self, name: str, follow: bool, lines: int) -> list[str]:
         self._must(name)  # trusted and connected: the lxc client's config names the host's LXD

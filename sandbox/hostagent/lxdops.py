@@ -9,8 +9,9 @@ checked, never on first use over the network:
   control machine's client certificate to LXD's trust store once, restricted to the `default`
   project (LXD 5.0: such a client cannot change the server's config or its trust store); makes LXD
   listen on HTTPS if it does not (core.https_address: the host's address the control machine uses,
-  when it is one of this host's, else every address; port 8443), and reports the port; and turns on
-  IPv4 forwarding, which LXD's routed NIC needs;
+  when it is one of this host's, else every address; port 8443), and reports the port and whether
+  that address is this host's own (apps are then published on it alone); and turns on IPv4
+  forwarding, which LXD's routed NIC needs;
 - `lxd-import DIGEST` imports an image that is already in this host's store (shipped blob by blob
   and verified, sandbox/hosts/ship.py) into LXD: the same unified tarball and import sequence as
   the control machine's lxd backend (sandbox/imageformats/lxd.py), written here from the local
@@ -154,13 +155,13 @@ def _is_local(address: str) -> bool:
     return True
 
 
-def _listen(config: dict[str, Any], address: str) -> tuple[str, int]:
+def _listen(config: dict[str, Any], address: str, local: bool) -> tuple[str, int]:
     """Where LXD listens for HTTPS, made so if it does not: (core.https_address, port)."""
     current = str(config.get("core.https_address") or "")
     port = https_port(current)
     if port is not None:
         return current, port
-    value = f"{address}:{HTTPS_PORT}" if _is_local(address) else f"[::]:{HTTPS_PORT}"
+    value = f"{address}:{HTTPS_PORT}" if local else f"[::]:{HTTPS_PORT}"
     call("PATCH", "/1.0", {"config": {"core.https_address": value}})
     return value, HTTPS_PORT
 
@@ -217,11 +218,13 @@ def lxd_trust(args: list[str]) -> dict[str, Any]:
         raise AgentUsage(f"bad address {str(address)[:80]!r}") from e
     meta = server()
     env = meta.get("environment") or {}
-    listen, port = _listen(meta.get("config") or {}, str(address))
+    local = _is_local(address)
+    listen, port = _listen(meta.get("config") or {}, address, local)
     _forwarding()
     return {
         "certificate": env.get("certificate"),
         "port": port,
+        "local": local,  # the address is this host's own: apps are published on it alone
         "listen": listen,
         "version": env.get("server_version"),
         "trust": _trust(der, name),

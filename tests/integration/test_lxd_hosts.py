@@ -165,8 +165,10 @@ def test_lxd_on_a_host_trusts_over_ssh_publishes_promotes_and_leaves_nothing(
     assert [i["host"] for i in v["instances"]] == ["lo1", "lo1"], v["instances"]
     endpoints = [i["endpoint"] for i in v["instances"]]
     assert [e.split(":")[0] for e in endpoints] == ["127.0.0.1", "127.0.0.1"] and len(set(endpoints)) == 2
-    for e in endpoints:  # the app itself, at the host's address and its published port
+    for i, e in enumerate(endpoints):  # the app itself, at the host's address and its published port
         assert answers(e, v1)["image"] == v1
+        # published by a proxy device on that address alone (it is the host's own)
+        assert lxc("config", "device", "get", f"hlxd-{i}", "sbx-publish", "listen").strip() == f"tcp:{e}"
     # trust set up over ssh: the server's own certificate pinned, ours trusted, restricted
     [pinned] = (lxd_host.config / "lxd" / "servercerts").iterdir()
     assert pinned.name == lxd_host.https.replace(":", "_") + ".crt"

@@ -160,6 +160,7 @@ def test_trust_gives_lxds_certificate_trusts_the_client_once_and_listens(
     assert out == {
         "certificate": SERVER_PEM,
         "port": 8443,
+        "local": True,
         "listen": "127.0.0.1:8443",  # the address the control machine uses is this host's
         "version": "5.0.fake",
         "trust": "added",
@@ -181,7 +182,7 @@ def test_an_address_that_is_not_the_hosts_listens_everywhere_and_a_set_listener_
     pem, _ = client_pem()
     # a NAT'ed address (not one of this host's): LXD listens on every address
     out = trust(monkeypatch, {"cert": pem, "name": "s", "address": "203.0.113.9"})
-    assert (out["listen"], out["port"]) == ("[::]:8443", 8443)
+    assert (out["listen"], out["port"], out["local"]) == ("[::]:8443", 8443, False)
     lxd.config["core.https_address"] = "10.1.2.3:9443"
     out = trust(monkeypatch, {"cert": pem, "name": "s", "address": "127.0.0.1"})
     assert (out["listen"], out["port"]) == ("10.1.2.3:9443", 9443)

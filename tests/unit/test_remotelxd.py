@@ -41,6 +41,7 @@ PEM = self_signed("root@web1", days=1)[0].decode()
         ({"certificate": PEM, "port": 70000}, "is not a port"),
         ({"certificate": PEM}, "is not a port"),
         ({"certificate": "hello", "port": 8443}, "not one PEM certificate"),
+        ({"certificate": PEM, "port": 8443, "local": "yes"}, "not a boolean"),
         ({"certificate": PEM + PEM, "port": 8443}, "not one PEM certificate"),
         ({"certificate": None, "port": 8443}, "not one PEM certificate"),
         # a huge answer: refused by its size, never parsed
@@ -62,7 +63,8 @@ def test_a_hosts_trust_answer_is_checked_before_use(answer: Any, what: str) -> N
 
 
 def test_a_good_trust_answer() -> None:
-    assert trust_answer("web1", {"certificate": PEM, "port": 9443, "extra": 1}) == (PEM.encode(), 9443)
+    assert trust_answer("web1", {"certificate": PEM, "port": 9443, "extra": 1}) == (PEM.encode(), 9443, False)
+    assert trust_answer("web1", {"certificate": PEM, "port": 9443, "local": True})[2] is True
 
 
 class FakeTransport:
@@ -120,15 +122,19 @@ def test_the_servers_certificate_is_pinned_from_the_ssh_answer_once_per_command(
         bad.check()
 
 
-def test_the_app_is_published_by_a_proxy_device_at_the_hosts_port(ws: Workspace) -> None:
-    b, _ = on_host(ws, {"certificate": PEM, "port": 8443})
+@pytest.mark.parametrize(("local", "listen"), [(True, "10.0.0.11"), (False, "0.0.0.0")])
+def test_the_app_is_published_by_a_proxy_device_at_the_hosts_port(
+    ws: Workspace, local: bool, listen: str
+) -> None:
+    """On the host's address alone when it is the host's own, else (a NAT'ed address) on all."""
+    b, _ = on_host(ws, {"certificate": PEM, "port": 8443, "local": local})
     spec = InstanceSpec(name="prod-0", env="prod", index=0, image="sha256:" + "a" * 64, address="10.213.0.7")
     assert b.own_devices(spec) == {}
     spec = InstanceSpec(**{**spec.__dict__, "app_port": 8000})
     assert b.own_devices(spec) == {
         "sbx-publish": {
             "type": "proxy",
-            "listen": "tcp:0.0.0.0:20007",
+            "listen": f"tcp:{listen}:20007",
             "connect": "tcp:10.213.0.7:8000",
             "bind": "host",
         }
