@@ -10,12 +10,9 @@ the storage pool can, full copies on a `dir` pool). Errors are translated in lxd
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import shlex
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -28,7 +25,7 @@ from sandbox.backends.instancefiles import (
     instance_files,
     parse_env_file,
 )
-from sandbox.backends.lxdapi import LOCAL_HINT, LXC_REMOTE, connect, lxc_conf, lxd_errors
+from sandbox.backends.lxdapi import LOCAL_HINT, LXC_REMOTE, PylxdImages, connect, lxc_conf, lxd_errors
 from sandbox.backends.lxdconfig import (
     ADDRESS_KEY,
     IMAGE_KEY,
@@ -39,9 +36,7 @@ from sandbox.backends.lxdconfig import (
     image_alias,
     workspace_id,
 )
-from sandbox.events import Event
-from sandbox.fsutil import file_lock
-from sandbox.imageformats.lxd import write_lxd_tarball
+from sandbox.imageformats.lxd import import_lxd_image
 from sandbox.saferoot import READ_LIMIT
 
 EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -99,34 +94,8 @@ class LxdBackend(Backend):
                 raise
 
     def prepare_image(self, digest: str) -> None:
-        if self._image(digest) is not None:
-            return
-        self.ctx.tmp.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.ctx.tmp / "lxd-import.lock"):
-            if self._image(digest) is not None:
-                return
-            self._import(digest)
-
-    def _import(self, digest: str) -> None:
-        t0 = time.monotonic()
-        alias = image_alias(digest)
-        self.sink(Event("progress", phase="up", message=f"importing image {digest[7:19]} into LXD (once)"))
-        fd, tmp = tempfile.mkstemp(dir=self.ctx.tmp, prefix=f".lxd-{os.getpid()}-", suffix=".tar")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write_lxd_tarball(self.store, digest, f, self.ctx.tmp, self.sink)
-            with open(tmp, "rb") as f:
-                fingerprint = hashlib.file_digest(f, "sha256").hexdigest()
-            with self._api(f"importing image {digest[:19]}"):
-                if self.client.images.exists(fingerprint):  # imported before under another alias
-                    image = self.client.images.get(fingerprint)
-                else:
-                    with open(tmp, "rb") as f:
-                        image = self.client.images.create(f, public=False)
-                image.add_alias(alias, f"sandbox image {digest}")
-        finally:
-            os.unlink(tmp)
-        self.sink(Event("log", phase="up", message=f"imported into LXD in {time.monotonic() - t0:.1f}s"))
+        images = PylxdImages(self.client, self._api)
+        import_lxd_image(self.store, digest, image_alias(digest), images, self.ctx.tmp, self.sink)
 
     def clean_stale(self) -> list[str]:
         """Image tarballs of imports whose process died."""
@@ -172,8 +141,13 @@ class LxdBackend(Backend):
             raise BackendError(f"instance {spec.name} has no address", hint="this is a bug in sandbox")
         self.prepare_image(spec.image)
         with self._api(f"creating {spec.name}"):
-            inst = self.client.instances.create(create_request(spec, self.ws_id, self.pool), wait=True)
+            request = create_request(spec, self.ws_id, self.pool, self.own_devices(spec))
+            inst = self.client.instances.create(request, wait=True)
         self._write_files(inst, spec)
+
+    def own_devices(self, spec: InstanceSpec) -> dict[str, dict[str, str]]:
+        """Devices an instance gets besides its NIC, root and mounts (on a host: its published app)."""
+        return {}
 
     def _write_files(self, inst: Any, spec: InstanceSpec) -> None:
         """The per-instance files (hostname, hosts, instance.env), as the lxc backend writes them."""
@@ -365,14 +339,13 @@ class LxdBackend(Backend):
 
     def clone(self, src: str, spec: InstanceSpec) -> None:
         source = self._must(src)
-        running = source.status == "Running"
+        running, own = source.status == "Running", self.own_devices(spec)
         with self._api(f"copying {src} to {spec.name}"):
             if running:  # a consistent copy: nothing writes while LXD copies
                 source.freeze(wait=True)
             try:
-                inst = self.client.instances.create(
-                    copy_request(src, spec, self.ws_id, source.profiles, self.pool), wait=True
-                )
+                request = copy_request(src, spec, self.ws_id, source.profiles, self.pool, own)
+                inst = self.client.instances.create(request, wait=True)
             finally:
                 if running:
                     source.unfreeze(wait=True)

@@ -22,15 +22,17 @@ import datetime
 import os
 import socket
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pylxd
+import pylxd.client
 
 from sandbox.backends.base import BackendError
 from sandbox.backends.lxdconfig import remote_name
+from sandbox.fsutil import atomic_write, file_lock
 
 LOCAL_HINT = "start LXD with scripts/backends.sh lxd (as root)"
 LXC_REMOTE = "sandbox"  # the remote's name in the lxc client's config (LXD_CONF)
@@ -86,19 +88,33 @@ def lxd_dir() -> Path:
 
 
 def client_cert() -> tuple[Path, Path]:
-    """sandbox's client certificate and key for LXD remotes, made on first use (EC P-384, 10 years)."""
+    """sandbox's client certificate and key for LXD remotes, made on first use (EC P-384, 10 years),
+    under a lock: the hosts of an env are set up in parallel, and each must get the same pair."""
     d = lxd_dir()
     crt, key = d / "client.crt", d / "client.key"
     if crt.exists() and key.exists():
         return crt, key
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with file_lock(d / ".client.lock"):
+        if crt.exists() and key.exists():
+            return crt, key
+        cert_pem, key_pem = self_signed(f"sandbox@{socket.gethostname()}")
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key_pem)
+        atomic_write(crt, cert_pem)  # last: a certificate there means its key is there
+    return crt, key
+
+
+def self_signed(common_name: str, days: int = 3650) -> tuple[bytes, bytes]:
+    """(certificate, key) PEM of a new self-signed EC P-384 certificate, as LXD's own are."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     pk = ec.generate_private_key(ec.SECP384R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"sandbox@{socket.gethostname()}")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -107,20 +123,15 @@ def client_cert() -> tuple[Path, Path]:
         .public_key(pk.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=3650))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .sign(pk, hashes.SHA384())
     )
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(
-            pk.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            )
-        )
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return crt, key
+    key = pk.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key
 
 
 def server_cert(remote: str) -> Path:
@@ -143,8 +154,10 @@ def lxc_conf(remote: str) -> Path:
     return conf
 
 
-def connect(remote: str | None) -> Any:
-    """A pylxd Client of this host's LXD (unix socket) or of `remote` (HTTPS, client certificate)."""
+def connect(remote: str | None, connect_timeout: float = 10) -> Any:
+    """A pylxd Client of this host's LXD (unix socket) or of `remote` (HTTPS, client certificate),
+    the server's certificate pinned by its fingerprint (pylxd's LXDSSLAdapter: the exact certificate,
+    no CA and no host name), TCP keep-alive so that a call to a host that died fails in seconds."""
     with lxd_errors("connecting to LXD", remote):
         if remote is None:
             return pylxd.Client()
@@ -158,16 +171,66 @@ def connect(remote: str | None) -> Any:
         from pylxd.client import get_session_for_url
 
         session = get_session_for_url(remote, verify=str(verify), cert=(str(crt), str(key)))
+        session.mount(remote, _PinnedKeepalive())
         # pylxd pins the server certificate given as `verify`; with the environment trusted, requests
         # would replace it by $REQUESTS_CA_BUNDLE (and send LXD's traffic through any proxy)
         session.trust_env = False
-        client = pylxd.Client(endpoint=remote, cert=(str(crt), str(key)), session=session, timeout=60)
+        client = pylxd.Client(
+            endpoint=remote,
+            cert=(str(crt), str(key)),
+            session=session,
+            timeout=(connect_timeout, 60),
+        )
         if not client.trusted:
             raise BackendError(
                 f"the LXD server {remote} does not trust sandbox's client certificate",
                 hint=f"on that host: lxc config trust add {crt} (copy the file there first)",
             )
         return client
+
+
+def _keepalive_options() -> list[tuple[int, int, int]]:
+    """A peer that stops answering is dropped after about 10 s, idle or mid-request."""
+    from urllib3.connection import HTTPConnection
+
+    return [
+        *HTTPConnection.default_socket_options,
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 2),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
+        (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 10_000),
+    ]
+
+
+class _PinnedKeepalive(pylxd.client.LXDSSLAdapter):  # type: ignore[misc]
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["socket_options"] = _keepalive_options()
+        super().init_poolmanager(*args, **kwargs)
+
+
+class PylxdImages:
+    """The LxdImageApi of sandbox/imageformats/lxd.py over pylxd (every call's errors translated)."""
+
+    def __init__(self, client: Any, errors: Callable[[str], AbstractContextManager[None]]) -> None:
+        self.client = client
+        self.errors = errors
+
+    def has_alias(self, alias: str) -> bool:
+        with self.errors(f"looking up image {alias}"):
+            return bool(self.client.images.exists(alias, alias=True))
+
+    def has_image(self, fingerprint: str) -> bool:
+        with self.errors(f"looking up image {fingerprint[:12]}"):
+            return bool(self.client.images.exists(fingerprint))
+
+    def upload(self, tarball: Path) -> str:
+        with self.errors("importing an image"), open(tarball, "rb") as f:
+            return str(self.client.images.create(f, public=False).fingerprint)
+
+    def add_alias(self, alias: str, fingerprint: str, description: str) -> None:
+        with self.errors(f"naming image {fingerprint[:12]} {alias}"):
+            self.client.images.get(fingerprint).add_alias(alias, description)
 
 
 @contextmanager

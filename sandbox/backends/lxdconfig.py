@@ -22,6 +22,7 @@ ADDRESS_KEY = "user.sandbox.address"
 NIC = "eth0"
 SANDBOX_POOL = "sandbox"  # used when it exists; made by scripts/backends.sh
 MOUNT_PREFIX = "sbx-mount-"
+PUBLISH_DEVICE = "sbx-publish"
 
 
 def workspace_id(ws_id: str) -> str:
@@ -52,8 +53,23 @@ def nic(address: str) -> dict[str, str]:
     return {"type": "nic", "nictype": "routed", "ipv4.address": address, "name": NIC}
 
 
-def devices(spec: InstanceSpec, pool: str | None = None) -> dict[str, dict[str, str]]:
-    """The instance's own devices; the root disk is on `pool`, else as LXD's default profile says."""
+def published(address: str, app_port: int, listen: str, port: int) -> dict[str, str]:
+    """The proxy device that publishes an instance's app on its host at LISTEN:PORT (an address of the
+    host, or 0.0.0.0: all of them): LXD's forkproxy listens on the host and connects from inside the
+    instance to ADDRESS:APP_PORT (the address the router would use here), while the instance runs."""
+    return {
+        "type": "proxy",
+        "listen": f"tcp:{listen}:{int(port)}",
+        "connect": f"tcp:{address}:{int(app_port)}",
+        "bind": "host",
+    }
+
+
+def devices(
+    spec: InstanceSpec, pool: str | None = None, own: dict[str, dict[str, str]] | None = None
+) -> dict[str, dict[str, str]]:
+    """The instance's own devices (and `own`, e.g. its published app); the root disk is on `pool`,
+    else as LXD's default profile says."""
     out: dict[str, dict[str, str]] = {}
     if pool is not None:
         out["root"] = {"type": "disk", "path": "/", "pool": pool}
@@ -64,7 +80,7 @@ def devices(spec: InstanceSpec, pool: str | None = None) -> dict[str, dict[str, 
         if m.readonly:
             dev["readonly"] = "true"
         out[f"{MOUNT_PREFIX}{i}"] = dev
-    return out
+    return {**out, **(own or {})}
 
 
 def instance_config(spec: InstanceSpec, ws_id: str) -> dict[str, str]:
@@ -77,19 +93,26 @@ def instance_config(spec: InstanceSpec, ws_id: str) -> dict[str, str]:
     }
 
 
-def create_request(spec: InstanceSpec, ws_id: str, pool: str | None = None) -> dict[str, Any]:
+def create_request(
+    spec: InstanceSpec, ws_id: str, pool: str | None = None, own: dict[str, dict[str, str]] | None = None
+) -> dict[str, Any]:
     """POST /1.0/instances body that creates `spec` (stopped) from its imported image."""
     return {
         "name": spec.name,
         "type": "container",
         "source": {"type": "image", "alias": image_alias(spec.image)},
         "config": instance_config(spec, ws_id),
-        "devices": devices(spec, pool),
+        "devices": devices(spec, pool, own),
     }
 
 
 def copy_request(
-    src: str, spec: InstanceSpec, ws_id: str, profiles: list[str], pool: str | None = None
+    src: str,
+    spec: InstanceSpec,
+    ws_id: str,
+    profiles: list[str],
+    pool: str | None = None,
+    own: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """POST /1.0/instances body that creates `spec` as a copy of instance `src` (without its snapshots);
     `profiles` are the source's (LXD gives a copy none unless told, and so no root disk)."""
@@ -99,7 +122,7 @@ def copy_request(
         "profiles": list(profiles),
         "source": {"type": "copy", "source": src, "instance_only": True},
         "config": instance_config(spec, ws_id),
-        "devices": devices(spec, pool),
+        "devices": devices(spec, pool, own),
     }
 
 

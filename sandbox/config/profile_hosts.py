@@ -153,7 +153,7 @@ def check_profile(p: Profile) -> None:
 
 
 #: the engines sandbox runs on production hosts
-HOST_ENGINES = ("lxc", "docker", "libvirt")
+HOST_ENGINES = ("lxc", "docker", "lxd", "libvirt")
 
 
 def _hosts_fit(p: Profile) -> None:
@@ -165,8 +165,8 @@ def _hosts_fit(p: Profile) -> None:
         )
     if p.backend not in HOST_ENGINES:
         fail(
-            f"hosts run the lxc, docker or libvirt backend, not {p.backend}",
-            "use backend: lxc, docker or libvirt on hosts; lxd on one machine: `remote:`",
+            f"hosts run the lxc, docker, lxd or libvirt backend, not {p.backend}",
+            "use backend: lxc, docker, lxd or libvirt on hosts",
             at=("backend",) if "backend" in p.model_fields_set else ("hosts",),
         )
     if p.mounts:

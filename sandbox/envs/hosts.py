@@ -1,7 +1,7 @@
-"""An env's production hosts: one backend per host (lxc through the host agent, or the host's docker
-engine or libvirtd over a forwarded socket), made on first use, only for hosts the env's profile
-names; and the steps before anything runs there: every host reachable, its engine ready, the image
-shipped and verified.
+"""An env's production hosts: one backend per host (lxc through the host agent, the host's docker
+engine or libvirtd over a forwarded socket, or the host's LXD over its HTTPS API), made on first
+use, only for hosts the env's profile names; and the steps before anything runs there: every host
+reachable, its engine ready, the image shipped and verified.
 """
 
 from __future__ import annotations
@@ -65,6 +65,10 @@ class EnvHosts:
                 from sandbox.backends.remotelibvirt import RemoteLibvirt  # libvirt-python: only when used
 
                 made = RemoteLibvirt(self.ctx.backends.ctx, agent, address)
+            elif profile.backend == "lxd":
+                from sandbox.backends.remotelxd import RemoteLxd  # pylxd: only when used
+
+                made = RemoteLxd(self.ctx.backends.ctx, agent, address)
             else:
                 made = RemoteLxc(self.ctx.backends.ctx, agent, address)
             self._made[key] = made
@@ -212,12 +216,18 @@ ENGINE_PACKAGES = {
     "lxc": "lxc uidmap iptables iproute2 python3 zstd",
     "docker": "docker.io python3 zstd",
     "libvirt": "libvirt-daemon-system qemu-system-x86 qemu-utils e2fsprogs iptables iproute2 python3 zstd",
+    "lxd": "lxd python3 zstd",
 }
-#: docker's engine and libvirtd run as services: started (and enabled) once installed
+#: docker's engine, libvirtd and LXD run as services: started (and enabled) once installed
 START_ENGINE = {
     "docker": "(systemctl enable --now docker || service docker start) >/dev/null 2>&1 || true",
     "libvirt": "(systemctl enable --now libvirtd || service libvirtd start) >/dev/null 2>&1 || true",
+    # (an LXD that does not come up: lxd-init, next, says so)
+    "lxd": "(systemctl enable --now lxd || service lxd start) >/dev/null 2>&1; "
+    "lxd waitready --timeout=120 || true",
 }
+#: the host agent's op that sets an engine up once it runs (LXD: a storage pool and a root disk)
+SETUP_OP = {"lxd": "lxd-init"}
 ROUTER_PACKAGES = "nginx-light libnginx-mod-http-lua"
 
 
@@ -236,7 +246,7 @@ def _machines(hosts: EnvHosts, profile: ResolvedProfile) -> list[tuple[HostSpec,
 
 def _check_args(profile: ResolvedProfile, role: str) -> list[str]:
     """The host agent's `host-check` arguments for a machine in `role`."""
-    args = [profile.backend] if profile.backend in ("docker", "libvirt") and role != "router" else []
+    args = [profile.backend] if profile.backend in ("docker", "lxd", "libvirt") and role != "router" else []
     if role == "router":
         args.append("router-only")
     return args + (["router"] if "router" in role else [])
@@ -287,6 +297,8 @@ def prepare_hosts(ctx: EnvContext, profile: ResolvedProfile) -> list[dict[str, o
         lines = p.stdout.decode(errors="replace").strip().splitlines()
         installed = lines[-1].removeprefix("installed:").split() if lines else []
         try:
+            if role != "router" and profile.backend in SETUP_OP:
+                agent.call(SETUP_OP[profile.backend], timeout=300)
             if h.name in {x.name for x in profile.hosts}:
                 hosts.backend(profile, h.name).check()
             else:

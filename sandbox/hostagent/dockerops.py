@@ -11,10 +11,8 @@ the control machine does itself with the docker SDK over a forwarded socket (san
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import socket
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -22,7 +20,8 @@ from typing import Any
 
 from sandbox.errors import SandboxError
 from sandbox.hostagent.main import AgentUsage, op
-from sandbox.hostagent.storeops import digest_arg, store
+from sandbox.hostagent.storeops import shipped
+from sandbox.hostagent.unixhttp import UnixHTTP, request
 from sandbox.imageformats.docker import LABEL_DIGEST, repo_tag, write_docker_archive
 
 DOCKER_SOCK = "/var/run/docker.sock"
@@ -32,37 +31,15 @@ class DockerEngineError(SandboxError):
     """The host's docker engine is missing, does not answer, or refused the image."""
 
 
-class _UnixHTTP(http.client.HTTPConnection):
-    """HTTP over a unix socket (the engine's API)."""
+DOWN_HINT = "start dockerd on the host (`sandbox host prepare PROFILE` installs docker.io)"
 
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
 
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self._path)
-        except OSError as e:
-            s.close()
-            raise DockerEngineError(
-                f"the docker engine does not answer on {self._path}: {e.strerror or e}",
-                hint="start dockerd on the host (`sandbox host prepare PROFILE` installs docker.io)",
-            ) from e
-        self.sock = s
+def _conn(timeout: float) -> UnixHTTP:
+    return UnixHTTP("the docker engine", DOCKER_SOCK, timeout, DockerEngineError, DOWN_HINT)
 
 
 def _get(path: str, timeout: float = 10) -> tuple[int, bytes]:
-    conn = _UnixHTTP(DOCKER_SOCK, timeout)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        return r.status, r.read()
-    except OSError as e:
-        raise DockerEngineError(f"the docker engine on {DOCKER_SOCK} failed: {e}") from e
-    finally:
-        conn.close()
+    return request(_conn(timeout), "GET", path)
 
 
 def engine_version() -> str:
@@ -90,14 +67,7 @@ def docker_ping(args: list[str]) -> dict[str, Any]:
 
 @op("docker-load")
 def docker_load(args: list[str]) -> dict[str, Any]:
-    if len(args) != 1:
-        raise AgentUsage("docker-load takes one digest")
-    digest = digest_arg(args[0])
-    images = store()
-    if not images.manifest_path(digest).is_file():
-        raise DockerEngineError(
-            f"image {digest[7:19]} is not in this host's store", hint="it is shipped first: run `up` again"
-        )
+    images, digest = shipped("docker-load", args, DockerEngineError)
     tag = repo_tag(images, digest)
     if _loaded(tag, digest):
         return {"tag": tag, "loaded": False}
@@ -123,26 +93,19 @@ def docker_load(args: list[str]) -> dict[str, Any]:
                 yield block
         writer.join()
 
-    conn = _UnixHTTP(DOCKER_SOCK, 1800)
-    try:
-        conn.request(
-            "POST",
-            "/images/load?quiet=1",
-            body=chunks(),
-            headers={"Content-Type": "application/x-tar"},
-            encode_chunked=True,
-        )
-        resp = conn.getresponse()
-        body = resp.read()
-    except OSError as e:
-        raise DockerEngineError(f"docker load failed: {e}", hint="see the docker daemon's log") from e
-    finally:
-        conn.close()
+    status, body = request(
+        _conn(1800),
+        "POST",
+        "/images/load?quiet=1",
+        body=chunks(),
+        headers={"Content-Type": "application/x-tar"},
+        chunked=True,
+    )
     if failed:
         raise DockerEngineError(f"writing the image archive failed: {failed[0]}")
     errors = [_error(line) for line in body.splitlines() if line.strip()]
     errors = [e for e in errors if e]
-    if resp.status != 200 or errors:
+    if status != 200 or errors:
         detail = errors[0] if errors else body.decode(errors="replace")[:300]
         raise DockerEngineError(
             f"docker load refused image {digest[7:19]}: {detail}", hint="see dockerd's log"

@@ -1,6 +1,6 @@
-"""`host-check [docker|libvirt] [router-only] [router]`: what this host has and lacks for sandbox's
-instances (lxc, the docker engine with `docker`, libvirtd and qemu with `libvirt`; none with
-`router-only`) and, with `router`, for the router; each item with its fix."""
+"""`host-check [docker|lxd|libvirt] [router-only] [router]`: what this host has and lacks for
+sandbox's instances (lxc, the docker engine with `docker`, LXD with `lxd`, libvirtd and qemu with
+`libvirt`; none with `router-only`) and, with `router`, for the router; each item with its fix."""
 
 from __future__ import annotations
 
@@ -41,7 +41,13 @@ def host_check(args: list[str]) -> list[dict[str, Any]]:
         ),
         *_engine(args),
     ]
-    free = _free("/var/lib/docker" if "docker" in args else "/var/lib/sandbox-host")
+    free = _free(
+        "/var/lib/docker"
+        if "docker" in args
+        else "/var/lib/lxd"
+        if "lxd" in args
+        else "/var/lib/sandbox-host"
+    )
     out.append(
         _item(
             "disk",
@@ -66,7 +72,26 @@ def host_check(args: list[str]) -> list[dict[str, Any]]:
 def _engine(args: list[str]) -> list[dict[str, Any]]:
     if "router-only" in args:
         return []
-    return _docker() if "docker" in args else _libvirt() if "libvirt" in args else _lxc()
+    if "docker" in args:
+        return _docker()
+    if "lxd" in args:
+        return _lxd()
+    return _libvirt() if "libvirt" in args else _lxc()
+
+
+def _lxd() -> list[dict[str, Any]]:
+    from sandbox.hostagent.lxdops import status
+
+    answers, daemon, initialised, storage = status()
+    return [
+        _item("lxd", answers, daemon, "apt-get install lxd, and start it (`sandbox host prepare PROFILE`)"),
+        _item(
+            "lxd storage",
+            initialised,
+            storage,
+            "`sandbox host prepare PROFILE` (a dir pool and a root disk in the default profile), or lxd init",
+        ),
+    ]
 
 
 def _tools(name: str, tools: tuple[str, ...], fix: str) -> dict[str, Any]:

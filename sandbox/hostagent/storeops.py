@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from sandbox.errors import StoreError
+from sandbox.errors import SandboxError, StoreError
 from sandbox.hostagent.main import AgentUsage, host_root, op, read_request
 from sandbox.store.store import BlobCorrupt, ImageStore, canonical_json
 
@@ -42,6 +42,20 @@ def digest_arg(value: object) -> str:
     if not isinstance(value, str) or not DIGEST.fullmatch(value):
         raise AgentUsage(f"malformed digest {str(value)[:80]!r}", hint="a digest is sha256:<64 hex digits>")
     return value
+
+
+def shipped(op: str, args: list[str], error: type[SandboxError]) -> tuple[ImageStore, str]:
+    """The host's store and the one digest argument of `op`: an image shipped here already (`error`
+    if it is not, before the engine is asked)."""
+    if len(args) != 1:
+        raise AgentUsage(f"{op} takes one digest")
+    digest = digest_arg(args[0])
+    images = store()
+    if not images.manifest_path(digest).is_file():
+        raise error(
+            f"image {digest[7:19]} is not in this host's store", hint="it is shipped first: run `up` again"
+        )
+    return images, digest
 
 
 def _digest_list(request: Any, key: str) -> list[str]:

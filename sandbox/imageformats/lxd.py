@@ -5,19 +5,29 @@ prepare_image take it as is. The
 metadata carries the image's architecture, its creation date (the lock's SOURCE_DATE_EPOCH, so
 the same image always gives the same bytes and therefore the same LXD fingerprint) and the
 sandbox digest; templates give every instance its own /etc/hostname and /etc/hosts from its name
-(the image itself has neither: the builder removes them).
+(the image itself has neither: the builder removes them). metadata.yaml is written as JSON, which
+is YAML too: the host agent writes this tarball on a host whose python3 may lack PyYAML.
+
+`import_lxd_image` is the one import sequence (alias present? tarball, its sha256, upload unless
+LXD holds those bytes already, alias), run against an `LxdImageApi`: pylxd on the control machine
+(sandbox/backends/lxdapi.py), HTTP over LXD's unix socket on a host (sandbox/hostagent/lxdops.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
 import tarfile
+import tempfile
+import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
-import yaml
-
+from sandbox.errors import SandboxError
 from sandbox.events import Event, EventSink
+from sandbox.fsutil import file_lock
 from sandbox.imageformats.hostfiles import host_files
 from sandbox.imageformats.rootfs import flattened
 from sandbox.imageformats.tartree import add_tree
@@ -66,6 +76,11 @@ def lxd_metadata(manifest: dict[str, Any], digest: str) -> dict[str, Any]:
     }
 
 
+def metadata_yaml(meta: dict[str, Any]) -> bytes:
+    """metadata.yaml's bytes: JSON (a YAML document LXD reads), deterministic, stdlib only."""
+    return (json.dumps(meta, sort_keys=True, indent=2) + "\n").encode()
+
+
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: int, mode: int = 0o644) -> None:
     ti = tarfile.TarInfo(name)
     ti.size, ti.mtime, ti.mode = len(data), mtime, mode
@@ -92,9 +107,57 @@ def write_lxd_tarball(
         flattened(store, digest, tmp) as root,
         tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar,
     ):
-        _add_bytes(tar, "metadata.yaml", yaml.safe_dump(meta, sort_keys=True).encode(), sde)
+        _add_bytes(tar, "metadata.yaml", metadata_yaml(meta), sde)
         _add_dir(tar, "templates", sde)
         for tpl, (_, text) in sorted(TEMPLATES.items()):
             _add_bytes(tar, f"templates/{tpl}", text.encode(), sde)
         index = add_tree(tar, root, sde, prefix="rootfs/")
     return {"metadata": meta, "entries": len(index)}
+
+
+class LxdImageApi(Protocol):
+    """What importing an image needs from an LXD."""
+
+    def has_alias(self, alias: str) -> bool: ...
+
+    def has_image(self, fingerprint: str) -> bool: ...
+
+    def upload(self, tarball: Path) -> str:
+        """Import the unified tarball; LXD's fingerprint of it."""
+        ...
+
+    def add_alias(self, alias: str, fingerprint: str, description: str) -> None: ...
+
+
+def import_lxd_image(
+    store: ImageStore, digest: str, alias: str, api: LxdImageApi, tmp: Path, sink: EventSink
+) -> bool:
+    """Import `digest` into an LXD as `alias`, once: under a lock in `tmp` (a second importer waits,
+    then finds the alias), from a temp tarball there (`.lxd-PID-*`: `remove_stale_temps` clears one
+    its process left). Bytes LXD holds already (imported under another alias) are not sent again;
+    an upload whose fingerprint is not the tarball's sha256 is refused. True when it imported."""
+    if api.has_alias(alias):
+        return False
+    with file_lock(tmp / "lxd-import.lock"):
+        if api.has_alias(alias):
+            return False
+        t0 = time.monotonic()
+        sink(Event("progress", phase="up", message=f"importing image {digest[7:19]} into LXD (once)"))
+        fd, tmp_tar = tempfile.mkstemp(dir=tmp, prefix=f".lxd-{os.getpid()}-", suffix=".tar")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write_lxd_tarball(store, digest, f, tmp, sink)
+            with open(tmp_tar, "rb") as f:
+                fingerprint = hashlib.file_digest(f, "sha256").hexdigest()
+            if not api.has_image(fingerprint):
+                got = api.upload(Path(tmp_tar))
+                if got != fingerprint:
+                    raise SandboxError(
+                        f"LXD imported image {digest[7:19]} as {str(got)[:64]!r}, not {fingerprint}",
+                        hint="the tarball changed on its way into LXD: run the command again",
+                    )
+            api.add_alias(alias, fingerprint, f"sandbox image {digest}")
+        finally:
+            os.unlink(tmp_tar)
+    sink(Event("log", phase="up", message=f"imported into LXD in {time.monotonic() - t0:.1f}s"))
+    return True

@@ -230,6 +230,17 @@ def workspace_like(built: Built, base: Path, name: str) -> Path:
     return ws
 
 
+def cert_fingerprint(crt: Path) -> str:
+    """The SHA-256 fingerprint of a PEM certificate file, as LXD names trusted certificates."""
+    out = subprocess.run(
+        ["openssl", "x509", "-in", str(crt), "-noout", "-fingerprint", "-sha256"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return out.split("=", 1)[-1].strip().replace(":", "").lower()
+
+
 def require(problem: str | None) -> None:
     """A missing daemon or tool: a failure in CI, a skip elsewhere."""
     from tests.conftest import integration_required

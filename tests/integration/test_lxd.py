@@ -29,6 +29,7 @@ from sandbox.workspace import Workspace
 from tests.integration.conftest import (
     Built,
     Run,
+    cert_fingerprint,
     exec_out,
     in_subnet,
     ok,
@@ -303,16 +304,9 @@ def https_lxd(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         yield url, conf
     finally:
         crt = conf / "lxd" / "client.crt"
-        if crt.exists():
-            fp = subprocess.run(
-                ["openssl", "x509", "-in", str(crt), "-noout", "-fingerprint", "-sha256"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout
-            fp = fp.split("=", 1)[-1].strip().replace(":", "").lower()
-            if fp:
-                lxc("config", "trust", "remove", fp, check=False)
+        fp = cert_fingerprint(crt) if crt.exists() else ""
+        if fp:
+            lxc("config", "trust", "remove", fp, check=False)
         lxc("config", "unset", "core.https_address", check=False)
         if saved is None:
             os.environ.pop("SANDBOX_CONFIG", None)

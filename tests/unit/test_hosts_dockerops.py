@@ -5,6 +5,7 @@ is a clear error; an image not shipped yet is refused before the engine is asked
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socketserver
@@ -86,19 +87,24 @@ def _handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
-    sock = tmp_path / "docker.sock"
-    e = Engine()
-    server = socketserver.ThreadingUnixStreamServer(str(sock), _handler(e))
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    monkeypatch.setattr(dockerops, "DOCKER_SOCK", str(sock))
+@contextlib.contextmanager
+def unix_server(sock: Path, handler: type[BaseHTTPRequestHandler]) -> Iterator[None]:
+    """An HTTP server of `handler` on the unix socket `sock`, in a thread, while the block runs."""
+    server = socketserver.ThreadingUnixStreamServer(str(sock), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield e
+        yield
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    e = Engine()
+    monkeypatch.setattr(dockerops, "DOCKER_SOCK", str(tmp_path / "docker.sock"))
+    with unix_server(tmp_path / "docker.sock", _handler(e)):
+        yield e
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -74,6 +75,8 @@ class Sshd:
     proc: subprocess.Popen[bytes] | None = None
     #: entries of the real /run that sessions still see when sshd gets a /run of its own (below)
     keep_run: tuple[str, ...] = ()
+    #: dirs bind-mounted over others for sshd and its sessions only (a mount namespace of its own)
+    binds: dict[str, Path] = field(default_factory=dict)
     ctl: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sbxt-", dir="/tmp")))
     opened: list[SshTransport] = field(default_factory=list)
 
@@ -104,15 +107,20 @@ class Sshd:
     def start(self) -> None:
         log = (self.dir / "sshd.log").open("ab")
         cmd = [SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")]
-        if not Path("/run/sshd").is_dir():  # a /run of its own (private mount namespace, a tmpfs)
-            script = 'mount -t tmpfs -o mode=755 sbxt /run && mkdir -m 755 /run/sshd && exec "$@"'
+        setup = [
+            f"mount --bind {shlex.quote(str(src))} {shlex.quote(dest)}" for dest, src in self.binds.items()
+        ]
+        if not Path("/run/sshd").is_dir():  # a /run of its own (a tmpfs)
+            tmpfs = "mount -t tmpfs -o mode=755 sbxt /run && mkdir -m 755 /run/sshd"
             if self.keep_run:  # the real /run stays reachable below the dir `real`, to bind back from
                 real = self.dir / "run.real"
                 real.mkdir(exist_ok=True)
-                keep = "".join(
-                    f"mkdir -p /run/{k} && mount --bind {real}/{k} /run/{k} && " for k in self.keep_run
-                )
-                script = f"mount --bind /run {real} && " + script.replace("exec", keep + "exec")
+                setup += [f"mount --bind /run {real}", tmpfs]
+                setup += [f"mkdir -p /run/{k} && mount --bind {real}/{k} /run/{k}" for k in self.keep_run]
+            else:
+                setup.append(tmpfs)
+        if setup:  # in a private mount namespace
+            script = " && ".join([*setup, 'exec "$@"'])
             cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *cmd]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
@@ -147,23 +155,17 @@ class Sshd:
         shutil.rmtree(self.ctl, ignore_errors=True)
 
 
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[Sshd]:
+def make_sshd(
+    d: Path,
+    extra_config: str = "",
+    keep_run: tuple[str, ...] = (),
+    binds: dict[str, Path] | None = None,
+) -> Sshd:
+    """An sshd on 127.0.0.1 (not started) with its keys and config in the new dir `d`, logging root
+    in; `extra_config` is added to its sshd_config (e.g. `SetEnv` for its sessions)."""
     problem = sshd_problem()
     if problem is not None:
         (pytest.fail if integration_required() else pytest.skip)(f"loopback sshd: {problem}")
-    s = make_sshd(tmp_path / "sshd")
-    try:
-        s.start()
-        yield s
-    finally:
-        s.stop()
-    assert len(str(s.ctl)) < 40  # unix socket paths stay far below 107 bytes
-
-
-def make_sshd(d: Path, extra_config: str = "", keep_run: tuple[str, ...] = ()) -> Sshd:
-    """An sshd on 127.0.0.1 (not started) with keys and config in the new dir `d`; `extra_config`
-    is added to its sshd_config (e.g. `SetEnv` for its sessions)."""
     d.mkdir()
     host_pub = keygen(d / "host_key")
     client_pub = keygen(d / "client_key")
@@ -177,7 +179,18 @@ def make_sshd(d: Path, extra_config: str = "", keep_run: tuple[str, ...] = ()) -
         "AllowTcpForwarding local\nAllowStreamLocalForwarding local\n"
         "X11Forwarding no\nPrintMotd no\nMaxStartups 100\n" + extra_config
     )
-    return Sshd(d, port, host_pub, d / "client_key", keep_run=keep_run)
+    return Sshd(d, port, host_pub, d / "client_key", keep_run=keep_run, binds=dict(binds or {}))
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    s = make_sshd(tmp_path / "sshd")
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+    assert len(str(s.ctl)) < 40  # unix socket paths stay far below 107 bytes
 
 
 def control_sockets(t: SshTransport) -> list[Path]:

@@ -197,7 +197,6 @@ def test_per_host_counts_must_add_up(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "path", "hint"),
     [
-        ("backend: lxd\n", "backend", "lxc, docker or libvirt on hosts"),
         ("remote: ssh://deploy@h\nbackend: docker\n", "remote", "`remote:`"),
         ("mounts: [{src: /, dest: /srv}]\n", "mounts", "image"),
         ("ports: [{host: 8443, container: 443}]\n", "ports", "router"),
@@ -209,8 +208,8 @@ def test_hosts_exclude_other_keys(tmp_path: Path, text: str, path: str, hint: st
     assert issue.hint is not None and hint in issue.hint
 
 
-@pytest.mark.parametrize("engine", ["docker", "libvirt"])
-def test_docker_and_libvirt_run_on_hosts(tmp_path: Path, engine: str) -> None:
+@pytest.mark.parametrize("engine", ["docker", "lxd", "libvirt"])
+def test_docker_lxd_and_libvirt_run_on_hosts(tmp_path: Path, engine: str) -> None:
     lp = load(tmp_path, "prod", f"name: prod\nrecipe: web\ninstances: 3\nbackend: {engine}\n{HOSTS3}")
     assert lp.profile.backend == engine and [h.name for h in lp.profile.hosts] == ["web1", "web2", "web3"]
 

@@ -1,0 +1,224 @@
+"""`backend: lxd` with `hosts:`, end to end: this machine's real LXD is "the host", reached over a
+loopback sshd of the test's own (tests/unit/test_hosts_sshd.py) through the real CLI.
+
+One env of 2 instances: `host check`, `up` (the trust set up over ssh, the server certificate pinned,
+the image shipped by digest and imported by the host agent), each app answering at its published port
+(LXD proxy devices), exec, a rolling promotion to a rebuilt image, `down` with nothing left.
+
+Undone after: LXD's HTTPS listener (127.0.0.1 and a free port, set for the test: it must be unset
+before), the trust of the test's client certificate, the image it imported, the instances. The
+agent's dir /var/lib/sandbox-host is a dir of the test's, bind-mounted there for sshd's sessions only.
+Traffic goes only to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.backends.base import BackendError
+from sandbox.backends.lxdapi import connect, self_signed
+from sandbox.backends.lxdconfig import WORKSPACE_KEY, image_alias, workspace_id
+from sandbox.hosts.ssh import SshTransport
+from sandbox.workspace import Workspace
+from tests.integration.conftest import Built, cert_fingerprint, http_get, ok, require, sandbox, workspace_like
+from tests.unit.test_hosts_sshd import Sshd, free_port, make_sshd
+
+pytestmark = pytest.mark.integration
+
+HOST_ROOT = Path("/var/lib/sandbox-host")
+SUBNET = "10.224.0.0/24"
+PROFILE = """name: hlxd
+recipe: web
+backend: lxd
+instances: 2
+resources: {{cpus: 1, memory: 512M, pids: 2000}}
+hosts:
+  - {{name: lo1, ssh: "{target}", address: 127.0.0.1}}
+health: {{path: /healthz, interval: 0.5s, timeout: 90s}}
+router: {{listen: 127.0.0.1, port: auto, drain_timeout: 2s}}
+"""
+
+
+def lxc(*args: str, check: bool = True) -> str:
+    p = subprocess.run(["lxc", *args], capture_output=True, text=True, timeout=300, check=False)
+    assert p.returncode == 0 or not check, f"lxc {' '.join(args)}: {p.stderr}"
+    return p.stdout
+
+
+def lxd_problem() -> str | None:
+    if shutil.which("lxc") is None or shutil.which("lxd") is None:
+        return "lxc/lxd are missing (scripts/backends.sh lxd)"
+    p = subprocess.run(["lxd", "waitready", "--timeout=10"], capture_output=True, timeout=30, check=False)
+    return None if p.returncode == 0 else "LXD is not running (scripts/backends.sh lxd)"
+
+
+def ours(ws: Path) -> list[str]:
+    tag = workspace_id(Workspace(ws).id)
+    return [
+        i["name"]
+        for i in json.loads(lxc("list", "--format", "json"))
+        if i["config"].get(WORKSPACE_KEY) == tag
+    ]
+
+
+def refused(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@dataclass
+class LxdHost:
+    ws: Path
+    sshd: Sshd
+    https: str  # LXD's listener for the test
+    config: Path  # SANDBOX_CONFIG: the client certificate and pinned server certificates
+    images: list[str]  # digests whose LXD image the test may import (removed after, unless there before)
+
+
+@pytest.fixture
+def lxd_host(built: Built, tmp_path: Path) -> Iterator[LxdHost]:
+    require(lxd_problem())
+    if lxc("config", "get", "core.https_address").strip():
+        pytest.fail("core.https_address is already set on this LXD: not changing it")
+    present = set(lxc("image", "list", "--format", "csv", "-c", "l").split())
+    made_root = not HOST_ROOT.exists()
+    HOST_ROOT.mkdir(exist_ok=True)  # a mount point only: the test's dir is mounted on it for sshd
+    (tmp_path / "hostroot").mkdir()
+    sshd = make_sshd(tmp_path / "sshd", binds={str(HOST_ROOT): tmp_path / "hostroot"})
+    https = f"127.0.0.1:{free_port()}"
+    config = tmp_path / "config"
+    saved = os.environ.get("SANDBOX_CONFIG")
+    os.environ["SANDBOX_CONFIG"] = str(config)
+    ws = workspace_like(built, tmp_path, "ws")
+    sshd.client("cli")  # its ssh config: known_hosts with the host key, the client key
+    (ws / "sandbox.yaml").write_text(
+        f"network: {{bridge: sbxlxdh0, subnet: {SUBNET}}}\nrouters: {{port_range: [19900, 19949]}}\n"
+        f"hosts: {{ssh_config: {sshd.dir / 'ssh_config-cli'}, connect_timeout: 3}}\n"
+    )
+    (ws / "profiles").mkdir()
+    (ws / "profiles" / "hlxd.yaml").write_text(PROFILE.format(target=sshd.target))
+    lxc("config", "set", "core.https_address", https)
+    host = LxdHost(ws, sshd, https, config, [built.digest])
+    try:
+        sshd.start()
+        yield host
+    finally:
+        sandbox(ws, "down", "hlxd", timeout=300)
+        for name in ours(ws):
+            lxc("delete", "-f", name, check=False)
+        SshTransport("lo1", sshd.target, ssh_config=sshd.dir / "ssh_config-cli").close()
+        sshd.stop()
+        crt = config / "lxd" / "client.crt"
+        if crt.exists():
+            lxc("config", "trust", "remove", cert_fingerprint(crt), check=False)
+        lxc("config", "unset", "core.https_address", check=False)
+        for alias in {image_alias(d) for d in host.images} - present:
+            lxc("image", "delete", alias, check=False)
+        if made_root:
+            with contextlib.suppress(OSError):
+                HOST_ROOT.rmdir()
+        if saved is None:
+            os.environ.pop("SANDBOX_CONFIG", None)
+        else:
+            os.environ["SANDBOX_CONFIG"] = saved
+
+
+def answers(endpoint: str, image: str, limit: float = 30) -> dict[str, Any]:
+    """The app's /healthz at HOST:PORT (the published port), serving `image`."""
+    deadline = time.monotonic() + limit
+    while True:
+        status, body = http_get(f"http://{endpoint}/healthz", lambda h: False)
+        if (status == 200 and json.loads(body)["image"] == image) or time.monotonic() > deadline:
+            doc: dict[str, Any] = json.loads(body)
+            assert status == 200 and doc["image"] == image, (status, body)
+            return doc
+        time.sleep(0.3)
+
+
+def test_lxd_on_a_host_trusts_over_ssh_publishes_promotes_and_leaves_nothing(
+    lxd_host: LxdHost, built: Built
+) -> None:
+    t0 = time.monotonic()
+    ws, v1 = lxd_host.ws, built.digest
+    check = ok(sandbox(ws, "host", "check", "hlxd", "--json"))
+    items = {c["item"]: c for h in check["hosts"] for c in h["checks"]}
+    assert items["lxd"]["ok"] and "LXD 5." in items["lxd"]["detail"], items
+    assert items["lxd storage"]["ok"] and "lxc" not in items, items
+
+    times: dict[str, float] = {"check": time.monotonic() - t0}
+    t = time.monotonic()
+    v = ok(sandbox(ws, "up", "hlxd", "--image", v1, "--wait", "--json", timeout=600))
+    times["up"] = time.monotonic() - t
+    assert [i["host"] for i in v["instances"]] == ["lo1", "lo1"], v["instances"]
+    endpoints = [i["endpoint"] for i in v["instances"]]
+    assert [e.split(":")[0] for e in endpoints] == ["127.0.0.1", "127.0.0.1"] and len(set(endpoints)) == 2
+    for i, e in enumerate(endpoints):  # the app itself, at the host's address and its published port
+        assert answers(e, v1)["image"] == v1
+        # published by a proxy device on that address alone (it is the host's own)
+        assert lxc("config", "device", "get", f"hlxd-{i}", "sbx-publish", "listen").strip() == f"tcp:{e}"
+    # trust set up over ssh: the server's own certificate pinned, ours trusted, restricted
+    [pinned] = (lxd_host.config / "lxd" / "servercerts").iterdir()
+    assert pinned.name == lxd_host.https.replace(":", "_") + ".crt"
+    assert pinned.read_bytes() == Path("/var/lib/lxd/server.crt").read_bytes()
+    fp = cert_fingerprint(lxd_host.config / "lxd" / "client.crt")
+    [trusted] = [
+        c for c in json.loads(lxc("config", "trust", "list", "--format", "json")) if c["fingerprint"] == fp
+    ]
+    assert trusted["restricted"] and trusted["projects"] == ["default"], trusted
+    # the pin holds: a server certificate other than the pinned one is refused
+    url = f"https://{lxd_host.https}"
+    pinned.write_bytes(self_signed("impostor", days=1)[0])
+    with pytest.raises(BackendError, match="does not match"):
+        connect(url)
+    pinned.write_bytes(Path("/var/lib/lxd/server.crt").read_bytes())
+    assert connect(url).trusted
+    # the image went by digest into the host's store, and from there into LXD
+    assert (lxd_host.sshd.dir.parent / "hostroot" / "store" / "manifests" / f"{v1[7:]}.json").is_file()
+    assert image_alias(v1) in lxc("image", "list", "--format", "csv", "-c", "l")
+
+    r = sandbox(ws, "exec", "hlxd", "-i", "1", "--", "cat", "/etc/hostname")
+    assert r.code == 0 and r.stdout.strip() == "hlxd-1", r
+    s = ok(sandbox(ws, "status", "hlxd", "--json"))
+    assert all(i["health"] == "healthy" for i in s["instances"]), s
+
+    tpl = ws / "recipes" / "web" / "templates" / "settings.py.j2"
+    original = tpl.read_text()
+    tpl.write_text(original.replace('GREETING = "{{ greeting }}"', 'GREETING = "{{ greeting }} (lxd host)"'))
+    t = time.monotonic()
+    try:
+        v2 = ok(sandbox(ws, "build", "web", "--tag", "hlxd", "--json", timeout=900))["digest"]
+        lxd_host.images.append(v2)
+    finally:
+        tpl.write_text(original)
+    times["build"], t = time.monotonic() - t, time.monotonic()
+    res = ok(sandbox(ws, "promote", v2, "--to", "hlxd", "--force", "--yes", "--json", timeout=600))
+    times["promote"] = time.monotonic() - t
+    assert res["state"] == "done", res
+    s = ok(sandbox(ws, "status", "hlxd", "--json"))
+    assert s["image"] == v2 and [i["host"] for i in s["instances"]] == ["lo1", "lo1"], s
+    new = [i["endpoint"] for i in s["instances"]]
+    for e in new:
+        assert answers(e, v2)["image"] == v2
+    assert sorted(ours(ws)) == ["hlxd-2", "hlxd-3"]
+
+    t = time.monotonic()
+    ok(sandbox(ws, "down", "hlxd", "--json", timeout=300))
+    times["down"] = time.monotonic() - t
+    assert ours(ws) == []
+    for e in endpoints + new:  # nothing listens on a published port any more
+        assert refused(int(e.split(":")[1])), e
+    times["total"] = time.monotonic() - t0
+    print("lxd on hosts:", {k: round(x, 1) for k, x in times.items()})

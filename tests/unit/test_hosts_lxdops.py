@@ -1,0 +1,305 @@
+"""The host agent's LXD ops against a fake LXD on a unix socket (the real LXD on a host is in
+tests/integration/test_lxd_hosts.py): `lxd-trust` returns LXD's own server certificate, trusts the
+control machine's client certificate once (restricted to the default project), makes LXD listen on
+HTTPS when it does not and reports the port; malformed requests are refused before LXD is asked;
+`lxd-import` imports the unified tarball written from the host's own store, once; `lxd-init` gives an
+uninitialised LXD a pool and a root disk; a missing LXD is a clear error."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sandbox.errors import SandboxError
+from sandbox.hostagent import hostcheck, lxdops
+from sandbox.hostagent.main import AgentUsage
+from sandbox.store import ImageStore
+from tests.unit.imagefactory import Image
+from tests.unit.test_hosts_dockerops import host_image, unix_server
+
+__all__ = ["host_image"]  # a fixture of test_hosts_dockerops.py, used here too
+
+SERVER_PEM = "-----BEGIN CERTIFICATE-----\nMIIBserver\n-----END CERTIFICATE-----\n"
+OP = "/1.0/operations/0b1c2d3e-0000-4000-8000-000000000001"
+
+
+def client_pem() -> tuple[str, bytes]:
+    """A PEM certificate's text and its DER bytes (any DER SEQUENCE passes the agent's check)."""
+    der = b"\x30\x82\x01\x00" + bytes(range(256))
+    body = base64.encodebytes(der).decode()
+    return f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n", der
+
+
+class Lxd:
+    """What the fake LXD holds and saw."""
+
+    def __init__(self) -> None:
+        self.config: dict[str, str] = {}
+        self.certs: dict[str, dict[str, Any]] = {}
+        self.images: dict[str, bytes] = {}  # fingerprint -> tarball
+        self.aliases: dict[str, str] = {}
+        self.pools: set[str] = set()
+        self.profile_devices: dict[str, dict[str, str]] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.wrong_fingerprint = False
+        self.last_upload = ""
+
+
+def _handler(lxd: Lxd) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def address_string(self) -> str:
+            return "unix"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, status: int, doc: dict[str, Any]) -> None:
+            body = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _ok(self, meta: Any = None) -> None:
+            self._send(200, {"type": "sync", "status_code": 200, "metadata": meta})
+
+        def _missing(self) -> None:
+            self._send(404, {"type": "error", "error_code": 404, "error": "not found"})
+
+        def _body(self) -> bytes:
+            return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+
+        def do_GET(self) -> None:
+            lxd.requests.append(("GET", self.path))
+            p = self.path
+            if p == "/1.0":
+                env = {"certificate": SERVER_PEM, "server_version": "5.0.fake"}
+                self._ok({"config": dict(lxd.config), "environment": env})
+            elif p.startswith("/1.0/certificates/"):
+                self._ok(lxd.certs[p.rsplit("/", 1)[1]]) if p.rsplit("/", 1)[
+                    1
+                ] in lxd.certs else self._missing()
+            elif p.startswith("/1.0/images/aliases/"):
+                self._ok({}) if p.rsplit("/", 1)[1] in lxd.aliases else self._missing()
+            elif p.startswith("/1.0/images/"):
+                self._ok({}) if p.rsplit("/", 1)[1] in lxd.images else self._missing()
+            elif p.startswith(OP + "/wait"):
+                fp = "0" * 64 if lxd.wrong_fingerprint else lxd.last_upload
+                self._ok({"status_code": 200, "metadata": {"fingerprint": fp}})
+            elif p == "/1.0/profiles/default":
+                self._ok({"devices": lxd.profile_devices})
+            elif p.startswith("/1.0/storage-pools/"):
+                self._ok({}) if p.rsplit("/", 1)[1] in lxd.pools else self._missing()
+            else:
+                self._missing()
+
+        def do_PATCH(self) -> None:
+            lxd.requests.append(("PATCH", self.path))
+            doc = json.loads(self._body())
+            if self.path == "/1.0":
+                lxd.config.update(doc["config"])
+            else:
+                lxd.profile_devices.update(doc["devices"])
+            self._ok()
+
+        def do_POST(self) -> None:
+            lxd.requests.append(("POST", self.path))
+            data = self._body()
+            if self.path == "/1.0/images":
+                fp = hashlib.sha256(data).hexdigest()
+                lxd.images[fp], lxd.last_upload = data, fp
+                self._send(202, {"type": "async", "operation": OP, "metadata": {}})
+                return
+            doc = json.loads(data)
+            if self.path == "/1.0/certificates":
+                lxd.certs[hashlib.sha256(base64.b64decode(doc["certificate"])).hexdigest()] = doc
+            elif self.path == "/1.0/images/aliases":
+                lxd.aliases[doc["name"]] = doc["target"]
+            elif self.path == "/1.0/storage-pools":
+                lxd.pools.add(doc["name"])
+            self._ok()
+
+    return Handler
+
+
+@pytest.fixture
+def lxd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lxd]:
+    state = Lxd()
+    monkeypatch.setattr(lxdops, "LXD_SOCKETS", (str(tmp_path / "lxd.sock"),))
+    forwarding = tmp_path / "forwarding"
+    forwarding.write_text("0\n")
+    monkeypatch.setattr(lxdops, "FORWARDING", forwarding)
+    monkeypatch.setattr(lxdops, "FORWARDING_CONF", tmp_path / "60-sandbox-lxd.conf")
+    monkeypatch.setenv("SANDBOX_HOST_ROOT", str(tmp_path / "host"))
+    with unix_server(tmp_path / "lxd.sock", _handler(state)):
+        yield state
+
+
+def trust(monkeypatch: pytest.MonkeyPatch, request: Any) -> dict[str, Any]:
+    monkeypatch.setattr(lxdops, "read_request", lambda: request)
+    out: dict[str, Any] = lxdops.lxd_trust([])
+    return out
+
+
+def test_trust_gives_lxds_certificate_trusts_the_client_once_and_listens(
+    lxd: Lxd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pem, der = client_pem()
+    req = {"cert": pem, "name": "sandbox@ctl", "address": "127.0.0.1"}
+    out = trust(monkeypatch, req)
+    assert out == {
+        "certificate": SERVER_PEM,
+        "port": 8443,
+        "local": True,
+        "listen": "127.0.0.1:8443",  # the address the control machine uses is this host's
+        "version": "5.0.fake",
+        "trust": "added",
+    }
+    [cert] = lxd.certs.values()
+    assert cert["restricted"] is True and cert["projects"] == ["default"] and cert["type"] == "client"
+    assert base64.b64decode(cert["certificate"]) == der and cert["name"] == "sandbox@ctl"
+    assert lxd.config == {"core.https_address": "127.0.0.1:8443"}
+    assert lxdops.FORWARDING.read_text() == "1\n"
+    # again: nothing changes (no second certificate, no second PATCH)
+    before = [r for r in lxd.requests if r[0] != "GET"]
+    assert trust(monkeypatch, req)["trust"] == "present"
+    assert [r for r in lxd.requests if r[0] != "GET"] == before
+
+
+def test_an_address_that_is_not_the_hosts_listens_everywhere_and_a_set_listener_is_kept(
+    lxd: Lxd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pem, _ = client_pem()
+    # a NAT'ed address (not one of this host's): LXD listens on every address
+    out = trust(monkeypatch, {"cert": pem, "name": "s", "address": "203.0.113.9"})
+    assert (out["listen"], out["port"], out["local"]) == ("[::]:8443", 8443, False)
+    lxd.config["core.https_address"] = "10.1.2.3:9443"
+    out = trust(monkeypatch, {"cert": pem, "name": "s", "address": "127.0.0.1"})
+    assert (out["listen"], out["port"]) == ("10.1.2.3:9443", 9443)
+    assert lxd.config["core.https_address"] == "10.1.2.3:9443"
+
+
+@pytest.mark.parametrize(
+    ("value", "port"),
+    [("", None), (":8443", 8443), ("[::]:9443", 9443), ("10.0.0.1", 8443), ("[2001:db8::1]", 8443)],
+)
+def test_https_port_of_lxds_listen_address(value: str, port: int | None) -> None:
+    assert lxdops.https_port(value) == port
+
+
+@pytest.mark.parametrize("value", ["0.0.0.0:70000", "h:abc", "[::]:0", ":-1"])
+def test_a_listen_address_with_a_bad_port_is_an_error(value: str) -> None:
+    with pytest.raises(lxdops.LxdEngineError, match="no valid port"):
+        lxdops.https_port(value)
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        None,
+        {"cert": "not a certificate", "name": "s", "address": "127.0.0.1"},
+        {
+            "cert": "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+            "name": "s",
+            "address": "1.2.3.4",
+        },
+        {"cert": "-----BEGIN CERTIFICATE-----\n" + "A" * 20000 + "\n-----END CERTIFICATE-----", "name": "s"},
+        {"cert": client_pem()[0], "name": "s; rm -rf /", "address": "127.0.0.1"},
+        {"cert": client_pem()[0], "name": "s", "address": "127.0.0.1\n"},
+        {"cert": client_pem()[0], "name": "s", "address": "::1"},
+        {"cert": client_pem()[0], "name": "s", "address": 2130706433},
+    ],
+)
+def test_malformed_trust_requests_are_refused_before_lxd_is_asked(
+    lxd: Lxd, monkeypatch: pytest.MonkeyPatch, req: Any
+) -> None:
+    with pytest.raises(AgentUsage):
+        trust(monkeypatch, req)
+    assert lxd.requests == [] and lxd.certs == {}
+
+
+def test_an_image_from_the_host_store_is_imported_once(
+    lxd: Lxd, host_image: tuple[ImageStore, Image]
+) -> None:
+    store, img = host_image
+    out = lxdops.lxd_import([img.digest])
+    alias = f"sandbox-{img.digest[7:19]}"
+    assert out["alias"] == alias and out["imported"] is True
+    [(fp, tarball)] = lxd.images.items()
+    assert lxd.aliases == {alias: fp} and hashlib.sha256(tarball).hexdigest() == fp
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as tar:
+        names = tar.getnames()
+        meta = tar.extractfile("metadata.yaml").read()  # type: ignore[union-attr]
+    assert "rootfs/etc/os-release" in names and "templates/hostname.tpl" in names
+    # JSON, which every YAML reader (LXD's too) takes: the host's python3 needs no PyYAML
+    assert (
+        json.loads(meta) == yaml.safe_load(meta)
+        and json.loads(meta)["properties"]["sandbox.digest"] == img.digest
+    )
+    # imported already: only the alias is looked up
+    uploads = [r for r in lxd.requests if r == ("POST", "/1.0/images")]
+    assert lxdops.lxd_import([img.digest])["imported"] is False
+    assert [r for r in lxd.requests if r == ("POST", "/1.0/images")] == uploads
+    assert not list((Path(store.root).parent / "tmp").glob(".lxd-*"))  # the temp tarball is gone
+
+
+def test_an_import_lxd_names_otherwise_is_refused_and_a_missing_image_is_not_sent(
+    lxd: Lxd, host_image: tuple[ImageStore, Image]
+) -> None:
+    _, img = host_image
+    lxd.wrong_fingerprint = True
+    with pytest.raises(SandboxError, match="not " + "[0-9a-f]" * 8):
+        lxdops.lxd_import([img.digest])
+    assert lxd.aliases == {}
+    with pytest.raises(lxdops.LxdEngineError, match="not in this host's store"):
+        lxdops.lxd_import(["sha256:" + "ab" * 32])
+    with pytest.raises(AgentUsage):
+        lxdops.lxd_import(["sha256:../../etc"])
+
+
+def test_init_gives_an_uninitialised_lxd_a_pool_and_a_root_disk_once(lxd: Lxd) -> None:
+    assert lxdops.status()[2] is False
+    done = lxdops.lxd_init([])["done"]
+    assert done[:2] == ["storage pool default (dir)", "a root disk in the default profile"]
+    assert lxd.profile_devices == {"root": {"type": "disk", "path": "/", "pool": "default"}}
+    assert "forwarding = 1" in lxdops.FORWARDING_CONF.read_text()
+    assert lxdops.lxd_init([]) == {"done": []}
+    items = {i["item"]: i for i in hostcheck.host_check(["lxd"])}
+    assert items["lxd"]["ok"] and "LXD 5.0.fake" in items["lxd"]["detail"]
+    assert items["lxd storage"]["ok"] and items["lxd storage"]["detail"] == "root disk on pool default"
+    assert "lxc" not in items and "subordinate ids" not in items
+
+
+def test_a_missing_lxd_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lxdops, "LXD_SOCKETS", (str(tmp_path / "none.sock"),))
+    with pytest.raises(lxdops.LxdEngineError) as e:
+        lxdops.server()
+    assert "LXD does not answer" in e.value.message and e.value.hint and "host prepare" in e.value.hint
+    items = {i["item"]: i for i in hostcheck.host_check(["lxd"])}
+    assert not items["lxd"]["ok"] and items["lxd"]["fix"] and "lxd" in items["lxd"]["fix"]
+
+
+def test_the_agents_lxd_ops_need_only_pythons_standard_library() -> None:
+    """A host has python3 and nothing else: no PyYAML, pydantic, cryptography or pylxd."""
+    code = (
+        "import sys\n"
+        "for m in ('yaml', 'pydantic', 'cryptography', 'pylxd', 'requests', 'docker'):\n"
+        "    sys.modules[m] = None\n"
+        "import sandbox.hostagent.lxdops, sandbox.hostagent.hostcheck, sandbox.imageformats.lxd\n"
+    )
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr

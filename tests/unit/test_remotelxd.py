@@ -1,0 +1,241 @@
+"""The lxd backend on a production host, its control side (the real LXD on a host is in
+tests/integration/test_lxd_hosts.py): the trust answer of a host is checked before use (a cert that
+is not PEM, a huge answer, a bad port are refused, naming the host), the server certificate is
+pinned under the URL of the host's LXD and the trust call is made once per command, the app is
+published by a proxy device at the lxc/docker port, a call that fails because the host is gone is
+the transport's HostUnreachable; and the one import sequence both LXD clients run."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pylxd.exceptions
+import pytest
+import requests
+
+from sandbox.backends.base import BackendError, InstanceSpec
+from sandbox.backends.lxdapi import self_signed, server_cert
+from sandbox.backends.remotelxd import RemoteLxd, trust_answer
+from sandbox.envs.registry import make_backend_registry
+from sandbox.errors import SandboxError
+from sandbox.events import null_sink
+from sandbox.hosts.transport import HostError, HostUnreachable
+from sandbox.imageformats.lxd import import_lxd_image
+from sandbox.settings import Settings
+from sandbox.store import ImageStore
+from sandbox.workspace import Workspace
+from tests.unit.imagefactory import make_image
+
+PEM = self_signed("root@web1", days=1)[0].decode()
+
+
+@pytest.mark.parametrize(
+    ("answer", "what"),
+    [
+        (["not", "a", "document"], "not a document"),
+        ({"certificate": PEM, "port": "8443"}, "is not a port"),
+        ({"certificate": PEM, "port": True}, "is not a port"),
+        ({"certificate": PEM, "port": 0}, "is not a port"),
+        ({"certificate": PEM, "port": 70000}, "is not a port"),
+        ({"certificate": PEM}, "is not a port"),
+        ({"certificate": "hello", "port": 8443}, "not one PEM certificate"),
+        ({"certificate": PEM, "port": 8443, "local": "yes"}, "not a boolean"),
+        ({"certificate": PEM + PEM, "port": 8443}, "not one PEM certificate"),
+        ({"certificate": None, "port": 8443}, "not one PEM certificate"),
+        # a huge answer: refused by its size, never parsed
+        (
+            {"certificate": PEM.replace("\n-----END", "A" * (20 << 20) + "\n-----END"), "port": 8443},
+            "at most",
+        ),
+        # PEM in shape, not a certificate
+        (
+            {"certificate": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "port": 8443},
+            "parse",
+        ),
+    ],
+)
+def test_a_hosts_trust_answer_is_checked_before_use(answer: Any, what: str) -> None:
+    with pytest.raises(HostError) as e:
+        trust_answer("web1", answer)
+    assert what in e.value.message and e.value.host == "web1" and "host web1" in e.value.message
+
+
+def test_a_good_trust_answer() -> None:
+    assert trust_answer("web1", {"certificate": PEM, "port": 9443, "extra": 1}) == (PEM.encode(), 9443, False)
+    assert trust_answer("web1", {"certificate": PEM, "port": 9443, "local": True})[2] is True
+
+
+class FakeTransport:
+    name = "web1"
+
+    def __init__(self) -> None:
+        self.alive = True
+        self.runs = 0
+
+    def run(self, argv: list[str], **kw: Any) -> Any:
+        self.runs += 1
+        if not self.alive:
+            raise HostUnreachable("host web1 (root@10.0.0.11) is unreachable", hint="is it up?", host="web1")
+        return subprocess.CompletedProcess(argv, 0, b"", b"")
+
+
+class FakeAgent:
+    name = "web1"
+
+    def __init__(self, answer: Any) -> None:
+        self.transport = FakeTransport()
+        self.answer = answer
+        self.calls: list[tuple[str, tuple[str, ...], Any]] = []
+
+    def call(self, op: str, *args: str, request: Any = None, timeout: float | None = 120) -> Any:
+        self.calls.append((op, args, request))
+        return self.answer
+
+
+@pytest.fixture
+def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    monkeypatch.setenv("SANDBOX_CONFIG", str(tmp_path / "config"))
+    (tmp_path / "recipes").mkdir()
+    return Workspace(tmp_path)
+
+
+def on_host(ws: Workspace, answer: Any) -> tuple[RemoteLxd, FakeAgent]:
+    agent = FakeAgent(answer)
+    ctx = make_backend_registry(ws, Settings(), null_sink).ctx
+    return RemoteLxd(ctx, agent, "10.0.0.11"), agent  # type: ignore[arg-type]
+
+
+def test_the_servers_certificate_is_pinned_from_the_ssh_answer_once_per_command(ws: Workspace) -> None:
+    b, agent = on_host(ws, {"certificate": PEM, "port": 9443, "listen": "[::]:9443", "trust": "added"})
+    assert b.remote == "https://10.0.0.11:9443" and b.remote == "https://10.0.0.11:9443"
+    [(op, args, request)] = agent.calls  # one trust call, whatever asks for the URL
+    assert op == "lxd-trust" and args == ()
+    assert request["address"] == "10.0.0.11" and request["name"].startswith("sandbox@")
+    assert request["cert"].startswith("-----BEGIN CERTIFICATE-----")  # sandbox's client certificate
+    assert server_cert(b.remote).read_bytes() == PEM.encode()
+    # what is not ours to have: the host's `remote:`, its hostile answer
+    assert "remote" not in b.capabilities and b.name == "lxd"
+    bad, _ = on_host(ws, {"certificate": "x", "port": 9443})
+    with pytest.raises(HostError, match="not one PEM"):
+        bad.check()
+
+
+@pytest.mark.parametrize(("local", "listen"), [(True, "10.0.0.11"), (False, "0.0.0.0")])
+def test_the_app_is_published_by_a_proxy_device_at_the_hosts_port(
+    ws: Workspace, local: bool, listen: str
+) -> None:
+    """On the host's address alone when it is the host's own, else (a NAT'ed address) on all."""
+    b, _ = on_host(ws, {"certificate": PEM, "port": 8443, "local": local})
+    spec = InstanceSpec(name="prod-0", env="prod", index=0, image="sha256:" + "a" * 64, address="10.213.0.7")
+    assert b.own_devices(spec) == {}
+    spec = InstanceSpec(**{**spec.__dict__, "app_port": 8000})
+    assert b.own_devices(spec) == {
+        "sbx-publish": {
+            "type": "proxy",
+            "listen": f"tcp:{listen}:20007",
+            "connect": "tcp:10.213.0.7:8000",
+            "bind": "host",
+        }
+    }
+    assert b.published(spec) == "10.0.0.11:20007" and b.address("prod-0") == "10.0.0.11"
+
+
+def test_a_call_that_fails_because_the_host_is_gone_names_the_host(ws: Workspace) -> None:
+    b, agent = on_host(ws, {"certificate": PEM, "port": 8443})
+    with pytest.raises(BackendError) as e, b._api("starting prod-0"):
+        raise requests.exceptions.ConnectionError("connection reset")
+    assert not isinstance(e.value, HostUnreachable) and "host web1" in e.value.message
+    agent.transport.alive = False
+    with pytest.raises(HostUnreachable) as dead, b._api("starting prod-0"):
+        raise requests.exceptions.ConnectTimeout("timed out")
+    assert dead.value.host == "web1"
+    runs = agent.transport.runs
+    with pytest.raises(BackendError) as e, b._api("creating prod-0"):  # LXD answered: the host is not asked
+        raise pylxd.exceptions.LXDAPIException(FakeResponse())
+    assert not isinstance(e.value, HostUnreachable) and agent.transport.runs == runs
+
+
+class FakeResponse:
+    status_code = 409
+
+    def json(self) -> dict[str, Any]:
+        return {"error": "name in use"}
+
+
+class Images:
+    """An LxdImageApi that records what it was asked."""
+
+    def __init__(self, aliased: bool = False, held: bool = False, wrong: bool = False) -> None:
+        self.aliased, self.held, self.wrong = aliased, held, wrong
+        self.uploads: list[str] = []
+        self.aliases: list[tuple[str, str]] = []
+
+    def has_alias(self, alias: str) -> bool:
+        return self.aliased
+
+    def has_image(self, fingerprint: str) -> bool:
+        return self.held
+
+    def upload(self, tarball: Path) -> str:
+        import hashlib
+
+        self.uploads.append(tarball.name)
+        return "0" * 64 if self.wrong else hashlib.sha256(tarball.read_bytes()).hexdigest()
+
+    def add_alias(self, alias: str, fingerprint: str, description: str) -> None:
+        self.aliases.append((alias, fingerprint))
+
+
+def test_the_one_import_sequence(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "store")
+    img = make_image(store, tmp_path / "work")
+    tmp = tmp_path / "tmp"
+    assert import_lxd_image(store, img.digest, "a", Images(aliased=True), tmp, null_sink) is False
+    fresh = Images()
+    assert import_lxd_image(store, img.digest, "a", fresh, tmp, null_sink) is True
+    assert (
+        len(fresh.uploads) == 1
+        and fresh.uploads[0].startswith(".lxd-")
+        and [a for a, _ in fresh.aliases] == ["a"]
+    )
+    held = Images(held=True)  # the same bytes under another alias: only the alias is added
+    assert import_lxd_image(store, img.digest, "b", held, tmp, null_sink) is True
+    assert held.uploads == [] and held.aliases == [("b", fresh.aliases[0][1])]
+    with pytest.raises(SandboxError, match=r"LXD imported image .* as '0+', not [0-9a-f]{64}") as e:
+        import_lxd_image(store, img.digest, "c", Images(wrong=True), tmp, null_sink)
+    assert e.value.hint is not None and "changed on its way" in e.value.hint
+    assert not list(tmp.glob(".lxd-*"))  # no temp tarball left, failed or not
+
+
+def test_an_image_is_imported_by_the_agent_from_the_hosts_store_only_when_lxd_lacks_it(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b, agent = on_host(ws, {"imported": True, "seconds": 1.5})
+    digest = "sha256:" + "c" * 64
+    monkeypatch.setattr(b, "_image", lambda d: object())  # LXD has it: nothing asked of the host
+    b.prepare_image(digest)
+    assert agent.calls == []
+    monkeypatch.setattr(b, "_image", lambda d: None)
+    b.prepare_image(digest)
+    assert agent.calls == [("lxd-import", (digest,), None)]
+
+
+def test_the_client_certificate_is_made_once_when_hosts_ask_for_it_in_parallel(ws: Workspace) -> None:
+    """The hosts of an env are checked in parallel: each must get the same, matching pair."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from sandbox.backends.lxdapi import client_cert
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        pairs = set(pool.map(lambda _: client_cert(), range(16)))
+    [(crt, key)] = pairs
+    public = x509.load_pem_x509_certificate(crt.read_bytes()).public_key()
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    raw = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    assert public.public_bytes(*raw) == private.public_key().public_bytes(*raw)
+    assert key.stat().st_mode & 0o077 == 0
