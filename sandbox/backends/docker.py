@@ -1,8 +1,8 @@
 """The docker backend: each instance is a container running the recipe's app as its process.
 
 Images go in with `docker load` of the archive sandbox/imageformats/docker.py writes (one docker layer
-per sandbox layer, so a new app layer loads in a moment). Containers run the app as its user, with no-
-new-privileges and every capability dropped but those the profile keeps, behind docker's tiny init;
+per sandbox layer, so a new app layer loads in a moment). Containers run the app as its user, with
+no-new-privileges and every capability dropped but those the profile keeps, behind docker's tiny init;
 there is no systemd, so a recipe's cron jobs and services do not run here, and `up` says so. Instances
 sit on one docker network of sandbox's; the router reaches them at their address on it. Every docker SDK
 error becomes a BackendError in `_translated`.
