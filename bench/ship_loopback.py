@@ -7,15 +7,22 @@ Starts 3 sshds on free loopback ports (each with its own host key, in a mount na
 the rig's `sbxhI`), and a host root per host (`SANDBOX_HOST_ROOT` in the agent's command line: the
 three "hosts" share this machine's disk and CPUs, as the rig's do). Then, for --runs rounds, each
 method cold (every host's store and scratch dir emptied first), order reversed every other round:
-  sandbox CODEC   sandbox.hosts.ship.ship over SshTransport + the agent bundle, hosts in parallel
+  sandbox CODEC   sandbox.hosts.ship.ship over SshTransport + the agent bundle, hosts in parallel,
+                  the store's compressed copies (packed/) removed first: a first ship, that compresses
+  sandbox CODEC kept   the same with the compressed copies an earlier ship made (to other hosts)
   rsync -a        `rsync -a -e "ssh -F CFG"` of the same blob files + manifest, the 3 hosts at once
                   (the rig bench's anchor: the issue's target is sandbox <= 1.1x of it)
   rsync -a gcm    the same with `ssh -c aes128-gcm@openssh.com`, the cipher sandbox prefers on a CPU
                   with AES instructions (sandbox/hosts/ssh.py): the anchor at an equal cipher
   scp             `scp -q -F CFG` of the same files, the 3 hosts at once
-and prints each run and the medians. The image is --image (default: the newest manifest) of --images
+and prints each run and the medians: seconds, and CPU seconds of everything the method ran (this
+process is the subreaper of all it starts, the ssh masters that fork into the background too: the
+sum of the CPU times below it, ended processes included; on a machine shared with other work the
+CPU seconds are steadier than the seconds). The image is --image (default: the newest manifest) of --images
 (default: the main checkout's images/, which must hold a built image). The blobs are read once first,
-so every method reads them from the page cache. Everything it made is removed at the end; the
+so every method reads them from the page cache, and `sync` runs before each method (rsync does
+not fsync what it wrote: the disk writes it leaves would land in the next method's time).
+Everything it made is removed at the end (the compressed copies it made in the store too); the
 sshds are stopped by their pids. Not a test: it reports numbers.
 """
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -41,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SSHD = "/usr/sbin/sshd"
 HOSTS = (1, 2, 3)
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def keygen(path: Path) -> str:
@@ -130,15 +139,50 @@ def loopback_hosts(d: Path) -> Iterator[Path]:
                     os.kill(pid, signal.SIGTERM)
 
 
-def parallel(argvs: list[list[str]]) -> float:
-    """Run the commands at once; seconds until the last one ended (each must succeed)."""
-    t0 = time.perf_counter()
+def tree_cpu() -> float:
+    """CPU seconds of this process and every process below it; the ended ones are in their parent's
+    children times (cutime, cstime)."""
+    kids: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text() if d.isdigit() else ""
+        except OSError:
+            continue
+        if stat:
+            fields = stat[stat.rindex(")") + 2 :].split()  # state ppid ... utime stime cutime cstime
+            kids.setdefault(int(fields[1]), []).append(int(d))
+            ticks[int(d)] = sum(int(x) for x in fields[11:15])
+    total, todo = 0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        total += ticks.get(pid, 0)
+        todo += kids.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def compressed_copies(store: Any, digest: str, codec: str, kept: bool) -> None:
+    """The image's compressed copies in the store: removed (the ship compresses, as a first one
+    does), or made (as an earlier ship to other hosts did; not timed)."""
+    from sandbox.store.packed import packed_copy
+
+    for layer in store.manifest(digest)["layers"]:
+        if kept:
+            with tempfile.TemporaryDirectory(dir=store.root) as tmp:
+                packed_copy(store, codec, layer["digest"], Path(tmp))
+        else:
+            for p, _ in store.packed():
+                if p.parent.name == codec and p.name.startswith(layer["digest"][7:]):
+                    p.unlink()
+
+
+def parallel(argvs: list[list[str]]) -> None:
+    """Run the commands at once, until the last one ended (each must succeed)."""
     procs = [subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for a in argvs]
     for a, p in zip(argvs, procs, strict=True):
         out, err = p.communicate(timeout=900)
         if p.returncode != 0:
             raise SystemExit(f"exit {p.returncode}: {' '.join(a)}\n{out[-2000:]!r}\n{err[-2000:]!r}")
-    return time.perf_counter() - t0
 
 
 def bench(images: Path, digest: str | None, runs: int, methods: list[str], work: Path) -> dict[str, Any]:
@@ -148,7 +192,9 @@ def bench(images: Path, digest: str | None, runs: int, methods: list[str], work:
     from sandbox.hosts.transport import Transport
     from sandbox.store import ImageStore
 
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     store = ImageStore(images)
+    had = {p for p, _ in store.packed()}
     digest = digest or max(store.digests(), key=lambda x: store.manifest_path(x).stat().st_mtime)
     blobs = [store.blob_path(la["digest"]) for la in store.manifest(digest)["layers"]]
     files = [str(p) for p in [*blobs, store.manifest_path(digest)]]
@@ -181,6 +227,7 @@ def bench(images: Path, digest: str | None, runs: int, methods: list[str], work:
             "scp": lambda h: ["scp", "-q", "-F", str(cfg), *files, f"{h}:{scratch[h]}/"],
         }
         secs: dict[str, list[float]] = {m: [] for m in methods}
+        cpu: dict[str, list[float]] = {m: [] for m in methods}
         try:
             ship(store, digest, ts, prefix, lambda e: None)  # opens the multiplexed connections
             for run in range(runs):
@@ -189,21 +236,41 @@ def bench(images: Path, digest: str | None, runs: int, methods: list[str], work:
                         shutil.rmtree(roots[h], ignore_errors=True)
                         shutil.rmtree(scratch[h], ignore_errors=True)
                         scratch[h].mkdir(parents=True)
-                    if method.startswith("sandbox"):
-                        codec = method.split()[1]
-                        t0 = time.perf_counter()
+                    codec = method.split()[1] if method.startswith("sandbox") else ""
+                    if codec in ("zstd", "gzip"):
+                        compressed_copies(store, digest, codec, kept=method.endswith(" kept"))
+                    os.sync()  # what the method before wrote is on disk: not written during this one
+                    c0, t0 = tree_cpu(), time.perf_counter()
+                    if codec:
                         ship(store, digest, ts, prefix, lambda e: None, compression=codec)
-                        secs[method].append(time.perf_counter() - t0)
                     else:
-                        secs[method].append(parallel([anchors[method](h) for h in roots]))
-                print(f"run {run}: " + ", ".join(f"{m} {v[-1]:.2f}s" for m, v in secs.items()), flush=True)
+                        parallel([anchors[method](h) for h in roots])
+                    secs[method].append(time.perf_counter() - t0)
+                    cpu[method].append(tree_cpu() - c0)
+                print(
+                    f"run {run}: "
+                    + ", ".join(f"{m} {v[-1]:.2f}s ({cpu[m][-1]:.2f} cpu)" for m, v in secs.items()),
+                    flush=True,
+                )
         finally:
             for t in ts:
                 t.close()
             shutil.rmtree(ctl, ignore_errors=True)
+            for p, _ in store.packed():
+                if p not in had:
+                    p.unlink()
     med = {m: statistics.median(v) for m, v in secs.items()}
     ratio = {m: med[m] / med["rsync -a"] for m in med if "rsync -a" in med}
-    return {"image": digest, "bytes": raw, "seconds": secs, "median_s": med, "over_rsync": ratio}
+    mcpu = {m: statistics.median(v) for m, v in cpu.items()}
+    return {
+        "image": digest,
+        "bytes": raw,
+        "seconds": secs,
+        "median_s": med,
+        "over_rsync": ratio,
+        "cpu_s": cpu,
+        "median_cpu_s": mcpu,
+    }
 
 
 def main() -> None:
@@ -220,7 +287,15 @@ def main() -> None:
     ap.add_argument(
         "--methods",
         nargs="+",
-        default=["sandbox zstd", "sandbox gzip", "sandbox none", "rsync -a", "rsync -a gcm", "scp"],
+        default=[
+            "sandbox zstd",
+            "sandbox zstd kept",
+            "sandbox gzip",
+            "sandbox none",
+            "rsync -a",
+            "rsync -a gcm",
+            "scp",
+        ],
     )
     ap.add_argument("--json", type=Path, help="write the report here too")
     args = ap.parse_args()
@@ -234,7 +309,7 @@ def main() -> None:
     print(f"\n{rep['bytes'] / 1e6:.0f} MB to {len(HOSTS)} loopback hosts, cold, median of {args.runs}:")
     for m, s in rep["median_s"].items():
         over = f"  {rep['over_rsync'][m]:.2f}x rsync" if m in rep["over_rsync"] else ""
-        print(f"  {m:<16} {s:6.2f} s{over}")
+        print(f"  {m:<18} {s:6.2f} s{over:<14}  {rep['median_cpu_s'][m]:6.2f} cpu s")
     if args.json:
         args.json.write_text(json.dumps(rep, indent=2) + "\n")
 

@@ -8,7 +8,8 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -144,3 +145,60 @@ def private_dir(path: Path, mode: int = 0o700, gid: int | None = None) -> Path:
         os.chown(path, -1, gid)
     os.chmod(path, mode)
     return path
+
+
+#: a pipe's buffer while a blob streams through it
+PIPE_SIZE = 1 << 20
+
+
+def wide_pipe(fd: int) -> None:
+    """A 1 MB pipe buffer on `fd` (when it is a pipe): 16 times fewer wake-ups than the default 64 KB
+    while a blob streams through."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+
+
+def pipe_through(
+    argv: list[str], chunks: Iterable[bytes], take: Callable[[bytes], object]
+) -> tuple[int, str, BaseException | None]:
+    """Run the filter `argv` (zstd, say): a thread writes `chunks` into its stdin while this one
+    gives each piece of its stdout to `take`, so both ends move at once. A filter that stops reading
+    (it refused its input) still has `chunks` read through, to their end. Returns its exit code, its
+    stderr, and what iterating `chunks` raised (or None); what `take` raises kills it and is raised."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    sink, source = proc.stdin, proc.stdout.fileno()
+    wide_pipe(sink.fileno())
+    wide_pipe(source)
+    failed: list[BaseException] = []
+
+    def feed() -> None:
+        taking = True
+        try:
+            for chunk in chunks:
+                if taking:
+                    try:
+                        sink.write(chunk)
+                    except OSError:  # the filter stopped: what is left is still read through
+                        taking = False
+        except BaseException as e:
+            failed.append(e)
+        finally:
+            with contextlib.suppress(OSError):
+                sink.close()
+
+    feeder = threading.Thread(target=feed, name=f"{argv[0]}-feed", daemon=True)
+    feeder.start()
+    try:
+        while chunk := os.read(source, PIPE_SIZE):
+            take(chunk)
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        feeder.join()
+        proc.stdout.close()
+        err = proc.stderr.read().decode(errors="replace").strip()
+        proc.stderr.close()
+        proc.wait()
+    return proc.returncode, err, failed[0] if failed else None

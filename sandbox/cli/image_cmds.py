@@ -26,7 +26,8 @@ def _size(n: int) -> str:
 @click.pass_obj
 def images(obj: Ctx) -> None:
     """List the images in the store."""
-    rows = ImageStore(obj.ws.images).summaries()
+    store = ImageStore(obj.ws.images)
+    rows = store.summaries()
     from rich.table import Table
 
     table = Table(box=None)
@@ -45,6 +46,9 @@ def images(obj: Ctx) -> None:
     obj.output.result([s.__dict__ for s in rows], None)
     if not obj.output.as_json:
         obj.output.out.print(table if rows else "no images yet: sandbox build RECIPE")
+        if packed := store.packed():  # made by the first ship of a blob, removed with the blob
+            size = _size(sum(n for _, n in packed))
+            obj.output.out.print(f"compressed copies kept for shipping to hosts: {len(packed)}, {size}")
 
 
 @cli.group()

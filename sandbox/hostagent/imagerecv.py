@@ -20,17 +20,14 @@ here (storeops.take_manifest).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shutil
-import subprocess
 import sys
-import threading
 import zlib
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from sandbox.fsutil import pipe_through, wide_pipe
 from sandbox.hostagent.main import AgentUsage, op
 from sandbox.hostagent.storeops import (
     CHUNK,
@@ -40,7 +37,6 @@ from sandbox.hostagent.storeops import (
     digest_arg,
     store,
     take_manifest,
-    wide_pipe,
 )
 from sandbox.store.store import BlobCorrupt
 
@@ -114,47 +110,10 @@ def _zstd(frame: Frame, out: _Bounded) -> str | None:
     """zstd from the host's CLI (no zstd in the stdlib of the hosts' Python): a thread feeds it the
     frame, this one writes what it makes. A zstd that gives up early (corrupt input) still has its
     frame read to the end by the feeder."""
-    proc = subprocess.Popen(
-        ["zstd", "-d", "-c", "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    sink, source = proc.stdin, proc.stdout.fileno()
-    wide_pipe(sink.fileno())
-    wide_pipe(source)
-    cut: list[StreamCut] = []
-
-    def feed() -> None:
-        taking = True
-        try:
-            for chunk in frame.chunks():
-                if taking:
-                    try:
-                        sink.write(chunk)
-                    except OSError:  # zstd stopped (corrupt input): the frame is still read through
-                        taking = False
-        except StreamCut as e:
-            cut.append(e)
-        finally:
-            with contextlib.suppress(OSError):
-                sink.close()
-
-    feeder = threading.Thread(target=feed, name="zstd-feed", daemon=True)
-    feeder.start()
-    try:
-        while chunk := os.read(source, CHUNK):
-            out.write(chunk)
-    except BaseException:
-        proc.kill()
-        raise
-    finally:
-        feeder.join()
-        proc.stdout.close()
-        err = proc.stderr.read().decode(errors="replace").strip()
-        proc.stderr.close()
-        proc.wait()
-    if cut:
-        raise cut[0]
-    return f"zstd: {err or 'exit ' + str(proc.returncode)}" if proc.returncode else None
+    code, err, cut = pipe_through(["zstd", "-d", "-c", "-q"], frame.chunks(), out.write)
+    if cut is not None:
+        raise cut
+    return f"zstd: {err or 'exit ' + str(code)}" if code else None
 
 
 _DECODERS: dict[str, Callable[[Frame, _Bounded], str | None]] = {"none": _none, "gzip": _gzip, "zstd": _zstd}

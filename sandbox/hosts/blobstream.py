@@ -1,7 +1,7 @@
 """What goes on the wire to a host: an image's missing blobs and its manifest as the frames of one
 `recv-image` request (sandbox/hostagent/imagerecv.py reads them), each blob from its file as it is
-or from its compressed form made once for every host; and the per-host progress lines. ship.py
-decides what goes where.
+or from its compressed copy, made once and kept in the store for every ship to any host; and the
+per-host progress lines. ship.py decides what goes where.
 
 The bodies go from the page cache into ssh's stdin pipe by sendfile(2): no byte is copied through
 this process, and one agent call (one ssh session, one Python start on the host) carries them all.
@@ -13,10 +13,8 @@ import contextlib
 import errno
 import os
 import shutil
-import subprocess
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -26,6 +24,8 @@ from sandbox.errors import StoreError
 from sandbox.events import Event, EventSink
 from sandbox.hosts.agentcall import AgentPrefix, agent_call
 from sandbox.hosts.transport import Transport
+from sandbox.store import ImageStore
+from sandbox.store.packed import packed_copy
 
 CHUNK = 1 << 20
 #: sendfile(2) moves this much per call: progress is updated between calls
@@ -117,31 +117,21 @@ def _send_body(src: int, dst: int, n: int, moved: Callable[[int], None]) -> None
             moved(offset)
 
 
-def pack(codec: str, blobs: dict[str, Path], tmp: Path, emit: EventSink) -> dict[str, Path]:
-    """Each blob compressed once into `tmp` (zstd -3 on every core, or gzip level 1): what every
-    host that takes `codec` is sent."""
-    t0, out = time.monotonic(), {}
-    emit(Event("progress", phase="ship", message=f"compressing {len(blobs)} blob(s) once for every host"))
-    for d, path in blobs.items():
-        dest = tmp / f"{d[7:]}.{codec}"
-        if codec == "zstd":
-            argv = ["zstd", "-3", "-T0", "-q", "-f", "-o", str(dest), str(path)]
-            p = subprocess.run(argv, capture_output=True, check=False)
-            if p.returncode != 0:
-                raise StoreError(f"zstd failed on blob {d}: {p.stderr.decode(errors='replace').strip()}")
-        else:
-            _gzip_file(path, dest)
-        out[d] = dest
-    emit(Event("log", phase="ship", message=f"compressed ({codec}) in {time.monotonic() - t0:.1f}s"))
+def pack(store: ImageStore, codec: str, blobs: list[str], tmp: Path, emit: EventSink) -> dict[str, Path]:
+    """Each blob's compressed copy in `codec` (zstd -3 on every core, or gzip level 1), as a link in
+    `tmp`: what every host that takes `codec` is sent. A copy is made once, at the first ship that
+    needs it, and kept in the store for every later ship to any host (sandbox/store/packed.py)."""
+    t0, out, made = time.monotonic(), {}, 0
+    emit(Event("progress", phase="ship", message=f"compressed copies of {len(blobs)} blob(s) ({codec})"))
+    for d in blobs:
+        out[d], how = packed_copy(store, codec, d, tmp)
+        made += how != "kept"
+        if how == "remade":
+            why = f"the kept {codec} copy of {d} was corrupt: made again"
+            emit(Event("warning", phase="ship", message=why))
+    took = f"{made} made, {len(blobs) - made} kept from earlier, {time.monotonic() - t0:.1f}s"
+    emit(Event("log", phase="ship", message=f"{codec}: {took}"))
     return out
-
-
-def _gzip_file(src: Path, dest: Path) -> None:
-    z = zlib.compressobj(1, zlib.DEFLATED, 31)
-    with open(src, "rb") as f, open(dest, "wb") as out:
-        while chunk := f.read(CHUNK):
-            out.write(z.compress(chunk))
-        out.write(z.flush())
 
 
 def local_zstd() -> bool:

@@ -9,8 +9,9 @@ with what the host still lacks; a second failure fails that host. Hosts are ship
 one failed host does not undo the others.
 
 The codec is zstd -3 -T0 when both sides have the zstd CLI (fast, and multi-threaded so one stream
-keeps up with a fast link), else gzip level 1 from zlib (the stdlib, present everywhere); each blob
-is compressed once for all the hosts that take that codec.
+keeps up with a fast link), else gzip level 1 from zlib (the stdlib, present everywhere). Each blob
+is compressed once, at the first ship that needs it, and the copy is kept in the store for every
+later ship to any host (sandbox/store/packed.py): a registry keeps its layers compressed too.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ def ship(
 
     each(plan)  # 1. what each host lacks, and whether it takes zstd
     with contextlib.ExitStack() as cleanup:
-        # 2. each blob a host lacks, compressed once for all the hosts of its codec (not per host)
+        # 2. each blob a host lacks, compressed once for all the hosts of its codec and all later
+        # ships (a copy kept in the store), linked into this ship's temp dir
         packed: dict[tuple[str, str], Path] = {}
         for codec in PACKED:
             need = {d for missing, c in plans.values() if c == codec for d in missing}
@@ -141,7 +143,7 @@ def ship(
                     tmp = Path(
                         cleanup.enter_context(tempfile.TemporaryDirectory(prefix=prefix, dir=store.root))
                     )
-                done = pack(codec, {d: layers[d][0] for d in sorted(need)}, tmp, emit)
+                done = pack(store, codec, sorted(need), tmp, emit)
                 packed.update(((codec, d), p) for d, p in done.items())
         gzipped = zlib.compress(manifest, 6, wbits=31)  # the manifest's form for a host with no base
 

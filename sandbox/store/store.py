@@ -6,6 +6,7 @@ Layout:
     manifests/<hex>.json        image manifests; the image digest is sha256 of this file
     refs/<recipe>/<tag>         a digest per line ("latest" is moved by every build)
     cache/<kind>-<key>          layer cache: build inputs → blob digest
+    packed/<codec>/<hex>-<own>  a blob compressed once for shipping to hosts (sandbox/store/packed.py)
 
 Every write goes temp file → fsync → rename, so an interrupted build leaves
 either nothing or a complete object; leftover temp files of dead processes
@@ -20,6 +21,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,19 +38,42 @@ def canonical_json(doc: Any) -> bytes:
     return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
+#: a blob goes to disk while it is written, this much at a time (fdatasync in a thread): the fsync
+#: before its rename then waits for the last piece only, not for the whole blob
+WRITEBACK_STEP = 32 << 20
+
+
 class _HashingWriter:
     def __init__(self, f: IO[bytes]) -> None:
         self.f = f
         self.h = hashlib.sha256()
         self.size = 0
+        self._synced = 0
+        self._syncing: threading.Thread | None = None
 
     def write(self, data: bytes) -> int:
         self.h.update(data)
         self.size += len(data)
-        return self.f.write(data)
+        n = self.f.write(data)
+        if self.size - self._synced >= WRITEBACK_STEP and not (self._syncing and self._syncing.is_alive()):
+            self.f.flush()
+            self._synced = self.size
+            self._syncing = threading.Thread(target=_datasync, args=(self.f.fileno(),), daemon=True)
+            self._syncing.start()
+        return n
 
     def flush(self) -> None:
         self.f.flush()
+
+    def settle(self) -> None:
+        """Wait for the writeback in flight (before the file is closed)."""
+        if self._syncing is not None:
+            self._syncing.join()
+
+
+def _datasync(fd: int) -> None:
+    with contextlib.suppress(OSError):  # the fsync before the rename says what is wrong
+        os.fdatasync(fd)
 
 
 class BlobCorrupt(StoreError):
@@ -93,6 +118,10 @@ class ImageStore:
     def layer_index_path(self, digest: str) -> Path:
         return self.root / "layers" / f"{_hex(digest)}.json"
 
+    def packed_dir(self, codec: str) -> Path:
+        """Where the compressed copies of blobs in `codec` are kept (made on first use)."""
+        return self._dir("packed", codec)
+
     # -- writes ------------------------------------------------------------
     def put_blob(self, write: Callable[[IO[bytes]], Any], expect: str | None = None) -> tuple[str, int, Any]:
         """Stream a blob through `write(fileobj)`; store it under its sha256.
@@ -106,7 +135,10 @@ class ImageStore:
         try:
             with os.fdopen(fd, "wb") as f:
                 w = _HashingWriter(f)
-                result = write(w)  # type: ignore[arg-type]
+                try:
+                    result = write(w)  # type: ignore[arg-type]
+                finally:
+                    w.settle()
                 f.flush()
                 os.fsync(f.fileno())
             digest = "sha256:" + w.h.hexdigest()
@@ -268,6 +300,7 @@ class ImageStore:
                 blob.unlink()
                 self.layer_index_path(d).unlink(missing_ok=True)
                 removed.append(d)
+        self.drop_packed()
         # the layer cache forgets what is gone (its next build starts from the lock again)
         gone = set(removed) | {digest}
         cache_dir = self.root / "cache"
@@ -276,6 +309,23 @@ class ImageStore:
                 if entry.read_text().strip() in gone:
                     entry.unlink()
         return digest, removed
+
+    def packed(self) -> list[tuple[Path, int]]:
+        """The compressed copies of blobs kept for shipping (sandbox/store/packed.py), and sizes."""
+        out = []
+        for p in sorted(self.root.glob("packed/*/*")):
+            raw, _, own = p.name.partition("-")
+            with contextlib.suppress(FileNotFoundError):
+                if HEX64.fullmatch(raw) and HEX64.fullmatch(own):
+                    out.append((p, p.lstat().st_size))
+        return out
+
+    def drop_packed(self) -> list[Path]:
+        """Remove the compressed copies whose blob is gone (they go with it)."""
+        gone = [p for p, _ in self.packed() if not self.blob_path("sha256:" + p.name[:64]).is_file()]
+        for p in gone:
+            p.unlink(missing_ok=True)
+        return gone
 
     def clean(self) -> list[Path]:
         """Remove temp files left by dead processes (an interrupted build)."""

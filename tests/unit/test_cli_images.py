@@ -13,6 +13,7 @@ from imagefactory import Image, make_image
 
 from sandbox.cli import build_cmds, image_cmds  # noqa: F401  (importing registers the commands)
 from sandbox.cli.main import cli
+from sandbox.store.packed import packed_copy
 from sandbox.store.store import ImageStore
 
 
@@ -205,6 +206,16 @@ def test_rm(ws: Ws) -> None:
     assert ws.store.blob_path(ws.web.base).is_file()  # shared with api
     assert [row["digest"] for row in ws.json("images")] == [ws.api.digest]
     assert_error(ws.run("image", "inspect", "web:v1"), "web:v1")
+
+
+def test_images_counts_and_rm_removes_the_compressed_copies_for_shipping(ws: Ws, tmp_path: Path) -> None:
+    for blob in (ws.web.base, ws.web.app):
+        packed_copy(ws.store, "gzip", blob, tmp_path)
+    assert "compressed copies kept for shipping to hosts: 2," in ws.run("images").stdout
+    ws.json("image", "rm", "web")
+    assert [p.name[:64] for p, _ in ws.store.packed()] == [ws.web.base[7:]]  # api uses the base
+    ws.json("image", "rm", "api")
+    assert ws.store.packed() == [] and "compressed copies" not in ws.run("images").stdout
 
 
 def test_rm_all_refs_resolve_before_anything_is_removed(ws: Ws) -> None:

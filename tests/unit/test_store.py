@@ -11,6 +11,7 @@ import pytest
 from imagefactory import make_image
 
 from sandbox.errors import NotFound, StoreError
+from sandbox.store import store as store_mod
 from sandbox.store.store import ImageStore, canonical_json
 from sandbox.store.verify import verify_image
 
@@ -67,6 +68,30 @@ def test_put_blob_same_bytes_twice_is_one_blob(store: ImageStore) -> None:
     d2, _, _ = store.put_blob(lambda f: f.write(b"same"))
     assert d1 == d2
     assert blob_names(store) == [d1[7:]]
+
+
+def test_a_large_blob_goes_to_disk_while_it_is_written(
+    store: ImageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fdatasync in a thread every WRITEBACK_STEP bytes (one at a time), each done before the file
+    is closed, also when the writer fails."""
+    monkeypatch.setattr(store_mod, "WRITEBACK_STEP", 1000)
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(os.fstat(fd).st_ino))
+    data = os.urandom(1000) * 10
+    digest, size, _ = store.put_blob(lambda f: [f.write(data[i : i + 500]) for i in range(0, len(data), 500)])
+    assert (digest, size) == ("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+    assert store.blob_path(digest).read_bytes() == data
+    assert 1 <= len(synced) <= 10  # at most one a step, a step being done
+    assert set(synced) == {store.blob_path(digest).stat().st_ino}  # the blob's file, before its rename
+
+    def fails(f):  # type: ignore[no-untyped-def]
+        f.write(data)
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        store.put_blob(fails)
+    assert blob_names(store) == [digest[7:]]
 
 
 def test_put_blob_writer_exception_leaves_nothing(store: ImageStore) -> None:
