@@ -175,6 +175,9 @@ def connect(remote: str | None, connect_timeout: float = 10) -> Any:
         # pylxd pins the server certificate given as `verify`; with the environment trusted, requests
         # would replace it by $REQUESTS_CA_BUNDLE (and send LXD's traffic through any proxy)
         session.trust_env = False
+        # a redirect is never followed: a compromised host's LXD could otherwise send this machine's
+        # requests (and their bodies) to any address this machine reaches, and read the answers
+        session.max_redirects = 0
         client = pylxd.Client(
             endpoint=remote,
             cert=(str(crt), str(key)),

@@ -64,9 +64,15 @@ def trust_answer(host: str, answer: object) -> tuple[bytes, int, bool]:
     from cryptography import x509
 
     try:
-        x509.load_pem_x509_certificate(pem.encode())
+        cert = x509.load_pem_x509_certificate(pem.encode())
     except ValueError as e:
         raise HostError(f"host {host}: LXD's server certificate does not parse: {e}", host=host) from e
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if is_ca:  # pinned as `verify`, a CA would vouch for any certificate it signed
+        raise HostError(f"host {host}: LXD's server certificate is a CA certificate", host=host)
     return pem.encode(), port, local
 
 
