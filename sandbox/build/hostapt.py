@@ -18,6 +18,7 @@ from typing import Any
 
 from sandbox.build.argv import safe_arg, safe_args
 from sandbox.errors import BuildError, ToolMissing
+from sandbox.fsutil import file_lock
 
 SOURCES_LIST = Path("/etc/apt/sources.list")
 SOURCES_DIR = Path("/etc/apt/sources.list.d")
@@ -217,7 +218,17 @@ class PrivateApt:
         self.sources = sources
         self.config = root / "apt.conf"
 
+    @property
+    def lock(self) -> Path:
+        """Held around every write of the state and every apt run: apt's own locking is off
+        (Debug::NoLocking), and two builds that share a package cache share this state."""
+        return self.root / "sandbox.lock"
+
     def prepare(self) -> None:
+        with file_lock(self.lock):
+            self._prepare()
+
+    def _prepare(self) -> None:
         r = self.root
         for d in (
             "etc/apt/apt.conf.d",
@@ -252,7 +263,8 @@ class PrivateApt:
             "DEBIAN_FRONTEND": "noninteractive",
         }
         try:
-            return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+            with file_lock(self.lock):
+                return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
         except FileNotFoundError as e:
             raise ToolMissing(f"{argv[0]} is not installed", hint="apt-get install apt") from e
 

@@ -214,3 +214,30 @@ def test_host_codename(tmp_path: Path) -> None:
     p.write_text("ID=debian\n")
     assert host_codename(p) == ""
     assert host_codename(tmp_path / "missing") == ""
+
+
+def test_every_apt_run_holds_the_states_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """apt's own locking is off: two builds sharing a package cache (two test processes, two users)
+    ran `apt-get update` into one lists/partial at once and both failed. Each run holds the lock."""
+    import fcntl
+    import subprocess
+
+    from sandbox.build.hostapt import PrivateApt
+
+    apt = PrivateApt(tmp_path / "apt", "bookworm", "amd64", "")
+    apt.prepare()
+    held: list[bool] = []
+
+    def fake_run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        with open(apt.lock, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr("sandbox.build.hostapt.subprocess.run", fake_run)
+    apt.update()
+    apt.simulate(["bash"])
+    assert held == [True, True]
