@@ -180,12 +180,7 @@ class SshTransport:
                     check=False,
                 )
         except subprocess.TimeoutExpired as e:
-            self._dead = HostUnreachable(
-                f"host {self.name} ({self.target}) did not answer within {timeout:.0f}s",
-                hint="is the host up and its network reachable? `sandbox host check PROFILE`",
-                host=self.name,
-            )
-            raise self._dead from e
+            raise self._gone(f" did not answer within {timeout:.0f}s") from e
         # sudo -n refusing exits 1, not 255: its own message, not the command's failure
         if p.returncode == 255 or (p.returncode == 1 and _SUDO_REFUSED.match(p.stderr)):
             err = self.classify(p.stderr.decode(errors="replace"))
@@ -193,6 +188,16 @@ class SshTransport:
                 self._dead = err
             raise err
         return p
+
+    def _gone(self, what: str) -> HostUnreachable:
+        """The host stopped answering (`what` follows its name): it stays unreachable for the rest of
+        this command."""
+        self._dead = HostUnreachable(
+            f"host {self.name} ({self.target}){what}",
+            hint="is the host up and its network reachable? `sandbox host check PROFILE`",
+            host=self.name,
+        )
+        return self._dead
 
     def forward_unix(self, remote: str) -> Path:
         """A local unix socket that reaches the unix socket `remote` on the host, forwarded by the
@@ -215,12 +220,7 @@ class SshTransport:
         try:
             p = subprocess.run(cmd, capture_output=True, timeout=30, check=False)
         except subprocess.TimeoutExpired as e:
-            self._dead = HostUnreachable(
-                f"host {self.name} ({self.target}): its ssh connection did not take the forward in 30 s",
-                hint="is the host up and its network reachable? `sandbox host check PROFILE`",
-                host=self.name,
-            )
-            raise self._dead from e
+            raise self._gone(": its ssh connection did not take the forward in 30 s") from e
         if p.returncode != 0:
             raise HostError(
                 f"host {self.name}: cannot forward {remote}: {p.stderr.decode(errors='replace').strip()}",
