@@ -185,7 +185,9 @@ def parallel(argvs: list[list[str]]) -> None:
             raise SystemExit(f"exit {p.returncode}: {' '.join(a)}\n{out[-2000:]!r}\n{err[-2000:]!r}")
 
 
-def bench(images: Path, digest: str | None, runs: int, methods: list[str], work: Path) -> dict[str, Any]:
+def bench(
+    images: Path, digest: str | None, runs: int, methods: list[str], work: Path, python: str = "python3"
+) -> dict[str, Any]:
     from sandbox.hosts.agent import bundle
     from sandbox.hosts.ship import ship
     from sandbox.hosts.ssh import SshTransport
@@ -209,7 +211,7 @@ def bench(images: Path, digest: str | None, runs: int, methods: list[str], work:
     scratch = {f"lbh{i}": work / f"lbh{i}" / "scratch" for i in HOSTS}
 
     def prefix(t: Transport) -> list[str]:
-        return ["env", f"SANDBOX_HOST_ROOT={roots[t.name]}", "python3", str(pyz)]
+        return ["env", f"SANDBOX_HOST_ROOT={roots[t.name]}", python, str(pyz)]
 
     with loopback_hosts(work) as cfg:
         ctl = Path(tempfile.mkdtemp(prefix="lbh-", dir="/tmp"))  # control sockets: a short path
@@ -297,13 +299,18 @@ def main() -> None:
             "scp",
         ],
     )
+    ap.add_argument(
+        "--python",
+        default="python3",
+        help="the hosts' interpreter for the agent (python3 from the login's PATH, as HostAgent runs it)",
+    )
     ap.add_argument("--json", type=Path, help="write the report here too")
     args = ap.parse_args()
     if os.geteuid() != 0 or shutil.which("rsync") is None or not Path(SSHD).exists():
         raise SystemExit("needs root, rsync, scp and sshd (apt-get install rsync openssh-server)")
     work = Path(tempfile.mkdtemp(prefix="ship-loopback-", dir="/var/tmp"))
     try:
-        rep = bench(args.images, args.image, args.runs, args.methods, work)
+        rep = bench(args.images, args.image, args.runs, args.methods, work, args.python)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{rep['bytes'] / 1e6:.0f} MB to {len(HOSTS)} loopback hosts, cold, median of {args.runs}:")
