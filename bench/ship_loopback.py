@@ -1,6 +1,7 @@
 """Shipping an image to 3 hosts without the rig: 3 sshds of its own on 127.0.0.1, beside rsync and scp.
 
-    python bench/ship_loopback.py [--images DIR] [--image DIGEST] [--runs 3] [--methods ...] [--json F]
+    python bench/ship_loopback.py [--images DIR] [--image DIGEST] [--runs 3] [--methods ...]
+                                  [--python PY] [--json F]
 
 Starts 3 sshds on free loopback ports (each with its own host key, in a mount namespace with its own
 /run when this machine has no /run/sshd), one ssh_config with an alias per host (`lbh1`..`lbh3`, as
@@ -18,8 +19,10 @@ method cold (every host's store and scratch dir emptied first), order reversed e
 and prints each run and the medians: seconds, and CPU seconds of everything the method ran (this
 process is the subreaper of all it starts, the ssh masters that fork into the background too: the
 sum of the CPU times below it, ended processes included; on a machine shared with other work the
-CPU seconds are steadier than the seconds). The image is --image (default: the newest manifest) of --images
-(default: the main checkout's images/, which must hold a built image). The blobs are read once first,
+CPU seconds are steadier than the seconds). The image is --image (default: the newest manifest) of
+--images (default: the main checkout's images/, which must hold a built image). The agent runs
+under --python (default python3 from the login's PATH, as HostAgent runs it: give /usr/bin/python3
+where that is a pyenv shim, which costs about 0.12 s of CPU a start). The blobs are read once first,
 so every method reads them from the page cache, and `sync` runs before each method (rsync does
 not fsync what it wrote: the disk writes it leaves would land in the next method's time).
 Everything it made is removed at the end (the compressed copies it made in the store too); the
