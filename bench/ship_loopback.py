@@ -1,6 +1,7 @@
 """Shipping an image to 3 hosts without the rig: 3 sshds of its own on 127.0.0.1, beside rsync and scp.
 
-    python bench/ship_loopback.py [--images DIR] [--image DIGEST] [--runs 3] [--methods ...] [--json F]
+    python bench/ship_loopback.py [--images DIR] [--image DIGEST] [--runs 3] [--methods ...]
+                                  [--python PY] [--json F]
 
 Starts 3 sshds on free loopback ports (each with its own host key, in a mount namespace with its own
 /run when this machine has no /run/sshd), one ssh_config with an alias per host (`lbh1`..`lbh3`, as
@@ -18,8 +19,10 @@ method cold (every host's store and scratch dir emptied first), order reversed e
 and prints each run and the medians: seconds, and CPU seconds of everything the method ran (this
 process is the subreaper of all it starts, the ssh masters that fork into the background too: the
 sum of the CPU times below it, ended processes included; on a machine shared with other work the
-CPU seconds are steadier than the seconds). The image is --image (default: the newest manifest) of --images
-(default: the main checkout's images/, which must hold a built image). The blobs are read once first,
+CPU seconds are steadier than the seconds). The image is --image (default: the newest manifest) of
+--images (default: the main checkout's images/, which must hold a built image). The agent runs
+under --python (default python3 from the login's PATH, as HostAgent runs it: give /usr/bin/python3
+where that is a pyenv shim, which costs about 0.12 s of CPU a start). The blobs are read once first,
 so every method reads them from the page cache, and `sync` runs before each method (rsync does
 not fsync what it wrote: the disk writes it leaves would land in the next method's time).
 Everything it made is removed at the end (the compressed copies it made in the store too); the
@@ -185,7 +188,9 @@ def parallel(argvs: list[list[str]]) -> None:
             raise SystemExit(f"exit {p.returncode}: {' '.join(a)}\n{out[-2000:]!r}\n{err[-2000:]!r}")
 
 
-def bench(images: Path, digest: str | None, runs: int, methods: list[str], work: Path) -> dict[str, Any]:
+def bench(
+    images: Path, digest: str | None, runs: int, methods: list[str], work: Path, python: str = "python3"
+) -> dict[str, Any]:
     from sandbox.hosts.agent import bundle
     from sandbox.hosts.ship import ship
     from sandbox.hosts.ssh import SshTransport
@@ -209,7 +214,7 @@ def bench(images: Path, digest: str | None, runs: int, methods: list[str], work:
     scratch = {f"lbh{i}": work / f"lbh{i}" / "scratch" for i in HOSTS}
 
     def prefix(t: Transport) -> list[str]:
-        return ["env", f"SANDBOX_HOST_ROOT={roots[t.name]}", "python3", str(pyz)]
+        return ["env", f"SANDBOX_HOST_ROOT={roots[t.name]}", python, str(pyz)]
 
     with loopback_hosts(work) as cfg:
         ctl = Path(tempfile.mkdtemp(prefix="lbh-", dir="/tmp"))  # control sockets: a short path
@@ -297,13 +302,18 @@ def main() -> None:
             "scp",
         ],
     )
+    ap.add_argument(
+        "--python",
+        default="python3",
+        help="the hosts' interpreter for the agent (python3 from the login's PATH, as HostAgent runs it)",
+    )
     ap.add_argument("--json", type=Path, help="write the report here too")
     args = ap.parse_args()
     if os.geteuid() != 0 or shutil.which("rsync") is None or not Path(SSHD).exists():
         raise SystemExit("needs root, rsync, scp and sshd (apt-get install rsync openssh-server)")
     work = Path(tempfile.mkdtemp(prefix="ship-loopback-", dir="/var/tmp"))
     try:
-        rep = bench(args.images, args.image, args.runs, args.methods, work)
+        rep = bench(args.images, args.image, args.runs, args.methods, work, args.python)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{rep['bytes'] / 1e6:.0f} MB to {len(HOSTS)} loopback hosts, cold, median of {args.runs}:")

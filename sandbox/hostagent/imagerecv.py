@@ -9,6 +9,10 @@ and exactly WIRE bytes after it:
                                           manifest BASE, which this host holds; BASE is - for gzip)
     end\n
 
+The stream may open with a `have WIRE\n` frame, a `have` request (JSON, storeops.have_answer): the
+agent answers it at once with one line `{"have": ...}` on stdout, and the control side sends the
+frames of what is missing in the same request (one ssh session and one agent start per host).
+
 Every blob is decompressed straight into a temp file of the store and renamed into place only when
 its sha256 is the digest it was sent as (store.put_blob), so a blob in the store is a verified
 blob. A blob that arrives corrupt does not stop the stream: its frame is read to its end and the
@@ -20,6 +24,7 @@ here (storeops.take_manifest).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -35,6 +40,7 @@ from sandbox.hostagent.storeops import (
     MAX_DIGESTS,
     MAX_MANIFEST,
     digest_arg,
+    have_answer,
     store,
     take_manifest,
 )
@@ -42,6 +48,8 @@ from sandbox.store.store import BlobCorrupt
 
 #: a header line is short; a longer one is not a header
 MAX_HEADER = 256
+#: a have request names at most MAX_DIGESTS digests of 71 characters (and their JSON punctuation)
+MAX_HAVE = MAX_DIGESTS * 80 + 4096
 _NUMBER = re.compile(r"[0-9]{1,15}")
 
 
@@ -166,6 +174,16 @@ def receive_blob(src: IO[bytes], fields: list[str]) -> str | None:
     return None
 
 
+def _answer_have(src: IO[bytes], wire: int) -> None:
+    data = b"".join(Frame(src, wire, "the have request").chunks())
+    try:
+        request = json.loads(data)
+    except ValueError as e:
+        raise AgentUsage(f"the have request is not JSON: {str(e)[:200]}") from e
+    sys.stdout.write(json.dumps({"have": have_answer(request)}) + "\n")
+    sys.stdout.flush()
+
+
 @op("recv-image")
 def recv_image(args: list[str]) -> dict[str, Any]:
     """`recv-image DIGEST`, the frames on stdin (see the module's doc)."""
@@ -177,11 +195,14 @@ def recv_image(args: list[str]) -> dict[str, Any]:
     stored: list[str] = []
     corrupt: list[str] = []
     manifest = False
-    for _ in range(MAX_DIGESTS + 2):
+    for n in range(MAX_DIGESTS + 3):
         fields = _header(src)
         kind = fields[0] if fields else ""
         if kind == "end" and len(fields) == 1:
             break
+        if kind == "have" and len(fields) == 2 and n == 0:  # only as the first frame
+            _answer_have(src, _number(fields[1], MAX_HAVE, "have request length"))
+            continue
         if kind == "blob":
             why = receive_blob(src, fields[1:])
             (corrupt if why else stored).append(why or fields[1])

@@ -71,7 +71,12 @@ def caps(args: list[str]) -> dict[str, Any]:
 
 @op("have")
 def have(args: list[str]) -> dict[str, Any]:
-    request = read_request()
+    return have_answer(read_request())
+
+
+def have_answer(request: Any) -> dict[str, Any]:
+    """Which of the blobs and manifests `request` names are here (verified), the newest manifests,
+    and whether zstd is: the `have` op, and the `have` frame that opens a `recv-image` stream."""
     blobs, manifests = _digest_list(request, "blobs"), _digest_list(request, "manifests")
     s = store()
     s.clean()  # temp files of an agent killed mid-blob (its connection dropped): a ship starts here

@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
-from sandbox.hosts.transport import HostError, HostUnreachable, Transport
+from sandbox.hosts.transport import HostError, HostUnreachable, Talk, Transport
 
 #: how the agent is started on a host: a fixed prefix, or one per host
 AgentPrefix = Callable[[Transport], Sequence[str]] | Sequence[str]
@@ -46,12 +46,28 @@ def agent_call(
     try:
         cp = t.run([*agent_argv(agent, t), op, *args], input=input, stdin=stdin, timeout=timeout)
     except subprocess.TimeoutExpired as e:
-        raise HostUnreachable(
-            f"{t.name}: agent {op} got no answer in {timeout:.0f}s",
-            hint="is the host up and not overloaded?",
-            host=t.name,
-        ) from e
+        raise _no_answer(t, op, timeout) from e
     return answer(t.name, op, cp)
+
+
+def agent_talk(
+    t: Transport, agent: AgentPrefix, op: str, args: Sequence[str], talk: Talk, timeout: float | None
+) -> Any:
+    """Run `op` on host `t` while `talk` writes its stdin and reads what it answers on the way
+    (Transport.talk); its final `ok` value, or AgentError / HostError naming the host."""
+    try:
+        cp = t.talk([*agent_argv(agent, t), op, *args], talk, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise _no_answer(t, op, timeout) from e
+    return answer(t.name, op, cp)
+
+
+def _no_answer(t: Transport, op: str, timeout: float | None) -> HostUnreachable:
+    return HostUnreachable(
+        f"{t.name}: agent {op} got no answer in {timeout or 0:.0f}s",
+        hint="is the host up and not overloaded?",
+        host=t.name,
+    )
 
 
 def answer(host: str, op: str, cp: subprocess.CompletedProcess[bytes]) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import threading
@@ -19,11 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import IO, Any
 
 from sandbox.errors import StoreError
 from sandbox.events import Event, EventSink
-from sandbox.hosts.agentcall import AgentPrefix, agent_call
-from sandbox.hosts.transport import Transport
+from sandbox.hosts.agentcall import AgentPrefix, agent_call, agent_talk
+from sandbox.hosts.transport import Answers, Transport
 from sandbox.store import ImageStore
 from sandbox.store.packed import packed_copy
 
@@ -48,34 +50,56 @@ class Part:
     wire: Path
 
 
-def send_image(
+#: what a host is sent: the blobs, the manifest (its form and bytes), and the host's progress line
+Sending = tuple[list[Part], tuple[list[str], bytes], "Progress"]
+#: the longest answer to a `have` frame read (a have of MAX_DIGESTS digests is about 8 MB)
+MAX_HAVE_ANSWER = 16 << 20
+
+
+def ask_and_send(
     t: Transport,
     agent: AgentPrefix,
     digest: str,
-    parts: list[Part],
-    manifest: tuple[list[str], bytes],
-    progress: Progress,
-) -> int:
-    """Send `parts` and the manifest (its form, its bytes) in one `recv-image` request; the bytes
-    that went on the wire. A thread writes the frames into a pipe that is ssh's stdin; the host's
-    answer (or its error: a corrupt blob, a stream cut short) is raised here."""
-    wires = [p.wire.stat().st_size for p in parts]
-    form, data = manifest
+    question: dict[str, Any],
+    decide: Callable[[dict[str, Any]], Sending | None],
+    timeout: float,
+) -> tuple[Any, int]:
+    """One `recv-image` request that opens with a `have` frame (`question`), gives the host's
+    answer to `decide` and sends what it returns (None: nothing), all in one ssh session and one
+    agent start. The agent's final answer and the bytes that went on the wire; the host's error (a
+    corrupt blob, a stream cut short, no answer to the question) is raised here, and so is what
+    `decide` raises."""
+    sent = [0]
+
+    def talk(stdin: IO[bytes], answers: Answers) -> None:
+        fd, ask = stdin.fileno(), json.dumps(question).encode()
+        _write_all(fd, f"have {len(ask)}\n".encode() + ask)
+        try:
+            doc = json.loads(answers.readline(MAX_HAVE_ANSWER))
+        except ValueError:
+            doc = None
+        have = doc.get("have") if isinstance(doc, dict) else None
+        if not isinstance(have, dict):
+            return  # no answer to the question: the host's error (or ssh's) is what it says instead
+        sending = decide(have)
+        if sending is None:
+            _write_all(fd, b"end\n")
+        else:
+            sent[0] = _frames(fd, *sending)
+
+    return agent_talk(t, agent, "recv-image", [digest], talk, timeout), sent[0]
+
+
+def send_image(t: Transport, agent: AgentPrefix, digest: str, sending: Sending) -> int:
+    """Send the blobs and the manifest in one `recv-image` request; the bytes that went on the
+    wire. A thread writes the frames into a pipe that is ssh's stdin; the host's answer (or its
+    error: a corrupt blob, a stream cut short) is raised here."""
     r, w = os.pipe()
     sent = [0]
 
     def pump() -> None:
         try:
-            for part, wire in zip(parts, wires, strict=True):
-                base = progress.raw
-                _write_all(w, f"blob {part.digest} {part.size} {part.codec} {wire}\n".encode())
-                with open(part.wire, "rb") as src:
-                    _send_body(src.fileno(), w, wire, partial(_advance, progress, base, part.size, wire))
-                sent[0] += wire
-                progress.blob_done(base + part.size)
-            header = f"manifest {form[0]} {form[1] if len(form) > 1 else '-'} {len(data)}\n"
-            _write_all(w, header.encode() + data + b"end\n")
-            sent[0] += len(data)
+            sent[0] = _frames(w, *sending)
         except OSError:
             pass  # the host stopped reading (it refused the request): its answer says why
         finally:
@@ -86,9 +110,31 @@ def send_image(
         thread.start()
         cleanup.callback(thread.join)  # after the read end is closed: a blocked pump gets EPIPE
         with os.fdopen(r, "rb", buffering=0) as stdin:
-            timeout = BLOB_TIMEOUT_BASE + sum(p.size for p in parts) / 1e6 * BLOB_TIMEOUT_PER_MB
+            timeout = request_timeout(sum(p.size for p in sending[0]))
             agent_call(t, agent, "recv-image", [digest], stdin=stdin, timeout=timeout)
     return sent[0]
+
+
+def request_timeout(size: int) -> float:
+    """How long a request that carries `size` raw bytes may take."""
+    return BLOB_TIMEOUT_BASE + size / 1e6 * BLOB_TIMEOUT_PER_MB
+
+
+def _frames(w: int, parts: list[Part], manifest: tuple[list[str], bytes], progress: Progress) -> int:
+    """The frames of `parts`, then the manifest's and `end`, into `w`; the bytes sent. OSError when
+    the host stops reading."""
+    form, data = manifest
+    sent = 0
+    for part in parts:
+        wire, base = part.wire.stat().st_size, progress.raw
+        _write_all(w, f"blob {part.digest} {part.size} {part.codec} {wire}\n".encode())
+        with open(part.wire, "rb") as src:
+            _send_body(src.fileno(), w, wire, partial(_advance, progress, base, part.size, wire))
+        sent += wire
+        progress.blob_done(base + part.size)
+    header = f"manifest {form[0]} {form[1] if len(form) > 1 else '-'} {len(data)}\n"
+    _write_all(w, header.encode() + data + b"end\n")
+    return sent + len(data)
 
 
 def _advance(progress: Progress, base: int, size: int, wire: int, done: int) -> None:

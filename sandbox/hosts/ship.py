@@ -1,8 +1,9 @@
 """Shipping an image by digest to production hosts: only the blobs a host lacks, compressed in flight.
 
-Per host: `have` (what of the image it holds), then one `recv-image DIGEST` request that carries
-every missing blob and then the manifest as frames (sandbox/hosts/blobstream.py), which the host
-takes only when all its blobs are there. The host verifies every blob's sha256 before it renames it
+Per host, one `recv-image DIGEST` request (sandbox/hosts/blobstream.py): it opens with a `have`
+frame (what of the image the host holds; the host answers at once), then carries every missing
+blob and the manifest as frames, which the host takes only when all its blobs are there: one ssh
+session and one agent start per host. The host verifies every blob's sha256 before it renames it
 into its store (sandbox/hostagent/imagerecv.py), so a host that has the manifest has the verified
 image. Blobs that fail (corrupt, cut short, connection lost) are sent once more, in a second request
 with what the host still lacks; a second failure fails that host. Hosts are shipped to in parallel;
@@ -25,16 +26,28 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sandbox.errors import SandboxError, StoreError
 from sandbox.events import Event, EventSink
 from sandbox.fsutil import pid_alive, remove_tree
 from sandbox.hosts.agentcall import AgentPrefix, agent_call
-from sandbox.hosts.blobstream import PACKED, Part, Progress, local_zstd, pack, send_image, size_unit
+from sandbox.hosts.blobstream import (
+    PACKED,
+    Part,
+    Progress,
+    Sending,
+    ask_and_send,
+    local_zstd,
+    pack,
+    request_timeout,
+    send_image,
+    size_unit,
+)
 from sandbox.hosts.transport import HostError, Transport
 from sandbox.store import ImageStore
 
@@ -79,7 +92,7 @@ def ship(
     compression: str = "zstd",
 ) -> ShipReport:
     """Make every target hold image `digest` (verified); raise ShipError naming every host that
-    does not. Hosts that already hold it cost one `have` round trip. `compression`: zstd (gzip for a
+    does not. Hosts that already hold it cost one short request. `compression`: zstd (gzip for a
     host without zstd), gzip, or none (a fast link where the CPU, not the wire, is the limit)."""
     manifest = store.manifest_path(digest).read_bytes()
     if "sha256:" + hashlib.sha256(manifest).hexdigest() != digest:
@@ -97,21 +110,11 @@ def ship(
             sink(event)
 
     report = ShipReport(digest)
-    plans: dict[str, tuple[list[str], str]] = {}  # host → (missing blobs, codec)
 
-    def each(fn: Callable[[Transport], None]) -> None:
-        live = [t for t in targets if t.name not in report.failed]
-        if parallel and len(live) > 1:
-            with ThreadPoolExecutor(max_workers=len(live), thread_name_prefix="ship") as pool:
-                list(pool.map(fn, live))
-        else:
-            for t in live:
-                fn(t)
-
-    def guarded(t: Transport, result: HostShipResult, work: Callable[[], None]) -> None:
-        t0 = time.monotonic()
+    def guarded(t: Transport) -> None:
+        result, t0 = HostShipResult(t.name), time.monotonic()
         try:
-            work()
+            _ship_host(t, agent, digest, layers, compression, copies, result, emit)
         except Exception as e:
             why = e.message if isinstance(e, SandboxError) else f"{type(e).__name__}: {e}"
             with lock:
@@ -121,44 +124,14 @@ def ship(
             with lock:
                 report.hosts[t.name] = result
 
-    def plan(t: Transport) -> None:
-        result = HostShipResult(t.name)
-        guarded(
-            t,
-            result,
-            lambda: plans.__setitem__(t.name, _plan_host(t, agent, digest, layers, result, compression)),
-        )
-
-    each(plan)  # 1. what each host lacks, and whether it takes zstd
     with contextlib.ExitStack() as cleanup:
-        # 2. each blob a host lacks, compressed once for all the hosts of its codec and all later
-        # ships (a copy kept in the store), linked into this ship's temp dir
-        packed: dict[tuple[str, str], Path] = {}
-        for codec in PACKED:
-            need = {d for missing, c in plans.values() if c == codec for d in missing}
-            if need:
-                if not packed:
-                    _remove_dead_packs(store.root)
-                    prefix = f".ship-{os.getpid()}-"
-                    tmp = Path(
-                        cleanup.enter_context(tempfile.TemporaryDirectory(prefix=prefix, dir=store.root))
-                    )
-                done = pack(store, codec, sorted(need), tmp, emit)
-                packed.update(((codec, d), p) for d, p in done.items())
-        gzipped = zlib.compress(manifest, 6, wbits=31)  # the manifest's form for a host with no base
-
-        def send(t: Transport) -> None:  # 3. each host its missing blobs, then the manifest
-            if t.name not in plans:
-                return
-            missing, _ = plans[t.name]
-            result = report.hosts[t.name]
-            guarded(
-                t,
-                result,
-                lambda: _ship_host(t, store, agent, digest, gzipped, layers, missing, packed, result, emit),
-            )
-
-        each(send)
+        copies = _Copies(store, manifest, cleanup, emit)
+        if parallel and len(targets) > 1:
+            with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="ship") as pool:
+                list(pool.map(guarded, targets))
+        else:
+            for t in targets:
+                guarded(t)
     for r in report.hosts.values():
         if r.host not in report.failed:
             emit(Event("result", phase="ship", message=_summary(r), data={"host": r.host, **_numbers(r)}))
@@ -173,6 +146,33 @@ def ship(
     return report
 
 
+class _Copies:
+    """What this ship sends from the store, shared by its hosts: each blob's compressed copy,
+    linked into the ship's temp dir by the first host that needs it (the others wait for it and
+    take the same link), and the manifest's gzipped form."""
+
+    def __init__(
+        self, store: ImageStore, manifest: bytes, cleanup: contextlib.ExitStack, emit: EventSink
+    ) -> None:
+        self.store, self.cleanup, self.emit = store, cleanup, emit
+        self.gzipped = zlib.compress(manifest, 6, wbits=31)  # the manifest's form for a host with no base
+        self.lock = threading.Lock()
+        self.links: dict[tuple[str, str], Path] = {}
+        self.tmp: Path | None = None
+
+    def packed(self, codec: str, blobs: list[str]) -> dict[str, Path]:
+        with self.lock:
+            need = [d for d in blobs if (codec, d) not in self.links]
+            if need:
+                if self.tmp is None:
+                    _remove_dead_packs(self.store.root)
+                    made = tempfile.TemporaryDirectory(prefix=f".ship-{os.getpid()}-", dir=self.store.root)
+                    self.tmp = Path(self.cleanup.enter_context(made))
+                done = pack(self.store, codec, need, self.tmp, self.emit)
+                self.links.update(((codec, d), p) for d, p in done.items())
+            return {d: self.links[(codec, d)] for d in blobs}
+
+
 def _remove_dead_packs(root: Path) -> None:
     """Compressed blobs of a ship whose process died (`.ship-PID-*` in the store's root)."""
     for p in root.glob(".ship-*-*"):
@@ -181,23 +181,23 @@ def _remove_dead_packs(root: Path) -> None:
             remove_tree(p)
 
 
-def _plan_host(
+def _plan(
     t: Transport,
     agent: AgentPrefix,
     digest: str,
     layers: dict[str, tuple[Path, int]],
+    have: dict[str, Any],
     result: HostShipResult,
-    compression: str = "zstd",
-) -> tuple[list[str], str]:
-    """The blobs host `t` lacks and the codec it takes; ([], "") when it holds the whole image."""
-    have = agent_call(t, agent, "have", input=_json({"blobs": list(layers), "manifests": [digest]}))
-    present = set(have.get("blobs", [])) if isinstance(have, dict) else set()
-    recent = have.get("recent", []) if isinstance(have, dict) else []
-    result.bases = [d for d in recent if isinstance(d, str)]
-    if digest in (have.get("manifests", []) if isinstance(have, dict) else []) and present >= set(layers):
-        return [], ""
+    compression: str,
+) -> list[str] | None:
+    """From the host's `have` answer: the blobs it lacks, and the codec it takes (in `result`);
+    None when it holds the whole image."""
+    present = set(_strings(have.get("blobs")))
+    result.bases = _strings(have.get("recent"))
+    if digest in _strings(have.get("manifests")) and present >= set(layers):
+        return None
     missing = [d for d in layers if d not in present]
-    host_zstd = have.get("zstd") if isinstance(have, dict) and "zstd" in have else None
+    host_zstd = have.get("zstd")
     if host_zstd is None:  # an agent of before `have` told
         caps = agent_call(t, agent, "caps")
         host_zstd = isinstance(caps, dict) and caps.get("zstd") is True
@@ -208,7 +208,11 @@ def _plan_host(
         result.codec = compression
     else:
         result.codec = "zstd" if result.host_zstd else "gzip"
-    return missing, result.codec
+    return missing
+
+
+def _strings(value: object) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def _manifest_form(
@@ -237,49 +241,77 @@ def _manifest_form(
 
 def _ship_host(
     t: Transport,
-    store: ImageStore,
     agent: AgentPrefix,
     digest: str,
-    gzipped: bytes,
     layers: dict[str, tuple[Path, int]],
-    missing: list[str],
-    packed: dict[tuple[str, str], Path],
+    compression: str,
+    copies: _Copies,
     result: HostShipResult,
     emit: EventSink,
 ) -> None:
-    if not missing and not result.codec:
-        return  # it holds the image
-    form = _manifest_form(store, digest, gzipped, result)
-    progress = Progress(t.name, len(missing), sum(layers[d][1] for d in missing), emit)
-    todo = list(missing)
-    for attempt in (1, 2):
-        parts = [
-            Part(d, layers[d][1], result.codec, packed.get((result.codec, d), layers[d][0])) for d in todo
-        ]
-        try:
-            result.bytes_wire += send_image(t, agent, digest, parts, form, progress)
-            break
-        except SandboxError as e:
-            why = e.message.removeprefix(f"host {t.name}: ").removeprefix(f"{t.name}: ")
-            if attempt == 2:
-                raise HostError(f"{t.name}: {why} (sent twice)", hint=e.hint, host=t.name) from e
-            try:  # what got through is verified and stays: send the rest once more
-                present = set(
-                    agent_call(t, agent, "have", input=_json({"blobs": todo, "manifests": []}))["blobs"]
-                )
-            except (SandboxError, TypeError, KeyError) as again:
-                raise HostError(f"{t.name}: {why}", hint=e.hint, host=t.name) from again
-            todo = [d for d in todo if d not in present]
-            result.resent += len(todo)
-            progress.done, progress.raw = (
-                len(missing) - len(todo),
-                sum(layers[d][1] for d in missing if d in present),
-            )
-            emit(Event("warning", phase="ship", message=f"{t.name}: {why[:300]}; sending again"))
-    result.blobs_sent = len(missing)
-    result.bytes_raw = sum(layers[d][1] for d in missing)
-    result.manifest_sent = True
-    progress.emit(final=True)
+    """One request: the host says what it has, and in the same request it is sent what it lacks.
+    Blobs that did not get through are sent once more, in a second request."""
+    planned: list[tuple[list[str], Sending]] = []
+
+    def decide(have: dict[str, Any]) -> Sending | None:
+        missing = _plan(t, agent, digest, layers, have, result, compression)
+        if missing is None:
+            return None  # it holds the image
+        progress = Progress(t.name, len(missing), sum(layers[d][1] for d in missing), emit)
+        form = _manifest_form(copies.store, digest, copies.gzipped, result)
+        planned.append((missing, (_parts(layers, missing, result.codec, copies), form, progress)))
+        return planned[0][1]
+
+    ask = {"blobs": list(layers), "manifests": [digest]}
+    timeout = request_timeout(sum(n for _, n in layers.values()))
+    try:
+        result.bytes_wire += ask_and_send(t, agent, digest, ask, decide, timeout)[1]
+    except SandboxError as e:
+        if not planned:
+            raise  # no answer to what it has: nothing was sent
+        _again(t, agent, digest, layers, planned[0], e, copies, result, emit)
+    if planned:
+        missing, (_, _, progress) = planned[0]
+        result.blobs_sent = len(missing)
+        result.bytes_raw = sum(layers[d][1] for d in missing)
+        result.manifest_sent = True
+        progress.emit(final=True)
+
+
+def _parts(layers: dict[str, tuple[Path, int]], blobs: list[str], codec: str, copies: _Copies) -> list[Part]:
+    packed = copies.packed(codec, blobs) if codec in PACKED else {}
+    return [Part(d, layers[d][1], codec, packed.get(d, layers[d][0])) for d in blobs]
+
+
+def _again(
+    t: Transport,
+    agent: AgentPrefix,
+    digest: str,
+    layers: dict[str, tuple[Path, int]],
+    planned: tuple[list[str], Sending],
+    error: SandboxError,
+    copies: _Copies,
+    result: HostShipResult,
+    emit: EventSink,
+) -> None:
+    """What got through is verified and stays: the rest once more, in a request of its own."""
+    missing, (_, form, progress) = planned
+    why = error.message.removeprefix(f"host {t.name}: ").removeprefix(f"{t.name}: ")
+    try:
+        present = set(agent_call(t, agent, "have", input=_json({"blobs": missing, "manifests": []}))["blobs"])
+    except (SandboxError, TypeError, KeyError) as again:
+        raise HostError(f"{t.name}: {why}", hint=error.hint, host=t.name) from again
+    todo = [d for d in missing if d not in present]
+    result.resent += len(todo)
+    progress.done, progress.raw = len(missing) - len(todo), sum(layers[d][1] for d in missing if d in present)
+    emit(Event("warning", phase="ship", message=f"{t.name}: {why[:300]}; sending again"))
+    try:
+        result.bytes_wire += send_image(
+            t, agent, digest, (_parts(layers, todo, result.codec, copies), form, progress)
+        )
+    except SandboxError as e:
+        why = e.message.removeprefix(f"host {t.name}: ").removeprefix(f"{t.name}: ")
+        raise HostError(f"{t.name}: {why} (sent twice)", hint=e.hint, host=t.name) from e
 
 
 def _size(n: int) -> str:

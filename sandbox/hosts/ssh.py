@@ -30,18 +30,21 @@ import os
 import re
 import shlex
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import IO
 
 from sandbox.config.hostvalues import SshTarget, ssh_target
 from sandbox.hosts.transport import (
+    Completed,
     HostAuthRefused,
     HostError,
     HostKeyChanged,
     HostKeyUnknown,
     HostUnreachable,
+    Talk,
+    converse,
 )
 
 #: the control sockets (a unix socket path has at most 107 bytes: keep it short, not in the workspace)
@@ -165,20 +168,32 @@ class SshTransport:
         stdin: IO[bytes] | None = None,
         timeout: float | None = 60,
     ) -> subprocess.CompletedProcess[bytes]:
+        def start(cmd: list[str]) -> Completed:
+            if input is not None:
+                return subprocess.run(cmd, input=input, capture_output=True, timeout=timeout, check=False)
+            return subprocess.run(
+                cmd,
+                stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+
+        return self._checked(argv, start, timeout)
+
+    def talk(self, argv: Sequence[str], talk: Talk, *, timeout: float | None = 60) -> Completed:
+        return self._checked(argv, lambda cmd: converse(cmd, talk, timeout), timeout)
+
+    def _checked(
+        self, argv: Sequence[str], start: Callable[[list[str]], Completed], timeout: float | None
+    ) -> Completed:
+        """`start(the ssh command line)`, with what ssh itself says (exit 255: no connection, a host
+        key, auth) raised as HostError and a host that did not answer in time remembered as dead."""
         if self._dead is not None:
             raise self._dead
         cmd = self.argv(argv)
         try:
-            if input is not None:
-                p = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout, check=False)
-            else:
-                p = subprocess.run(
-                    cmd,
-                    stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                    capture_output=True,
-                    timeout=timeout,
-                    check=False,
-                )
+            p = start(cmd)
         except subprocess.TimeoutExpired as e:
             raise self._gone(f" did not answer within {timeout:.0f}s") from e
         # sudo -n refusing exits 1, not 255: its own message, not the command's failure

@@ -23,11 +23,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pytest
 
 from sandbox.hosts.ssh import SshTransport
-from sandbox.hosts.transport import HostAuthRefused, HostError, HostKeyUnknown, HostUnreachable
+from sandbox.hosts.transport import Answers, HostAuthRefused, HostError, HostKeyUnknown, HostUnreachable
 from tests.conftest import integration_required
 
 SSHD = "/usr/sbin/sshd"
@@ -219,6 +220,26 @@ def test_a_command_runs_and_the_next_one_reuses_the_connection(sshd: Sshd) -> No
 
     t.close()
     assert control_sockets(t) == []
+
+
+def test_a_command_is_talked_to_both_ways_in_one_session(sshd: Sshd) -> None:
+    """Transport.talk: a line written, its answer read while the command runs, more written; the
+    result holds all it wrote. A host that is gone is unreachable, as for `run`."""
+    t = sshd.client("talk")
+    heard: list[bytes] = []
+
+    def talk(stdin: IO[bytes], answers: Answers) -> None:
+        stdin.write(b"hello\n")
+        stdin.flush()
+        heard.append(answers.readline())
+        stdin.write(b"rest")
+
+    p = t.talk(["sh", "-c", 'read -r a; echo "got $a"; cat; exit 4'], talk, timeout=30)
+    assert heard == [b"got hello\n"] and (p.returncode, p.stdout) == (4, b"got hello\nrest"), p.stderr
+    sshd.stop_listener()
+    with pytest.raises(HostUnreachable):
+        sshd.client("talk-down").talk(["true"], talk, timeout=20)
+    t.close()
 
 
 def test_an_unknown_host_key_is_refused_with_its_fingerprint(sshd: Sshd) -> None:

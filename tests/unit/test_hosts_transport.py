@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
 from sandbox.hosts import ssh as ssh_mod
 from sandbox.hosts.ssh import SshTransport
 from sandbox.hosts.transport import (
+    Answers,
     HostAuthRefused,
     HostError,
     HostKeyChanged,
     HostKeyUnknown,
     HostUnreachable,
+    converse,
 )
 
 FP = "SHA256:q8rUoVxQmT0gYQJH1Hq0b3T0E1l9sCvkdBTkmk8bJ2c (ED25519)"
@@ -321,3 +324,30 @@ def test_sudo_refusing_is_auth_refused_not_a_command_failure(
     fake_ssh(monkeypatch, tr, code=1, stderr=b"sudo: a password is required\n")
     with pytest.raises(HostAuthRefused, match="sudo"):
         tr.run(["true"])
+
+
+def test_converse_reads_on_the_way_and_keeps_what_it_read() -> None:
+    def talk(stdin: IO[bytes], answers: Answers) -> None:
+        stdin.write(b"one\n")
+        stdin.flush()
+        assert answers.readline() == b"got one\n"
+        stdin.write(b"two")
+
+    p = converse(["sh", "-c", 'read -r a; echo "got $a"; cat; echo err >&2'], talk, timeout=30)
+    assert (p.returncode, p.stdout, p.stderr) == (0, b"got one\ntwo", b"err\n")
+
+
+def test_converse_kills_what_takes_too_long_and_raises_what_talk_raises() -> None:
+    def wait_for_an_answer(stdin: IO[bytes], answers: Answers) -> None:
+        answers.readline()
+
+    t0 = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        converse(["sleep", "100"], wait_for_an_answer, timeout=1)
+    assert time.monotonic() - t0 < 10
+
+    def fails(stdin: IO[bytes], answers: Answers) -> None:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError, match="no"):
+        converse(["cat"], fails, timeout=30)

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +17,8 @@ import pytest
 
 from sandbox.events import Recorder
 from sandbox.hosts import ship as ship_mod
-from sandbox.hosts.agentcall import AgentError, agent_call
 from sandbox.hosts.ship import ShipError, ship
-from sandbox.hosts.transport import LocalTransport, Transport
+from sandbox.hosts.transport import Answers, Completed, LocalTransport, Talk, Transport
 from sandbox.store import ImageStore
 from tests.unit.imagefactory import Image, make_image
 
@@ -79,6 +78,53 @@ def leftovers(host: ImageStore) -> list[Path]:
     return sorted(host.root.rglob(".tmp-*")) if host.root.exists() else []
 
 
+def first_blob_middle(stream: bytes | bytearray) -> int | None:
+    """Where the middle of the first blob's body is in an image stream (None: not known yet)."""
+    pos = 0
+    while (end := stream.find(b"\n", pos)) >= 0:
+        fields = stream[pos:end].split()
+        if fields[:1] == [b"blob"]:
+            return end + 1 + int(fields[-1]) // 2
+        if fields[:1] != [b"have"]:
+            return None
+        pos = end + 1 + int(fields[1])
+    return None
+
+
+def relayed(talk: Talk, seen: bytearray, flip: bool) -> Talk:
+    """`talk` with what it writes passing through here: kept in `seen`, and with the byte in the
+    middle of the first blob flipped when `flip`."""
+
+    def wrapped(stdin: IO[bytes], answers: Answers) -> None:
+        r, w = os.pipe()
+
+        def pass_on() -> None:
+            target, taking = None, True
+            with os.fdopen(r, "rb") as src:
+                while chunk := bytearray(src.read1(1 << 16)):
+                    start = len(seen)
+                    seen.extend(chunk)
+                    target = target if target is not None else first_blob_middle(seen) if flip else None
+                    if target is not None and start <= target < len(seen):
+                        chunk[target - start] ^= 0xFF
+                    try:
+                        if taking:
+                            stdin.write(chunk)
+                            stdin.flush()
+                    except OSError:  # the host stopped reading: read the rest through
+                        taking = False
+
+        relay = threading.Thread(target=pass_on)
+        relay.start()
+        try:
+            with os.fdopen(w, "wb", buffering=0) as f:
+                talk(f, answers)
+        finally:
+            relay.join()
+
+    return wrapped
+
+
 class Corrupting(LocalTransport):
     """Flips a byte in the middle of the first blob of the first `times` image streams it carries."""
 
@@ -97,10 +143,14 @@ class Corrupting(LocalTransport):
         if "recv-image" in argv and stdin is not None and self.left > 0:
             self.left -= 1
             data = bytearray(stdin.read())
-            header = data.index(b"\n") + 1
-            data[header + int(data[:header].split()[-1]) // 2] ^= 0xFF
+            data[first_blob_middle(data) or 0] ^= 0xFF
             return super().run(argv, input=bytes(data), timeout=timeout)
         return super().run(argv, input=input, stdin=stdin, timeout=timeout)
+
+    def talk(self, argv: Sequence[str], talk: Talk, *, timeout: float | None = 60) -> Completed:
+        flip = "recv-image" in argv and self.left > 0
+        self.left -= flip
+        return super().talk(argv, relayed(talk, bytearray(), flip), timeout=timeout)
 
 
 def test_ship_then_nothing_then_only_the_changed_layer(
@@ -158,151 +208,33 @@ def test_always_corrupt_fails_that_host_and_keeps_nothing_of_it(
     assert not h2.manifest_path(image.digest).exists()
 
 
-def frames(*blobs: tuple[str, int, str, bytes], manifest: bytes | None = None, end: bool = True) -> bytes:
-    """An image stream: a frame per (digest, size, codec, wire bytes), the manifest (gzip), `end`."""
-    out = b"".join(f"blob {d} {n} {codec} {len(w)}\n".encode() + w for d, n, codec, w in blobs)
-    if manifest is not None:
-        gz = gzip.compress(manifest)
-        out += f"manifest gzip - {len(gz)}\n".encode() + gz
-    return out + (b"end\n" if end else b"")
-
-
-def recv(digest: str, stream: bytes) -> object:
-    return agent_call(LocalTransport(), AGENT, "recv-image", [digest], input=stream)
-
-
-IMAGE = "sha256:" + "0" * 64  # a manifest that never comes
-
-
-@pytest.mark.parametrize(
-    "digest",
-    ["sha256:../../../etc/passwd", "sha256:" + "A" * 64, "sha256:" + "a" * 64 + "\n", "md5:" + "a" * 32, ""],
-)
-def test_recv_image_refuses_a_bad_digest(tmp_path: Path, digest: str) -> None:
-    with pytest.raises(AgentError) as e:
-        recv(IMAGE, frames((digest, 4, "none", b"abcd")))
-    assert e.value.kind == "AgentUsage"
-    assert (
-        not (tmp_path / "hosts" / "local" / "store" / "blobs").exists()
-        or leftovers(host_store(tmp_path)) == []
-    )
-    with pytest.raises(AgentError) as e:
-        recv(digest, frames())
-    assert e.value.kind == "AgentUsage"
-
-
-@pytest.mark.parametrize(
-    "header",
-    [
-        b"blob sha256:%s 4 none 99999999999999999\n" % (b"a" * 64),
-        b"blob x\n",
-        b"blob " + b"9" * 400 + b"\n",
-        b"rm -rf\n",
-    ],
-)
-def test_recv_image_refuses_a_malformed_header(tmp_path: Path, header: bytes) -> None:
-    with pytest.raises(AgentError) as e:
-        recv(IMAGE, header + b"abcd" + b"end\n")
-    assert e.value.kind in ("AgentUsage", "StreamCut")
-    assert leftovers(host_store(tmp_path)) == []
-
-
-def test_recv_image_refuses_more_bytes_than_announced_and_goes_on_with_the_next_blob(tmp_path: Path) -> None:
-    data, other = b"x" * 100_000, b"z" * 3000
-    digest, d2 = ("sha256:" + hashlib.sha256(b).hexdigest() for b in (data, other))
-    with pytest.raises(AgentError) as e:
-        recv(IMAGE, frames((digest, 1000, "none", data), (d2, len(other), "none", other)))
-    assert e.value.kind == "BlobCorrupt" and "more than" in e.value.message and digest in e.value.message
-    host = host_store(tmp_path)
-    assert leftovers(host) == [] and not host.blob_path(digest).exists()
-    assert host.blob_path(d2).read_bytes() == other  # the frame after the bad one was found and taken
-    assert recv(IMAGE, frames((digest, len(data), "none", data)))["stored"] == [digest]  # type: ignore[index]
-    assert host.blob_path(digest).read_bytes() == data
-
-
-@pytest.mark.parametrize("codec", ["zstd", "gzip", "none"])
-def test_recv_image_refuses_a_corrupt_blob_and_keeps_the_stream(tmp_path: Path, codec: str) -> None:
-    data, other = os.urandom(3000) * 20, b"w" * 5000
-    digest, d2 = ("sha256:" + hashlib.sha256(b).hexdigest() for b in (data, other))
-    wire = {"none": data, "gzip": gzip.compress(data)}.get(codec) or subprocess.run(
-        ["zstd", "-3", "-c", "-q"], input=data, capture_output=True, check=True
-    ).stdout
-    bad = bytearray(wire)
-    bad[len(bad) // 2] ^= 0xFF
-    with pytest.raises(AgentError) as e:
-        recv(IMAGE, frames((digest, len(data), codec, bytes(bad)), (d2, len(other), "none", other)))
-    assert e.value.kind == "BlobCorrupt" and f"blob {digest} arrived corrupt" in e.value.message
-    host = host_store(tmp_path)
-    assert leftovers(host) == [] and not host.blob_path(digest).exists()
-    assert host.blob_path(d2).read_bytes() == other
-
-
-@pytest.mark.parametrize("codec", ["zstd", "none"])
-def test_recv_image_refuses_a_cut_short_stream(tmp_path: Path, codec: str) -> None:
-    data = b"y" * 50_000
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    zstd = subprocess.run(["zstd", "-3", "-c", "-q"], input=data, capture_output=True, check=True).stdout
-    stream = frames((digest, len(data), codec, data if codec == "none" else zstd), end=False)
-    with pytest.raises(AgentError) as e:  # cut inside the blob's frame: nothing of it is kept
-        recv(IMAGE, stream[:-8])
-    assert e.value.kind == "StreamCut" and f"blob {digest} arrived cut short" in e.value.message
-    assert leftovers(host_store(tmp_path)) == [] and not host_store(tmp_path).blob_path(digest).exists()
-    with pytest.raises(AgentError) as e:  # cut after it: the blob is whole and verified, the stream is not
-        recv(IMAGE, stream)
-    assert e.value.kind == "StreamCut" and "ended without `end`" in e.value.message
-    assert host_store(tmp_path).blob_path(digest).read_bytes() == data
-
-
-def test_recv_image_takes_the_manifest_only_after_its_blobs(
-    store: ImageStore, image: Image, tmp_path: Path
-) -> None:
-    data = store.manifest_path(image.digest).read_bytes()
-    with pytest.raises(AgentError) as e:
-        recv(image.digest, frames(manifest=data))
-    assert e.value.kind == "StoreError" and "blobs first" in (e.value.hint or "")
-    assert not host_store(tmp_path).manifest_path(image.digest).exists()
-    with pytest.raises(AgentError) as e:  # and bytes that are not the digest's
-        recv(image.digest, frames(manifest=data + b" "))
-    assert e.value.kind == "BlobCorrupt"
-
-
-def test_have_answers_only_for_verified_objects(store: ImageStore, image: Image, tmp_path: Path) -> None:
-    ask = {"blobs": [image.base, image.app], "manifests": [image.digest]}
-    got = agent_call(LocalTransport(), AGENT, "have", input=ship_mod._json(ask))
-    assert got == {"blobs": [], "manifests": [], "recent": [], "zstd": True}
-    ship(store, image.digest, [LocalTransport()], AGENT, Recorder())
-    got = agent_call(LocalTransport(), AGENT, "have", input=ship_mod._json(ask))
-    assert got == {**ask, "recent": [image.digest], "zstd": True}
-    with pytest.raises(AgentError):
-        agent_call(LocalTransport(), AGENT, "have", input=ship_mod._json({"blobs": ["../x"]}))
-
-
 def test_a_host_that_stops_reading_does_not_hang_the_sender(store: ImageStore, tmp_path: Path) -> None:
-    """A blob far larger than a pipe's buffer, to a "host" that exits without reading: the pump gets
-    EPIPE, the blob is tried twice, the host fails with its name."""
+    """A blob far larger than a pipe's buffer, to a "host" that exits without reading it (after it
+    said it has nothing): the pump gets EPIPE, the blob is tried twice, the host fails with its name."""
     digest, size, _ = store.put_blob(lambda f: f.write(os.urandom(4 << 20)))
     image = store.put_manifest({"layers": [{"kind": "base", "digest": digest, "size": size}], "created": 0})
+    mute = (  # recv-image: the first line (a have frame's header) and its body, an answer, exit
+        'for a; do [ "$a" = recv-image ] && { read -r kind n; head -c "$n" >/dev/null 2>&1;'
+        ' echo \'{"have": {"blobs": [], "manifests": [], "zstd": true}}\'; exit 1; }; done; exec "$@"'
+    )
     t0 = time.monotonic()
     with pytest.raises(ShipError) as e:
-        ship(
-            store,
-            image,
-            [LocalTransport("mute")],
-            ["sh", "-c", 'for a; do [ "$a" = recv-image ] && exit 1; done; exec "$@"', "sh", *AGENT],
-            Recorder(),
-        )
+        ship(store, image, [LocalTransport("mute")], ["sh", "-c", mute, "sh", *AGENT], Recorder())
     assert time.monotonic() - t0 < 30
     assert "mute: agent recv-image failed (exit 1)" in e.value.message
     assert "(sent twice)" in e.value.message
     assert e.value.report.hosts["mute"].resent == 1
 
 
-def test_have_removes_temp_files_of_dead_agents(tmp_path: Path) -> None:
-    blobs = host_store(tmp_path).root / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-    (blobs / ".tmp-999999999-abc").write_bytes(b"half a blob")
-    agent_call(LocalTransport(), AGENT, "have", input=b'{"blobs": [], "manifests": []}')
-    assert leftovers(host_store(tmp_path)) == []
+def test_a_host_that_does_not_answer_what_it_has_is_sent_nothing(store: ImageStore, image: Image) -> None:
+    """recv-image that exits at once (no answer to the have frame): nothing is sent, no second try."""
+    t = Argvs()
+    quits = ["sh", "-c", 'for a; do [ "$a" = recv-image ] && exit 1; done; exec "$@"', "sh", *AGENT]
+    with pytest.raises(ShipError) as e:
+        ship(store, image.digest, [t], quits, Recorder())
+    assert "local: agent recv-image failed (exit 1)" in e.value.message and "twice" not in e.value.message
+    [(argv, stream)] = t.calls
+    assert "recv-image" in argv and stream.startswith(b"have ") and b"blob " not in stream
 
 
 class Argvs(LocalTransport):
@@ -316,6 +248,13 @@ class Argvs(LocalTransport):
         data = input if input is not None else stdin.read() if stdin is not None else b""
         self.calls.append((list(argv), data))
         return super().run(argv, input=data, timeout=timeout)
+
+    def talk(self, argv: Sequence[str], talk: Talk, *, timeout: float | None = 60) -> Completed:
+        seen = bytearray()
+        try:
+            return super().talk(argv, relayed(talk, seen, False), timeout=timeout)
+        finally:
+            self.calls.append((list(argv), bytes(seen)))
 
 
 def test_a_rebuilds_manifest_goes_as_a_patch_against_one_the_host_has(
@@ -331,7 +270,8 @@ def test_a_rebuilds_manifest_goes_as_a_patch_against_one_the_host_has(
         head, _, stream = stream.partition(b"\n")
         sent.append(head.split())
         stream = stream[int(head.split()[-1]) :] if head != b"end" else stream
-    assert [h[:2] for h in sent] == [[b"blob", v2.app.encode()], [b"manifest", b"zstd-patch"], [b"end"]]
-    assert sent[1][2] == image.digest.encode()
-    assert int(sent[1][3]) < store.manifest_path(v2.digest).stat().st_size
+    assert [h[:2] for h in sent[1:]] == [[b"blob", v2.app.encode()], [b"manifest", b"zstd-patch"], [b"end"]]
+    assert sent[0][0] == b"have"  # what the host has, asked in the same request
+    assert sent[2][2] == image.digest.encode()
+    assert int(sent[2][3]) < store.manifest_path(v2.digest).stat().st_size
     assert_holds(host_store(tmp_path), store, v2.digest)
