@@ -106,8 +106,9 @@ def client_cert() -> tuple[Path, Path]:
     return crt, key
 
 
-def self_signed(common_name: str, days: int = 3650) -> tuple[bytes, bytes]:
-    """(certificate, key) PEM of a new self-signed EC P-384 certificate, as LXD's own are."""
+def self_signed(common_name: str, days: int = 3650, *, ca: bool = False) -> tuple[bytes, bytes]:
+    """(certificate, key) PEM of a new self-signed EC P-384 certificate, as LXD's own are (`ca`: one
+    that says CA:TRUE, which a pin refuses)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -116,7 +117,7 @@ def self_signed(common_name: str, days: int = 3650) -> tuple[bytes, bytes]:
     pk = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -124,8 +125,10 @@ def self_signed(common_name: str, days: int = 3650) -> tuple[bytes, bytes]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .sign(pk, hashes.SHA384())
     )
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    cert = builder.sign(pk, hashes.SHA384())
     key = pk.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.TraditionalOpenSSL,

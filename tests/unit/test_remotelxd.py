@@ -241,33 +241,9 @@ def test_the_client_certificate_is_made_once_when_hosts_ask_for_it_in_parallel(w
     assert key.stat().st_mode & 0o077 == 0
 
 
-def _ca_pem() -> str:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "evil CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
 def test_a_ca_certificate_is_not_pinned() -> None:
     """Pinned as requests' `verify`, a CA would vouch for every certificate it signed."""
+    ca = self_signed("evil CA", days=1, ca=True)[0].decode()
     with pytest.raises(HostError) as e:
-        trust_answer("web1", {"certificate": _ca_pem(), "port": 8443})
+        trust_answer("web1", {"certificate": ca, "port": 8443})
     assert "is a CA certificate" in e.value.message
