@@ -289,7 +289,8 @@ def prepare_hosts(ctx: EnvContext, profile: ResolvedProfile) -> list[dict[str, o
         try:
             p = agent.transport.run(["sh", "-c", script, "install", *packages.split()], timeout=1800)
         except HostError as e:
-            return {"host": h.name, "ok": False, "installed": [], "detail": f"{e.message} ({e.hint})"}
+            detail = f"{e.message} ({e.hint})" if e.hint else e.message
+            return {"host": h.name, "ok": False, "installed": [], "detail": detail}
         if p.returncode != 0:
             tail = p.stderr.decode(errors="replace").strip().splitlines()[-3:]
             detail = "apt-get failed: " + " / ".join(tail)
