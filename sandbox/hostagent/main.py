@@ -53,6 +53,7 @@ MODULES = {
     "host-check": "hostcheck",
     "router": "routerops",
     "lock": "routerops",
+    "session": "session",
 }
 
 Op = Callable[[list[str]], Any]
@@ -67,26 +68,37 @@ def op(name: str) -> Callable[[Op], Op]:
     return register
 
 
+#: the request of the op running in a session (sandbox/hostagent/session.py), instead of stdin
+SESSION_REQUEST: list[Any] = []
+
+
 def read_request() -> Any:
+    """The op's request: one JSON document on stdin, or the one its session line carried."""
+    if SESSION_REQUEST:
+        return SESSION_REQUEST[-1]
     return json.loads(sys.stdin.buffer.read() or b"null")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+def run_op(args: list[str]) -> tuple[int, dict[str, Any]]:
+    """(exit code, answer document) of op `args[0]` with its arguments `args[1:]`; a crash (an
+    unexpected exception) is raised."""
     module = MODULES.get(args[0]) if args else None
     if module is not None:  # only the module of this op: a request pays for its own imports only
         importlib.import_module(f"sandbox.hostagent.{module}")
     if not args or args[0] not in OPS:
-        print(json.dumps({"error": "AgentUsage", "message": f"unknown op {args[:1]!r}", "hint": None}))
-        return ERROR_EXIT
+        return ERROR_EXIT, {"error": "AgentUsage", "message": f"unknown op {args[:1]!r}", "hint": None}
     try:
         result = OPS[args[0]](args[1:])
     except SandboxError as e:
-        sys.stdout.write(json.dumps(e.to_dict()) + "\n")
-        return ERROR_EXIT
+        return ERROR_EXIT, e.to_dict()
     except (ValueError, TypeError, KeyError, AttributeError) as e:  # a malformed value in the request
-        err = AgentUsage(f"malformed request to {args[0]}: {type(e).__name__}: {e}"[:500])
-        sys.stdout.write(json.dumps(err.to_dict()) + "\n")
-        return ERROR_EXIT
-    sys.stdout.write(json.dumps({"ok": result}) + "\n")
-    return 0
+        return ERROR_EXIT, AgentUsage(
+            f"malformed request to {args[0]}: {type(e).__name__}: {e}"[:500]
+        ).to_dict()
+    return 0, {"ok": result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    code, doc = run_op(sys.argv[1:] if argv is None else argv)
+    sys.stdout.write(json.dumps(doc) + "\n")
+    return code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from typing import Any
 
 from sandbox.hostagent.main import op
@@ -11,4 +12,10 @@ from sandbox.hostagent.main import op
 
 @op("ping")
 def ping(args: list[str]) -> dict[str, Any]:
-    return {"euid": os.geteuid(), "python": platform.python_version(), "kernel": platform.release()}
+    return {
+        "euid": os.geteuid(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "executable": sys.executable,
+        "pid": os.getpid(),
+    }

@@ -77,7 +77,13 @@ def answer(host: str, op: str, cp: subprocess.CompletedProcess[bytes]) -> Any:
         doc = json.loads(lines[-1]) if lines else None
     except ValueError:
         doc = None
-    if cp.returncode == 0 and isinstance(doc, dict) and "ok" in doc:
+    return answer_doc(host, op, cp.returncode, doc, cp.stderr)
+
+
+def answer_doc(host: str, op: str, code: int, doc: Any, stderr: bytes = b"") -> Any:
+    """The `ok` value of the agent's answer `doc` (exit `code`), or the AgentError it stands for; a
+    crash says the last lines of the agent's stderr (or the traceback a session sent)."""
+    if code == 0 and isinstance(doc, dict) and "ok" in doc:
         return doc["ok"]
     if isinstance(doc, dict) and isinstance(doc.get("error"), str):
         hint = doc.get("hint")
@@ -87,9 +93,11 @@ def answer(host: str, op: str, cp: subprocess.CompletedProcess[bytes]) -> Any:
             kind=doc["error"],
             host=host,
         )
-    tail = cp.stderr.decode(errors="replace").strip().splitlines()[-5:]
+    crash = doc.get("crash") if isinstance(doc, dict) else None
+    text = crash if isinstance(crash, str) else stderr.decode(errors="replace")
+    tail = text.strip().splitlines()[-5:]
     raise AgentError(
-        f"host {host}: agent {op} failed (exit {cp.returncode}): {' / '.join(tail)[:2000] or 'no output'}",
+        f"host {host}: agent {op} failed (exit {code}): {' / '.join(tail)[:2000] or 'no output'}",
         hint="is the agent installed on the host and of this version? (sandbox host check)",
         host=host,
     )

@@ -64,6 +64,8 @@ _SUDO_REFUSED = re.compile(rb"\s*sudo: (a password is required|a terminal is req
 class SshTransport:
     """Commands on one host over ssh (name: the host's name in the profile, for every message)."""
 
+    sessions = True
+
     def __init__(
         self,
         name: str,
@@ -195,16 +197,31 @@ class SshTransport:
         try:
             p = start(cmd)
         except subprocess.TimeoutExpired as e:
-            raise self._gone(f" did not answer within {timeout:.0f}s") from e
-        # sudo -n refusing exits 1, not 255: its own message, not the command's failure
-        if p.returncode == 255 or (p.returncode == 1 and _SUDO_REFUSED.match(p.stderr)):
-            err = self.classify(p.stderr.decode(errors="replace"))
-            if isinstance(err, HostUnreachable):
-                self._dead = err
+            raise self.gone(f" did not answer within {timeout:.0f}s") from e
+        err = self.failure(p.returncode, p.stderr)
+        if err is not None:
             raise err
         return p
 
-    def _gone(self, what: str) -> HostUnreachable:
+    def spawn(self, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        if self._dead is not None:
+            raise self._dead
+        return subprocess.Popen(
+            self.argv(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+    def failure(self, code: int, stderr: bytes) -> HostError | None:
+        """ssh's own failure (exit 255: no connection, a host key, auth; `sudo -n` refusing exits 1,
+        not 255, with its own message) as a HostError; a host that did not answer is remembered as
+        dead. None for the command's own exit."""
+        if code == 255 or (code == 1 and _SUDO_REFUSED.match(stderr)):
+            err = self.classify(stderr.decode(errors="replace"))
+            if isinstance(err, HostUnreachable):
+                self._dead = err
+            return err
+        return None
+
+    def gone(self, what: str) -> HostUnreachable:
         """The host stopped answering (`what` follows its name): it stays unreachable for the rest of
         this command."""
         self._dead = HostUnreachable(
@@ -235,7 +252,7 @@ class SshTransport:
         try:
             p = subprocess.run(cmd, capture_output=True, timeout=30, check=False)
         except subprocess.TimeoutExpired as e:
-            raise self._gone(": its ssh connection did not take the forward in 30 s") from e
+            raise self.gone(": its ssh connection did not take the forward in 30 s") from e
         if p.returncode != 0:
             raise HostError(
                 f"host {self.name}: cannot forward {remote}: {p.stderr.decode(errors='replace').strip()}",

@@ -44,6 +44,8 @@ class HostAuthRefused(HostError):
 
 class Transport(Protocol):
     name: str  # the host's name in the profile
+    #: agent calls may share one session per command (sandbox/hosts/session.py) through `spawn`
+    sessions: bool
 
     def run(
         self,
@@ -66,6 +68,20 @@ class Transport(Protocol):
 
     def argv(self, argv: Sequence[str], tty: bool = False) -> list[str]:
         """The local command line that runs argv on the host (attached to this terminal)."""
+        ...
+
+    def spawn(self, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        """Start argv on the host with stdin, stdout and stderr as pipes, to talk to while it runs
+        (an agent session); HostError if the host is known to be unreachable."""
+        ...
+
+    def failure(self, code: int, stderr: bytes) -> HostError | None:
+        """What a command's exit and stderr mean when they are the transport's own failure (ssh: no
+        connection, a host key, auth, sudo), else None."""
+        ...
+
+    def gone(self, what: str) -> HostUnreachable:
+        """The host stopped answering (`what` follows its name); it stays so for this command."""
         ...
 
 
@@ -145,8 +161,9 @@ def converse(cmd: list[str], talk: Talk, timeout: float | None) -> Completed:
 class LocalTransport:
     """Runs the commands on this machine (unit tests; a host that is this machine)."""
 
-    def __init__(self, name: str = "local") -> None:
+    def __init__(self, name: str = "local", sessions: bool = False) -> None:
         self.name = name
+        self.sessions = sessions
 
     def run(
         self,
@@ -165,3 +182,14 @@ class LocalTransport:
 
     def argv(self, argv: Sequence[str], tty: bool = False) -> list[str]:
         return list(argv)
+
+    def spawn(self, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+    def failure(self, code: int, stderr: bytes) -> HostError | None:
+        return None
+
+    def gone(self, what: str) -> HostUnreachable:
+        return HostUnreachable(f"host {self.name}{what}", host=self.name)
