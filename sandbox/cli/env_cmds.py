@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
 import sys
 import time
 
@@ -11,6 +10,7 @@ import click
 
 from sandbox.cli.main import Ctx, cli, json_option
 from sandbox.cli.markup import escape
+from sandbox.cli.safeterm import show
 from sandbox.envs import Envs, EnvView, default_owner
 
 
@@ -198,7 +198,7 @@ def logs(obj: Ctx, name: str, index: int, follow: bool, lines: int) -> None:
     """Show the app's logs (journal of sandbox-app.service) of an instance of NAME."""
     argv = Envs(obj.ws, obj.output).logs_argv(name, index, follow, lines)
     try:
-        sys.exit(subprocess.call(argv))
+        sys.exit(show(argv))  # an instance's escape sequences are shown, not obeyed
     except KeyboardInterrupt:
         sys.exit(0)
 
