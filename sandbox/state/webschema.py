@@ -32,7 +32,7 @@ CREATE TABLE jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, env TEXT NOT NULL,
     args TEXT NOT NULL, who TEXT NOT NULL, trigger TEXT NOT NULL, state TEXT NOT NULL,
     created REAL NOT NULL, started REAL, finished REAL, worker_pid INTEGER,
-    result TEXT, error TEXT);
+    result TEXT, error TEXT, resolved REAL);
 CREATE INDEX jobs_state ON jobs(state, id);
 CREATE INDEX jobs_env ON jobs(env, id);
 CREATE UNIQUE INDEX jobs_one_running ON jobs(env) WHERE state = 'running'
