@@ -372,3 +372,25 @@ def test_token_names_are_unique_per_user(auth: Auth) -> None:
         auth.add_token("ci", "a")
     with pytest.raises(NotFound):
         auth.remove_token("ci", "b")
+
+
+def test_a_version_4_state_db_gains_the_web_tables_and_keeps_its_envs(tmp_path: Path) -> None:
+    from sandbox.state.rows import SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for script in (SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4):
+        conn.executescript(script)
+    conn.execute(
+        "INSERT INTO envs (name, profile, image, backend, owner, state, health, created, updated)"
+        " VALUES ('prod', 'prod', 'sha256:x', 'lxc', 'ops', 'running', 'ok', 1, 1)"
+    )
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+    state = StateDB(path)
+    assert [e.name for e in state.list_envs()] == ["prod"]
+    auth = Auth(state, hasher=CHEAP)
+    auth.add_user("alice", PW, {"*": "viewer"})
+    with state.transaction(write=False) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 5
