@@ -209,7 +209,11 @@ class Auth:
             c.executemany("INSERT INTO login_failures (key, ts) VALUES (?, ?)", [(k, now) for k in keys])
             row = c.execute("SELECT hash FROM users WHERE name = ?", (name,)).fetchone()
         stored = row["hash"] if row is not None else self._dummy_hash()
-        ok = self._verify(stored, password[:MAX_PASSWORD]) and row is not None
+        ok = (
+            self._verify(stored, password[:MAX_PASSWORD])
+            and row is not None
+            and len(password) <= MAX_PASSWORD
+        )
         if not ok:  # the attempt stays counted
             raise AuthError(
                 "wrong user name or password", hint="passwords are set with `sandbox user passwd`"

@@ -187,6 +187,14 @@ def test_wrong_password_and_unknown_user_read_the_same(auth: Auth) -> None:
     assert rows(auth, "sessions") == []
 
 
+def test_a_password_longer_than_allowed_never_matches_its_prefix(auth: Auth) -> None:
+    longest = "p" * 1024
+    auth.add_user("alice", longest)
+    with pytest.raises(AuthError):
+        auth.login("alice", longest + "x", "127.0.0.1")
+    auth.login("alice", longest, "127.0.0.1")
+
+
 @pytest.mark.parametrize(
     "sid", ["", "x", "0" * 18 + "." + "a" * 43, "not a session id at all", "../../etc/passwd", None]
 )
