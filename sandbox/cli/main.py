@@ -38,6 +38,7 @@ LAZY_COMMANDS = {
     "images": "image_cmds",
     "image": "image_cmds",
     "host": "host_cmds",
+    "user": "user_cmds",
     **dict.fromkeys(
         [
             "up",

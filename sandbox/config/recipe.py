@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from sandbox.config.cron import HINT, parse_field
 from sandbox.config.fields import (
     AbsGlob,
     AbsPath,
@@ -112,48 +113,13 @@ def _mode(value: Any) -> Any:
 
 # --- cron fields -------------------------------------------------------------------------------
 
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-CRON_RANGES: dict[str, tuple[int, int, tuple[str, ...]]] = {
-    "minute": (0, 59, ()),
-    "hour": (0, 23, ()),
-    "day": (1, 31, ()),
-    "month": (1, 12, _MONTHS),
-    "weekday": (0, 7, _DAYS),
-}
-CRON_HINT = "cron syntax: *, 5, 1-5, */15, 0-30/5, 1,15 (month jan..dec, weekday sun..sat)"
+CRON_HINT = HINT
 
 
 def cron_field_error(field: str, value: str) -> str | None:
     """Return why `value` is not valid cron syntax for `field`, or None when it is."""
-    lo, hi, names = CRON_RANGES[field]
-
-    def number(tok: str) -> int:
-        if re.fullmatch(r"[0-9]+", tok):
-            n = int(tok)
-        elif tok.lower() in names:
-            n = names.index(tok.lower()) + (1 if field == "month" else 0)
-        else:
-            raise ValueError(f"{tok!r} is not a number")
-        if not lo <= n <= hi:
-            raise ValueError(f"{n} is out of range {lo}-{hi}")
-        return n
-
     try:
-        for part in value.split(","):
-            rng, slash, step = part.partition("/")
-            if slash and (not re.fullmatch(r"[0-9]+", step) or int(step) == 0):
-                raise ValueError(f"step {step!r} must be a positive number")
-            if rng == "*":
-                continue
-            if "-" in rng:
-                a, b = rng.split("-", 1)
-                if number(a) > number(b):
-                    raise ValueError(f"range {rng!r} is reversed")
-            else:
-                number(rng)
-                if slash:
-                    raise ValueError("a step needs '*' or a range, e.g. */5 or 0-30/5")
+        parse_field(field, value)
     except ValueError as exc:
         return str(exc)
     return None

@@ -9,12 +9,44 @@ from __future__ import annotations
 
 from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
+from sandbox.config.cron import CronError, parse_cron
+from sandbox.config.fields import fail
 from sandbox.errors import ConfigError
-from sandbox.settings import Settings, build, field_types
+from sandbox.settings import Schedule, Settings, build, entry_type, field_types
+
+
+def _cron(value: str) -> str:
+    try:
+        parse_cron(value)
+    except CronError as e:
+        fail(str(e))
+    return value
+
+
+# checks that need the config layer (settings sit below it): (dataclass, field) -> check
+EXTRA_CHECKS: dict[tuple[type, str], Any] = {(Schedule, "cron"): _cron}
+
+
+def _entry_check(check: Any) -> Any:
+    """A dataclass's `check_entry` (rules across its keys) as a pydantic model validator."""
+
+    def run(model: BaseModel) -> BaseModel:
+        check(model.model_dump())
+        return model
+
+    return model_validator(mode="after")(run)
 
 
 def model_for(cls: type) -> type[BaseModel]:
@@ -24,10 +56,15 @@ def model_for(cls: type) -> type[BaseModel]:
     for f in fields(cls):
         tp = types[f.name]
         nested = is_dataclass(tp) and isinstance(tp, type)
+        item = entry_type(tp)
         if nested:
             tp = model_for(tp)
+        elif item is not None:  # entries: a YAML list or mapping of them
+            tp = tuple[model_for(item), ...] if get_origin(tp) is tuple else dict[str, model_for(item)]  # type: ignore[misc]
         if "check" in f.metadata:
             tp = Annotated[tp, AfterValidator(f.metadata["check"])]
+        if (cls, f.name) in EXTRA_CHECKS:
+            tp = Annotated[tp, AfterValidator(EXTRA_CHECKS[(cls, f.name)])]
         info: dict[str, Any] = {"description": f.metadata["description"]}
         if "pattern" in f.metadata:
             info["pattern"] = f.metadata["pattern"]
@@ -37,7 +74,10 @@ def model_for(cls: type) -> type[BaseModel]:
             info["default_factory"] = tp if nested else f.default_factory
         spec[f.name] = (tp, Field(**info))
     config = ConfigDict(extra="forbid", frozen=True)
-    model: type[BaseModel] = create_model(f"{cls.__name__}Model", __config__=config, **spec)
+    validators = {"check_entry": _entry_check(cls.check_entry)} if hasattr(cls, "check_entry") else None
+    model: type[BaseModel] = create_model(
+        f"{cls.__name__}Model", __config__=config, __validators__=validators, **spec
+    )
     model.__doc__ = cls.__doc__
     return model
 

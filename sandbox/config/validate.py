@@ -60,8 +60,8 @@ def model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
             if not isinstance(seg, str) or seg not in current.model_fields:
                 return None
             current = current.model_fields[seg].annotation
-        elif get_origin(current) is list and isinstance(seg, int):
-            current = get_args(current)[0]
+        elif get_origin(current) in (list, tuple) and isinstance(seg, int):
+            current = get_args(current)[0]  # list[X] or tuple[X, ...]
         elif get_origin(current) is dict and isinstance(seg, str):
             current = get_args(current)[1]
         else:

@@ -38,12 +38,13 @@ from sandbox.state.rows import (
     now_or,
     update_row,
 )
+from sandbox.state.webschema import SCHEMA_V5
 
 if TYPE_CHECKING:
     from sandbox.workspace import Workspace
 
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_S = 10.0
 _LOCK = threading.RLock()
 _DB_HINT = (
@@ -136,7 +137,7 @@ class StateDB(SnapshotsAndEvents):
                     f"this sandbox understands up to {SCHEMA_VERSION}",
                     hint="upgrade sandbox, or move the workspace's .sandbox/state.db away to start afresh",
                 )
-            steps = {1: SCHEMA, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4}
+            steps = {1: SCHEMA, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5}
             for v in range(version + 1, SCHEMA_VERSION + 1):  # create or migrate, one version at a time
                 for stmt in steps[v].split(";"):
                     if stmt.strip():

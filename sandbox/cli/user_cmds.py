@@ -1,0 +1,175 @@
+"""`sandbox user`: the web frontend's users, their roles per profile and their API tokens (root only).
+
+Passwords are read from a prompt on a terminal, else from the first line of stdin; never from argv,
+where every process of the machine can read them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import UTC, datetime
+
+import click
+
+from sandbox.cli.main import Ctx, cli, json_option
+from sandbox.cli.markup import escape
+from sandbox.config.units import parse_duration
+from sandbox.errors import SandboxError
+from sandbox.state import StateDB
+from sandbox.web.auth import MAX_PASSWORD, Auth
+from sandbox.web.roles import ROLES, User, check_pattern, parse_grant
+
+
+def _auth(obj: Ctx) -> Auth:
+    if os.geteuid() != 0:
+        raise SandboxError(
+            "the web frontend's users are managed by root",
+            hint="run it as root: sudo sandbox user ...",
+        )
+    return Auth(StateDB.for_workspace(obj.ws))
+
+
+def _password(confirm: bool = True) -> str:
+    """From a prompt (a terminal) or the first line of stdin (a pipe)."""
+    if sys.stdin.isatty():
+        text: str = click.prompt("password", hide_input=True, confirmation_prompt=confirm, err=True)
+        return text
+    line = sys.stdin.readline(MAX_PASSWORD + 2)
+    if not line:
+        raise SandboxError(
+            "no password on stdin",
+            hint="pipe it in (printf '%s\\n' \"$PW\" | sandbox user ...) or use a terminal",
+        )
+    return line[:-1] if line.endswith("\n") else line
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _roles_text(u: User) -> str:
+    return ", ".join(f"{p}={r}" for p, r in u.roles) or "no roles"
+
+
+@cli.group()
+def user() -> None:
+    """Users of the web frontend (`sandbox serve`): roles per profile, API tokens. Root only."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option(
+    "--role",
+    "grants",
+    multiple=True,
+    metavar="PATTERN=ROLE",
+    help=f"A role on the profiles matching PATTERN ({', '.join(ROLES)}); repeatable.",
+)
+@json_option
+@click.pass_obj
+def user_add(obj: Ctx, name: str, grants: tuple[str, ...]) -> None:
+    """Add user NAME; the password is prompted for (or read from stdin)."""
+    roles = dict(parse_grant(g) for g in grants)  # checked before the password is asked for
+    auth = _auth(obj)
+    u = auth.add_user(name, _password(), roles)
+    obj.output.result(u.to_dict(), f"added user {u.name} ({escape(_roles_text(u))})")
+
+
+@user.command("rm")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_obj
+def user_rm(obj: Ctx, name: str, yes: bool) -> None:
+    """Remove user NAME with its sessions and tokens."""
+    auth = _auth(obj)
+    auth.get_user(name)
+    if not yes and not obj.output.as_json and sys.stdin.isatty():
+        click.confirm(f"remove user {name} with its sessions and tokens?", abort=True, err=True)
+    auth.remove_user(name)
+    obj.output.result({"removed": name}, f"removed user {name}")
+
+
+@user.command("list")
+@json_option
+@click.pass_obj
+def user_list(obj: Ctx) -> None:
+    """The users, their roles and tokens (never a secret)."""
+    auth = _auth(obj)
+    users, tokens = auth.users(), auth.tokens()
+    data = [{**u.to_dict(), "tokens": [t.to_dict() for t in tokens if t.user == u.name]} for u in users]
+    lines = []
+    for u in users:
+        lines.append(f"[bold]{u.name}[/]  {escape(_roles_text(u))}")
+        for t in (t for t in tokens if t.user == u.name):
+            lines.append(
+                f"  token {escape(t.name)}: made {_when(t.created)}, last used {_when(t.last_used)},"
+                f" expires {_when(t.expires)}"
+            )
+    obj.output.result(
+        data, "\n".join(lines) or "no users (add one with `sandbox user add NAME --role '*=viewer'`)"
+    )
+
+
+@user.command("passwd")
+@click.argument("name")
+@json_option
+@click.pass_obj
+def user_passwd(obj: Ctx, name: str) -> None:
+    """Set the password of NAME; every session of NAME ends."""
+    auth = _auth(obj)
+    auth.get_user(name)
+    revoked = auth.set_password(name, _password())
+    obj.output.result(
+        {"user": name, "sessions_revoked": revoked}, f"new password for {name}; {revoked} session(s) ended"
+    )
+
+
+@user.command("role")
+@click.argument("name")
+@click.argument("pattern")
+@click.argument("role", metavar=f"{{{'|'.join(ROLES)}|none}}")
+@json_option
+@click.pass_obj
+def user_role(obj: Ctx, name: str, pattern: str, role: str) -> None:
+    """Give NAME ROLE on the profiles matching PATTERN ('none' takes it away)."""
+    check_pattern(pattern)
+    u = _auth(obj).set_role(name, pattern, None if role == "none" else role)
+    obj.output.result(u.to_dict(), f"{u.name}: {escape(_roles_text(u))}")
+
+
+@user.group("token")
+def token() -> None:
+    """API tokens: shown once when made, stored hashed."""
+
+
+@token.command("add")
+@click.argument("name")
+@click.argument("token_name", metavar="TOKEN")
+@click.option("--ttl", metavar="DURATION", help="Expire after this long (e.g. 90d); default: never.")
+@json_option
+@click.pass_obj
+def token_add(obj: Ctx, name: str, token_name: str, ttl: str | None) -> None:
+    """Make API token TOKEN for user NAME and print it (the only time it is shown)."""
+    try:
+        seconds = None if ttl is None else parse_duration(ttl)
+    except ValueError as e:
+        raise SandboxError(f"--ttl: {e}", hint="e.g. --ttl 90d") from e
+    secret = _auth(obj).add_token(name, token_name, seconds)
+    if not obj.output.as_json:
+        click.echo(
+            f"token {token_name} of {name}, shown only now (send 'Authorization: Bearer TOKEN'):", err=True
+        )
+    obj.output.result({"user": name, "name": token_name, "token": secret}, secret)
+
+
+@token.command("rm")
+@click.argument("name")
+@click.argument("token_name", metavar="TOKEN")
+@json_option
+@click.pass_obj
+def token_rm(obj: Ctx, name: str, token_name: str) -> None:
+    """Revoke API token TOKEN of user NAME."""
+    _auth(obj).remove_token(name, token_name)
+    obj.output.result({"user": name, "removed": token_name}, f"revoked token {token_name} of {name}")
