@@ -96,8 +96,9 @@ class AgentSession:
             self.close(kill=True)
             raise self.t.gone(f": agent {op} got no answer in {timeout or 0:.0f}s") from None
         if line is _EOF or not line.endswith(b"\n"):
-            self.close()
-            raise self._ended(op, too_long=len(line) > MAX_ANSWER)
+            too_long = len(line) > MAX_ANSWER
+            self.close(kill=too_long)  # (an agent still writing its answer would not read the end)
+            raise self._ended(op, too_long)
         try:
             doc = json.loads(line)
         except ValueError:
