@@ -574,13 +574,16 @@ def main() -> None:
             rep[f"up_{env}_s"] = time.perf_counter() - t0
         print("promotions under load …", flush=True)
         target = v1
-        for env, port in (("solo", SOLO_PORT), ("prod", PROD_PORT)):
-            rounds = []
-            for n in range(args.rounds):  # v2, v1, v2, …
-                target = v2 if n % 2 == 0 else v1
-                rounds.append(promote(c, env, port, target, args.probe, args.hey_window))
-                print(f"  {env} to {target[7:19]}: {rounds[-1]['per_backend']} s per instance", flush=True)
-            rep[env] = merge(rounds)
+        rounds: dict[str, list[dict[str, Any]]] = {"solo": [], "prod": []}
+        for n in range(args.rounds):  # v2, v1, v2, …: solo and prod in turn, so that a change of the
+            target = v2 if n % 2 == 0 else v1  # machine's load weighs on both sides of the ratio
+            for env, port in (("solo", SOLO_PORT), ("prod", PROD_PORT)):
+                rounds[env].append(promote(c, env, port, target, args.probe, args.hey_window))
+                print(
+                    f"  {env} to {target[7:19]}: {rounds[env][-1]['per_backend']} s per instance", flush=True
+                )
+        for env in ("solo", "prod"):
+            rep[env] = merge(rounds[env])
         print("host death …", flush=True)
         rep["death"] = host_death(c, rig, v1 if target == v2 else v2, args.probe, args.hey_window)
         print(table(rep))
