@@ -1,7 +1,8 @@
 """The lxd backend: unprivileged system containers run by LXD, through pylxd, here or on a remote.
 
 Each image is imported into LXD once (alias `sandbox-<12 hex of its digest>`) from the unified
-tarball of sandbox/imageformats/lxd.py; instances are created from that alias, get a routed NIC with
+tarball of sandbox/imageformats/lxd.py; instances are created from LXD's fingerprint of that tarball
+(recorded in the store when it was written, never taken from the alias), get a routed NIC with
 sandbox's address (see lxdconfig.py), the profile's limits and mounts, and the per-instance files
 every backend writes (instancefiles.py). Snapshots and clones are LXD's own (copy-on-write where
 the storage pool can, full copies on a `dir` pool). Errors are translated in lxdapi.lxd_errors.
@@ -13,11 +14,19 @@ import functools
 import os
 import shlex
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from sandbox.backends.base import Backend, BackendError, ExecResult, InstanceSpec, remove_stale_temps
+from sandbox.backends.base import (
+    Backend,
+    BackendContext,
+    BackendError,
+    ExecResult,
+    InstanceSpec,
+    remove_stale_temps,
+)
 from sandbox.backends.instancefiles import (
     APP_ENV_FILE,
     INSTANCE_ENV_FILE,
@@ -47,11 +56,17 @@ class LxdBackend(Backend):
     capabilities = frozenset({"snapshot", "clone", "init", "logs", "static-address", "remote"})
 
     _client: Any = None
+    #: the LXD project of every call (None: LXD's default project; a production host's is restricted)
+    project: str | None = None
+
+    def __init__(self, ctx: BackendContext, remote: str | None = None) -> None:
+        super().__init__(ctx, remote)
+        self._fingerprints: dict[str, str] = {}  # digest → LXD's fingerprint, once prepared
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = connect(self.remote)
+            self._client = connect(self.remote, project=self.project)
         return self._client
 
     @property
@@ -80,7 +95,8 @@ class LxdBackend(Backend):
                 "LXD's default profile has no root disk (LXD is not initialised)",
                 hint=LOCAL_HINT
                 if self.remote is None
-                else "on that host: lxc profile device add default root disk path=/ pool=POOL",
+                else "on that host: lxc profile device add default root disk path=/ pool=POOL"
+                + (f" --project {self.project}" if self.project else ""),
             )
 
     # -- images ------------------------------------------------------------
@@ -95,7 +111,8 @@ class LxdBackend(Backend):
 
     def prepare_image(self, digest: str) -> None:
         images = PylxdImages(self.client, self._api)
-        import_lxd_image(self.store, digest, image_alias(digest), images, self.ctx.tmp, self.sink)
+        fp, _ = import_lxd_image(self.store, digest, image_alias(digest), images, self.ctx.tmp, self.sink)
+        self._fingerprints[digest] = fp
 
     def clean_stale(self) -> list[str]:
         """Image tarballs of imports whose process died."""
@@ -103,13 +120,14 @@ class LxdBackend(Backend):
 
     def images(self) -> list[str]:
         """Digests of the sandbox images this LXD holds (shared by the workspaces that use it)."""
-        with self._api("listing images"):
-            images = self.client.images.all()
+        with self._api("listing images"):  # whole documents: pylxd's names from URLs keep `?project=`
+            images = self.client.api.images.get(params={"recursion": "1"}).json().get("metadata") or []
         return sorted(
-            str(i.properties["sandbox.digest"])
+            str(i["properties"]["sandbox.digest"])
             for i in images
-            if "sandbox.digest" in (i.properties or {})
-            and any(a.get("name", "").startswith("sandbox-") for a in i.aliases)
+            if isinstance(i, dict)
+            and "sandbox.digest" in (i.get("properties") or {})
+            and any(a.get("name", "").startswith("sandbox-") for a in i.get("aliases") or [])
         )
 
     def forget_image(self, digest: str) -> None:
@@ -140,8 +158,9 @@ class LxdBackend(Backend):
         if spec.address is None:
             raise BackendError(f"instance {spec.name} has no address", hint="this is a bug in sandbox")
         self.prepare_image(spec.image)
+        fingerprint = self._fingerprints[spec.image]
         with self._api(f"creating {spec.name}"):
-            request = create_request(spec, self.ws_id, self.pool, self.own_devices(spec))
+            request = create_request(spec, self.ws_id, fingerprint, self.pool, self.own_devices(spec))
             inst = self.client.instances.create(request, wait=True)
         self._write_files(inst, spec)
 
@@ -286,7 +305,7 @@ class LxdBackend(Backend):
         op = self.client.operations.wait_for_operation(r.json()["operation"])
         texts = {}
         for fd, path in (op.metadata.get("output") or {}).items():
-            log = inst.api.logs[str(path).rsplit("/", 1)[-1]]
+            log = inst.api.logs[str(path).partition("?")[0].rsplit("/", 1)[-1]]
             texts[fd] = log.get(is_api=False).content.decode(errors="replace")
             log.delete()
         return int(op.metadata["return"]), texts.get("1", ""), texts.get("2", "")
@@ -296,7 +315,7 @@ class LxdBackend(Backend):
         return ["lxc", command, f"{LXC_REMOTE}:{name}" if self.remote else name]
 
     def _lxc_env(self) -> dict[str, str] | None:
-        return {**os.environ, "LXD_CONF": str(lxc_conf(self.remote))} if self.remote else None
+        return {**os.environ, "LXD_CONF": str(lxc_conf(self.remote, self.project))} if self.remote else None
 
     def put_file(self, name: str, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
         inst = self._must(name)
@@ -313,7 +332,7 @@ class LxdBackend(Backend):
 
     def logs_argv(self, name: str, follow: bool, lines: int) -> list[str]:
         journal = ["journalctl", "--no-pager", "-u", "sandbox-app.service", "-n", str(lines)]
-        env = ["env", f"LXD_CONF={lxc_conf(self.remote)}"] if self.remote else []
+        env = ["env", f"LXD_CONF={lxc_conf(self.remote, self.project)}"] if self.remote else []
         return [*env, *self._lxc("exec", name), "--", *journal, *(["-f"] if follow else [])]
 
     # -- snapshots and clones ----------------------------------------------
@@ -333,9 +352,15 @@ class LxdBackend(Backend):
         if inst is None:
             return
         with self._api(f"deleting snapshot {snap} of {name}"):
-            for s in inst.snapshots.all():
-                if s.name.rsplit("/", 1)[-1] == snap:
-                    s.delete(wait=True)
+            try:  # by its name: pylxd's names from a listing keep a project's `?project=`
+                with warnings.catch_warnings():  # pylxd warns of each field its Snapshot lacks
+                    warnings.simplefilter("ignore", UserWarning)
+                    found = inst.snapshots.get(snap)
+            except Exception as e:
+                if type(e).__name__ == "NotFound":
+                    return
+                raise
+            found.delete(wait=True)
 
     def clone(self, src: str, spec: InstanceSpec) -> None:
         source = self._must(src)

@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 import pylxd
 import pylxd.client
+import pylxd.exceptions
 
 from sandbox.backends.base import BackendError
 from sandbox.backends.lxdconfig import remote_name
@@ -141,8 +142,9 @@ def server_cert(remote: str) -> Path:
     return lxd_dir() / "servercerts" / f"{remote_name(remote)}.crt"
 
 
-def lxc_conf(remote: str) -> Path:
-    """An LXD_CONF dir for the `lxc` client that names `remote` "sandbox" (for exec -t and logs)."""
+def lxc_conf(remote: str, project: str | None = None) -> Path:
+    """An LXD_CONF dir for the `lxc` client that names `remote` "sandbox" (for exec -t and logs), in
+    `project` (else LXD's default project)."""
     crt, key = client_cert()
     conf = lxd_dir() / f"lxc-{remote_name(remote)}"
     (conf / "servercerts").mkdir(parents=True, exist_ok=True)
@@ -153,17 +155,19 @@ def lxc_conf(remote: str) -> Path:
     (conf / "config.yml").write_text(
         f"default-remote: local\nremotes:\n  {LXC_REMOTE}:\n    addr: {remote}\n"
         "    protocol: lxd\n    auth_type: tls\n    public: false\n"
+        + (f"    project: {project}\n" if project else "")
     )
     return conf
 
 
-def connect(remote: str | None, connect_timeout: float = 10) -> Any:
+def connect(remote: str | None, connect_timeout: float = 10, project: str | None = None) -> Any:
     """A pylxd Client of this host's LXD (unix socket) or of `remote` (HTTPS, client certificate),
     the server's certificate pinned by its fingerprint (pylxd's LXDSSLAdapter: the exact certificate,
-    no CA and no host name), TCP keep-alive so that a call to a host that died fails in seconds."""
+    no CA and no host name), TCP keep-alive so that a call to a host that died fails in seconds.
+    Every call of the client names `project` (None: LXD's default project)."""
     with lxd_errors("connecting to LXD", remote):
         if remote is None:
-            return pylxd.Client()
+            return pylxd.Client(project=project)
         verify = server_cert(remote)
         if not verify.exists():
             raise BackendError(
@@ -186,6 +190,7 @@ def connect(remote: str | None, connect_timeout: float = 10) -> Any:
             cert=(str(crt), str(key)),
             session=session,
             timeout=(connect_timeout, 60),
+            project=project,
         )
         if not client.trusted:
             raise BackendError(
@@ -216,15 +221,21 @@ class _PinnedKeepalive(pylxd.client.LXDSSLAdapter):  # type: ignore[misc]
 
 
 class PylxdImages:
-    """The LxdImageApi of sandbox/imageformats/lxd.py over pylxd (every call's errors translated)."""
+    """The LxdImageApi of sandbox/imageformats/lxd.py over pylxd (every call's errors translated; the
+    client's project is every call's)."""
 
     def __init__(self, client: Any, errors: Callable[[str], AbstractContextManager[None]]) -> None:
         self.client = client
         self.errors = errors
 
-    def has_alias(self, alias: str) -> bool:
+    def alias_target(self, alias: str) -> str | None:
         with self.errors(f"looking up image {alias}"):
-            return bool(self.client.images.exists(alias, alias=True))
+            try:
+                meta = self.client.api.images.aliases[alias].get().json().get("metadata")
+            except pylxd.exceptions.NotFound:
+                return None
+        target = meta.get("target") if isinstance(meta, dict) else None
+        return target if isinstance(target, str) else ""
 
     def has_image(self, fingerprint: str) -> bool:
         with self.errors(f"looking up image {fingerprint[:12]}"):
@@ -234,9 +245,13 @@ class PylxdImages:
         with self.errors("importing an image"), open(tarball, "rb") as f:
             return str(self.client.images.create(f, public=False).fingerprint)
 
-    def add_alias(self, alias: str, fingerprint: str, description: str) -> None:
+    def set_alias(self, alias: str, fingerprint: str, description: str, *, exists: bool) -> None:
         with self.errors(f"naming image {fingerprint[:12]} {alias}"):
-            self.client.images.get(fingerprint).add_alias(alias, description)
+            aliases = self.client.api.images.aliases
+            if exists:
+                aliases[alias].put(json={"target": fingerprint, "description": description})
+            else:
+                aliases.post(json={"name": alias, "target": fingerprint, "description": description})
 
 
 @contextmanager

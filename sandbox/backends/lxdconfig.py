@@ -23,6 +23,41 @@ NIC = "eth0"
 SANDBOX_POOL = "sandbox"  # used when it exists; made by scripts/backends.sh
 MOUNT_PREFIX = "sbx-mount-"
 PUBLISH_DEVICE = "sbx-publish"
+#: the restricted LXD project of sandbox's instances on a production host (sandbox/hostagent/lxdops.py
+#: makes it; the control machine's client certificate is trusted for it alone)
+HOST_PROJECT = "sandbox"
+#: what the control machine's certificate may do in HOST_PROJECT, which the host agent makes (LXD
+#: 5.0's keys; any other `restricted.*` key defaults to block): containers only, unprivileged, no
+#: nesting, no raw.lxc or other low-level keys, disks only from a storage pool (the root disk), no
+#: NIC that names a network or a host interface (`restricted.networks.access` names none that can
+#: exist; sandbox's routed NIC has no parent), snapshots (`sandbox snapshot`), and proxy devices:
+#: sandbox publishes apps with them, and LXD cannot restrict their kind (what that leaves possible
+#: is in docs/hosts.md, "LXD on hosts").
+PROJECT_CONFIG = {
+    "features.images": "true",
+    "features.profiles": "true",
+    "features.storage.volumes": "true",
+    "restricted": "true",
+    "restricted.containers.privilege": "unprivileged",
+    "restricted.containers.nesting": "block",
+    "restricted.containers.lowlevel": "block",
+    "restricted.containers.interception": "block",
+    "restricted.virtual-machines.lowlevel": "block",
+    "restricted.devices.disk": "managed",
+    "restricted.devices.nic": "allow",
+    "restricted.networks.access": "sandbox/none",
+    "restricted.devices.proxy": "allow",
+    "restricted.devices.unix-char": "block",
+    "restricted.devices.unix-block": "block",
+    "restricted.devices.unix-hotplug": "block",
+    "restricted.devices.usb": "block",
+    "restricted.devices.gpu": "block",
+    "restricted.devices.infiniband": "block",
+    "restricted.devices.pci": "block",
+    "restricted.snapshots": "allow",
+    "restricted.backups": "block",
+    "restricted.cluster.target": "block",
+}
 
 
 def workspace_id(ws_id: str) -> str:
@@ -94,13 +129,18 @@ def instance_config(spec: InstanceSpec, ws_id: str) -> dict[str, str]:
 
 
 def create_request(
-    spec: InstanceSpec, ws_id: str, pool: str | None = None, own: dict[str, dict[str, str]] | None = None
+    spec: InstanceSpec,
+    ws_id: str,
+    fingerprint: str,
+    pool: str | None = None,
+    own: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """POST /1.0/instances body that creates `spec` (stopped) from its imported image."""
+    """POST /1.0/instances body that creates `spec` (stopped) from its imported image, named by LXD's
+    fingerprint of it (the sha256 of the bytes LXD holds; an alias is anyone's to point elsewhere)."""
     return {
         "name": spec.name,
         "type": "container",
-        "source": {"type": "image", "alias": image_alias(spec.image)},
+        "source": {"type": "image", "fingerprint": fingerprint},
         "config": instance_config(spec, ws_id),
         "devices": devices(spec, pool, own),
     }

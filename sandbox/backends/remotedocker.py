@@ -17,7 +17,11 @@ differs:
 - **publishing**: each app port is published by docker on the host (all its addresses) at the port
   that follows from the instance's address, so the router and the health probes reach it at
   HOST_ADDRESS:PORT (the same scheme as lxc on hosts; sandbox/hosts/publishing.py);
-- `exec -i` and `logs` run the local docker CLI against the forwarded socket.
+- `exec -i` and `logs` run the local docker CLI against the forwarded socket;
+- **no redirect is followed**: the SDK's requests session would follow one (an engine on a
+  compromised host could send this machine's requests, bodies included, to any address it reaches,
+  and read the answers); a redirect is an error, from the first request (the API version the SDK
+  asks for while the client is made), as for LXD (sandbox/backends/lxdapi.py).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests
 
 from sandbox.backends.base import BackendContext, BackendError, InstanceSpec
 from sandbox.backends.docker import LABEL_WS, DockerBackend, _translated
@@ -38,6 +43,24 @@ from sandbox.hosts.ssh import FORWARD_HINT
 
 #: the engine's socket on a host (forwarded here; the host agent's `docker-load` uses it too)
 ENGINE_SOCKET = "/var/run/docker.sock"
+
+
+class _NoRedirects(docker.APIClient):  # type: ignore[misc]
+    """The SDK's API client (a requests session) that refuses every redirect instead of following it."""
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        target = super().get_redirect_target(resp)
+        if target is not None:
+            raise requests.exceptions.TooManyRedirects(
+                f"the engine answered a redirect to {str(target)[:100]!r}, which sandbox does not follow",
+                response=resp,
+            )
+        return None
+
+
+class _Engine(docker.DockerClient):  # type: ignore[misc]
+    def __init__(self, **kwargs: Any) -> None:  # DockerClient.__init__ makes nothing but `api`
+        self.api = _NoRedirects(**kwargs)
 
 
 class RemoteDocker(OnHost, DockerBackend):
@@ -55,7 +78,7 @@ class RemoteDocker(OnHost, DockerBackend):
     # -- the engine, over the forwarded socket ---------------------------------------------
     def _connect(self) -> Any:
         self._socket = self._forwarded(ENGINE_SOCKET)
-        return docker.DockerClient(base_url=f"unix://{self._socket}", timeout=120)
+        return _Engine(base_url=f"unix://{self._socket}", timeout=120)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:

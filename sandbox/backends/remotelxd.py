@@ -6,11 +6,14 @@ What differs from a `remote:` LXD:
   asks the host agent (`lxd-trust`, sandbox/hostagent/lxdops.py) for LXD's server certificate, read
   from LXD on the host through the ssh connection whose host key was checked; sandbox pins that
   certificate (by its fingerprint, sandbox/backends/lxdapi.py) for every HTTPS call. The same call
-  adds sandbox's client certificate to LXD's trust store (once, restricted to the default project)
-  and makes LXD listen on HTTPS if it does not; its answer is checked (`trust_answer`) before use;
+  makes LXD's restricted project `sandbox` (HOST_PROJECT) and trusts sandbox's client certificate
+  for that project alone, and makes LXD listen on HTTPS if it does not; its answer is checked
+  (`trust_answer`) before use. Every HTTPS call names that project;
 - **images** go to the host blob by blob (sandbox/hosts/ship.py, verified by sha256 there); the
   agent's `lxd-import` imports them into LXD from the host's own store, as the unified tarball the
-  local backend imports (sandbox/imageformats/lxd.py): a whole image never crosses the network;
+  local backend imports (sandbox/imageformats/lxd.py): a whole image never crosses the network. It
+  answers LXD's fingerprint of the image, checked there against the tarball's sha256 recorded in the
+  host's store, and instances are made from that fingerprint (an alias is anyone's in the project);
 - **publishing**: each instance's app is published by an LXD proxy device at the port that follows
   from the instance's address (the lxc and docker scheme, sandbox/hosts/publishing.py), on the
   host's address the router uses when it is the host's own, else on all its addresses (a NAT'ed
@@ -32,7 +35,7 @@ import pylxd.exceptions
 from sandbox.backends.base import BackendContext, BackendError, InstanceSpec
 from sandbox.backends.lxd import LxdBackend
 from sandbox.backends.lxdapi import client_cert, server_cert
-from sandbox.backends.lxdconfig import PUBLISH_DEVICE, published
+from sandbox.backends.lxdconfig import HOST_PROJECT, PUBLISH_DEVICE, published
 from sandbox.backends.remote import OnHost
 from sandbox.events import Event
 from sandbox.fsutil import atomic_write
@@ -42,6 +45,7 @@ from sandbox.hosts.transport import HostError
 
 #: the most of a certificate sandbox takes from a host (LXD's is under 1 KiB)
 MAX_CERT = 16 << 10
+FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 PEM = re.compile(r"\s*-----BEGIN CERTIFICATE-----\s+[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----\s*")
 
 
@@ -81,6 +85,7 @@ class RemoteLxd(OnHost, LxdBackend):
 
     name = "lxd"
     capabilities = frozenset({"snapshot", "clone", "init", "logs", "static-address"})
+    project = HOST_PROJECT
 
     def __init__(self, ctx: BackendContext, agent: HostAgent, host_address: str) -> None:
         self._url: str | None = None
@@ -132,13 +137,20 @@ class RemoteLxd(OnHost, LxdBackend):
         super().check()
 
     def prepare_image(self, digest: str) -> None:
-        if self._image(digest) is not None:
+        """Once per command: the agent imports the image unless LXD holds it under the fingerprint
+        recorded in the host's store, and answers that fingerprint, which instances are made from."""
+        if digest in self._fingerprints:
             return
-        self.sink(
-            Event("progress", phase="up", message=f"{self.host}: importing image {digest[7:19]} into LXD")
-        )
+        self.sink(Event("progress", phase="up", message=f"{self.host}: image {digest[7:19]} in LXD"))
         done = self.agent.call("lxd-import", digest, timeout=None)
-        seconds = done.get("seconds") if isinstance(done, dict) else None
+        fp = done.get("fingerprint") if isinstance(done, dict) else None
+        if not isinstance(fp, str) or not FINGERPRINT.fullmatch(fp):
+            raise HostError(
+                f"host {self.host}: lxd-import answered no image fingerprint ({str(fp)[:80]!r})",
+                host=self.host,
+            )
+        self._fingerprints[digest] = fp
+        seconds = done.get("seconds")
         if isinstance(seconds, int | float) and done.get("imported"):
             self.sink(Event("log", phase="up", message=f"{self.host}: imported into LXD in {seconds:.1f}s"))
 

@@ -5,17 +5,20 @@ The control machine speaks to a host's LXD over its HTTPS API with sandbox's cli
 checked, never on first use over the network:
 
 - `lxd-trust` (the first call of every command that uses the host) reads LXD's server certificate
-  from LXD itself (GET /1.0 on its unix socket), which the control machine then pins; adds the
-  control machine's client certificate to LXD's trust store once, restricted to the `default`
-  project (LXD 5.0: such a client cannot change the server's config or its trust store); makes LXD
-  listen on HTTPS if it does not (core.https_address: the host's address the control machine uses,
-  when it is one of this host's, else every address; port 8443), and reports the port and whether
-  that address is this host's own (apps are then published on it alone); and turns on IPv4
-  forwarding, which LXD's routed NIC needs;
+  from LXD itself (GET /1.0 on its unix socket), which the control machine then pins; makes (or
+  brings back to PROJECT_CONFIG) LXD's restricted project `sandbox`, whose default profile gets the
+  root disk of the default project's; trusts the control machine's client certificate for that
+  project alone (LXD 5.0: such a client cannot see or change other projects, the server's config,
+  its trust store or its own project's restrictions), moving a trust of an earlier version (the
+  `default` project) there; makes LXD listen on HTTPS if it does not (core.https_address: the
+  host's address the control machine uses, when it is one of this host's, else every address; port
+  8443), and reports the port and whether that address is this host's own (apps are then published
+  on it alone); and turns on IPv4 forwarding, which LXD's routed NIC needs;
 - `lxd-import DIGEST` imports an image that is already in this host's store (shipped blob by blob
-  and verified, sandbox/hosts/ship.py) into LXD: the same unified tarball and import sequence as
-  the control machine's lxd backend (sandbox/imageformats/lxd.py), written here from the local
-  blobs, so an image never crosses the network whole;
+  and verified, sandbox/hosts/ship.py) into the project: the same unified tarball and import
+  sequence as the control machine's lxd backend (sandbox/imageformats/lxd.py), written here from
+  the local blobs, so an image never crosses the network whole; it answers LXD's fingerprint of the
+  image, which the host's store recorded when it wrote the tarball (an alias is not trusted);
 - `lxd-init` (`sandbox host prepare`) gives an uninitialised LXD what sandbox needs: a `dir`
   storage pool and a root disk in the default profile (no network: instances get routed NICs).
 
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sandbox.backends.base import remove_stale_temps
-from sandbox.backends.lxdconfig import image_alias
+from sandbox.backends.lxdconfig import HOST_PROJECT, PROJECT_CONFIG, image_alias
 from sandbox.config import netvalues
 from sandbox.errors import SandboxError
 from sandbox.events import null_sink
@@ -48,7 +51,10 @@ from sandbox.imageformats.lxd import import_lxd_image
 #: where LXD's socket is: Debian's package, then the snap
 LXD_SOCKETS = ("/var/lib/lxd/unix.socket", "/var/snap/lxd/common/lxd/unix.socket")
 HTTPS_PORT = 8443  # LXD's own default
-PROJECT = "default"
+PROJECT = HOST_PROJECT
+IN_PROJECT = f"?project={PROJECT}"
+#: made with the project; LXD refuses to change them while the project holds anything
+FEATURES = [k for k in PROJECT_CONFIG if k.startswith("features.")]
 POOL = "default"
 MAX_CERT = 16 << 10
 CERT_NAME = re.compile(r"[A-Za-z0-9@._-]{1,64}")
@@ -180,17 +186,54 @@ def client_der(pem: object) -> bytes:
     return der
 
 
+def _project() -> str:
+    """LXD's project `sandbox` as PROJECT_CONFIG says ("made", "restricted again" or "present"), its
+    default profile with the root disk of the default project's (when that has one)."""
+    done = "present"
+    try:
+        meta = call("GET", f"/1.0/projects/{PROJECT}").get("metadata")
+        config = (meta.get("config") if isinstance(meta, dict) else None) or {}
+    except LxdEngineError as e:
+        if e.code != 404:
+            raise
+        body = {"name": PROJECT, "description": "sandbox's instances (restricted)", "config": PROJECT_CONFIG}
+        call("POST", "/1.0/projects", body)
+        config, done = dict(PROJECT_CONFIG), "made"
+    if any(config.get(k) != PROJECT_CONFIG[k] for k in FEATURES):
+        raise LxdEngineError(
+            f"LXD's project {PROJECT} exists with other features than sandbox's own "
+            f"({', '.join(f'{k}={config.get(k)}' for k in FEATURES)})",
+            hint="it is not sandbox's: rename or remove it (`lxc project list`), then run the command again",
+        )
+    changed = {k: v for k, v in PROJECT_CONFIG.items() if config.get(k) != v}
+    if changed:
+        call("PATCH", f"/1.0/projects/{PROJECT}", {"config": changed})
+        done = "restricted again"
+    if root_disk(call("GET", f"/1.0/profiles/default{IN_PROJECT}").get("metadata")) is None:
+        pool = root_disk(call("GET", "/1.0/profiles/default").get("metadata"))
+        if pool is not None:  # else `host check` names the fix (host prepare)
+            root = {"root": {"type": "disk", "path": "/", "pool": pool}}
+            call("PATCH", f"/1.0/profiles/default{IN_PROJECT}", {"devices": root})
+    return done
+
+
 def _trust(der: bytes, name: str) -> str:
-    """Add the client certificate to LXD's trust store, once ("added" or "present")."""
-    if _found(f"/1.0/certificates/{hashlib.sha256(der).hexdigest()}"):
-        return "present"
-    request_ = {
-        "type": "client",
-        "certificate": base64.b64encode(der).decode(),
-        "name": name,
-        "restricted": True,
-        "projects": [PROJECT],
-    }
+    """The client certificate trusted for the project alone: "added", "moved" (it was trusted for
+    something else: the `default` project of earlier versions) or "present"."""
+    fingerprint = hashlib.sha256(der).hexdigest()
+    try:
+        cert = call("GET", f"/1.0/certificates/{fingerprint}").get("metadata")
+    except LxdEngineError as e:
+        if e.code != 404:
+            raise
+        cert = None
+    scope = {"restricted": True, "projects": [PROJECT]}
+    if isinstance(cert, dict):
+        if cert.get("restricted") is True and cert.get("projects") == [PROJECT]:
+            return "present"
+        call("PATCH", f"/1.0/certificates/{fingerprint}", scope)
+        return "moved"
+    request_ = {"type": "client", "certificate": base64.b64encode(der).decode(), "name": name, **scope}
     call("POST", "/1.0/certificates", request_)
     return "added"
 
@@ -221,12 +264,14 @@ def lxd_trust(args: list[str]) -> dict[str, Any]:
     local = _is_local(address)
     listen, port = _listen(meta.get("config") or {}, address, local)
     _forwarding()
+    project = _project()
     return {
         "certificate": env.get("certificate"),
         "port": port,
         "local": local,  # the address is this host's own: apps are published on it alone
         "listen": listen,
         "version": env.get("server_version"),
+        "project": project,
         "trust": _trust(der, name),
     }
 
@@ -235,25 +280,35 @@ def lxd_trust(args: list[str]) -> dict[str, Any]:
 
 
 class HostImages:
-    """The LxdImageApi of sandbox/imageformats/lxd.py over LXD's unix socket."""
+    """The LxdImageApi of sandbox/imageformats/lxd.py over LXD's unix socket, in the project."""
 
-    def has_alias(self, alias: str) -> bool:
-        return _found(f"/1.0/images/aliases/{alias}")
+    def alias_target(self, alias: str) -> str | None:
+        try:
+            meta = call("GET", f"/1.0/images/aliases/{alias}{IN_PROJECT}").get("metadata")
+        except LxdEngineError as e:
+            if e.code == 404:
+                return None
+            raise
+        target = meta.get("target") if isinstance(meta, dict) else None
+        return target if isinstance(target, str) else ""
 
     def has_image(self, fingerprint: str) -> bool:
-        return _found(f"/1.0/images/{fingerprint}")
+        return _found(f"/1.0/images/{fingerprint}{IN_PROJECT}")
 
     def upload(self, tarball: Path) -> str:
         size = tarball.stat().st_size
         head = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         with open(tarball, "rb") as f:
-            doc = call("POST", "/1.0/images", raw=f, headers=head, timeout=1800)
+            doc = call("POST", f"/1.0/images{IN_PROJECT}", raw=f, headers=head, timeout=1800)
         return str(_wait(doc, 1800).get("fingerprint", ""))
 
-    def add_alias(self, alias: str, fingerprint: str, description: str) -> None:
-        call(
-            "POST", "/1.0/images/aliases", {"name": alias, "target": fingerprint, "description": description}
-        )
+    def set_alias(self, alias: str, fingerprint: str, description: str, *, exists: bool) -> None:
+        if exists:
+            body = {"target": fingerprint, "description": description}
+            call("PUT", f"/1.0/images/aliases/{alias}{IN_PROJECT}", body)
+        else:
+            body = {"name": alias, "target": fingerprint, "description": description}
+            call("POST", f"/1.0/images/aliases{IN_PROJECT}", body)
 
 
 @op("lxd-import")
@@ -263,8 +318,9 @@ def lxd_import(args: list[str]) -> dict[str, Any]:
     remove_stale_temps([tmp], ("lxd",))  # a tarball whose agent died (its connection dropped)
     t0 = time.monotonic()
     alias = image_alias(digest)
-    imported = import_lxd_image(images, digest, alias, HostImages(), tmp, null_sink)
-    return {"alias": alias, "imported": imported, "seconds": round(time.monotonic() - t0, 2)}
+    fingerprint, imported = import_lxd_image(images, digest, alias, HostImages(), tmp, null_sink)
+    seconds = round(time.monotonic() - t0, 2)
+    return {"alias": alias, "fingerprint": fingerprint, "imported": imported, "seconds": seconds}
 
 
 # -- prepare and check ----------------------------------------------------------------------------

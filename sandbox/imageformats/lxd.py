@@ -8,9 +8,10 @@ sandbox digest; templates give every instance its own /etc/hostname and /etc/hos
 (the image itself has neither: the builder removes them). metadata.yaml is written as JSON, which
 is YAML too: the host agent writes this tarball on a host whose python3 may lack PyYAML.
 
-`import_lxd_image` is the one import sequence (alias present? tarball, its sha256, upload unless
-LXD holds those bytes already, alias), run against an `LxdImageApi`: pylxd on the control machine
-(sandbox/backends/lxdapi.py), HTTP over LXD's unix socket on a host (sandbox/hostagent/lxdops.py).
+`import_lxd_image` is the one import sequence (does the alias name the fingerprint recorded for the
+digest? tarball, its sha256, upload unless LXD holds those bytes already, alias), run against an
+`LxdImageApi`: pylxd on the control machine (sandbox/backends/lxdapi.py), HTTP over LXD's unix socket
+on a host (sandbox/hostagent/lxdops.py).
 """
 
 from __future__ import annotations
@@ -118,7 +119,9 @@ def write_lxd_tarball(
 class LxdImageApi(Protocol):
     """What importing an image needs from an LXD."""
 
-    def has_alias(self, alias: str) -> bool: ...
+    def alias_target(self, alias: str) -> str | None:
+        """The fingerprint `alias` names, or None: there is no such alias."""
+        ...
 
     def has_image(self, fingerprint: str) -> bool: ...
 
@@ -126,38 +129,65 @@ class LxdImageApi(Protocol):
         """Import the unified tarball; LXD's fingerprint of it."""
         ...
 
-    def add_alias(self, alias: str, fingerprint: str, description: str) -> None: ...
+    def set_alias(self, alias: str, fingerprint: str, description: str, *, exists: bool) -> None:
+        """Make `alias` name `fingerprint` (`exists`: it names another image now)."""
+        ...
 
 
 def import_lxd_image(
     store: ImageStore, digest: str, alias: str, api: LxdImageApi, tmp: Path, sink: EventSink
-) -> bool:
-    """Import `digest` into an LXD as `alias`, once: under a lock in `tmp` (a second importer waits,
-    then finds the alias), from a temp tarball there (`.lxd-PID-*`: `remove_stale_temps` clears one
-    its process left). Bytes LXD holds already (imported under another alias) are not sent again;
-    an upload whose fingerprint is not the tarball's sha256 is refused. True when it imported."""
-    if api.has_alias(alias):
-        return False
+) -> tuple[str, bool]:
+    """Import `digest` into an LXD as `alias`, once; (LXD's fingerprint of it, whether this imported).
+
+    An image in LXD is trusted by its fingerprint, which LXD computes from the bytes it holds (the
+    sha256 of the unified tarball), never by its alias or properties, which anyone who may import
+    images there can set: the fingerprint of the tarball this store wrote for `digest` is recorded in
+    the store (`ImageStore.lxd_fingerprint`), and an alias that names another image is pointed at
+    ours. The tarball is written only when the store has no record yet or LXD lacks those bytes:
+    under a lock in `tmp` (a second importer waits), as a temp file there (`.lxd-PID-*`:
+    `remove_stale_temps` clears one its process left). An upload whose fingerprint is not the
+    tarball's sha256 is refused. Instances are made from the fingerprint this returns."""
+    known = store.lxd_fingerprint(digest)
+    if known is not None and api.alias_target(alias) == known:
+        return known, False
     with file_lock(tmp / "lxd-import.lock"):
-        if api.has_alias(alias):
-            return False
+        known, target = store.lxd_fingerprint(digest), api.alias_target(alias)
+        if known is not None and target == known:
+            return known, False
         t0 = time.monotonic()
-        sink(Event("progress", phase="up", message=f"importing image {digest[7:19]} into LXD (once)"))
-        fd, tmp_tar = tempfile.mkstemp(dir=tmp, prefix=f".lxd-{os.getpid()}-", suffix=".tar")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write_lxd_tarball(store, digest, f, tmp, sink)
-            with open(tmp_tar, "rb") as f:
-                fingerprint = hashlib.file_digest(f, "sha256").hexdigest()
-            if not api.has_image(fingerprint):
-                got = api.upload(Path(tmp_tar))
-                if got != fingerprint:
-                    raise SandboxError(
-                        f"LXD imported image {digest[7:19]} as {str(got)[:64]!r}, not {fingerprint}",
-                        hint="the tarball changed on its way into LXD: run the command again",
+        if known is None or not api.has_image(known):
+            known = _upload(store, digest, api, tmp, sink)
+        if target != known:
+            if target is not None:
+                sink(
+                    Event(
+                        "log",
+                        phase="up",
+                        message=f"LXD's {alias} named image {target[:12]}: now {known[:12]}",
                     )
-            api.add_alias(alias, fingerprint, f"sandbox image {digest}")
-        finally:
-            os.unlink(tmp_tar)
+                )
+            api.set_alias(alias, known, f"sandbox image {digest}", exists=target is not None)
     sink(Event("log", phase="up", message=f"imported into LXD in {time.monotonic() - t0:.1f}s"))
-    return True
+    return known, True
+
+
+def _upload(store: ImageStore, digest: str, api: LxdImageApi, tmp: Path, sink: EventSink) -> str:
+    """Write the tarball, record its sha256, and upload it unless LXD holds those bytes already."""
+    sink(Event("progress", phase="up", message=f"importing image {digest[7:19]} into LXD (once)"))
+    fd, tmp_tar = tempfile.mkstemp(dir=tmp, prefix=f".lxd-{os.getpid()}-", suffix=".tar")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_lxd_tarball(store, digest, f, tmp, sink)
+        with open(tmp_tar, "rb") as f:
+            fingerprint = hashlib.file_digest(f, "sha256").hexdigest()
+        store.put_lxd_fingerprint(digest, fingerprint)
+        if not api.has_image(fingerprint):
+            got = api.upload(Path(tmp_tar))
+            if got != fingerprint:
+                raise SandboxError(
+                    f"LXD imported image {digest[7:19]} as {str(got)[:64]!r}, not {fingerprint}",
+                    hint="the tarball changed on its way into LXD: run the command again",
+                )
+    finally:
+        os.unlink(tmp_tar)
+    return fingerprint

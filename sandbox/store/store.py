@@ -7,6 +7,8 @@ Layout:
     refs/<recipe>/<tag>         a digest per line ("latest" is moved by every build)
     cache/<kind>-<key>          layer cache: build inputs → blob digest
     packed/<codec>/<hex>-<own>  a blob compressed once for shipping to hosts (sandbox/store/packed.py)
+    lxd/<hex>                   LXD's fingerprint of the image's unified tarball, as this store wrote
+                                it (sandbox/imageformats/lxd.py: an LXD image is trusted by it)
 
 Every write goes temp file → fsync → rename, so an interrupted build leaves
 either nothing or a complete object; leftover temp files of dead processes
@@ -121,6 +123,19 @@ class ImageStore:
     def packed_dir(self, codec: str) -> Path:
         """Where the compressed copies of blobs in `codec` are kept (made on first use)."""
         return self._dir("packed", codec)
+
+    def lxd_fingerprint(self, digest: str) -> str | None:
+        """The sha256 of the unified LXD tarball this store wrote for `digest`, if it wrote one."""
+        try:
+            fp = (self.root / "lxd" / _hex(digest)).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return fp if HEX64.fullmatch(fp) else None
+
+    def put_lxd_fingerprint(self, digest: str, fingerprint: str) -> None:
+        if not HEX64.fullmatch(fingerprint):
+            raise StoreError(f"not a sha256: {fingerprint[:80]!r}")
+        atomic_write(self._dir("lxd") / _hex(digest), (fingerprint + "\n").encode(), FILE_MODE)
 
     # -- writes ------------------------------------------------------------
     def put_blob(self, write: Callable[[IO[bytes]], Any], expect: str | None = None) -> tuple[str, int, Any]:
@@ -291,6 +306,7 @@ class ImageStore:
                 (self.root / "refs" / recipe / tag).unlink()
         self.manifest_path(digest).unlink()
         self._summary_path(digest).unlink(missing_ok=True)
+        (self.root / "lxd" / _hex(digest)).unlink(missing_ok=True)
         used = {layer["digest"] for other in self.digests() for layer in self.manifest(other)["layers"]}
         removed = []
         blob_dir = self.root / "blobs" / "sha256"

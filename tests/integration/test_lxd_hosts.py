@@ -1,14 +1,17 @@
 """`backend: lxd` with `hosts:`, end to end: this machine's real LXD is "the host", reached over a
 loopback sshd of the test's own (tests/unit/test_hosts_sshd.py) through the real CLI.
 
-One env of 2 instances: `host check`, `up` (the trust set up over ssh, the server certificate pinned,
-the image shipped by digest and imported by the host agent), each app answering at its published port
-(LXD proxy devices), exec, a rolling promotion to a rebuilt image, `down` with nothing left.
+One env of 2 instances: `host check` (the client certificate trusted for the default project, as an
+earlier version left it, is moved to the restricted project `sandbox`), `up` (the trust set up over
+ssh, the server certificate pinned, the image shipped by digest and imported by the host agent into
+the project), each app answering at its published port (LXD proxy devices), what the certificate may
+not do (a privileged container, raw.lxc, a disk of the host's /, the default project, its own
+project's restrictions), exec, logs, a rolling promotion to a rebuilt image, `down` with nothing left.
 
 Undone after: LXD's HTTPS listener (127.0.0.1 and a free port, set for the test: it must be unset
-before), the trust of the test's client certificate, the image it imported, the instances. The
-agent's dir /var/lib/sandbox-host is a dir of the test's, bind-mounted there for sshd's sessions only.
-Traffic goes only to 127.0.0.1.
+before), the project `sandbox` (it must not exist before) with its images and instances, the trust
+of the test's client certificate. The agent's dir /var/lib/sandbox-host is a dir of the test's,
+bind-mounted there for sshd's sessions only. Traffic goes only to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pylxd.exceptions
 import pytest
 
 from sandbox.backends.base import BackendError
-from sandbox.backends.lxdapi import connect, self_signed
-from sandbox.backends.lxdconfig import WORKSPACE_KEY, image_alias, workspace_id
+from sandbox.backends.lxdapi import client_cert, connect, self_signed
+from sandbox.backends.lxdconfig import HOST_PROJECT, PROJECT_CONFIG, WORKSPACE_KEY, image_alias, workspace_id
 from sandbox.hosts.ssh import SshTransport
 from sandbox.workspace import Workspace
 from tests.integration.conftest import Built, cert_fingerprint, http_get, ok, require, sandbox, workspace_like
@@ -38,6 +42,7 @@ from tests.unit.test_hosts_sshd import Sshd, free_port, make_sshd
 pytestmark = pytest.mark.integration
 
 HOST_ROOT = Path("/var/lib/sandbox-host")
+IN_PROJECT = f"--project={HOST_PROJECT}"
 SUBNET = "10.224.0.0/24"
 PROFILE = """name: hlxd
 recipe: web
@@ -68,7 +73,7 @@ def ours(ws: Path) -> list[str]:
     tag = workspace_id(Workspace(ws).id)
     return [
         i["name"]
-        for i in json.loads(lxc("list", "--format", "json"))
+        for i in json.loads(lxc("list", "--format", "json", IN_PROJECT))
         if i["config"].get(WORKSPACE_KEY) == tag
     ]
 
@@ -85,7 +90,6 @@ class LxdHost:
     sshd: Sshd
     https: str  # LXD's listener for the test
     config: Path  # SANDBOX_CONFIG: the client certificate and pinned server certificates
-    images: list[str]  # digests whose LXD image the test may import (removed after, unless there before)
 
 
 @pytest.fixture
@@ -93,7 +97,8 @@ def lxd_host(built: Built, tmp_path: Path) -> Iterator[LxdHost]:
     require(lxd_problem())
     if lxc("config", "get", "core.https_address").strip():
         pytest.fail("core.https_address is already set on this LXD: not changing it")
-    present = set(lxc("image", "list", "--format", "csv", "-c", "l").split())
+    if f"/1.0/projects/{HOST_PROJECT}" in json.loads(lxc("query", "/1.0/projects")):
+        pytest.fail(f"LXD's project {HOST_PROJECT} exists already: not changing it")
     made_root = not HOST_ROOT.exists()
     HOST_ROOT.mkdir(exist_ok=True)  # a mount point only: the test's dir is mounted on it for sshd
     (tmp_path / "hostroot").mkdir()
@@ -111,22 +116,23 @@ def lxd_host(built: Built, tmp_path: Path) -> Iterator[LxdHost]:
     (ws / "profiles").mkdir()
     (ws / "profiles" / "hlxd.yaml").write_text(PROFILE.format(target=sshd.target))
     lxc("config", "set", "core.https_address", https)
-    host = LxdHost(ws, sshd, https, config, [built.digest])
+    host = LxdHost(ws, sshd, https, config)
     try:
         sshd.start()
         yield host
     finally:
         sandbox(ws, "down", "hlxd", timeout=300)
-        for name in ours(ws):
-            lxc("delete", "-f", name, check=False)
+        for name in lxc("list", "--format", "csv", "-c", "n", IN_PROJECT, check=False).split():
+            lxc("delete", "-f", name, IN_PROJECT, check=False)  # the project is the test's
         SshTransport("lo1", sshd.target, ssh_config=sshd.dir / "ssh_config-cli").close()
         sshd.stop()
         crt = config / "lxd" / "client.crt"
         if crt.exists():
             lxc("config", "trust", "remove", cert_fingerprint(crt), check=False)
         lxc("config", "unset", "core.https_address", check=False)
-        for alias in {image_alias(d) for d in host.images} - present:
-            lxc("image", "delete", alias, check=False)
+        for fp in lxc("image", "list", "--format", "csv", "-c", "F", IN_PROJECT, check=False).split():
+            lxc("image", "delete", fp, IN_PROJECT, check=False)
+        lxc("project", "delete", HOST_PROJECT, check=False)
         if made_root:
             with contextlib.suppress(OSError):
                 HOST_ROOT.rmdir()
@@ -153,6 +159,9 @@ def test_lxd_on_a_host_trusts_over_ssh_publishes_promotes_and_leaves_nothing(
 ) -> None:
     t0 = time.monotonic()
     ws, v1 = lxd_host.ws, built.digest
+    # the client certificate as an earlier version trusted it: for the (unrestricted) default project
+    crt, _ = client_cert()
+    lxc("config", "trust", "add", str(crt), "--restricted", "--projects", "default", "--name", "sandbox@old")
     check = ok(sandbox(ws, "host", "check", "hlxd", "--json"))
     items = {c["item"]: c for h in check["hosts"] for c in h["checks"]}
     assert items["lxd"]["ok"] and "LXD 5." in items["lxd"]["detail"], items
@@ -168,29 +177,38 @@ def test_lxd_on_a_host_trusts_over_ssh_publishes_promotes_and_leaves_nothing(
     for i, e in enumerate(endpoints):  # the app itself, at the host's address and its published port
         assert answers(e, v1)["image"] == v1
         # published by a proxy device on that address alone (it is the host's own)
-        assert lxc("config", "device", "get", f"hlxd-{i}", "sbx-publish", "listen").strip() == f"tcp:{e}"
-    # trust set up over ssh: the server's own certificate pinned, ours trusted, restricted
+        assert (
+            lxc("config", "device", "get", f"hlxd-{i}", "sbx-publish", "listen", IN_PROJECT).strip()
+            == f"tcp:{e}"
+        )
+    # trust set up over ssh: the server's own certificate pinned, ours trusted for the project alone
     [pinned] = (lxd_host.config / "lxd" / "servercerts").iterdir()
     assert pinned.name == lxd_host.https.replace(":", "_") + ".crt"
     assert pinned.read_bytes() == Path("/var/lib/lxd/server.crt").read_bytes()
-    fp = cert_fingerprint(lxd_host.config / "lxd" / "client.crt")
+    fp = cert_fingerprint(crt)
     [trusted] = [
         c for c in json.loads(lxc("config", "trust", "list", "--format", "json")) if c["fingerprint"] == fp
     ]
-    assert trusted["restricted"] and trusted["projects"] == ["default"], trusted
+    assert trusted["restricted"] and trusted["projects"] == [HOST_PROJECT], trusted
+    project = json.loads(lxc("query", f"/1.0/projects/{HOST_PROJECT}"))["config"]
+    assert {k: project.get(k) for k in PROJECT_CONFIG} == PROJECT_CONFIG
     # the pin holds: a server certificate other than the pinned one is refused
     url = f"https://{lxd_host.https}"
     pinned.write_bytes(self_signed("impostor", days=1)[0])
     with pytest.raises(BackendError, match="does not match"):
-        connect(url)
+        connect(url, project=HOST_PROJECT)
     pinned.write_bytes(Path("/var/lib/lxd/server.crt").read_bytes())
-    assert connect(url).trusted
-    # the image went by digest into the host's store, and from there into LXD
+    client = connect(url, project=HOST_PROJECT)
+    assert client.trusted
+    not_allowed(client, url, client.images.get_by_alias(image_alias(v1)).fingerprint)
+    # the image went by digest into the host's store, and from there into LXD, in the project
     assert (lxd_host.sshd.dir.parent / "hostroot" / "store" / "manifests" / f"{v1[7:]}.json").is_file()
-    assert image_alias(v1) in lxc("image", "list", "--format", "csv", "-c", "l")
+    assert image_alias(v1) in lxc("image", "list", "--format", "csv", "-c", "l", IN_PROJECT)
 
     r = sandbox(ws, "exec", "hlxd", "-i", "1", "--", "cat", "/etc/hostname")
     assert r.code == 0 and r.stdout.strip() == "hlxd-1", r
+    r = sandbox(ws, "logs", "hlxd", "-n", "50")  # the `lxc` client, its remote in the project
+    assert r.code == 0 and "gunicorn" in (r.stdout + r.stderr).lower(), r
     s = ok(sandbox(ws, "status", "hlxd", "--json"))
     assert all(i["health"] == "healthy" for i in s["instances"]), s
 
@@ -200,7 +218,6 @@ def test_lxd_on_a_host_trusts_over_ssh_publishes_promotes_and_leaves_nothing(
     t = time.monotonic()
     try:
         v2 = ok(sandbox(ws, "build", "web", "--tag", "hlxd", "--json", timeout=900))["digest"]
-        lxd_host.images.append(v2)
     finally:
         tpl.write_text(original)
     times["build"], t = time.monotonic() - t, time.monotonic()
@@ -222,3 +239,34 @@ def test_lxd_on_a_host_trusts_over_ssh_publishes_promotes_and_leaves_nothing(
         assert refused(int(e.split(":")[1])), e
     times["total"] = time.monotonic() - t0
     print("lxd on hosts:", {k: round(x, 1) for k, x in times.items()})
+
+
+def not_allowed(client: Any, url: str, image: str) -> None:
+    """What sandbox's client certificate may not do on the host (LXD refuses it; nothing is made):
+    a privileged container, raw.lxc, a disk of the host's /, nesting; anything of the default project;
+    its own project's restrictions, the server's config, the trust store. (A proxy device is allowed:
+    docs/hosts.md says what that leaves possible.)"""
+    source = {"type": "container", "source": {"type": "image", "fingerprint": image}}
+    for name, extra in (
+        ("sbx-priv", {"config": {"security.privileged": "true"}}),
+        ("sbx-raw", {"config": {"raw.lxc": "lxc.apparmor.profile=unconfined"}}),
+        ("sbx-nest", {"config": {"security.nesting": "true"}}),
+        ("sbx-root", {"devices": {"host": {"type": "disk", "source": "/", "path": "/mnt/host"}}}),
+    ):
+        with pytest.raises(pylxd.exceptions.LXDAPIException) as e:
+            client.api.instances.post(json={"name": name, **source, **extra})
+        assert "forbidden" in str(e.value), (name, str(e.value))
+    session = client.api.session
+    pem = self_signed("another client", days=1)[0].decode()  # PEM body: LXD's base64 DER
+    other = "".join(line for line in pem.splitlines() if not line.startswith("-----"))
+    for method, path, body in (
+        ("GET", "/1.0/instances?project=default", None),
+        ("GET", "/1.0/profiles/default?project=default", None),
+        ("PATCH", f"/1.0/projects/{HOST_PROJECT}", {"config": {"restricted": "false"}}),
+        ("PATCH", "/1.0", {"config": {}}),  # (harmless, were it allowed)
+        ("POST", "/1.0/certificates", {"type": "client", "certificate": other, "name": "x"}),
+    ):
+        r = session.request(method, url + path, json=body, timeout=30)
+        assert r.status_code == 403, (method, path, r.status_code, r.text[:200])
+    made = sorted(i.name for i in client.instances.all(recursion=1))
+    assert made == ["hlxd-0", "hlxd-1"], made  # nothing was made

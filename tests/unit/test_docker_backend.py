@@ -246,3 +246,50 @@ def test_on_a_host_the_app_is_published_on_its_port_and_a_dead_host_is_named(
     with pytest.raises(HostUnreachable) as dead, _on_host(ws, alive=False)._errors():
         raise requests.exceptions.ConnectionError("reset")
     assert dead.value.host == "web1"
+
+
+def test_on_a_host_the_engines_redirect_is_refused_not_followed(
+    ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine on a compromised host answering a redirect (to any address the control machine
+    reaches, or another path of its socket) gets no second request: not while the client is made
+    (the API version it asks for first), not afterwards."""
+    from http.server import BaseHTTPRequestHandler
+
+    from tests.unit.test_hosts_dockerops import unix_server
+
+    seen: list[str] = []
+    redirect_version = [True]
+
+    class Engine(BaseHTTPRequestHandler):
+        def address_string(self) -> str:
+            return "unix"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            if self.path == "/version" and not redirect_version[0]:
+                body = json.dumps({"ApiVersion": "1.41", "Version": "20.10.fake"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+            else:
+                body = b""
+                self.send_response(307)
+                self.send_header("Location", "http://127.0.0.1:9/stolen" + self.path)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    sock = tmp_path / "engine.sock"
+    with unix_server(sock, Engine):
+        for redirects_version in (True, False):
+            redirect_version[0] = redirects_version
+            b = _on_host(ws, alive=True)
+            monkeypatch.setattr(b, "_forwarded", lambda remote: str(sock))
+            with pytest.raises(BackendError) as e, b._errors():
+                b.client.containers.list()
+            assert "does not follow" in e.value.message and "host web1" in e.value.message, e.value
+    assert not any("stolen" in p for p in seen)
+    assert seen[0] == "/version" and seen[-1].endswith("/containers/json?limit=-1&all=0&size=0&trunc_cmd=0")

@@ -1,9 +1,11 @@
 """The host agent's LXD ops against a fake LXD on a unix socket (the real LXD on a host is in
-tests/integration/test_lxd_hosts.py): `lxd-trust` returns LXD's own server certificate, trusts the
-control machine's client certificate once (restricted to the default project), makes LXD listen on
-HTTPS when it does not and reports the port; malformed requests are refused before LXD is asked;
-`lxd-import` imports the unified tarball written from the host's own store, once; `lxd-init` gives an
-uninitialised LXD a pool and a root disk; a missing LXD is a clear error."""
+tests/integration/test_lxd_hosts.py): `lxd-trust` returns LXD's own server certificate, makes the
+restricted project `sandbox` and trusts the control machine's client certificate once for it alone
+(moving an earlier trust there, restricting a loosened project again), makes LXD listen on HTTPS when
+it does not and reports the port; malformed requests are refused before LXD is asked; `lxd-import`
+imports the unified tarball written from the host's own store into the project, once, and answers
+its fingerprint (an alias naming another image is pointed back); `lxd-init` gives an uninitialised
+LXD a pool and a root disk; a missing LXD is a clear error."""
 
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import yaml
 
+from sandbox.backends.lxdconfig import PROJECT_CONFIG
 from sandbox.errors import SandboxError
 from sandbox.hostagent import hostcheck, lxdops
 from sandbox.hostagent.main import AgentUsage
@@ -41,18 +45,24 @@ def client_pem() -> tuple[str, bytes]:
 
 
 class Lxd:
-    """What the fake LXD holds and saw."""
+    """What the fake LXD holds and saw (images and aliases: those of the `sandbox` project; a request
+    for them in another project finds nothing)."""
 
     def __init__(self) -> None:
         self.config: dict[str, str] = {}
         self.certs: dict[str, dict[str, Any]] = {}
+        self.projects: dict[str, dict[str, str]] = {}  # name → config (the default project is implied)
         self.images: dict[str, bytes] = {}  # fingerprint -> tarball
         self.aliases: dict[str, str] = {}
         self.pools: set[str] = set()
-        self.profile_devices: dict[str, dict[str, str]] = {}
+        self.profiles: dict[str, dict[str, dict[str, str]]] = {"default": {}}  # project → devices
         self.requests: list[tuple[str, str]] = []
         self.wrong_fingerprint = False
         self.last_upload = ""
+
+    @property
+    def profile_devices(self) -> dict[str, dict[str, str]]:
+        return self.profiles["default"]
 
 
 def _handler(lxd: Lxd) -> type[BaseHTTPRequestHandler]:
@@ -79,54 +89,77 @@ def _handler(lxd: Lxd) -> type[BaseHTTPRequestHandler]:
         def _body(self) -> bytes:
             return self.rfile.read(int(self.headers.get("Content-Length", "0")))
 
+        def _where(self) -> tuple[str, str, str]:
+            """(path, its last part, project) of the request, which is recorded."""
+            lxd.requests.append((self.command, self.path))
+            path, _, query = self.path.partition("?")
+            project = parse_qs(query).get("project", ["default"])[0]
+            return path, path.rsplit("/", 1)[1], project
+
         def do_GET(self) -> None:
-            lxd.requests.append(("GET", self.path))
-            p = self.path
+            p, last, project = self._where()
+            images = project == "sandbox"
             if p == "/1.0":
                 env = {"certificate": SERVER_PEM, "server_version": "5.0.fake"}
                 self._ok({"config": dict(lxd.config), "environment": env})
             elif p.startswith("/1.0/certificates/"):
-                self._ok(lxd.certs[p.rsplit("/", 1)[1]]) if p.rsplit("/", 1)[
-                    1
-                ] in lxd.certs else self._missing()
+                self._ok(lxd.certs[last]) if last in lxd.certs else self._missing()
+            elif p.startswith("/1.0/projects/"):
+                self._ok({"config": lxd.projects[last]}) if last in lxd.projects else self._missing()
             elif p.startswith("/1.0/images/aliases/"):
-                self._ok({}) if p.rsplit("/", 1)[1] in lxd.aliases else self._missing()
+                found = images and last in lxd.aliases
+                self._ok({"name": last, "target": lxd.aliases[last]}) if found else self._missing()
             elif p.startswith("/1.0/images/"):
-                self._ok({}) if p.rsplit("/", 1)[1] in lxd.images else self._missing()
+                self._ok({}) if images and last in lxd.images else self._missing()
             elif p.startswith(OP + "/wait"):
                 fp = "0" * 64 if lxd.wrong_fingerprint else lxd.last_upload
                 self._ok({"status_code": 200, "metadata": {"fingerprint": fp}})
-            elif p == "/1.0/profiles/default":
-                self._ok({"devices": lxd.profile_devices})
+            elif p == "/1.0/profiles/default" and project in lxd.profiles:
+                self._ok({"devices": lxd.profiles[project]})
             elif p.startswith("/1.0/storage-pools/"):
-                self._ok({}) if p.rsplit("/", 1)[1] in lxd.pools else self._missing()
+                self._ok({}) if last in lxd.pools else self._missing()
             else:
                 self._missing()
 
         def do_PATCH(self) -> None:
-            lxd.requests.append(("PATCH", self.path))
+            p, last, project = self._where()
             doc = json.loads(self._body())
-            if self.path == "/1.0":
+            if p == "/1.0":
                 lxd.config.update(doc["config"])
+            elif p.startswith("/1.0/certificates/"):
+                lxd.certs[last].update(doc)
+            elif p.startswith("/1.0/projects/"):
+                lxd.projects[last].update(doc["config"])
             else:
-                lxd.profile_devices.update(doc["devices"])
+                lxd.profiles[project].update(doc["devices"])
+            self._ok()
+
+        def do_PUT(self) -> None:
+            p, last, _ = self._where()
+            assert p.startswith("/1.0/images/aliases/") and last in lxd.aliases
+            lxd.aliases[last] = json.loads(self._body())["target"]
             self._ok()
 
         def do_POST(self) -> None:
-            lxd.requests.append(("POST", self.path))
+            p, _, project = self._where()
             data = self._body()
-            if self.path == "/1.0/images":
+            if p == "/1.0/images" and project == "sandbox":
                 fp = hashlib.sha256(data).hexdigest()
                 lxd.images[fp], lxd.last_upload = data, fp
                 self._send(202, {"type": "async", "operation": OP, "metadata": {}})
                 return
             doc = json.loads(data)
-            if self.path == "/1.0/certificates":
+            if p == "/1.0/certificates":
                 lxd.certs[hashlib.sha256(base64.b64decode(doc["certificate"])).hexdigest()] = doc
-            elif self.path == "/1.0/images/aliases":
+            elif p == "/1.0/projects":
+                lxd.projects[doc["name"]], lxd.profiles[doc["name"]] = dict(doc["config"]), {}
+            elif p == "/1.0/images/aliases" and project == "sandbox":
                 lxd.aliases[doc["name"]] = doc["target"]
-            elif self.path == "/1.0/storage-pools":
+            elif p == "/1.0/storage-pools":
                 lxd.pools.add(doc["name"])
+            else:
+                self._missing()
+                return
             self._ok()
 
     return Handler
@@ -151,10 +184,11 @@ def trust(monkeypatch: pytest.MonkeyPatch, request: Any) -> dict[str, Any]:
     return out
 
 
-def test_trust_gives_lxds_certificate_trusts_the_client_once_and_listens(
+def test_trust_gives_lxds_certificate_trusts_the_client_once_for_its_project_and_listens(
     lxd: Lxd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pem, der = client_pem()
+    lxd.profiles["default"] = {"root": {"type": "disk", "path": "/", "pool": "fast"}}
     req = {"cert": pem, "name": "sandbox@ctl", "address": "127.0.0.1"}
     out = trust(monkeypatch, req)
     assert out == {
@@ -163,17 +197,45 @@ def test_trust_gives_lxds_certificate_trusts_the_client_once_and_listens(
         "local": True,
         "listen": "127.0.0.1:8443",  # the address the control machine uses is this host's
         "version": "5.0.fake",
+        "project": "made",
         "trust": "added",
     }
+    # the client is trusted for the restricted project `sandbox` alone, whose profile has the
+    # default project's root disk
     [cert] = lxd.certs.values()
-    assert cert["restricted"] is True and cert["projects"] == ["default"] and cert["type"] == "client"
+    assert cert["restricted"] is True and cert["projects"] == ["sandbox"] and cert["type"] == "client"
     assert base64.b64decode(cert["certificate"]) == der and cert["name"] == "sandbox@ctl"
+    assert lxd.projects == {"sandbox": PROJECT_CONFIG}
+    assert PROJECT_CONFIG["restricted"] == "true" and PROJECT_CONFIG["restricted.devices.disk"] == "managed"
+    assert PROJECT_CONFIG["restricted.containers.privilege"] == "unprivileged"
+    assert lxd.profiles["sandbox"] == {"root": {"type": "disk", "path": "/", "pool": "fast"}}
     assert lxd.config == {"core.https_address": "127.0.0.1:8443"}
     assert lxdops.FORWARDING.read_text() == "1\n"
-    # again: nothing changes (no second certificate, no second PATCH)
+    # again: nothing changes (no second certificate, project or PATCH)
     before = [r for r in lxd.requests if r[0] != "GET"]
     assert trust(monkeypatch, req)["trust"] == "present"
     assert [r for r in lxd.requests if r[0] != "GET"] == before
+
+
+def test_trust_moves_an_earlier_trust_to_the_project_and_restricts_a_loosened_project_again(
+    lxd: Lxd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier version trusted the certificate for the (unrestricted) default project; an
+    administrator may have loosened the project's restrictions. A project named `sandbox` with
+    other features is someone else's: refused, named."""
+    pem, der = client_pem()
+    fp = hashlib.sha256(der).hexdigest()
+    lxd.certs[fp] = {"type": "client", "name": "sandbox@ctl", "restricted": True, "projects": ["default"]}
+    loose = {**PROJECT_CONFIG, "restricted.containers.privilege": "allow", "restricted.devices.disk": "allow"}
+    lxd.projects["sandbox"], lxd.profiles["sandbox"] = loose, {}
+    out = trust(monkeypatch, {"cert": pem, "name": "sandbox@ctl", "address": "127.0.0.1"})
+    assert (out["trust"], out["project"]) == ("moved", "restricted again")
+    assert lxd.certs[fp]["projects"] == ["sandbox"] and lxd.certs[fp]["restricted"] is True
+    assert lxd.projects["sandbox"] == PROJECT_CONFIG
+    lxd.projects["sandbox"]["features.images"] = "false"
+    with pytest.raises(lxdops.LxdEngineError, match="other features") as e:
+        trust(monkeypatch, {"cert": pem, "name": "sandbox@ctl", "address": "127.0.0.1"})
+    assert e.value.hint and "not sandbox's" in e.value.hint
 
 
 def test_an_address_that_is_not_the_hosts_listens_everywhere_and_a_set_listener_is_kept(
@@ -228,15 +290,16 @@ def test_malformed_trust_requests_are_refused_before_lxd_is_asked(
     assert lxd.requests == [] and lxd.certs == {}
 
 
-def test_an_image_from_the_host_store_is_imported_once(
+def test_an_image_from_the_host_store_is_imported_once_into_the_project(
     lxd: Lxd, host_image: tuple[ImageStore, Image]
 ) -> None:
     store, img = host_image
     out = lxdops.lxd_import([img.digest])
     alias = f"sandbox-{img.digest[7:19]}"
-    assert out["alias"] == alias and out["imported"] is True
     [(fp, tarball)] = lxd.images.items()
+    assert out["alias"] == alias and out["imported"] is True and out["fingerprint"] == fp
     assert lxd.aliases == {alias: fp} and hashlib.sha256(tarball).hexdigest() == fp
+    assert store.lxd_fingerprint(img.digest) == fp  # recorded in the host's store
     with tarfile.open(fileobj=io.BytesIO(tarball)) as tar:
         names = tar.getnames()
         meta = tar.extractfile("metadata.yaml").read()  # type: ignore[union-attr]
@@ -246,11 +309,18 @@ def test_an_image_from_the_host_store_is_imported_once(
         json.loads(meta) == yaml.safe_load(meta)
         and json.loads(meta)["properties"]["sandbox.digest"] == img.digest
     )
-    # imported already: only the alias is looked up
-    uploads = [r for r in lxd.requests if r == ("POST", "/1.0/images")]
-    assert lxdops.lxd_import([img.digest])["imported"] is False
-    assert [r for r in lxd.requests if r == ("POST", "/1.0/images")] == uploads
+    # imported already: only the alias is looked up, and its target checked
+    uploads = [r for r in lxd.requests if r[1].startswith("/1.0/images?")]
+    again = lxdops.lxd_import([img.digest])
+    assert (again["imported"], again["fingerprint"]) == (False, fp)
+    assert [r for r in lxd.requests if r[1].startswith("/1.0/images?")] == uploads
     assert not list((Path(store.root).parent / "tmp").glob(".lxd-*"))  # the temp tarball is gone
+    # someone with the project's certificate pointed the alias at their image: ours again
+    lxd.aliases[alias] = "e" * 64
+    assert lxdops.lxd_import([img.digest])["fingerprint"] == fp and lxd.aliases[alias] == fp
+    assert ("PUT", f"/1.0/images/aliases/{alias}?project=sandbox") in lxd.requests
+    # every image request named the project
+    assert all(r[1].endswith("?project=sandbox") for r in lxd.requests if r[1].startswith("/1.0/images"))
 
 
 def test_an_import_lxd_names_otherwise_is_refused_and_a_missing_image_is_not_sent(

@@ -3,12 +3,14 @@ tests/integration/test_lxd_hosts.py): the trust answer of a host is checked befo
 is not PEM, a huge answer, a bad port are refused, naming the host), the server certificate is
 pinned under the URL of the host's LXD and the trust call is made once per command, the app is
 published by a proxy device at the lxc/docker port, a call that fails because the host is gone is
-the transport's HostUnreachable; and the one import sequence both LXD clients run."""
+the transport's HostUnreachable, every call names the host's restricted project; and the one import
+sequence both LXD clients run, which trusts an image by its fingerprint, never by its alias."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pylxd.exceptions
@@ -122,6 +124,25 @@ def test_the_servers_certificate_is_pinned_from_the_ssh_answer_once_per_command(
         bad.check()
 
 
+def test_every_call_to_a_hosts_lxd_names_its_restricted_project(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pylxd's client and the `lxc` client (exec -i, logs) alike; this machine's LXD stays in the
+    default project."""
+    import sandbox.backends.lxd as lxd_module
+    from sandbox.backends.lxd import LxdBackend
+    from sandbox.backends.lxdapi import lxc_conf
+
+    made: list[tuple[str | None, str | None]] = []
+    monkeypatch.setattr(lxd_module, "connect", lambda remote, project=None: made.append((remote, project)))
+    b, _ = on_host(ws, {"certificate": PEM, "port": 8443})
+    b.client  # noqa: B018
+    LxdBackend(make_backend_registry(ws, Settings(), null_sink).ctx).client  # noqa: B018
+    assert made == [("https://10.0.0.11:8443", "sandbox"), (None, None)]
+    assert "    project: sandbox\n" in (lxc_conf(b.remote, b.project) / "config.yml").read_text()
+    assert "project" not in (lxc_conf(b.remote) / "config.yml").read_text()  # a `remote:` LXD
+
+
 @pytest.mark.parametrize(("local", "listen"), [(True, "10.0.0.11"), (False, "0.0.0.0")])
 def test_the_app_is_published_by_a_proxy_device_at_the_hosts_port(
     ws: Workspace, local: bool, listen: str
@@ -165,61 +186,92 @@ class FakeResponse:
 
 
 class Images:
-    """An LxdImageApi that records what it was asked."""
+    """An LxdImageApi that records what it was asked: `aliases` name fingerprints, `held` are the
+    images LXD has (`wrong`: its fingerprint of an upload is not the bytes' sha256)."""
 
-    def __init__(self, aliased: bool = False, held: bool = False, wrong: bool = False) -> None:
-        self.aliased, self.held, self.wrong = aliased, held, wrong
+    def __init__(self, aliases: dict[str, str] | None = None, held: set[str] | None = None) -> None:
+        self.aliases = dict(aliases or {})
+        self.held = set(held or ())
+        self.wrong = False
         self.uploads: list[str] = []
-        self.aliases: list[tuple[str, str]] = []
+        self.set: list[tuple[str, str, bool]] = []
 
-    def has_alias(self, alias: str) -> bool:
-        return self.aliased
+    def alias_target(self, alias: str) -> str | None:
+        return self.aliases.get(alias)
 
     def has_image(self, fingerprint: str) -> bool:
-        return self.held
+        return fingerprint in self.held
 
     def upload(self, tarball: Path) -> str:
         import hashlib
 
         self.uploads.append(tarball.name)
-        return "0" * 64 if self.wrong else hashlib.sha256(tarball.read_bytes()).hexdigest()
+        fp = "0" * 64 if self.wrong else hashlib.sha256(tarball.read_bytes()).hexdigest()
+        self.held.add(fp)
+        return fp
 
-    def add_alias(self, alias: str, fingerprint: str, description: str) -> None:
-        self.aliases.append((alias, fingerprint))
+    def set_alias(self, alias: str, fingerprint: str, description: str, *, exists: bool) -> None:
+        assert exists == (alias in self.aliases)
+        self.aliases[alias] = fingerprint
+        self.set.append((alias, fingerprint, exists))
 
 
-def test_the_one_import_sequence(tmp_path: Path) -> None:
+def test_the_one_import_sequence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = ImageStore(tmp_path / "store")
     img = make_image(store, tmp_path / "work")
     tmp = tmp_path / "tmp"
-    assert import_lxd_image(store, img.digest, "a", Images(aliased=True), tmp, null_sink) is False
     fresh = Images()
-    assert import_lxd_image(store, img.digest, "a", fresh, tmp, null_sink) is True
-    assert (
-        len(fresh.uploads) == 1
-        and fresh.uploads[0].startswith(".lxd-")
-        and [a for a, _ in fresh.aliases] == ["a"]
-    )
-    held = Images(held=True)  # the same bytes under another alias: only the alias is added
-    assert import_lxd_image(store, img.digest, "b", held, tmp, null_sink) is True
-    assert held.uploads == [] and held.aliases == [("b", fresh.aliases[0][1])]
+    fp, imported = import_lxd_image(store, img.digest, "a", fresh, tmp, null_sink)
+    assert imported and len(fresh.uploads) == 1 and fresh.uploads[0].startswith(".lxd-")
+    assert fresh.set == [("a", fp, False)] and store.lxd_fingerprint(img.digest) == fp
+    # from now on the store's record of the tarball's sha256 is what an image is checked against:
+    # no tarball is written to learn it again
+    import sandbox.imageformats.lxd as fmt
+
+    monkeypatch.setattr(fmt, "write_lxd_tarball", lambda *a: pytest.fail("a tarball was written"))
+    assert import_lxd_image(store, img.digest, "a", fresh, tmp, null_sink) == (fp, False)
+    held = Images(held={fp})  # the same bytes under another alias: only the alias is added
+    assert import_lxd_image(store, img.digest, "b", held, tmp, null_sink) == (fp, True)
+    assert held.uploads == [] and held.set == [("b", fp, False)]
+    monkeypatch.undo()
+    wrong = Images()
+    wrong.wrong = True
     with pytest.raises(SandboxError, match=r"LXD imported image .* as '0+', not [0-9a-f]{64}") as e:
-        import_lxd_image(store, img.digest, "c", Images(wrong=True), tmp, null_sink)
+        import_lxd_image(ImageStore(store.root), img.digest, "c", wrong, tmp, null_sink)
     assert e.value.hint is not None and "changed on its way" in e.value.hint
-    assert not list(tmp.glob(".lxd-*"))  # no temp tarball left, failed or not
+    assert "c" not in wrong.aliases and not list(tmp.glob(".lxd-*"))  # no temp tarball left
 
 
-def test_an_image_is_imported_by_the_agent_from_the_hosts_store_only_when_lxd_lacks_it(
-    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+def test_an_alias_someone_else_pointed_at_another_image_is_not_trusted(tmp_path: Path) -> None:
+    """`sandbox-<12 hex>` naming an image that is not the one this store's tarball made (whoever may
+    import images into that LXD can make one, first): ours is imported and the alias points at it;
+    instances are made from the fingerprint returned, never from the alias."""
+    store = ImageStore(tmp_path / "store")
+    img = make_image(store, tmp_path / "work")
+    alias, foreign = f"sandbox-{img.digest[7:19]}", "e" * 64
+    lxd = Images(aliases={alias: foreign}, held={foreign})
+    fp, imported = import_lxd_image(store, img.digest, alias, lxd, tmp_path / "tmp", null_sink)
+    assert imported and fp != foreign and len(lxd.uploads) == 1
+    assert lxd.set == [(alias, fp, True)] and lxd.aliases[alias] == fp
+    # the same when this store knew the image already (recorded) and the alias moved afterwards
+    lxd.aliases[alias] = foreign
+    assert import_lxd_image(store, img.digest, alias, lxd, tmp_path / "tmp", null_sink) == (fp, True)
+    assert lxd.aliases[alias] == fp and len(lxd.uploads) == 1  # LXD held our bytes: none sent again
+
+
+def test_an_image_on_a_host_is_made_from_the_fingerprint_the_agent_answers_once_per_command(
+    ws: Workspace,
 ) -> None:
-    b, agent = on_host(ws, {"imported": True, "seconds": 1.5})
+    b, agent = on_host(ws, {"alias": "x", "fingerprint": "d" * 64, "imported": False, "seconds": 0.1})
     digest = "sha256:" + "c" * 64
-    monkeypatch.setattr(b, "_image", lambda d: object())  # LXD has it: nothing asked of the host
     b.prepare_image(digest)
-    assert agent.calls == []
-    monkeypatch.setattr(b, "_image", lambda d: None)
     b.prepare_image(digest)
-    assert agent.calls == [("lxd-import", (digest,), None)]
+    assert agent.calls == [("lxd-import", (digest,), None)]  # checked on the host, once per command
+    assert b._fingerprints == {digest: "d" * 64}
+    for answer in ({"imported": True}, {"fingerprint": "D" * 64}, {"fingerprint": "d" * 63 + "\n"}, []):
+        bad, _ = on_host(ws, answer)
+        with pytest.raises(HostError, match="no image fingerprint"):
+            bad.prepare_image(digest)
 
 
 def test_the_client_certificate_is_made_once_when_hosts_ask_for_it_in_parallel(ws: Workspace) -> None:
@@ -247,3 +299,50 @@ def test_a_ca_certificate_is_not_pinned() -> None:
     with pytest.raises(HostError) as e:
         trust_answer("web1", {"certificate": ca, "port": 8443})
     assert "is a CA certificate" in e.value.message
+
+
+class NotFound(Exception):
+    """What pylxd raises for a 404 (the backend tells it by its name)."""
+
+
+class FakeSnapshots:
+    def __init__(self) -> None:
+        self.deleted: list[str] = []
+
+    def all(self) -> list[Any]:  # what pylxd lists in a project: names with LXD's `?project=`
+        return [SimpleNamespace(name="s1?project=sandbox")]
+
+    def get(self, name: str) -> Any:
+        if name != "s1":
+            raise NotFound(name)
+        return SimpleNamespace(delete=lambda wait: self.deleted.append(name))
+
+
+class FakeClient:
+    """A pylxd client of a project: one instance of the workspace with a snapshot, two images."""
+
+    def __init__(self, ws_tag: str) -> None:
+        self.snapshots = FakeSnapshots()
+        inst = SimpleNamespace(
+            name="prod-0", config={"user.sandbox.workspace": ws_tag}, snapshots=self.snapshots
+        )
+        self.instances = SimpleNamespace(get=lambda name: inst)
+        listing = [
+            {
+                "properties": {"sandbox.digest": "sha256:" + "b" * 64},
+                "aliases": [{"name": "sandbox-bbbbbbbbbbbb"}],
+            },
+            {"properties": {}, "aliases": []},
+        ]
+        answer = SimpleNamespace(json=lambda: {"metadata": listing})
+        self.api = SimpleNamespace(images=SimpleNamespace(get=lambda params: answer))
+
+
+def test_snapshots_and_images_of_a_project_are_found_by_name_not_by_a_listings_urls(ws: Workspace) -> None:
+    """pylxd names what it lists after the URLs LXD gives, which in a project end in `?project=`."""
+    b, _ = on_host(ws, {"certificate": PEM, "port": 8443})
+    b._client = fake = FakeClient(b.ws_id)
+    b.delete_snapshot("prod-0", "s1")
+    b.delete_snapshot("prod-0", "gone")  # absent: nothing to do
+    assert fake.snapshots.deleted == ["s1"]
+    assert b.images() == ["sha256:" + "b" * 64]
