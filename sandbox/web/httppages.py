@@ -152,7 +152,15 @@ async def envs_page(request: Request) -> Response:
         data = await rpc(request, "envs", session_cred(request), {})
     except RPCError as e:
         return error_page(request, e)
-    return page(request, "envs.html", me=me, envs=data["envs"], buttons=data["buttons"], fields=BUTTON_FIELDS)
+    return page(
+        request,
+        "envs.html",
+        me=me,
+        envs=data["envs"],
+        buttons=data["buttons"],
+        own_env=data["own_env"],
+        fields=BUTTON_FIELDS,
+    )
 
 
 async def env_page(request: Request) -> Response:

@@ -23,7 +23,7 @@ from sandbox.web.auth import Auth, AuthError, RateLimited
 from sandbox.web.jobargs import JobArgError, check_job
 from sandbox.web.jobs import Job, Jobs, JobStateError
 from sandbox.web.policy import allowed, buttons
-from sandbox.web.roles import AccessError, User, may
+from sandbox.web.roles import AccessError, User, may, own_env_name
 from sandbox.web.rpcproto import RPCError
 from sandbox.web.triggers import submit_delivery
 from sandbox.web.views import Views
@@ -138,8 +138,15 @@ class RootSide:
 
     def envs(self, c: Call) -> dict[str, Any]:
         assert c.user is not None
-        rows = [e for e in self.views.envs() if may(c.user, "view", e["profile"])]
-        return {"envs": rows, "buttons": {e["name"]: buttons(c.user, e["name"], e["owner"]) for e in rows}}
+        every = self.views.envs()
+        rows = [e for e in every if may(c.user, "view", e["profile"])]
+        own = own_env_name(c.user)
+        can_up = own not in {e["name"] for e in every} and allowed(c.user, "up", {"env": own}, None)
+        return {
+            "envs": rows,
+            "buttons": {e["name"]: buttons(c.user, e["name"], e["owner"]) for e in rows},
+            "own_env": own if can_up else None,  # a button to create it, if the user may
+        }
 
     def env(self, c: Call) -> dict[str, Any]:
         assert c.user is not None

@@ -16,7 +16,7 @@ from sandbox.errors import SandboxError
 from sandbox.web import rpcproto
 from sandbox.web.jobs import Job, Jobs
 from sandbox.web.worker import Worker
-from tests.unit.webworld import ROLES, World, world
+from tests.unit.webworld import CHEAP, ROLES, World, world
 
 
 @pytest.fixture
@@ -238,3 +238,25 @@ def test_the_worker_checks_may_again_and_runs_only_what_passes(w: World) -> None
     assert got[b.id] == ("failed", "the fake backend failed (hint: a test)")
     assert got[c.id][0] == "failed" and "dave may not run down on prod" in str(got[c.id][1])
     assert got[d.id][0] == "failed" and "refused by the worker" in str(got[d.id][1])
+
+
+def test_the_real_views_of_an_empty_workspace(tmp_path: Path) -> None:
+    """WorkspaceViews calls the CLI's own view code (Envs.ls/view, ImageStore.summaries)."""
+    from sandbox.state import StateDB
+    from sandbox.web.auth import Auth
+    from sandbox.web.rootside import RootSide
+    from sandbox.web.rpcproto import RPCError
+    from sandbox.web.views import WorkspaceViews
+    from sandbox.workspace import Workspace
+
+    (tmp_path / "sandbox.yaml").write_text("")
+    ws = Workspace(tmp_path)
+    root = RootSide(StateDB.for_workspace(ws), WorkspaceViews(ws))
+    root.auth = Auth(root.state, hasher=CHEAP)
+    token = root.auth.add_token(root.auth.add_user("ann", "correct horse battery", {"*": "viewer"}).name, "t")
+    cred = {"token": token}
+    assert root.handle("envs", cred, "127.0.0.1", {}) == {"envs": [], "buttons": {}, "own_env": None}
+    assert root.handle("images", cred, "127.0.0.1", {}) == []
+    with pytest.raises(RPCError) as e:
+        root.handle("env", cred, "127.0.0.1", {"name": "staging-9"})
+    assert e.value.status == 404

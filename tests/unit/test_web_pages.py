@@ -195,3 +195,26 @@ def test_a_signed_webhook_queues_its_pipeline_and_a_bad_one_is_refused(
     assert c.post("/hooks/nosuch", content=body, headers=headers).status_code == 404
     assert c.post("/hooks/web", content=b"x" * (3 * 1024 * 1024)).status_code == 413
     assert len(jobs_in(w)) == 1
+
+
+def test_a_developer_creates_their_dev_env_from_the_envs_page(w: World) -> None:
+    del w.views.rows["dev-dave"]
+    viewer = w.client()
+    assert viewer.login("viewer").status_code == 303
+    assert "create dev-" not in viewer.get("/envs").text
+    c = w.client()
+    assert c.login("dave").status_code == 303
+    page = c.get("/envs").text
+    assert forms(page) == {("staging-1", "verify"), ("dev-dave", "up")}
+    r = c.post("/jobs", data={"csrf": c.csrf, "kind": "up", "env": "dev-dave", "ttl": "14400"})
+    assert r.status_code == 303
+    job = Jobs(w.state).recent()[0]
+    assert (job.kind, job.args, job.who, job.trigger) == (
+        "up",
+        {"env": "dev-dave", "ttl": 14400},
+        "dave",
+        "button",
+    )
+    # on staging dave is a developer (deploy_staging); on prod only a viewer
+    r = c.post("/jobs", data={"csrf": c.csrf, "kind": "up", "env": "prod-2"})
+    assert r.status_code == 403 and len(Jobs(w.state).recent()) == 1
