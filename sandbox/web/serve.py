@@ -200,5 +200,7 @@ def serve(ws: Workspace, opts: ServeOptions, ready: threading.Event | None = Non
             child.kill()
             child.wait()
         rpcserver.stop(server, sock_path)
+        if tls_dir is not None:  # the key's copy goes with the process that needed it
+            shutil.rmtree(tls_dir, ignore_errors=True)
         worker.join(timeout=30)
     return 0 if stop.is_set() else code

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -102,7 +104,96 @@ def test_serve_runs_http_as_an_unprivileged_user(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if run_dir.exists():
-            for p in run_dir.iterdir():
-                p.unlink()
-            run_dir.rmdir()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_serve_over_tls_with_secure_cookies(tmp_path: Path) -> None:
+    """--tls-cert/--tls-key: HTTPS, a Secure session cookie; the root-only key reaches the HTTP side
+    as a copy only sandbox-web can read, removed at stop."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    key.chmod(0o600)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "sandbox.yaml").write_text("")
+    Auth(StateDB(ws / ".sandbox" / "state.db")).add_user("alice", "correct horse battery", {"*": "viewer"})
+    run_dir = Path(f"/tmp/sbx-tls-{os.getpid()}")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sandbox",
+            "-C",
+            str(ws),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--run-dir",
+            str(run_dir),
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        assert "https://" in proc.stderr.readline()
+        deadline = time.monotonic() + 20
+        with httpx.Client(
+            base_url=f"https://127.0.0.1:{port}",
+            verify=ssl.create_default_context(cafile=str(cert)),
+            follow_redirects=False,
+        ) as c:
+            while True:
+                try:
+                    c.get("/login")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    time.sleep(0.1)
+            copy = run_dir / "tls" / "key.pem"
+            assert copy.stat().st_mode & 0o777 == 0o400 and copy.stat().st_uid != 0
+            r = c.post(
+                "/login",
+                data={"csrf": c.cookies["sbx_csrf"], "user": "alice", "password": "correct horse battery"},
+            )
+            assert r.status_code == 303
+            session = next(h for h in r.headers.get_list("set-cookie") if h.startswith("sbx_session"))
+            assert "Secure" in session and "HttpOnly" in session
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+        assert not (run_dir / "tls").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -50,3 +50,13 @@ def test_serve_on_0000_without_tls_is_refused_before_anything_is_made(tmp_path: 
     assert not run_dir.exists() and not (tmp_path / ".sandbox").exists()
     r = CliRunner().invoke(cli, ["-C", str(tmp_path), "serve", "--listen", "0.0.0.0:8700", "--tls-cert", "x"])
     assert r.exit_code == 1 and "go together" in r.stderr
+
+
+def test_the_http_side_refuses_to_run_as_root() -> None:
+    import os
+
+    from sandbox.web.httpmain import main
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to see the refusal")
+    assert main(["--socket", "/nonexistent", "--fd", "99"]) == 2
