@@ -73,7 +73,7 @@ class Worker:
             try:
                 if self.run_once() is None:
                     stop.wait(self.interval)
-            except SandboxError:
+            except Exception:  # e.g. the state DB busy: the worker thread must not die of it
                 traceback.print_exc()
                 stop.wait(self.interval)
 
