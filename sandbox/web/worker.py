@@ -13,16 +13,19 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import NotFound, SandboxError
 from sandbox.web.auth import Auth
 from sandbox.web.jobargs import JobArgError
 from sandbox.web.jobs import Job, Jobs
 from sandbox.web.policy import allowed
-from sandbox.web.roles import USER_NAME_RE
+from sandbox.web.roles import RESERVED_USER_NAMES, USER_NAME_RE
 from sandbox.web.views import Views
 from sandbox.workspace import Workspace
+
+if TYPE_CHECKING:
+    from sandbox.envs import Envs
 
 Runner = Callable[[Job], dict[str, Any]]
 
@@ -37,7 +40,7 @@ class Worker:
 
     def _refusal(self, job: Job) -> str | None:
         """Why the submitter may not (any more) run this job, or None."""
-        if not re.fullmatch(USER_NAME_RE, job.who):
+        if job.who in RESERVED_USER_NAMES or not re.fullmatch(USER_NAME_RE, job.who):
             return None  # root, webhook:NAME, schedule:NAME: checked where they were queued
         try:
             user = self.auth.get_user(job.who)
@@ -81,18 +84,20 @@ class Worker:
 class WorkspaceRunner:
     """Runs a job of a fixed kind on workspace `ws` with Envs and Promoter, as the CLI does."""
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: Workspace, envs: Callable[[], Envs] | None = None) -> None:
         self.ws = ws
+        self.make_envs = envs  # tests: an Envs on a fake backend
 
     def __call__(self, job: Job) -> dict[str, Any]:
         from sandbox.envs import Envs
         from sandbox.promote.rolling import Promoter
 
         a, env = job.args, job.args["env"]
-        envs = Envs(self.ws)
+        envs = self.make_envs() if self.make_envs is not None else Envs(self.ws)
         if job.kind == "up":
             ttl = f"{a['ttl']}s" if "ttl" in a else None
-            owner = job.who if re.fullmatch(USER_NAME_RE, job.who) else None
+            web_user = job.who not in RESERVED_USER_NAMES and re.fullmatch(USER_NAME_RE, job.who)
+            owner = job.who if web_user else None
             return envs.up(env, image=a.get("image"), ttl=ttl, owner=owner).to_dict()
         if job.kind == "down":
             envs.down(env)
