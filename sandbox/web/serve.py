@@ -174,33 +174,46 @@ def serve(ws: Workspace, opts: ServeOptions, ready: threading.Event | None = Non
         "PYTHONDONTWRITEBYTECODE": "1",
         "LANG": "C.UTF-8",
     }
-    child = subprocess.Popen(
-        argv, user=uid, group=gid, extra_groups=[], env=env, cwd="/", pass_fds=(listener.fileno(),)
-    )
-    listener.close()
-    print(
-        f"sandbox serve: http{'s' if tls else ''}://{opts.listen} (HTTP side pid {child.pid})",
-        file=sys.stderr,
-    )
+    children: list[subprocess.Popen[bytes]] = []
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
-        child.terminate()
+        for c in children:
+            c.terminate()
 
+    # before the child starts: a signal in between must not leave it serving without a root side
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    if ready is not None:
-        ready.set()
+    stopped = False
     try:
+        child = subprocess.Popen(
+            argv, user=uid, group=gid, extra_groups=[], env=env, cwd="/", pass_fds=(listener.fileno(),)
+        )
+        children.append(child)
+        if stop.is_set():
+            child.terminate()
+        listener.close()
+        print(
+            f"sandbox serve: http{'s' if tls else ''}://{opts.listen} (HTTP side pid {child.pid})",
+            file=sys.stderr,
+        )
+        if ready is not None:
+            ready.set()
         code = child.wait()
+        stopped = stop.is_set()  # asked to stop, or the child ended by itself
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         stop.set()
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+        for c in children:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
+        listener.close()
         rpcserver.stop(server, sock_path)
         if tls_dir is not None:  # the key's copy goes with the process that needed it
             shutil.rmtree(tls_dir, ignore_errors=True)
         worker.join(timeout=30)
-    return 0 if stop.is_set() else code
+    if not stopped:
+        print(f"sandbox serve: the HTTP side ended with status {code}", file=sys.stderr)
+        return code or 1
+    return 0

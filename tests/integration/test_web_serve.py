@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -192,6 +193,44 @@ def test_serve_over_tls_with_secure_cookies(tmp_path: Path) -> None:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
         assert not (run_dir / "tls").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_serve_ends_with_an_error_when_its_http_side_dies(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "sandbox.yaml").write_text("")
+    run_dir = Path(f"/tmp/sbx-die-{os.getpid()}")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sandbox",
+            "-C",
+            str(ws),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        m = re.search(r"HTTP side pid (\d+)", proc.stderr.readline())
+        assert m
+        os.kill(int(m.group(1)), signal.SIGKILL)  # the child this test's serve started
+        assert proc.wait(timeout=20) != 0
+        assert "the HTTP side ended with status" in proc.stderr.read()
+        assert not (run_dir / "rpc.sock").exists()
     finally:
         if proc.poll() is None:
             proc.kill()
