@@ -39,6 +39,7 @@ LAZY_COMMANDS = {
     "image": "image_cmds",
     "host": "host_cmds",
     "user": "user_cmds",
+    "serve": "serve_cmds",
     **dict.fromkeys(
         [
             "up",

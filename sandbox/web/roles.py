@@ -80,9 +80,17 @@ class User:
         }
 
 
+# a job's submitter `root` is the CLI on this machine: no web user may bear that name
+RESERVED_USER_NAMES = frozenset({"root"})
+
+
 def check_user_name(name: object) -> str:
     if not isinstance(name, str) or not re.fullmatch(USER_NAME_RE, name):
         raise AccessError(f"invalid user name {_show(name)}", hint=USER_NAME_HINT)
+    if name in RESERVED_USER_NAMES:
+        raise AccessError(
+            f"the user name {name!r} is reserved", hint="jobs queued by root's CLI are submitted by 'root'"
+        )
     return name
 
 

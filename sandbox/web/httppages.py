@@ -1,0 +1,243 @@
+"""The server-rendered pages: login, envs, one env, jobs. Forms post with a CSRF token; a page shows
+only the buttons the root side says the user may press (`buttons` in its answers)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import urllib.parse
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from sandbox.web.httpapp import (
+    CSRF_COOKIE,
+    HTMX,
+    MAX_FORM,
+    SESSION_COOKIE,
+    BodyTooLarge,
+    csrf_ok,
+    csrf_token,
+    read_body,
+    rpc,
+    session_cred,
+    with_csrf_cookie,
+)
+from sandbox.web.rpcproto import RPCError
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _left(t: float | None) -> str:
+    if t is None:
+        return "-"
+    s = int(t - time.time())
+    if s <= 0:
+        return "expired"
+    return next(f"{s // n}{u}" for u, n in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)) if s >= n)
+
+
+_env.filters["when"] = _when
+_env.filters["left"] = _left
+
+BUTTON_FIELDS = {"maintenance": {"on": "true"}, "readonly": {"on": "true"}, "extend": {"ttl": "3600"}}
+
+
+def page(request: Request, template: str, status: int = 200, **ctx: Any) -> Response:
+    html = _env.get_template(template).render(csrf=csrf_token(request), htmx=HTMX, **ctx)
+    return with_csrf_cookie(request, HTMLResponse(html, status))
+
+
+def error_page(request: Request, e: RPCError, me: dict[str, Any] | None = None) -> Response:
+    if e.status == 401:
+        return RedirectResponse("/login", 303)
+    headers = {}
+    if e.status == 429:
+        headers["Retry-After"] = "60"
+    resp = page(request, "error.html", e.status, me=me, message=e.message, hint=e.hint)
+    resp.headers.update(headers)
+    return resp
+
+
+async def read_form(request: Request) -> dict[str, str] | Response:
+    """The urlencoded form (each field once), or the error page: too large, malformed, no CSRF."""
+    try:
+        raw = await read_body(request, MAX_FORM)
+        pairs = urllib.parse.parse_qsl(raw.decode("ascii"), keep_blank_values=True, strict_parsing=False)
+    except BodyTooLarge:
+        return error_page(request, RPCError(413, f"the form is over {MAX_FORM} bytes"))
+    except (UnicodeDecodeError, ValueError):
+        return error_page(request, RPCError(400, "a malformed form"))
+    form: dict[str, str] = {}
+    for k, v in pairs:
+        if k in form:
+            return error_page(request, RPCError(400, f"the field {k[:40]!r} is given twice"))
+        form[k] = v
+    if not csrf_ok(request, form):
+        return error_page(
+            request, RPCError(403, "the form's CSRF token is missing or wrong", hint="reload the page")
+        )
+    return form
+
+
+async def _me(request: Request) -> dict[str, Any]:
+    result: dict[str, Any] = await rpc(request, "whoami", session_cred(request), {})
+    return result
+
+
+async def index(request: Request) -> Response:
+    return RedirectResponse("/envs", 303)
+
+
+async def login_form(request: Request) -> Response:
+    return page(request, "login.html", me=None, message=None)
+
+
+async def login(request: Request) -> Response:
+    form = await read_form(request)
+    if isinstance(form, Response):
+        return form
+    try:
+        result = await rpc(
+            request, "login", {}, {"user": form.get("user", ""), "password": form.get("password", "")}
+        )
+    except RPCError as e:
+        status = e.status if e.status in (400, 401, 429) else 503
+        resp = page(request, "login.html", status, me=None, message=e.message)
+        if status == 429:
+            resp.headers["Retry-After"] = "60"
+        return resp
+    resp = RedirectResponse("/envs", 303)
+    resp.set_cookie(
+        SESSION_COOKIE,
+        result["session"],
+        httponly=True,
+        samesite="strict",
+        secure=request.app.state.web.secure_cookies,
+        path="/",
+    )
+    return resp
+
+
+async def logout(request: Request) -> Response:
+    form = await read_form(request)
+    if isinstance(form, Response):
+        return form
+    cred = session_cred(request)
+    if cred:
+        with contextlib.suppress(RPCError):
+            await rpc(request, "logout", cred, {})
+    resp = RedirectResponse("/login", 303)
+    resp.delete_cookie(SESSION_COOKIE, path="/")
+    resp.delete_cookie(CSRF_COOKIE, path="/")
+    return resp
+
+
+async def envs_page(request: Request) -> Response:
+    try:
+        me = await _me(request)
+        data = await rpc(request, "envs", session_cred(request), {})
+    except RPCError as e:
+        return error_page(request, e)
+    return page(
+        request,
+        "envs.html",
+        me=me,
+        envs=data["envs"],
+        buttons=data["buttons"],
+        own_env=data["own_env"],
+        fields=BUTTON_FIELDS,
+    )
+
+
+async def env_page(request: Request) -> Response:
+    me = None
+    try:
+        me = await _me(request)
+        data = await rpc(request, "env", session_cred(request), {"name": request.path_params["name"][:60]})
+    except RPCError as e:
+        return error_page(request, e, me)
+    return page(
+        request,
+        "env.html",
+        me=me,
+        env=data["env"],
+        jobs=data["jobs"],
+        cancel=data["cancel"],
+        buttons=data["buttons"],
+        fields=BUTTON_FIELDS,
+    )
+
+
+async def jobs_page(request: Request) -> Response:
+    try:
+        me = await _me(request)
+        data = await rpc(request, "jobs", session_cred(request), {"limit": 200})
+    except RPCError as e:
+        return error_page(request, e)
+    return page(request, "jobs.html", me=me, jobs=data["jobs"], cancel=data["cancel"])
+
+
+def _job_args(kind: str, form: dict[str, str]) -> dict[str, Any]:
+    """A form's fields as job arguments: 'true'/'false' are booleans, digits whole numbers."""
+    args: dict[str, Any] = {}
+    for k, v in form.items():
+        if k in ("csrf", "kind", "back"):
+            continue
+        args[k] = {"true": True, "false": False}.get(v, int(v) if v.isdigit() and len(v) < 10 else v)
+    return args
+
+
+async def submit(request: Request) -> Response:
+    form = await read_form(request)
+    if isinstance(form, Response):
+        return form
+    kind = form.get("kind", "")
+    try:
+        job = await rpc(
+            request, "submit", session_cred(request), {"kind": kind, "args": _job_args(kind, form)}
+        )
+    except RPCError as e:
+        return error_page(request, e)
+    return RedirectResponse(f"/envs/{urllib.parse.quote(job['env'])}", 303)
+
+
+async def cancel(request: Request) -> Response:
+    form = await read_form(request)
+    if isinstance(form, Response):
+        return form
+    raw = request.path_params["id"]
+    if not raw.isdigit() or len(raw) > 18:
+        return error_page(request, RPCError(400, "a job id is a number"))
+    try:
+        await rpc(request, "cancel", session_cred(request), {"id": int(raw)})
+    except RPCError as e:
+        return error_page(request, e)
+    return RedirectResponse("/jobs", 303)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/", index),
+        Route("/login", login_form, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/envs", envs_page),
+        Route("/envs/{name}", env_page),
+        Route("/jobs", jobs_page, methods=["GET"]),
+        Route("/jobs", submit, methods=["POST"]),
+        Route("/jobs/{id}/cancel", cancel, methods=["POST"]),
+    ]

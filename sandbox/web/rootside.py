@@ -1,0 +1,237 @@
+"""The root side's RPC methods: a fixed table, each call authenticated by the caller's session or
+token and authorized with `may()` here, with every argument checked again. The HTTP side holds no
+state and no secret but the session and token strings its clients send.
+
+Errors carry the HTTP status the HTTP side answers with: 400 a bad argument, 401 no valid
+credentials, 403 not allowed, 404 unknown, 409 a state conflict, 429 rate limited.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sandbox.config.names import ENV_NAME_RE, env_profile_name
+from sandbox.errors import NotFound, SandboxError
+from sandbox.settings import Hook
+from sandbox.state import StateDB
+from sandbox.web.auth import Auth, AuthError, RateLimited
+from sandbox.web.jobargs import JobArgError, check_job
+from sandbox.web.jobs import Job, Jobs, JobStateError
+from sandbox.web.policy import allowed, buttons
+from sandbox.web.roles import AccessError, User, may, own_env_name
+from sandbox.web.rpcproto import RPCError
+from sandbox.web.triggers import submit_delivery
+from sandbox.web.views import Views
+from sandbox.web.webhooks import WebhookError, receive
+
+MAX_HEADERS = 100
+
+
+@dataclass(frozen=True)
+class Call:
+    user: User | None
+    session: str | None
+    source: str
+    args: dict[str, Any]
+
+
+def _str(args: Mapping[str, Any], key: str, limit: int = 1100) -> str:
+    v = args.get(key)
+    if not isinstance(v, str) or len(v) > limit:
+        raise RPCError(400, f"argument {key!r} must be a string of at most {limit} characters")
+    return v
+
+
+def _env_name(args: Mapping[str, Any]) -> str:
+    name = _str(args, "name", 60)
+    if not re.fullmatch(ENV_NAME_RE, name):
+        raise RPCError(400, f"invalid environment name {name[:60]!r}", hint="PROFILE or PROFILE-SUFFIX")
+    return name
+
+
+class RootSide:
+    """The methods the HTTP side may call; `handle(method, cred, source, args)` is the one entry."""
+
+    def __init__(self, state: StateDB, views: Views, hooks: Callable[[], Sequence[Hook]] = tuple) -> None:
+        self.state = state
+        self.auth = Auth(state)
+        self.jobs = Jobs(state)
+        self.views = views
+        self.hooks = hooks
+        # method -> (needs a signed-in user, function)
+        self.methods: dict[str, tuple[bool, Callable[[Call], Any]]] = {
+            "login": (False, self.login),
+            "logout": (False, self.logout),
+            "whoami": (True, self.whoami),
+            "envs": (True, self.envs),
+            "env": (True, self.env),
+            "images": (True, self.images),
+            "jobs": (True, self.list_jobs),
+            "submit": (True, self.submit),
+            "cancel": (True, self.cancel),
+            "hook": (False, self.hook),
+        }
+
+    def handle(self, method: object, cred: object, source: object, args: object) -> Any:
+        if not isinstance(method, str) or method not in self.methods:
+            raise RPCError(400, f"unknown method {str(method)[:40]!r}")
+        if not isinstance(args, dict) or not isinstance(source, str) or len(source) > 64:
+            raise RPCError(400, "malformed request")
+        needs_user, fn = self.methods[method]
+        user, session = self._authenticate(cred) if needs_user else (None, None)
+        if method == "logout" and isinstance(cred, dict):
+            session = cred.get("session") if isinstance(cred.get("session"), str) else None
+        try:
+            return fn(Call(user, session, source, args))
+        except (AuthError, RPCError, WebhookError):
+            raise
+        except (AccessError, JobArgError) as e:
+            raise RPCError(400, e.message, e.hint) from e
+        except NotFound as e:
+            raise RPCError(404, e.message, e.hint, type(e).__name__) from e
+        except JobStateError as e:
+            raise RPCError(409, e.message, e.hint, type(e).__name__) from e
+
+    def _authenticate(self, cred: object) -> tuple[User, str | None]:
+        if not isinstance(cred, dict) or len(cred) != 1:
+            raise RPCError(401, "sign in first", hint="a session cookie or an Authorization: Bearer token")
+        (kind, value), *_ = cred.items()
+        if not isinstance(value, str) or len(value) > 200:
+            raise RPCError(401, "malformed credentials")
+        try:
+            if kind == "session":
+                return self.auth.session_user(value), value
+            if kind == "token":
+                return self.auth.token_user(value), None
+        except AuthError as e:
+            raise RPCError(401, e.message, e.hint) from e
+        raise RPCError(401, "malformed credentials")
+
+    # -- sessions ---------------------------------------------------------------------------
+    def login(self, c: Call) -> dict[str, Any]:
+        try:
+            session, user = self.auth.login(_str(c.args, "user", 40), _str(c.args, "password"), c.source)
+        except RateLimited as e:
+            raise RPCError(429, e.message, e.hint, "RateLimited") from e
+        except AuthError as e:
+            raise RPCError(401, e.message, e.hint, "AuthError") from e
+        return {"session": session, "user": self._me(user)}
+
+    def logout(self, c: Call) -> dict[str, Any]:
+        return {"ended": bool(c.session) and self.auth.logout(str(c.session))}
+
+    def whoami(self, c: Call) -> dict[str, Any]:
+        assert c.user is not None
+        return self._me(c.user)
+
+    def _me(self, user: User) -> dict[str, Any]:
+        return {**user.to_dict(), "admin": may(user, "admin", "x")}
+
+    # -- views ------------------------------------------------------------------------------
+    def _may_view(self, user: User, env: str) -> bool:
+        return may(user, "view", env_profile_name(env))
+
+    def envs(self, c: Call) -> dict[str, Any]:
+        assert c.user is not None
+        every = self.views.envs()
+        rows = [e for e in every if may(c.user, "view", e["profile"])]
+        own = own_env_name(c.user)
+        can_up = own not in {e["name"] for e in every} and allowed(c.user, "up", {"env": own}, None)
+        return {
+            "envs": rows,
+            "buttons": {e["name"]: buttons(c.user, e["name"], e["owner"]) for e in rows},
+            "own_env": own if can_up else None,  # a button to create it, if the user may
+        }
+
+    def env(self, c: Call) -> dict[str, Any]:
+        assert c.user is not None
+        name = _env_name(c.args)
+        view = self.views.env(name)  # NotFound first: an unknown env is 404 for everyone
+        if not may(c.user, "view", view["profile"]):
+            raise RPCError(403, f"you may not view {name}", hint="ask an admin for a role on its profile")
+        jobs = [j.to_dict() for j in self.jobs.recent(env=name, limit=20)]
+        return {
+            "env": view,
+            "jobs": jobs,
+            "cancel": self._cancellable(c.user, jobs),
+            "buttons": buttons(c.user, name, view["owner"]),
+        }
+
+    def images(self, c: Call) -> list[dict[str, Any]]:
+        assert c.user is not None
+        if not c.user.roles:
+            raise RPCError(403, "you hold no role", hint="ask an admin for one")
+        return self.views.images()
+
+    def _cancellable(self, user: User, jobs: list[dict[str, Any]]) -> list[int]:
+        return [
+            j["id"]
+            for j in jobs
+            if j["state"] == "queued" and may(user, "cancel_job", env_profile_name(j["env"]))
+        ]
+
+    def list_jobs(self, c: Call) -> dict[str, Any]:
+        assert c.user is not None
+        limit = c.args.get("limit", 100)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise RPCError(400, "limit must be a whole number from 1 to 1000")
+        env = _env_name({"name": c.args["env"]}) if "env" in c.args else None
+        rows = [j.to_dict() for j in self.jobs.recent(env=env, limit=limit) if self._may_view(c.user, j.env)]
+        return {"jobs": rows, "cancel": self._cancellable(c.user, rows)}
+
+    # -- jobs -------------------------------------------------------------------------------
+    def _owner(self, env: str) -> str | None:
+        try:
+            owner = self.views.env(env)["owner"]
+        except NotFound:
+            return None
+        return str(owner)
+
+    def submit(self, c: Call) -> dict[str, Any]:
+        assert c.user is not None
+        kind = c.args.get("kind")
+        checked = check_job(kind, c.args.get("args"), c.user.name, "button")
+        assert isinstance(kind, str)
+        if not allowed(c.user, kind, checked, self._owner(checked["env"])):
+            raise RPCError(403, f"you may not run {kind} on {checked['env']}", hint="ask an admin for a role")
+        return self.jobs.submit(kind, checked, who=c.user.name, trigger="button").to_dict()
+
+    def cancel(self, c: Call) -> dict[str, Any]:
+        assert c.user is not None
+        job_id = c.args.get("id")
+        if isinstance(job_id, bool) or not isinstance(job_id, int):
+            raise RPCError(400, "id must be a job number")
+        job: Job = self.jobs.get(job_id)
+        if not self._may_view(c.user, job.env):
+            raise NotFound(f"job #{job_id} not found", hint="the jobs page lists them")
+        if not may(c.user, "cancel_job", env_profile_name(job.env)):
+            raise RPCError(403, f"you may not cancel job #{job.id}", hint="a developer's role is needed")
+        return self.jobs.cancel(job.id).to_dict()
+
+    # -- webhooks ---------------------------------------------------------------------------
+    def hook(self, c: Call) -> dict[str, Any]:
+        name = _str(c.args, "name", 40)
+        headers = c.args.get("headers")
+        if (
+            not isinstance(headers, dict)
+            or len(headers) > MAX_HEADERS
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+        ):
+            raise RPCError(400, "malformed headers")
+        try:
+            body = base64.b64decode(_str(c.args, "body", 3 * 1024 * 1024), validate=True)
+        except ValueError as e:
+            raise RPCError(400, "malformed body") from e
+        try:
+            delivery = receive(self.hooks(), name, headers, body, self.state)
+        except WebhookError as e:
+            raise RPCError(e.status, e.message, e.hint, "WebhookError") from e
+        except SandboxError as e:  # e.g. the secret file: the sender learns nothing of it
+            raise RPCError(500, "the hook is misconfigured on the server") from e
+        job = submit_delivery(self.jobs, delivery, time.time())
+        return {"delivery": delivery.id, "ignored": delivery.ignored, "job": job.id if job else None}

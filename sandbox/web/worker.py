@@ -1,0 +1,132 @@
+"""The root side's job worker: claims queued jobs (Jobs.claim_next, which checks the arguments
+again), checks `may()` for the submitting user again, and runs only the fixed job kinds through the
+same Envs and Promoter code the CLI uses. A job's outcome is its row: done with a result, or failed
+with the error's message.
+
+One worker thread runs one job at a time. Jobs of different envs do not run in parallel yet.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sandbox.errors import NotFound, SandboxError
+from sandbox.web.auth import Auth
+from sandbox.web.jobargs import JobArgError
+from sandbox.web.jobs import Job, Jobs
+from sandbox.web.policy import allowed
+from sandbox.web.roles import RESERVED_USER_NAMES, USER_NAME_RE
+from sandbox.web.views import Views
+from sandbox.workspace import Workspace
+
+if TYPE_CHECKING:
+    from sandbox.envs import Envs
+
+Runner = Callable[[Job], dict[str, Any]]
+
+
+class Worker:
+    def __init__(self, jobs: Jobs, views: Views, runner: Runner, interval: float = 0.5) -> None:
+        self.jobs = jobs
+        self.auth = Auth(jobs.state)
+        self.views = views
+        self.runner = runner
+        self.interval = interval
+
+    def _refusal(self, job: Job) -> str | None:
+        """Why the submitter may not (any more) run this job, or None."""
+        if job.who in RESERVED_USER_NAMES or not re.fullmatch(USER_NAME_RE, job.who):
+            return None  # root, webhook:NAME, schedule:NAME: checked where they were queued
+        try:
+            user = self.auth.get_user(job.who)
+        except NotFound:
+            return f"the submitter {job.who} no longer exists"
+        try:
+            owner: str | None = str(self.views.env(job.env)["owner"])
+        except NotFound:
+            owner = None
+        if not allowed(user, job.kind, job.args, owner):
+            return f"{job.who} may not run {job.kind} on {job.env}"
+        return None
+
+    def run_once(self) -> Job | None:
+        """Claim and run one job; None when none may run now."""
+        job = self.jobs.claim_next()
+        if job is None:
+            return None
+        refusal = self._refusal(job)
+        if refusal is not None:
+            return self.jobs.finish(job.id, False, error=f"refused by the worker: {refusal}")
+        try:
+            result = self.runner(job)
+        except SandboxError as e:
+            return self.jobs.finish(job.id, False, error=e.message + (f" (hint: {e.hint})" if e.hint else ""))
+        except Exception as e:
+            traceback.print_exc()
+            return self.jobs.finish(job.id, False, error=f"internal error: {type(e).__name__}")
+        return self.jobs.finish(job.id, True, result=result)
+
+    def loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                if self.run_once() is None:
+                    stop.wait(self.interval)
+            except Exception:  # e.g. the state DB busy: the worker thread must not die of it
+                traceback.print_exc()
+                stop.wait(self.interval)
+
+
+class WorkspaceRunner:
+    """Runs a job of a fixed kind on workspace `ws` with Envs and Promoter, as the CLI does."""
+
+    def __init__(self, ws: Workspace, envs: Callable[[], Envs] | None = None) -> None:
+        self.ws = ws
+        self.make_envs = envs  # tests: an Envs on a fake backend
+
+    def __call__(self, job: Job) -> dict[str, Any]:
+        from sandbox.envs import Envs
+        from sandbox.promote.rolling import Promoter
+
+        a, env = job.args, job.args["env"]
+        envs = self.make_envs() if self.make_envs is not None else Envs(self.ws)
+        if job.kind == "up":
+            ttl = f"{a['ttl']}s" if "ttl" in a else None
+            web_user = job.who not in RESERVED_USER_NAMES and re.fullmatch(USER_NAME_RE, job.who)
+            owner = job.who if web_user else None
+            return envs.up(env, image=a.get("image"), ttl=ttl, owner=owner).to_dict()
+        if job.kind == "down":
+            envs.down(env)
+            return {"removed": env}
+        if job.kind == "extend":
+            return {"env": env, "expires": envs.state.set_env(env, expires=time.time() + a["ttl"]).expires}
+        if job.kind == "maintenance":
+            envs.set_maintenance(env, a.get("allow", []) if a["on"] else None)
+            return {"env": env, "maintenance": a["on"]}
+        if job.kind == "readonly":
+            envs.set_readonly(env, a["on"])
+            return {"env": env, "readonly": a["on"]}
+        promoter = Promoter(envs)
+        if job.kind == "verify":
+            ok, detail = promoter.verify(env)
+            if not ok:
+                raise SandboxError(f"verify of {env} failed: {detail}")
+            return {"env": env, "ok": ok, "detail": detail}
+        if job.kind == "promote":
+            return promoter.promote(env, a["image"], source=a["source"]).to_dict()
+        if job.kind == "rollback":
+            if "image" in a:
+                return promoter.promote(env, a["image"], kind="rollback", source="rollback").to_dict()
+            return promoter.rollback(env).to_dict()
+        if job.kind == "resume":
+            return promoter.resume(env).to_dict()
+        if job.kind == "pipeline":
+            raise SandboxError(
+                "pipeline jobs are queued but not run by this worker yet",
+                hint="run the build, up, verify and promote by hand or as separate jobs",
+            )
+        raise JobArgError(f"unknown job kind {job.kind!r}")  # never: check_job knows only these

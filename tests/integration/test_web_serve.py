@@ -1,0 +1,238 @@
+"""`sandbox serve` for real, as root: the HTTP side is a child of uid sandbox-web (checked in
+/proc/PID/status, with no supplementary group), the RPC socket is 0660 in a 0750 dir, the state DB
+stays root's 0600, a user logs in over real HTTP on loopback, and SIGTERM to the parent's pid ends
+both processes and removes the socket. Needs root (useradd, setuid); no backend, no daemon."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sandbox.state import StateDB
+from sandbox.web.auth import Auth
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="sandbox serve needs root"),
+]
+REPO = Path(__file__).parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def status_field(pid: int, field: str) -> str:
+    text = Path(f"/proc/{pid}/status").read_text()
+    m = re.search(rf"^{field}:[ \t]*(.*)$", text, re.M)
+    assert m
+    return m.group(1).strip()
+
+
+def test_serve_runs_http_as_an_unprivileged_user(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "sandbox.yaml").write_text("")
+    Auth(StateDB(ws / ".sandbox" / "state.db")).add_user("alice", "correct horse battery", {"*": "viewer"})
+    run_dir = Path(f"/tmp/sbx-serve-{os.getpid()}")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sandbox",
+            "-C",
+            str(ws),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        m = re.search(r"HTTP side pid (\d+)", line)
+        assert m, line
+        child = int(m.group(1))
+        deadline = time.monotonic() + 20
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=False) as c:
+            while True:
+                try:
+                    login = c.get("/login")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    time.sleep(0.1)
+            uids = status_field(child, "Uid").split()
+            assert len(set(uids)) == 1 and uids[0] != "0"
+            assert status_field(child, "Gid").split()[0] != "0"
+            assert status_field(child, "Groups") == ""
+            assert (run_dir.stat().st_mode & 0o777, run_dir.stat().st_uid) == (0o750, 0)
+            sock = run_dir / "rpc.sock"
+            assert sock.stat().st_mode & 0o777 == 0o660 and sock.stat().st_gid == run_dir.stat().st_gid
+            db = ws / ".sandbox" / "state.db"
+            assert (db.stat().st_mode & 0o777, db.stat().st_uid) == (0o600, 0)
+            assert login.status_code == 200
+            r = c.post(
+                "/login",
+                data={"csrf": c.cookies["sbx_csrf"], "user": "alice", "password": "correct horse battery"},
+            )
+            assert r.status_code == 303 and "sbx_session" in c.cookies
+            assert c.get("/envs").status_code == 200
+        proc.terminate()  # by its pid
+        assert proc.wait(timeout=20) == 0
+        assert not Path(f"/proc/{child}").exists() and not sock.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_serve_over_tls_with_secure_cookies(tmp_path: Path) -> None:
+    """--tls-cert/--tls-key: HTTPS, a Secure session cookie; the root-only key reaches the HTTP side
+    as a copy only sandbox-web can read, removed at stop."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    key.chmod(0o600)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "sandbox.yaml").write_text("")
+    Auth(StateDB(ws / ".sandbox" / "state.db")).add_user("alice", "correct horse battery", {"*": "viewer"})
+    run_dir = Path(f"/tmp/sbx-tls-{os.getpid()}")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sandbox",
+            "-C",
+            str(ws),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--run-dir",
+            str(run_dir),
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        assert "https://" in proc.stderr.readline()
+        deadline = time.monotonic() + 20
+        with httpx.Client(
+            base_url=f"https://127.0.0.1:{port}",
+            verify=ssl.create_default_context(cafile=str(cert)),
+            follow_redirects=False,
+        ) as c:
+            while True:
+                try:
+                    c.get("/login")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    time.sleep(0.1)
+            copy = run_dir / "tls" / "key.pem"
+            assert copy.stat().st_mode & 0o777 == 0o400 and copy.stat().st_uid != 0
+            r = c.post(
+                "/login",
+                data={"csrf": c.cookies["sbx_csrf"], "user": "alice", "password": "correct horse battery"},
+            )
+            assert r.status_code == 303
+            session = next(h for h in r.headers.get_list("set-cookie") if h.startswith("sbx_session"))
+            assert "Secure" in session and "HttpOnly" in session
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+        assert not (run_dir / "tls").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_serve_ends_with_an_error_when_its_http_side_dies(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "sandbox.yaml").write_text("")
+    run_dir = Path(f"/tmp/sbx-die-{os.getpid()}")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sandbox",
+            "-C",
+            str(ws),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        m = re.search(r"HTTP side pid (\d+)", proc.stderr.readline())
+        assert m
+        os.kill(int(m.group(1)), signal.SIGKILL)  # the child this test's serve started
+        assert proc.wait(timeout=20) != 0
+        assert "the HTTP side ended with status" in proc.stderr.read()
+        assert not (run_dir / "rpc.sock").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(run_dir, ignore_errors=True)
