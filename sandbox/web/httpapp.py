@@ -156,10 +156,11 @@ class SecurityHeaders:
 
 
 def make_app(cfg: WebConfig) -> Starlette:
-    from sandbox.web import httpapi, httppages
+    from sandbox.web import httpapi, httpevents, httppages
 
     routes = [
         *httpapi.routes(),
+        *httpevents.routes(),
         *httppages.routes(),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]

@@ -20,6 +20,7 @@ from sandbox.errors import NotFound, SandboxError
 from sandbox.settings import Hook
 from sandbox.state import StateDB
 from sandbox.web.auth import Auth, AuthError, RateLimited
+from sandbox.web.feed import Feed, TooManyWaiters
 from sandbox.web.jobargs import JobArgError, check_job
 from sandbox.web.jobs import Job, Jobs, JobStateError
 from sandbox.web.policy import allowed, buttons
@@ -30,6 +31,7 @@ from sandbox.web.views import Views
 from sandbox.web.webhooks import WebhookError, receive
 
 MAX_HEADERS = 100
+MAX_WAIT = 25.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class RootSide:
         self.jobs = Jobs(state)
         self.views = views
         self.hooks = hooks
+        self.feed = Feed(state)
         # method -> (needs a signed-in user, function)
         self.methods: dict[str, tuple[bool, Callable[[Call], Any]]] = {
             "login": (False, self.login),
@@ -75,6 +78,7 @@ class RootSide:
             "submit": (True, self.submit),
             "cancel": (True, self.cancel),
             "hook": (False, self.hook),
+            "events": (True, self.events),
         }
 
     def handle(self, method: object, cred: object, source: object, args: object) -> Any:
@@ -183,6 +187,39 @@ class RootSide:
         env = _env_name({"name": c.args["env"]}) if "env" in c.args else None
         rows = [j.to_dict() for j in self.jobs.recent(env=env, limit=limit) if self._may_view(c.user, j.env)]
         return {"jobs": rows, "cancel": self._cancellable(c.user, rows)}
+
+    # -- the live feed (SSE) ----------------------------------------------------------------
+    def _visible(self, user: User, env: object) -> bool:
+        if env is None:
+            return may(user, "admin", "x")  # server-wide events: admins only
+        try:
+            return isinstance(env, str) and may(user, "view", env_profile_name(env))
+        except SandboxError:
+            return False
+
+    def events(self, c: Call) -> dict[str, Any]:
+        """The feed's rows after `after` that the caller may view, waiting up to `wait` seconds for
+        one. `last` is the cursor to pass next (it moves past rows the caller may not see, too);
+        `reset` says `after` was unknown (pruned, or not of this DB): the page should reload."""
+        assert c.user is not None
+        after, wait = c.args.get("after"), c.args.get("wait", 0)
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
+            raise RPCError(400, "after must be an event id")
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= MAX_WAIT:
+            raise RPCError(400, f"wait must be 0 to {MAX_WAIT:g} seconds")
+        last, reset = self.feed.last_id(), False
+        if after is None or after > last or (after < self.feed.first_id() - 1):
+            reset, after = after is not None, last
+        assert isinstance(after, int)
+        try:
+            if after >= last and wait and not self.feed.wait(after, float(wait)):
+                return {"events": [], "last": after, "reset": reset}
+        except TooManyWaiters as e:
+            raise RPCError(503, "too many live streams are open", hint="try again later") from e
+        rows = self.feed.since(after)
+        cursor = rows[-1]["id"] if rows else after
+        seen = [r for r in rows if self._visible(c.user, r["env"])]
+        return {"events": seen, "last": cursor, "reset": reset}
 
     # -- jobs -------------------------------------------------------------------------------
     def _owner(self, env: str) -> str | None:
