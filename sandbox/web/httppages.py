@@ -212,6 +212,8 @@ async def submit(request: Request) -> Response:
         )
     except RPCError as e:
         return error_page(request, e)
+    if kind == "up":  # the env may not exist yet: its page would be a 404 until the job ran
+        return RedirectResponse("/jobs", 303)
     return RedirectResponse(f"/envs/{urllib.parse.quote(job['env'])}", 303)
 
 
