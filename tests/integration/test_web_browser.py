@@ -272,6 +272,10 @@ def test_the_pages_in_chromium_on_the_fake_backend(fake_served: tuple[str, Any, 
             page.goto(f"{url}/envs")
             expect(page.locator("#envs")).to_contain_text("dev-dana")
             page.screenshot(path=str(SHOTS / "envs.png"))
+            # a change made elsewhere (root's CLI, another user) shows up live here too
+            world.envs().state.set_env("dev-dana", health="unhealthy")
+            world.envs().state.event("health", "dev-dana went unhealthy", env="dev-dana")
+            expect(page.locator("#envs")).to_contain_text("unhealthy", timeout=5_000)
             page.goto(f"{url}/envs/dev-dana")
             expect(page.locator("h1 .badge")).to_have_text(re.compile("running"))
             expect(page.locator("#instances")).to_contain_text("dev-dana")
