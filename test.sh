@@ -14,6 +14,9 @@ scripts/backends.sh
 SANDBOX_EXTRAS="[test]" ./install.sh --no-run
 # wrk: the promotion tests count its socket errors across promotions
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+# chromium: the browser test (tests/integration/test_web_browser.py) drives Debian's own chromium with
+# Playwright's Python package from pip; `playwright install` (a downloaded browser) is never used
+[ -x /usr/bin/chromium ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 # openssh-server: each test host of the multi-host tests runs its own sshd (scripts/testhosts.sh).
 # A policy-rc.d that denies every service start keeps the package from starting a machine-wide sshd
 # (it needs no systemd: without one its postinst would start /etc/init.d/ssh, which we do not want)

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from sandbox.errors import SandboxError
 from sandbox.events import Event
+from sandbox.promote.deploys import Deploys
 
 if TYPE_CHECKING:
     from sandbox.envs import Envs
@@ -209,6 +210,30 @@ class LoadProbe:
         return out
 
 
+MAX_SECONDS = 900
+
+
+def series(samples: list[Sample]) -> list[list[Any]]:
+    """Per second since the first sample: `[second, phase, requests, ok, p50_ms, max_ms]` (latency of
+    the answered fast requests; the slow request only counts in requests and ok). At most
+    MAX_SECONDS rows: what a deploy record keeps for its plot."""
+    if not samples:
+        return []
+    t0 = min(s.t for s in samples)
+    buckets: dict[int, list[Sample]] = {}
+    for s in samples:
+        buckets.setdefault(int(s.t - t0), []).append(s)
+    out: list[list[Any]] = []
+    for sec in sorted(buckets)[:MAX_SECONDS]:
+        ss = buckets[sec]
+        ok = sum(1 for s in ss if s.status is not None and 200 <= s.status < 300 and not s.error)
+        fast = [s.latency for s in ss if s.kind != "get-slow" and s.error is None]
+        out.append(
+            [sec, ss[0].phase, len(ss), ok, round(_pct(fast, 0.5), 2), round(max(fast, default=0) * 1000, 2)]
+        )
+    return out
+
+
 def summary(reports: dict[str, PhaseReport]) -> dict[str, Any]:
     return {phase: dict(r.__dict__) for phase, r in reports.items()}
 
@@ -247,6 +272,9 @@ def with_load_probe(envs: Envs, target: str, rps: float | None, run: Callable[[]
     probe.mark("after")
     time.sleep(2.0)
     reports = probe.stop()
+    deploy = getattr(result, "deploy", None)
+    if isinstance(deploy, int):  # the web's deploy timeline plots it (sandbox/web/svgplot.py)
+        Deploys(envs.ctx.state).step(deploy, "probe", series=series(probe.samples), phases=summary(reports))
     return result, summary(reports)
 
 

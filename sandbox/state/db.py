@@ -1,4 +1,5 @@
-"""SQLite state of environments (`<workspace>/.sandbox/state.db`, WAL): envs, instances, snapshots, events.
+"""SQLite state of environments (`<workspace>/.sandbox/state.db`, WAL): envs, instances, snapshots,
+events, the feed.
 
 Every call opens its own short-lived connection (safe across fork and processes); every write is one
 `BEGIN IMMEDIATE` transaction, so check-then-write steps (name claims, quotas, address and router-port
@@ -38,13 +39,13 @@ from sandbox.state.rows import (
     now_or,
     update_row,
 )
-from sandbox.state.webschema import SCHEMA_V5
+from sandbox.state.webschema import SCHEMA_V5, SCHEMA_V6
 
 if TYPE_CHECKING:
     from sandbox.workspace import Workspace
 
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_S = 10.0
 _LOCK = threading.RLock()
 _DB_HINT = (
@@ -137,9 +138,17 @@ class StateDB(SnapshotsAndEvents):
                     f"this sandbox understands up to {SCHEMA_VERSION}",
                     hint="upgrade sandbox, or move the workspace's .sandbox/state.db away to start afresh",
                 )
-            steps = {1: SCHEMA, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5}
+            steps: dict[int, str | tuple[str, ...]] = {
+                1: SCHEMA,
+                2: SCHEMA_V2,
+                3: SCHEMA_V3,
+                4: SCHEMA_V4,
+                5: SCHEMA_V5,
+                6: SCHEMA_V6,
+            }
             for v in range(version + 1, SCHEMA_VERSION + 1):  # create or migrate, one version at a time
-                for stmt in steps[v].split(";"):
+                step = steps[v]
+                for stmt in step if isinstance(step, tuple) else step.split(";"):
                     if stmt.strip():
                         c.execute(stmt)
             if version != SCHEMA_VERSION:

@@ -37,3 +37,33 @@ CREATE INDEX jobs_state ON jobs(state, id);
 CREATE INDEX jobs_env ON jobs(env, id);
 CREATE UNIQUE INDEX jobs_one_running ON jobs(env) WHERE state = 'running'
 """
+
+# version 6: the feed, one ordered log of what the web pages follow live (`/events`, SSE): a job's
+# state changes, a deploy's steps and end, and the `events` table's rows. Triggers write it, so the
+# CLI's own promotions and the worker's jobs land in it alike; its `id` is the SSE event id. Its
+# statements hold ';' inside BEGIN ... END, so they are a tuple, not one string to split.
+_NOW = "(julianday('now') - 2440587.5) * 86400.0"
+_JOB = (
+    "json_object('id', NEW.id, 'kind', NEW.kind, 'state', NEW.state, 'who', NEW.who,"
+    " 'trigger', NEW.trigger, 'error', substr(NEW.error, 1, 300))"
+)
+_DEPLOY = (
+    "json_object('id', NEW.id, 'kind', NEW.kind, 'state', NEW.state, 'strategy', NEW.strategy,"
+    " 'to_image', NEW.to_image, 'step', json(coalesce(json_extract(NEW.steps, '$[#-1]'), 'null')))"
+)
+SCHEMA_V6: tuple[str, ...] = (
+    "CREATE TABLE feed (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, env TEXT,"
+    " kind TEXT NOT NULL, data TEXT NOT NULL)",
+    f"CREATE TRIGGER feed_job_new AFTER INSERT ON jobs BEGIN INSERT INTO feed (ts, env, kind, data)"
+    f" VALUES ({_NOW}, NEW.env, 'job', {_JOB}); END",
+    f"CREATE TRIGGER feed_job_state AFTER UPDATE OF state ON jobs WHEN OLD.state IS NOT NEW.state"
+    f" BEGIN INSERT INTO feed (ts, env, kind, data) VALUES ({_NOW}, NEW.env, 'job', {_JOB}); END",
+    f"CREATE TRIGGER feed_deploy_new AFTER INSERT ON deploys BEGIN INSERT INTO feed (ts, env, kind, data)"
+    f" VALUES ({_NOW}, NEW.env, 'deploy', {_DEPLOY}); END",
+    f"CREATE TRIGGER feed_deploy_step AFTER UPDATE OF steps, state ON deploys"
+    f" WHEN OLD.steps IS NOT NEW.steps OR OLD.state IS NOT NEW.state"
+    f" BEGIN INSERT INTO feed (ts, env, kind, data) VALUES ({_NOW}, NEW.env, 'deploy', {_DEPLOY}); END",
+    "CREATE TRIGGER feed_event AFTER INSERT ON events BEGIN INSERT INTO feed (ts, env, kind, data)"
+    " VALUES (NEW.ts, NEW.env, 'event', json_object('id', NEW.id, 'kind', NEW.kind,"
+    " 'message', substr(NEW.message, 1, 300))); END",
+)

@@ -156,10 +156,12 @@ class SecurityHeaders:
 
 
 def make_app(cfg: WebConfig) -> Starlette:
-    from sandbox.web import httpapi, httppages
+    from sandbox.web import httpapi, httpevents, httppages, httptimeline
 
     routes = [
         *httpapi.routes(),
+        *httpevents.routes(),
+        *httptimeline.routes(),
         *httppages.routes(),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         timeout_keep_alive=5,
         limit_concurrency=200,
+        timeout_graceful_shutdown=2,  # an open /events stream would hold a stop for its whole life
         h11_max_incomplete_event_size=16 * 1024,
         **tls,  # type: ignore[arg-type]
     )

@@ -93,7 +93,7 @@ async def read_form(request: Request) -> dict[str, str] | Response:
     return form
 
 
-async def _me(request: Request) -> dict[str, Any]:
+async def me_of(request: Request) -> dict[str, Any]:
     result: dict[str, Any] = await rpc(request, "whoami", session_cred(request), {})
     return result
 
@@ -148,7 +148,7 @@ async def logout(request: Request) -> Response:
 
 async def envs_page(request: Request) -> Response:
     try:
-        me = await _me(request)
+        me = await me_of(request)
         data = await rpc(request, "envs", session_cred(request), {})
     except RPCError as e:
         return error_page(request, e)
@@ -166,7 +166,7 @@ async def envs_page(request: Request) -> Response:
 async def env_page(request: Request) -> Response:
     me = None
     try:
-        me = await _me(request)
+        me = await me_of(request)
         data = await rpc(request, "env", session_cred(request), {"name": request.path_params["name"][:60]})
     except RPCError as e:
         return error_page(request, e, me)
@@ -184,7 +184,7 @@ async def env_page(request: Request) -> Response:
 
 async def jobs_page(request: Request) -> Response:
     try:
-        me = await _me(request)
+        me = await me_of(request)
         data = await rpc(request, "jobs", session_cred(request), {"limit": 200})
     except RPCError as e:
         return error_page(request, e)
@@ -212,6 +212,8 @@ async def submit(request: Request) -> Response:
         )
     except RPCError as e:
         return error_page(request, e)
+    if kind == "up":  # the env may not exist yet: its page would be a 404 until the job ran
+        return RedirectResponse("/jobs", 303)
     return RedirectResponse(f"/envs/{urllib.parse.quote(job['env'])}", 303)
 
 

@@ -19,7 +19,9 @@ from sandbox.config.names import ENV_NAME_RE, env_profile_name
 from sandbox.errors import NotFound, SandboxError
 from sandbox.settings import Hook
 from sandbox.state import StateDB
+from sandbox.web import timeline
 from sandbox.web.auth import Auth, AuthError, RateLimited
+from sandbox.web.feed import Feed, TooManyWaiters
 from sandbox.web.jobargs import JobArgError, check_job
 from sandbox.web.jobs import Job, Jobs, JobStateError
 from sandbox.web.policy import allowed, buttons
@@ -30,6 +32,7 @@ from sandbox.web.views import Views
 from sandbox.web.webhooks import WebhookError, receive
 
 MAX_HEADERS = 100
+MAX_WAIT = 25.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class RootSide:
         self.jobs = Jobs(state)
         self.views = views
         self.hooks = hooks
+        self.feed = Feed(state)
         # method -> (needs a signed-in user, function)
         self.methods: dict[str, tuple[bool, Callable[[Call], Any]]] = {
             "login": (False, self.login),
@@ -75,6 +79,10 @@ class RootSide:
             "submit": (True, self.submit),
             "cancel": (True, self.cancel),
             "hook": (False, self.hook),
+            "events": (True, self.events),
+            "deploys": (True, self.deploys),
+            "deploy": (True, self.deploy),
+            "audit": (True, self.audit),
         }
 
     def handle(self, method: object, cred: object, source: object, args: object) -> Any:
@@ -114,16 +122,28 @@ class RootSide:
 
     # -- sessions ---------------------------------------------------------------------------
     def login(self, c: Call) -> dict[str, Any]:
+        name = _str(c.args, "user", 40)
         try:
-            session, user = self.auth.login(_str(c.args, "user", 40), _str(c.args, "password"), c.source)
+            session, user = self.auth.login(name, _str(c.args, "password"), c.source)
         except RateLimited as e:
             raise RPCError(429, e.message, e.hint, "RateLimited") from e
         except AuthError as e:
+            timeline.record(self.state, name, "login failed", f"failed login from {c.source}")
             raise RPCError(401, e.message, e.hint, "AuthError") from e
+        timeline.record(self.state, user.name, "login", f"login from {c.source}")
         return {"session": session, "user": self._me(user)}
 
     def logout(self, c: Call) -> dict[str, Any]:
-        return {"ended": bool(c.session) and self.auth.logout(str(c.session))}
+        if not c.session:
+            return {"ended": False}
+        try:
+            who = self.auth.session_user(c.session).name
+        except AuthError:
+            who = None
+        ended = self.auth.logout(c.session)
+        if ended and who:
+            timeline.record(self.state, who, "logout", f"logout from {c.source}")
+        return {"ended": ended}
 
     def whoami(self, c: Call) -> dict[str, Any]:
         assert c.user is not None
@@ -184,6 +204,39 @@ class RootSide:
         rows = [j.to_dict() for j in self.jobs.recent(env=env, limit=limit) if self._may_view(c.user, j.env)]
         return {"jobs": rows, "cancel": self._cancellable(c.user, rows)}
 
+    # -- the live feed (SSE) ----------------------------------------------------------------
+    def _visible(self, user: User, env: object) -> bool:
+        if env is None:
+            return may(user, "admin", "x")  # server-wide events: admins only
+        try:
+            return isinstance(env, str) and may(user, "view", env_profile_name(env))
+        except SandboxError:
+            return False
+
+    def events(self, c: Call) -> dict[str, Any]:
+        """The feed's rows after `after` that the caller may view, waiting up to `wait` seconds for
+        one. `last` is the cursor to pass next (it moves past rows the caller may not see, too);
+        `reset` says `after` was unknown (pruned, or not of this DB): the page should reload."""
+        assert c.user is not None
+        after, wait = c.args.get("after"), c.args.get("wait", 0)
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
+            raise RPCError(400, "after must be an event id")
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= MAX_WAIT:
+            raise RPCError(400, f"wait must be 0 to {MAX_WAIT:g} seconds")
+        last, reset = self.feed.last_id(), False
+        if after is None or after > last or (after < self.feed.first_id() - 1):
+            reset, after = after is not None, last
+        assert isinstance(after, int)
+        try:
+            if after >= last and wait and not self.feed.wait(after, float(wait)):
+                return {"events": [], "last": after, "reset": reset}
+        except TooManyWaiters as e:
+            raise RPCError(503, "too many live streams are open", hint="try again later") from e
+        rows = self.feed.since(after)
+        cursor = rows[-1]["id"] if rows else after
+        seen = [r for r in rows if self._visible(c.user, r["env"])]
+        return {"events": seen, "last": cursor, "reset": reset}
+
     # -- jobs -------------------------------------------------------------------------------
     def _owner(self, env: str) -> str | None:
         try:
@@ -211,7 +264,43 @@ class RootSide:
             raise NotFound(f"job #{job_id} not found", hint="the jobs page lists them")
         if not may(c.user, "cancel_job", env_profile_name(job.env)):
             raise RPCError(403, f"you may not cancel job #{job.id}", hint="a developer's role is needed")
-        return self.jobs.cancel(job.id).to_dict()
+        done = self.jobs.cancel(job.id).to_dict()
+        timeline.record(self.state, c.user.name, "cancel", f"cancelled job #{job.id} ({job.kind})", job.env)
+        return done
+
+    # -- deploy timeline, audit log ---------------------------------------------------------
+    def _limit(self, c: Call, default: int = 50) -> int:
+        limit = c.args.get("limit", default)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
+            raise RPCError(400, "limit must be a whole number from 1 to 500")
+        return limit
+
+    def deploys(self, c: Call) -> dict[str, Any]:
+        assert c.user is not None
+        names = [e["name"] for e in self.views.envs() if may(c.user, "view", e["profile"])]
+        if "env" in c.args:
+            name = _env_name({"name": c.args["env"]})
+            names = [n for n in names if n == name]
+        return {"deploys": timeline.deploys(self.state, names, self._limit(c))}
+
+    def deploy(self, c: Call) -> dict[str, Any]:
+        assert c.user is not None
+        deploy_id = c.args.get("id")
+        if isinstance(deploy_id, bool) or not isinstance(deploy_id, int) or not 0 < deploy_id < 2**62:
+            raise RPCError(400, "id must be a deploy number")
+        try:
+            d = timeline.deploy(self.state, deploy_id)
+        except SandboxError as e:
+            raise RPCError(404, f"deploy #{deploy_id} not found") from e
+        if not self._may_view(c.user, d["env"]):
+            raise RPCError(404, f"deploy #{deploy_id} not found")
+        return d
+
+    def audit(self, c: Call) -> dict[str, Any]:
+        assert c.user is not None
+        if not may(c.user, "admin", "x"):
+            raise RPCError(403, "the audit log is for admins", hint="ask an admin")
+        return {"rows": timeline.audit(self.state, self._limit(c, 200))}
 
     # -- webhooks ---------------------------------------------------------------------------
     def hook(self, c: Call) -> dict[str, Any]:

@@ -210,6 +210,7 @@ def serve(ws: Workspace, opts: ServeOptions, ready: threading.Event | None = Non
                 c.wait()
         listener.close()
         rpcserver.stop(server, sock_path)
+        root.feed.stop()
         if tls_dir is not None:  # the key's copy goes with the process that needed it
             shutil.rmtree(tls_dir, ignore_errors=True)
         worker.join(timeout=30)

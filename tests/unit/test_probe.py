@@ -221,3 +221,40 @@ def test_percentiles_and_summary() -> None:
     s = summary({"before": PhaseReport(requests=3, ok=3, images=["x"])})
     assert s["before"]["requests"] == 3 and s["before"]["images"] == ["x"]
     json.dumps(s)  # what `promote --probe --json` prints
+
+
+def test_with_load_probe_stores_its_per_second_series_in_the_deploy(
+    server: Server, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The series the web's deploy page plots: a `probe` step of the deploy the run returns."""
+    import functools
+    import types
+
+    from sandbox.promote import probe as probe_mod
+    from sandbox.promote.deploys import Deploys
+    from sandbox.state import StateDB
+
+    quick = types.SimpleNamespace(monotonic=time.monotonic, sleep=lambda s: time.sleep(min(s, 0.4)))
+    monkeypatch.setattr(probe_mod, "time", quick)  # the 2 s before and after: 0.4 s each
+    monkeypatch.setattr(probe_mod, "LoadProbe", functools.partial(LoadProbe, slow_seconds=0.2))
+    state = StateDB(tmp_path / "state.db")
+    deploys = Deploys(state)
+    d = deploys.begin("prod", "sha256:" + "a" * 64, "sha256:" + "b" * 64, "rolling")
+    envs: Any = types.SimpleNamespace(
+        get=lambda name: types.SimpleNamespace(url=server.url, image="i"),
+        app=lambda image: types.SimpleNamespace(health="/healthz"),
+        ctx=types.SimpleNamespace(state=state),
+    )
+
+    def run() -> Any:
+        time.sleep(0.3)
+        deploys.finish(d.id, "done")
+        return types.SimpleNamespace(deploy=d.id)
+
+    _, summ = probe_mod.with_load_probe(envs, "prod", 40, run)
+    step = deploys.get(d.id).steps[-1]
+    assert step["step"] == "probe" and step["phases"] == json.loads(json.dumps(summ))
+    series = step["series"]
+    assert series and [row[0] for row in series] == sorted(row[0] for row in series)
+    assert {row[1] for row in series} <= {"before", "during", "after"} and "before" in {r[1] for r in series}
+    assert sum(row[2] for row in series) == sum(p["requests"] for p in summ.values())

@@ -1,0 +1,23 @@
+// Live pages: one EventSource on /events (it resumes with Last-Event-ID by itself); on an event,
+// every element marked data-live="ENV" (or "*") gets the htmx event "live", and reloads itself.
+(function () {
+  "use strict";
+  if (!window.EventSource || !document.querySelector("[data-live]")) { return; }
+  var es = new EventSource("/events");
+  var pending = null;
+  function fire(env) {
+    document.querySelectorAll("[data-live]").forEach(function (el) {
+      var want = el.getAttribute("data-live");
+      if (want === "*" || want === env) { htmx.trigger(el, "live"); }
+    });
+  }
+  function on(ev) {
+    var env = null;
+    try { env = JSON.parse(ev.data).env; } catch (e) { return; }
+    clearTimeout(pending);  // a burst of steps: one reload
+    pending = setTimeout(function () { fire(env); }, 100);
+  }
+  ["job", "deploy", "event"].forEach(function (k) { es.addEventListener(k, on); });
+  es.addEventListener("reset", function () { fire("*"); });
+  es.addEventListener("end", function () { es.close(); });
+})();
