@@ -28,18 +28,33 @@ def build(obj: Ctx, recipe: str, locked: bool, tag: str | None, flavour: str) ->
         from sandbox.build.vmflavour import VmFlavour
 
         result.flavours["vm"] = VmFlavour(obj.ws, obj.output).build(result.digest, locked=locked)
+    packed = _prepack(obj, recipe, result.digest)
     how = (
         "no-op (cached)"
         if result.cached.get("image")
         else ("base layer cached" if result.cached.get("base") else "built from scratch")
     )
     obj.output.result(
-        result.to_dict(),
+        {**result.to_dict(), "packed_for_hosts": packed},
         f"[bold]{result.ref}[/] {result.digest}\n[dim]{how} in {result.seconds:.2f}s"
         + ("; lock file written" if result.lock_created else "")
         + "".join(f"\n{k} flavour: {v}" for k, v in result.flavours.items())
+        + (f"\nlayers compressed for hosts: {len(packed)}" if packed else "")
         + "[/]",
     )
+
+
+def _prepack(obj: Ctx, recipe: str, digest: str) -> dict[str, str]:
+    """The image's layers compressed once now, when a profile ships this recipe to hosts."""
+    from sandbox.envs.prepack import prepack, shipped_codec
+    from sandbox.settings import load_settings
+    from sandbox.store import ImageStore
+
+    name = obj.ws.recipe_path(recipe).stem
+    codec = shipped_codec(obj.ws, load_settings(obj.ws), name)
+    if codec is None:
+        return {}
+    return prepack(ImageStore(obj.ws.images), digest, codec, obj.output)
 
 
 @cli.command()
