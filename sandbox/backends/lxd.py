@@ -160,13 +160,9 @@ class LxdBackend(Backend):
         self.prepare_image(spec.image)
         fingerprint = self._fingerprints[spec.image]
         with self._api(f"creating {spec.name}"):
-            request = create_request(spec, self.ws_id, fingerprint, self.pool, self.own_devices(spec))
+            request = create_request(spec, self.ws_id, fingerprint, self.pool)
             inst = self.client.instances.create(request, wait=True)
         self._write_files(inst, spec)
-
-    def own_devices(self, spec: InstanceSpec) -> dict[str, dict[str, str]]:
-        """Devices an instance gets besides its NIC, root and mounts (on a host: its published app)."""
-        return {}
 
     def _write_files(self, inst: Any, spec: InstanceSpec) -> None:
         """The per-instance files (hostname, hosts, instance.env), as the lxc backend writes them."""
@@ -364,12 +360,12 @@ class LxdBackend(Backend):
 
     def clone(self, src: str, spec: InstanceSpec) -> None:
         source = self._must(src)
-        running, own = source.status == "Running", self.own_devices(spec)
+        running = source.status == "Running"
         with self._api(f"copying {src} to {spec.name}"):
             if running:  # a consistent copy: nothing writes while LXD copies
                 source.freeze(wait=True)
             try:
-                request = copy_request(src, spec, self.ws_id, source.profiles, self.pool, own)
+                request = copy_request(src, spec, self.ws_id, source.profiles, self.pool)
                 inst = self.client.instances.create(request, wait=True)
             finally:
                 if running:

@@ -22,6 +22,8 @@ ADDRESS_KEY = "user.sandbox.address"
 NIC = "eth0"
 SANDBOX_POOL = "sandbox"  # used when it exists; made by scripts/backends.sh
 MOUNT_PREFIX = "sbx-mount-"
+#: the proxy device that published an instance's app before sandbox published by DNAT (the host agent
+#: replaces and removes it: sandbox/hostagent/lxdpublish.py)
 PUBLISH_DEVICE = "sbx-publish"
 #: the restricted LXD project of sandbox's instances on a production host (sandbox/hostagent/lxdops.py
 #: makes it; the control machine's client certificate is trusted for it alone)
@@ -30,9 +32,9 @@ HOST_PROJECT = "sandbox"
 #: 5.0's keys; any other `restricted.*` key defaults to block): containers only, unprivileged, no
 #: nesting, no raw.lxc or other low-level keys, disks only from a storage pool (the root disk), no
 #: NIC that names a network or a host interface (`restricted.networks.access` names none that can
-#: exist; sandbox's routed NIC has no parent), snapshots (`sandbox snapshot`), and proxy devices:
-#: sandbox publishes apps with them, and LXD cannot restrict their kind (what that leaves possible
-#: is in docs/hosts.md, "LXD on hosts").
+#: exist; sandbox's routed NIC has no parent), snapshots (`sandbox snapshot`); no proxy devices
+#: (one can connect to LXD's own unix socket, which answers as root: apps are published by the host
+#: agent's DNAT rules, sandbox/hostagent/lxdpublish.py).
 PROJECT_CONFIG = {
     "features.images": "true",
     "features.profiles": "true",
@@ -46,7 +48,7 @@ PROJECT_CONFIG = {
     "restricted.devices.disk": "managed",
     "restricted.devices.nic": "allow",
     "restricted.networks.access": "sandbox/none",
-    "restricted.devices.proxy": "allow",
+    "restricted.devices.proxy": "block",
     "restricted.devices.unix-char": "block",
     "restricted.devices.unix-block": "block",
     "restricted.devices.unix-hotplug": "block",
@@ -88,23 +90,8 @@ def nic(address: str) -> dict[str, str]:
     return {"type": "nic", "nictype": "routed", "ipv4.address": address, "name": NIC}
 
 
-def published(address: str, app_port: int, listen: str, port: int) -> dict[str, str]:
-    """The proxy device that publishes an instance's app on its host at LISTEN:PORT (an address of the
-    host, or 0.0.0.0: all of them): LXD's forkproxy listens on the host and connects from inside the
-    instance to ADDRESS:APP_PORT (the address the router would use here), while the instance runs."""
-    return {
-        "type": "proxy",
-        "listen": f"tcp:{listen}:{int(port)}",
-        "connect": f"tcp:{address}:{int(app_port)}",
-        "bind": "host",
-    }
-
-
-def devices(
-    spec: InstanceSpec, pool: str | None = None, own: dict[str, dict[str, str]] | None = None
-) -> dict[str, dict[str, str]]:
-    """The instance's own devices (and `own`, e.g. its published app); the root disk is on `pool`,
-    else as LXD's default profile says."""
+def devices(spec: InstanceSpec, pool: str | None = None) -> dict[str, dict[str, str]]:
+    """The instance's own devices; the root disk is on `pool`, else as LXD's default profile says."""
     out: dict[str, dict[str, str]] = {}
     if pool is not None:
         out["root"] = {"type": "disk", "path": "/", "pool": pool}
@@ -115,7 +102,7 @@ def devices(
         if m.readonly:
             dev["readonly"] = "true"
         out[f"{MOUNT_PREFIX}{i}"] = dev
-    return {**out, **(own or {})}
+    return out
 
 
 def instance_config(spec: InstanceSpec, ws_id: str) -> dict[str, str]:
@@ -133,7 +120,6 @@ def create_request(
     ws_id: str,
     fingerprint: str,
     pool: str | None = None,
-    own: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """POST /1.0/instances body that creates `spec` (stopped) from its imported image, named by LXD's
     fingerprint of it (the sha256 of the bytes LXD holds; an alias is anyone's to point elsewhere)."""
@@ -142,7 +128,7 @@ def create_request(
         "type": "container",
         "source": {"type": "image", "fingerprint": fingerprint},
         "config": instance_config(spec, ws_id),
-        "devices": devices(spec, pool, own),
+        "devices": devices(spec, pool),
     }
 
 
@@ -152,7 +138,6 @@ def copy_request(
     ws_id: str,
     profiles: list[str],
     pool: str | None = None,
-    own: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """POST /1.0/instances body that creates `spec` as a copy of instance `src` (without its snapshots);
     `profiles` are the source's (LXD gives a copy none unless told, and so no root disk)."""
@@ -162,7 +147,7 @@ def copy_request(
         "profiles": list(profiles),
         "source": {"type": "copy", "source": src, "instance_only": True},
         "config": instance_config(spec, ws_id),
-        "devices": devices(spec, pool, own),
+        "devices": devices(spec, pool),
     }
 
 

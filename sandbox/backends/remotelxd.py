@@ -14,10 +14,11 @@ What differs from a `remote:` LXD:
   local backend imports (sandbox/imageformats/lxd.py): a whole image never crosses the network. It
   answers LXD's fingerprint of the image, checked there against the tarball's sha256 recorded in the
   host's store, and instances are made from that fingerprint (an alias is anyone's in the project);
-- **publishing**: each instance's app is published by an LXD proxy device at the port that follows
-  from the instance's address (the lxc and docker scheme, sandbox/hosts/publishing.py), on the
-  host's address the router uses when it is the host's own, else on all its addresses (a NAT'ed
-  address); the router and the health probes use HOST_ADDRESS:PORT;
+- **publishing**: each instance's app is published on the host's addresses by the agent's DNAT rules
+  (`lxd-publish`, sandbox/hostagent/lxdpublish.py: the lxc and libvirt scheme, never an LXD proxy
+  device, which the project blocks), at the port that follows from the instance's address
+  (sandbox/hosts/publishing.py), after the instance starts and removed before it is deleted; the
+  router and the health probes use HOST_ADDRESS:PORT;
 - **a dead host**: an HTTPS call that gets no connection or no answer (TCP keep-alive: about 10 s)
   is checked against the ssh transport, whose HostUnreachable names the host, so a promotion stops
   safely.
@@ -29,13 +30,14 @@ import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pylxd.exceptions
 
 from sandbox.backends.base import BackendContext, BackendError, InstanceSpec
 from sandbox.backends.lxd import LxdBackend
 from sandbox.backends.lxdapi import client_cert, server_cert
-from sandbox.backends.lxdconfig import HOST_PROJECT, PUBLISH_DEVICE, published
+from sandbox.backends.lxdconfig import HOST_PROJECT
 from sandbox.backends.remote import OnHost
 from sandbox.events import Event
 from sandbox.fsutil import atomic_write
@@ -89,7 +91,9 @@ class RemoteLxd(OnHost, LxdBackend):
 
     def __init__(self, ctx: BackendContext, agent: HostAgent, host_address: str) -> None:
         self._url: str | None = None
-        self._local = False  # the host's address is its own: apps are published on it alone
+        #: instance → what to publish once it starts (made or cloned in this command; the host agent
+        #: records it and makes the rules again in every later command's `lxd-trust`)
+        self._to_publish: dict[str, dict[str, Any]] = {}
         super().__init__(ctx)
         self._on_host(agent, host_address)
 
@@ -108,9 +112,7 @@ class RemoteLxd(OnHost, LxdBackend):
         crt, _ = client_cert()
         name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:55]
         request = {"cert": crt.read_text(), "name": f"sandbox@{name}", "address": self.host_address}
-        pem, port, self._local = trust_answer(
-            self.host, self.agent.call("lxd-trust", request=request, timeout=60)
-        )
+        pem, port, _ = trust_answer(self.host, self.agent.call("lxd-trust", request=request, timeout=60))
         url = f"https://{self.host_address}:{port}"
         pinned = server_cert(url)
         pinned.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -154,12 +156,33 @@ class RemoteLxd(OnHost, LxdBackend):
         if isinstance(seconds, int | float) and done.get("imported"):
             self.sink(Event("log", phase="up", message=f"{self.host}: imported into LXD in {seconds:.1f}s"))
 
-    def own_devices(self, spec: InstanceSpec) -> dict[str, dict[str, str]]:
-        if spec.app_port is None or spec.address is None:
-            return {}
-        port = published_port(spec.address, self.ctx.network.subnet)
-        listen = self.host_address if self.remote and self._local else "0.0.0.0"  # (self.remote: trusted)
-        return {PUBLISH_DEVICE: published(spec.address, spec.app_port, listen, port)}
+    def _remember(self, spec: InstanceSpec) -> None:
+        if spec.app_port is not None and spec.address is not None:
+            port = published_port(spec.address, self.ctx.network.subnet)
+            self._to_publish[spec.name] = {"port": port, "address": spec.address, "app_port": spec.app_port}
+
+    def create(self, spec: InstanceSpec) -> None:
+        super().create(spec)
+        self._remember(spec)
+
+    def clone(self, src: str, spec: InstanceSpec) -> None:
+        super().clone(src, spec)
+        self._remember(spec)
+
+    def _publishing(self, name: str, **request: Any) -> None:
+        self.remote  # noqa: B018 (trusted first: lxd-trust settles the host's publishing)
+        request = {"name": name, "workspace": self.ws_id, **request}
+        self.agent.call("lxd-publish", request=request, timeout=120)
+
+    def start(self, name: str) -> None:
+        super().start(name)
+        pub = self._to_publish.get(name)
+        if pub is not None:  # (an instance made earlier: published already, made again by lxd-trust)
+            self._publishing(name, **pub)
+
+    def destroy(self, name: str) -> None:
+        self._publishing(name, remove=True)
+        super().destroy(name)
 
     def logs_argv(self, name: str, follow: bool, lines: int) -> list[str]:
         self._must(name)  # trusted and connected: the lxc client's config names the host's LXD

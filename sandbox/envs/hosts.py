@@ -216,7 +216,7 @@ ENGINE_PACKAGES = {
     "lxc": "lxc uidmap iptables iproute2 python3 zstd",
     "docker": "docker.io python3 zstd",
     "libvirt": "libvirt-daemon-system qemu-system-x86 qemu-utils e2fsprogs iptables iproute2 python3 zstd",
-    "lxd": "lxd python3 zstd",
+    "lxd": "lxd iptables python3 zstd",
 }
 #: docker's engine, libvirtd and LXD run as services: started (and enabled) once installed
 START_ENGINE = {

@@ -91,6 +91,7 @@ def _lxd() -> list[dict[str, Any]]:
             storage,
             "`sandbox host prepare PROFILE` (a dir pool and a root disk in the default profile), or lxd init",
         ),
+        _tools("iptables", ("iptables",), "apt-get install iptables"),  # publishing (lxdpublish.py)
     ]
 
 

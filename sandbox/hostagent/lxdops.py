@@ -12,8 +12,11 @@ checked, never on first use over the network:
   its trust store or its own project's restrictions), moving a trust of an earlier version (the
   `default` project) there; makes LXD listen on HTTPS if it does not (core.https_address: the
   host's address the control machine uses, when it is one of this host's, else every address; port
-  8443), and reports the port and whether that address is this host's own (apps are then published
-  on it alone); and turns on IPv4 forwarding, which LXD's routed NIC needs;
+  8443), and reports the port and whether that address is this host's own; turns on IPv4
+  forwarding, which LXD's routed NIC needs; and, before the project is restricted again, settles
+  the publishing of the project's instances (lxdpublish.py: apps are published by the agent's DNAT
+  rules, proxy devices an earlier version made are replaced and removed, rules made again after a
+  reboot or removed for an instance that is gone);
 - `lxd-import DIGEST` imports an image that is already in this host's store (shipped blob by blob
   and verified, sandbox/hosts/ship.py) into the project: the same unified tarball and import
   sequence as the control machine's lxd backend (sandbox/imageformats/lxd.py), written here from
@@ -207,7 +210,9 @@ def _project() -> str:
         )
     changed = {k: v for k, v in PROJECT_CONFIG.items() if config.get(k) != v}
     if changed:
-        call("PATCH", f"/1.0/projects/{PROJECT}", {"config": changed})
+        # the whole config: LXD 5.0.2's PATCH of a project drops the keys it is not sent (a feature
+        # then reads as disabled, which LXD refuses for a project that holds anything)
+        call("PATCH", f"/1.0/projects/{PROJECT}", {"config": {**config, **changed}})
         done = "restricted again"
     if root_disk(call("GET", f"/1.0/profiles/default{IN_PROJECT}").get("metadata")) is None:
         pool = root_disk(call("GET", "/1.0/profiles/default").get("metadata"))
@@ -264,6 +269,9 @@ def lxd_trust(args: list[str]) -> dict[str, Any]:
     local = _is_local(address)
     listen, port = _listen(meta.get("config") or {}, address, local)
     _forwarding()
+    from sandbox.hostagent.lxdpublish import settle  # (it uses this module)
+
+    published = settle()  # before the project blocks proxy devices again: LXD refuses while one is left
     project = _project()
     return {
         "certificate": env.get("certificate"),
@@ -273,6 +281,7 @@ def lxd_trust(args: list[str]) -> dict[str, Any]:
         "version": env.get("server_version"),
         "project": project,
         "trust": _trust(der, name),
+        "published": published,
     }
 
 

@@ -46,6 +46,7 @@ MODULES = {
     "lxd-trust": "lxdops",
     "lxd-import": "lxdops",
     "lxd-init": "lxdops",
+    "lxd-publish": "lxdpublish",
     "lxc-tty": "lxcops",
     "lxc-logs": "lxcops",
     "libvirt": "libvirtops",

@@ -163,6 +163,13 @@ def unpublish(name: str, port: int, address: str, app_port: int) -> None:
     _apply(name, [])
 
 
+def remove(name: str) -> None:
+    """Remove every rule of instance `name` (no error when there is none)."""
+    if not NAME.fullmatch(name):
+        raise PublishError(f"refusing to unpublish {name!r}")
+    _apply(name, [])
+
+
 def _check(name: str, port: int, address: str, app_port: int) -> None:
     try:
         ok = str(ipaddress.IPv4Address(address)) == address

@@ -35,6 +35,7 @@ SESSION_OPS = frozenset(
         "lxd-trust",
         "lxd-import",
         "lxd-init",
+        "lxd-publish",
         "libvirt",
         "host-check",
         "router",

@@ -4,14 +4,22 @@ loopback sshd of the test's own (tests/unit/test_hosts_sshd.py) through the real
 One env of 2 instances: `host check` (the client certificate trusted for the default project, as an
 earlier version left it, is moved to the restricted project `sandbox`), `up` (the trust set up over
 ssh, the server certificate pinned, the image shipped by digest and imported by the host agent into
-the project), each app answering at its published port (LXD proxy devices), what the certificate may
-not do (a privileged container, raw.lxc, a disk of the host's /, the default project, its own
-project's restrictions), exec, logs, a rolling promotion to a rebuilt image, `down` with nothing left.
+the project), each app answering at its published port (the agent's DNAT rules) from this machine
+and from a network namespace of the test's, what the certificate may not do (a privileged container,
+raw.lxc, a disk of the host's /, a proxy device on a new or an existing instance, the default
+project, its own project's restrictions), an earlier version's proxy device replaced by DNAT and a
+rule lost (as after a reboot) made again by the next command, exec, logs, a rolling promotion to a
+rebuilt image, `down` with no instance, rule or record left.
 
-Undone after: LXD's HTTPS listener (127.0.0.1 and a free port, set for the test: it must be unset
+"The host's address" is HOST_ADDRESS, on the host side of a veth pair whose other end is in a
+network namespace of the test's (PEER): a connection this machine makes to its own address goes
+through nat OUTPUT, one from PEER through PREROUTING and FORWARD (127.0.0.1 is never DNAT'ed).
+
+Undone after: LXD's HTTPS listener (HOST_ADDRESS and a free port, set for the test: it must be unset
 before), the project `sandbox` (it must not exist before) with its images and instances, the trust
-of the test's client certificate. The agent's dir /var/lib/sandbox-host is a dir of the test's,
-bind-mounted there for sshd's sessions only. Traffic goes only to 127.0.0.1.
+of the test's client certificate, the veth pair and the namespace. The agent's dir
+/var/lib/sandbox-host is a dir of the test's, bind-mounted there for sshd's sessions only. Traffic
+goes only to 127.0.0.1, HOST_ADDRESS and the test's instances.
 """
 
 from __future__ import annotations
@@ -44,13 +52,15 @@ pytestmark = pytest.mark.integration
 HOST_ROOT = Path("/var/lib/sandbox-host")
 IN_PROJECT = f"--project={HOST_PROJECT}"
 SUBNET = "10.224.0.0/24"
+HOST_ADDRESS, PEER = "10.226.0.1", "10.226.0.2"  # a /30 of the test's veth pair
+NETNS, VETH = "sbxlxdh", "sbxlxdv0"
 PROFILE = """name: hlxd
 recipe: web
 backend: lxd
 instances: 2
 resources: {{cpus: 1, memory: 512M, pids: 2000}}
 hosts:
-  - {{name: lo1, ssh: "{target}", address: 127.0.0.1}}
+  - {{name: lo1, ssh: "{target}", address: {address}}}
 health: {{path: /healthz, interval: 0.5s, timeout: 90s}}
 router: {{listen: 127.0.0.1, port: auto, drain_timeout: 2s}}
 """
@@ -81,7 +91,48 @@ def ours(ws: Path) -> list[str]:
 def refused(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(2)
-        return s.connect_ex(("127.0.0.1", port)) != 0
+        return s.connect_ex((HOST_ADDRESS, port)) != 0
+
+
+def ip(*args: str, check: bool = True) -> None:
+    p = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
+    assert p.returncode == 0 or not check, f"ip {' '.join(args)}: {p.stderr}"
+
+
+@contextlib.contextmanager
+def peer_namespace() -> Iterator[None]:
+    """HOST_ADDRESS on this machine, PEER in a namespace of the test's that routes through it."""
+    ip("netns", "add", NETNS)
+    try:
+        ip("link", "add", VETH, "type", "veth", "peer", "name", "eth0", "netns", NETNS)
+        ip("addr", "add", f"{HOST_ADDRESS}/30", "dev", VETH)
+        ip("link", "set", VETH, "up")
+        for cmd in (["addr", "add", f"{PEER}/30", "dev", "eth0"], ["link", "set", "eth0", "up"]):
+            ip("netns", "exec", NETNS, "ip", *cmd)
+        ip("netns", "exec", NETNS, "ip", "route", "add", "default", "via", HOST_ADDRESS)
+        yield
+    finally:
+        ip("link", "del", VETH, check=False)
+        ip("netns", "del", NETNS, check=False)
+
+
+def from_peer(endpoint: str) -> str:
+    """The app's /healthz fetched from the namespace's PEER (through PREROUTING and FORWARD)."""
+    p = subprocess.run(
+        ["ip", "netns", "exec", NETNS, "curl", "-sS", "--max-time", "10", f"http://{endpoint}/healthz"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def our_rules() -> list[str]:
+    """This test's DNAT and FORWARD rules (its instances are named hlxd-N)."""
+    saved = subprocess.run(["iptables-save"], capture_output=True, text=True, timeout=30, check=True).stdout
+    return [line for line in saved.splitlines() if "sandbox:hlxd-" in line]
 
 
 @dataclass
@@ -90,6 +141,7 @@ class LxdHost:
     sshd: Sshd
     https: str  # LXD's listener for the test
     config: Path  # SANDBOX_CONFIG: the client certificate and pinned server certificates
+    hostroot: Path  # the agent's dir on "the host"
 
 
 @pytest.fixture
@@ -103,7 +155,7 @@ def lxd_host(built: Built, tmp_path: Path) -> Iterator[LxdHost]:
     HOST_ROOT.mkdir(exist_ok=True)  # a mount point only: the test's dir is mounted on it for sshd
     (tmp_path / "hostroot").mkdir()
     sshd = make_sshd(tmp_path / "sshd", binds={str(HOST_ROOT): tmp_path / "hostroot"})
-    https = f"127.0.0.1:{free_port()}"
+    https = f"{HOST_ADDRESS}:{free_port()}"
     config = tmp_path / "config"
     saved = os.environ.get("SANDBOX_CONFIG")
     os.environ["SANDBOX_CONFIG"] = str(config)
@@ -114,10 +166,12 @@ def lxd_host(built: Built, tmp_path: Path) -> Iterator[LxdHost]:
         f"hosts: {{ssh_config: {sshd.dir / 'ssh_config-cli'}, connect_timeout: 3}}\n"
     )
     (ws / "profiles").mkdir()
-    (ws / "profiles" / "hlxd.yaml").write_text(PROFILE.format(target=sshd.target))
-    lxc("config", "set", "core.https_address", https)
-    host = LxdHost(ws, sshd, https, config)
+    (ws / "profiles" / "hlxd.yaml").write_text(PROFILE.format(target=sshd.target, address=HOST_ADDRESS))
+    host = LxdHost(ws, sshd, https, config, tmp_path / "hostroot")
+    stack = contextlib.ExitStack()
     try:
+        stack.enter_context(peer_namespace())
+        lxc("config", "set", "core.https_address", https)
         sshd.start()
         yield host
     finally:
@@ -133,6 +187,7 @@ def lxd_host(built: Built, tmp_path: Path) -> Iterator[LxdHost]:
         for fp in lxc("image", "list", "--format", "csv", "-c", "F", IN_PROJECT, check=False).split():
             lxc("image", "delete", fp, IN_PROJECT, check=False)
         lxc("project", "delete", HOST_PROJECT, check=False)
+        stack.close()
         if made_root:
             with contextlib.suppress(OSError):
                 HOST_ROOT.rmdir()
@@ -146,7 +201,7 @@ def answers(endpoint: str, image: str, limit: float = 30) -> dict[str, Any]:
     """The app's /healthz at HOST:PORT (the published port), serving `image`."""
     deadline = time.monotonic() + limit
     while True:
-        status, body = http_get(f"http://{endpoint}/healthz", lambda h: False)
+        status, body = http_get(f"http://{endpoint}/healthz", lambda h: h == HOST_ADDRESS)
         if (status == 200 and json.loads(body)["image"] == image) or time.monotonic() > deadline:
             doc: dict[str, Any] = json.loads(body)
             assert status == 200 and doc["image"] == image, (status, body)
@@ -155,7 +210,7 @@ def answers(endpoint: str, image: str, limit: float = 30) -> dict[str, Any]:
 
 
 def test_lxd_on_a_host_trusts_over_ssh_publishes_promotes_and_leaves_nothing(
-    lxd_host: LxdHost, built: Built
+    lxd_host: LxdHost, built: Built, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     t0 = time.monotonic()
     ws, v1 = lxd_host.ws, built.digest
@@ -173,14 +228,15 @@ def test_lxd_on_a_host_trusts_over_ssh_publishes_promotes_and_leaves_nothing(
     times["up"] = time.monotonic() - t
     assert [i["host"] for i in v["instances"]] == ["lo1", "lo1"], v["instances"]
     endpoints = [i["endpoint"] for i in v["instances"]]
-    assert [e.split(":")[0] for e in endpoints] == ["127.0.0.1", "127.0.0.1"] and len(set(endpoints)) == 2
+    assert [e.split(":")[0] for e in endpoints] == [HOST_ADDRESS] * 2 and len(set(endpoints)) == 2
     for i, e in enumerate(endpoints):  # the app itself, at the host's address and its published port
-        assert answers(e, v1)["image"] == v1
-        # published by a proxy device on that address alone (it is the host's own)
-        assert (
-            lxc("config", "device", "get", f"hlxd-{i}", "sbx-publish", "listen", IN_PROJECT).strip()
-            == f"tcp:{e}"
-        )
+        assert answers(e, v1)["image"] == v1  # from this machine: nat OUTPUT
+        assert json.loads(from_peer(e))["image"] == v1  # from another namespace: PREROUTING, FORWARD
+        # published by the agent's DNAT rules (two per instance), recorded on the host; no proxy device
+        assert len([r for r in our_rules() if f"sandbox:hlxd-{i}" in r]) == 2
+        assert f"hlxd-{i}.json" in os.listdir(lxd_host.hostroot / "lxd-published")
+        devices = json.loads(lxc("query", f"/1.0/instances/hlxd-{i}?project={HOST_PROJECT}"))["devices"]
+        assert all(d["type"] != "proxy" for d in devices.values()), devices
     # trust set up over ssh: the server's own certificate pinned, ours trusted for the project alone
     [pinned] = (lxd_host.config / "lxd" / "servercerts").iterdir()
     assert pinned.name == lxd_host.https.replace(":", "_") + ".crt"
@@ -204,6 +260,8 @@ def test_lxd_on_a_host_trusts_over_ssh_publishes_promotes_and_leaves_nothing(
     # the image went by digest into the host's store, and from there into LXD, in the project
     assert (lxd_host.sshd.dir.parent / "hostroot" / "store" / "manifests" / f"{v1[7:]}.json").is_file()
     assert image_alias(v1) in lxc("image", "list", "--format", "csv", "-c", "l", IN_PROJECT)
+
+    upgrade_and_reboot(lxd_host, endpoints, v1, monkeypatch)
 
     r = sandbox(ws, "exec", "hlxd", "-i", "1", "--", "cat", "/etc/hostname")
     assert r.code == 0 and r.stdout.strip() == "hlxd-1", r
@@ -235,19 +293,68 @@ def test_lxd_on_a_host_trusts_over_ssh_publishes_promotes_and_leaves_nothing(
     ok(sandbox(ws, "down", "hlxd", "--json", timeout=300))
     times["down"] = time.monotonic() - t
     assert ours(ws) == []
-    for e in endpoints + new:  # nothing listens on a published port any more
+    for e in endpoints + new:  # nothing answers on a published port any more
         assert refused(int(e.split(":")[1])), e
+    assert our_rules() == [] and os.listdir(lxd_host.hostroot / "lxd-published") == [".lock"]
+    assert json.loads(lxc("query", f"/1.0/instances?project={HOST_PROJECT}")) == []
     times["total"] = time.monotonic() - t0
     print("lxd on hosts:", {k: round(x, 1) for k, x in times.items()})
 
 
+def upgrade_and_reboot(
+    host: LxdHost, endpoints: list[str], image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an earlier version left (the project allowing proxy devices, hlxd-0 published by its proxy
+    device `sbx-publish`, with no rule or record of the agent's) and what a reboot leaves (hlxd-1's
+    rules gone, its record kept), plus a stray proxy device: the next command's `lxd-trust` publishes
+    both by DNAT again, removes every proxy device and blocks them in the project again."""
+    from sandbox.hostagent.publish import remove
+
+    monkeypatch.setenv("SANDBOX_HOST_ROOT", str(host.hostroot))  # the agent's lock file, the same
+    records = host.hostroot / "lxd-published"
+    old = json.loads((records / "hlxd-0.json").read_text())
+    (records / "hlxd-0.json").unlink()
+    remove("hlxd-0")
+    remove("hlxd-1")
+    assert our_rules() == [] and refused(int(endpoints[1].split(":")[1]))
+    lxc("project", "set", HOST_PROJECT, "restricted.devices.proxy=allow")
+    listen, connect = (
+        f"listen=tcp:{HOST_ADDRESS}:{old['port']}",
+        f"connect=tcp:{old['address']}:{old['app_port']}",
+    )
+    lxc("config", "device", "add", "hlxd-0", "sbx-publish", "proxy", listen, connect, "bind=host", IN_PROJECT)
+    stray = f"listen=tcp:{HOST_ADDRESS}:{free_port()}"
+    lxc("config", "device", "add", "hlxd-1", "stray", "proxy", stray, "connect=tcp:127.0.0.1:9", IN_PROJECT)
+    assert answers(endpoints[0], image)["image"] == image  # by the old proxy device
+
+    r = sandbox(host.ws, "exec", "hlxd", "-i", "0", "--", "true")  # any command that uses the host
+    assert r.code == 0, r
+    project = json.loads(lxc("query", f"/1.0/projects/{HOST_PROJECT}"))["config"]
+    assert project["restricted.devices.proxy"] == "block"
+    for i, e in enumerate(endpoints):
+        devices = json.loads(lxc("query", f"/1.0/instances/hlxd-{i}?project={HOST_PROJECT}"))["devices"]
+        assert all(d["type"] != "proxy" for d in devices.values()), devices
+        assert json.loads(from_peer(e))["image"] == image and answers(e, image)["image"] == image
+    assert len(our_rules()) == 4 and json.loads((records / "hlxd-0.json").read_text()) == old
+
+
 def not_allowed(client: Any, url: str, image: str) -> None:
     """What sandbox's client certificate may not do on the host (LXD refuses it; nothing is made):
-    a privileged container, raw.lxc, a disk of the host's /, nesting; anything of the default project;
-    its own project's restrictions, the server's config, the trust store. (A proxy device is allowed:
-    docs/hosts.md says what that leaves possible.)"""
+    a privileged container, raw.lxc, a disk of the host's /, nesting, a proxy device (one can connect
+    to LXD's own unix socket, which answers as root) on a new or an existing instance; anything of the
+    default project; its own project's restrictions, the server's config, the trust store."""
     source = {"type": "container", "source": {"type": "image", "fingerprint": image}}
+    to_lxd = {
+        "type": "proxy",
+        "bind": "instance",
+        "listen": "unix:/root/lxd.socket",
+        "connect": "unix:/var/lib/lxd/unix.socket",
+    }
+    with pytest.raises(pylxd.exceptions.LXDAPIException) as e:
+        client.api.instances["hlxd-0"].patch(json={"devices": {"lxd": to_lxd}})
+    assert "forbidden" in str(e.value), str(e.value)
     for name, extra in (
+        ("sbx-proxy", {"devices": {"lxd": to_lxd}}),
         ("sbx-priv", {"config": {"security.privileged": "true"}}),
         ("sbx-raw", {"config": {"raw.lxc": "lxc.apparmor.profile=unconfined"}}),
         ("sbx-nest", {"config": {"security.nesting": "true"}}),

@@ -56,6 +56,7 @@ class Lxd:
         self.aliases: dict[str, str] = {}
         self.pools: set[str] = set()
         self.profiles: dict[str, dict[str, dict[str, str]]] = {"default": {}}  # project → devices
+        self.instances: dict[str, dict[str, Any]] = {}  # of the `sandbox` project
         self.requests: list[tuple[str, str]] = []
         self.wrong_fingerprint = False
         self.last_upload = ""
@@ -118,6 +119,10 @@ def _handler(lxd: Lxd) -> type[BaseHTTPRequestHandler]:
                 self._ok({"devices": lxd.profiles[project]})
             elif p.startswith("/1.0/storage-pools/"):
                 self._ok({}) if last in lxd.pools else self._missing()
+            elif p == "/1.0/instances" and project in lxd.projects:
+                self._ok(list(lxd.instances.values()) if project == "sandbox" else [])
+            elif p.startswith("/1.0/instances/") and images and last in lxd.instances:
+                self._ok(lxd.instances[last])
             else:
                 self._missing()
 
@@ -129,13 +134,17 @@ def _handler(lxd: Lxd) -> type[BaseHTTPRequestHandler]:
             elif p.startswith("/1.0/certificates/"):
                 lxd.certs[last].update(doc)
             elif p.startswith("/1.0/projects/"):
-                lxd.projects[last].update(doc["config"])
+                lxd.projects[last] = dict(doc["config"])  # as LXD 5.0.2: keys not sent are dropped
             else:
                 lxd.profiles[project].update(doc["devices"])
             self._ok()
 
         def do_PUT(self) -> None:
             p, last, _ = self._where()
+            if p.startswith("/1.0/instances/"):
+                lxd.instances[last] = {**lxd.instances[last], **json.loads(self._body())}
+                self._ok()
+                return
             assert p.startswith("/1.0/images/aliases/") and last in lxd.aliases
             lxd.aliases[last] = json.loads(self._body())["target"]
             self._ok()
@@ -199,6 +208,7 @@ def test_trust_gives_lxds_certificate_trusts_the_client_once_for_its_project_and
         "version": "5.0.fake",
         "project": "made",
         "trust": "added",
+        "published": {"republished": [], "unpublished": [], "proxies_removed": []},
     }
     # the client is trusted for the restricted project `sandbox` alone, whose profile has the
     # default project's root disk
@@ -208,6 +218,7 @@ def test_trust_gives_lxds_certificate_trusts_the_client_once_for_its_project_and
     assert lxd.projects == {"sandbox": PROJECT_CONFIG}
     assert PROJECT_CONFIG["restricted"] == "true" and PROJECT_CONFIG["restricted.devices.disk"] == "managed"
     assert PROJECT_CONFIG["restricted.containers.privilege"] == "unprivileged"
+    assert PROJECT_CONFIG["restricted.devices.proxy"] == "block"  # apps are published by DNAT
     assert lxd.profiles["sandbox"] == {"root": {"type": "disk", "path": "/", "pool": "fast"}}
     assert lxd.config == {"core.https_address": "127.0.0.1:8443"}
     assert lxdops.FORWARDING.read_text() == "1\n"
@@ -365,7 +376,8 @@ def test_the_agents_lxd_ops_need_only_pythons_standard_library() -> None:
         "import sys\n"
         "for m in ('yaml', 'pydantic', 'cryptography', 'pylxd', 'requests', 'docker'):\n"
         "    sys.modules[m] = None\n"
-        "import sandbox.hostagent.lxdops, sandbox.hostagent.hostcheck, sandbox.imageformats.lxd\n"
+        "import sandbox.hostagent.lxdops, sandbox.hostagent.lxdpublish, sandbox.hostagent.hostcheck\n"
+        "import sandbox.imageformats.lxd\n"
     )
     import subprocess
     import sys

@@ -2,7 +2,7 @@
 tests/integration/test_lxd_hosts.py): the trust answer of a host is checked before use (a cert that
 is not PEM, a huge answer, a bad port are refused, naming the host), the server certificate is
 pinned under the URL of the host's LXD and the trust call is made once per command, the app is
-published by a proxy device at the lxc/docker port, a call that fails because the host is gone is
+published by the host agent's DNAT rules at the lxc/docker port, a call that fails because the host is gone is
 the transport's HostUnreachable, every call names the host's restricted project; and the one import
 sequence both LXD clients run, which trusts an image by its fingerprint, never by its alias."""
 
@@ -143,23 +143,35 @@ def test_every_call_to_a_hosts_lxd_names_its_restricted_project(
     assert "project" not in (lxc_conf(b.remote) / "config.yml").read_text()  # a `remote:` LXD
 
 
-@pytest.mark.parametrize(("local", "listen"), [(True, "10.0.0.11"), (False, "0.0.0.0")])
-def test_the_app_is_published_by_a_proxy_device_at_the_hosts_port(
-    ws: Workspace, local: bool, listen: str
+def test_the_app_is_published_by_the_agents_dnat_after_start_and_removed_before_destroy(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On the host's address alone when it is the host's own, else (a NAT'ed address) on all."""
-    b, _ = on_host(ws, {"certificate": PEM, "port": 8443, "local": local})
-    spec = InstanceSpec(name="prod-0", env="prod", index=0, image="sha256:" + "a" * 64, address="10.213.0.7")
-    assert b.own_devices(spec) == {}
-    spec = InstanceSpec(**{**spec.__dict__, "app_port": 8000})
-    assert b.own_devices(spec) == {
-        "sbx-publish": {
-            "type": "proxy",
-            "listen": f"tcp:{listen}:20007",
-            "connect": "tcp:10.213.0.7:8000",
-            "bind": "host",
-        }
-    }
+    """At the lxc/docker port, never by a proxy device; an instance made in an earlier command is not
+    published again here (the host agent's lxd-trust makes its recorded rules again)."""
+    from sandbox.backends.lxd import LxdBackend
+
+    done: list[str] = []
+    for method in ("create", "start", "destroy"):
+        monkeypatch.setattr(LxdBackend, method, lambda self, *a, m=method: done.append(m))
+    b, agent = on_host(ws, {"certificate": PEM, "port": 8443})
+    spec = InstanceSpec(
+        name="prod-0", env="prod", index=0, image="sha256:" + "a" * 64, address="10.213.0.7", app_port=8000
+    )
+    b.create(spec)
+    b.start("prod-0")
+    b.start("prod-1")  # made by an earlier command
+    b.destroy("prod-0")
+    assert done == ["create", "start", "start", "destroy"]
+    calls = [(op, req) for op, _, req in agent.calls if op != "lxd-trust"]
+    ws_id = b.ws_id
+    assert calls == [
+        (
+            "lxd-publish",
+            {"name": "prod-0", "workspace": ws_id, "port": 20007, "address": "10.213.0.7", "app_port": 8000},
+        ),
+        ("lxd-publish", {"name": "prod-0", "workspace": ws_id, "remove": True}),
+    ]
+    assert agent.calls[0][0] == "lxd-trust"  # trusted (and the host's publishing settled) first
     assert b.published(spec) == "10.0.0.11:20007" and b.address("prod-0") == "10.0.0.11"
 
 
