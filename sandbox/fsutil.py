@@ -95,13 +95,24 @@ def remove_tree(path: Path) -> None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited. A process that exited but is not reaped yet
+    (a zombie) is not alive: a daemon such as nginx's master belongs to PID 1 once it detaches, and
+    a PID 1 that reaps late (a test host's, seconds) or never (a container's without an init) would
+    otherwise keep a stopped router "running" until the caller's timeout."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return False  # reaped meanwhile
+    except OSError:
+        return True  # no /proc to tell: it exists
+    # "PID (COMM) STATE ...": COMM may hold anything, even ") ", so the state follows the last ')'
+    return stat[stat.rfind(b")") + 2 :][:1] != b"Z"
 
 
 def tree_stats(paths: Iterable[Path]) -> dict[str, list[int]]:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox.fsutil import pid_alive
+
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 LUA_MODULES = ("/usr/lib/nginx/modules/ndk_http_module.so", "/usr/lib/nginx/modules/ngx_http_lua_module.so")
 OTHER_SITE = "the host's own site\n"
@@ -114,7 +116,7 @@ def system_nginx(root: Path, stream: bool = True, lua: bool = True) -> Iterator[
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGQUIT)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        while time.monotonic() < deadline and pid_alive(pid):  # exited: not waiting for PID 1 to reap it
             time.sleep(0.05)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

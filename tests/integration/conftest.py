@@ -110,6 +110,7 @@ class Built:
     ws: Path
     digest: str
     result: dict[str, Any]
+    vm: str | None = None  # its VM flavour, when the store holds one (vm_built)
 
     def manifest(self) -> dict[str, Any]:
         r = sandbox(self.ws, "image", "inspect", self.digest, "--files", "--json")
@@ -133,6 +134,18 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
             if d.exists():
                 os.chmod(d, mode)
     assert mounts_below(ws) == []
+
+
+@pytest.fixture(scope="session")
+def vm_built(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The session build and its VM flavour (`build --flavour vm`), made once per session in a store
+    of its own: a VM test copies it (workspace_like) instead of building the flavour again, which
+    costs 25-90 s on a busy 2-core host. Whichever test asks first builds it; the others reuse it."""
+    ws = workspace_like(built, tmp_path_factory.mktemp("vm"), "ws")
+    r = sandbox(ws, "build", "web", "--flavour", "vm", "--json", timeout=900)
+    assert r.code == 0, r.stdout + r.stderr
+    assert r.json["digest"] == built.digest  # the same recipe and lock: the same image
+    return Built(ws, built.digest, r.json, vm=r.json["flavours"]["vm"])
 
 
 def grant_traverse(path: Path) -> list[tuple[Path, int]]:
@@ -223,9 +236,11 @@ def router_pids(ws: Path, env: str | None = None) -> list[int]:
 
 
 def workspace_like(built: Built, base: Path, name: str) -> Path:
-    """A new workspace with the session build's lock and store (hard links): no rebuild."""
+    """A new workspace with the session build's lock and store (hard links): no rebuild. From
+    vm_built, its VM lock too: the VM flavour in that store is then found in the cache, not rebuilt."""
     ws = new_workspace(base, name)
-    (ws / "recipes" / "web.lock").write_bytes((built.ws / "recipes" / "web.lock").read_bytes())
+    for lock in ("web.lock", "web.vm.lock") if built.vm else ("web.lock",):
+        (ws / "recipes" / lock).write_bytes((built.ws / "recipes" / lock).read_bytes())
     subprocess.run(["cp", "-al", str(built.ws / "images"), str(ws / "images")], check=True)
     return ws
 

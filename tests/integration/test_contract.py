@@ -191,9 +191,15 @@ class Contract:
 
 
 @pytest.fixture(scope="module")
-def contract(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contract]:
-    """A workspace sharing the session build's store (hard links), with v2 (a code change) built."""
-    ws = workspace_like(built, tmp_path_factory.mktemp("contract"), "ws")
+def contract(
+    built: Built, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Contract]:
+    """A workspace sharing the session build's store (hard links), with v2 (a code change) built.
+    With the libvirt case, the store of the session's VM build (vm_built): its VM boots that flavour
+    of v1 instead of building it again."""
+    vm = "libvirt" in BACKENDS and libvirt_problem() is None
+    source: Built = request.getfixturevalue("vm_built") if vm else built
+    ws = workspace_like(source, tmp_path_factory.mktemp("contract"), "ws")
     (ws / "sandbox.yaml").write_text(SETTINGS)
     (ws / "profiles").mkdir()
     for case in BACKENDS.values():

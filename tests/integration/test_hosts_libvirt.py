@@ -55,11 +55,12 @@ class OnHost:
 
 
 @pytest.fixture
-def onhost(built: it.Built, tmp_path: Path) -> Iterator[OnHost]:
+def onhost(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OnHost]:
     it.require(it.libvirt_problem())
     problem = sshd_problem()
     it.require(None if problem is None else f"loopback sshd: {problem}")
-    ws = it.workspace_like(built, tmp_path, "ws")
+    # the session's VM build (store and VM lock): `up` finds the VM flavour it ships in the cache
+    ws = it.workspace_like(request.getfixturevalue("vm_built"), tmp_path, "ws")
     host_root = tmp_path / "hostroot"
     host_root.mkdir()
     restore = it.grant_traverse(host_root)  # qemu (libvirt-qemu) reads the VM's disks below it

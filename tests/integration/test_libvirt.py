@@ -65,12 +65,16 @@ class VmBuild:
 
 
 @pytest.fixture(scope="module")
-def vmbuild(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmBuild]:
+def vmbuild(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmBuild]:
+    """A workspace with the session's VM build (vm_built: its store and VM lock); `build --flavour
+    vm` there finds the flavour in the store's cache."""
     problem = qemu_problem()
     require(problem)
-    ws = workspace_like(built, tmp_path_factory.mktemp("libvirt"), "ws")
+    vm_built: Built = request.getfixturevalue("vm_built")  # after the check: no VM build to skip
+    ws = workspace_like(vm_built, tmp_path_factory.mktemp("libvirt"), "ws")
     res = ok(sandbox(ws, "build", "web", "--flavour", "vm", "--json", timeout=900))
-    assert res["digest"] == built.digest  # the same recipe and lock: the same image
+    assert res["digest"] == vm_built.digest  # the same recipe and lock: the same image
+    assert res["flavours"]["vm"] == vm_built.vm  # and the same VM flavour
     yield VmBuild(ws, res["digest"], res["flavours"]["vm"])
 
 

@@ -2,7 +2,7 @@
 request, kill -9 at random moments and at each step, rollback, maintenance and read-only, and a
 candidate that never becomes healthy.
 
-Everything runs in this module's own workspace (built once per session from the session build's lock)
+Everything runs in this module's own workspace (the session build's store and lock, plus its variants)
 with its own bridge, subnet and router ports (sandbox.yaml below), so it never meets the envs of another
 workspace on this host. Traffic goes only to 127.0.0.1 (the routers) and to instance addresses in
 SUBNET (containers this run created); every loop is bounded in count and time; every env made here is
@@ -41,12 +41,12 @@ from tests.integration.conftest import (
     grant_traverse,
     lxc_names,
     lxc_problem,
-    new_workspace,
     ok,
     require,
     router_pids,
     sandbox,
     shared_cache,
+    workspace_like,
 )
 
 pytestmark = pytest.mark.integration
@@ -312,8 +312,9 @@ def build(ws: Path, *args: str) -> str:
 def promo(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
     """Own workspace and network; images v1, v2, css and broken; emptied and put back at the end."""
     require(lxc_problem())
-    ws = new_workspace(tmp_path_factory.mktemp("promote"), "ws")
-    (ws / "recipes" / "web.lock").write_bytes((built.ws / "recipes" / "web.lock").read_bytes())
+    # the session build's lock and store (hard links): v1 is that image, found in the store's cache
+    # (not a second mmdebstrap); v2, css and broken add app layers over its base
+    ws = workspace_like(built, tmp_path_factory.mktemp("promote"), "ws")
     (ws / "sandbox.yaml").write_text(SETTINGS)
     shutil.copytree(REPO / "profiles", ws / "profiles")
     prod = ws / "profiles" / "prod.yaml"
@@ -326,6 +327,7 @@ def promo(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Im
     restore = grant_traverse(ws)
     try:
         v1 = build(ws, "web", "--tag", "v1")
+        assert v1 == built.digest  # the same recipe and lock: the same image
         v2 = build_variant(ws, "v2")
         css = ws / "recipes" / "web" / "app" / "static" / "style.css"
         with edited(css, "", "/* promoted as a static-only change */\n"):

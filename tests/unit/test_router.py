@@ -9,10 +9,13 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from sandbox.fsutil import pid_alive
 from sandbox.routing import RouterConfig, port_in_use
 from sandbox.routing.own import OwnRouter as Router
 from sandbox.routing.render import render_nginx_conf
@@ -172,3 +175,26 @@ def test_remove_without_a_running_nginx_deletes_the_prefix(tmp_path: Path) -> No
     assert not r.prefix.exists()
     r.remove()  # idempotent
     r.stop()
+
+
+def proc_state(pid: int) -> bytes:
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    return stat[stat.rfind(b")") + 2 :][:1]
+
+
+def test_an_exited_process_is_not_alive_before_it_is_reaped() -> None:
+    """A router's nginx master exits, then waits for PID 1 to reap it (seconds on a host without an
+    init): `stop` must not wait for that. A zombie is not alive; a running process is."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert pid_alive(child.pid)
+        assert child.stdin is not None
+        child.stdin.close()  # it exits; not waited for, it stays a zombie
+        deadline = time.monotonic() + 10
+        while proc_state(child.pid) != b"Z" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc_state(child.pid) == b"Z"
+        assert not pid_alive(child.pid)
+    finally:
+        child.wait(10)
+    assert not pid_alive(child.pid)

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from sandbox.fsutil import pid_alive
 from sandbox.routing import RouterError
 from sandbox.routing.control import ControlSocket, _UnixConnection, check_mode
 from sandbox.routing.nginx import same_but_dynamic
@@ -252,9 +253,7 @@ class Live:
             os.kill(self.pid, signal.SIGQUIT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
+            if not pid_alive(self.pid):  # exited (not waiting for PID 1 to reap it)
                 break
             time.sleep(0.05)
         else:
