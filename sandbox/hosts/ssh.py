@@ -30,6 +30,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
@@ -290,12 +291,19 @@ class SshTransport:
     def close(self) -> None:
         """End the multiplexed connection (if one is open)."""
         if self.control_dir.is_dir():
-            subprocess.run(
+            p = subprocess.run(
                 ["ssh", *self.options(), "-O", "exit", "--", self.target.host],
                 capture_output=True,
                 timeout=10,
                 check=False,
             )
+            # the master removes its socket after it answered; the connection is closed
+            # only when the socket is gone (a next command would otherwise find it)
+            deadline = time.monotonic() + 5
+            while p.returncode == 0 and time.monotonic() < deadline and any(
+                f.is_socket() and not f.name.startswith("fwd-") for f in self.control_dir.iterdir()
+            ):
+                time.sleep(0.02)
 
     # -- errors --------------------------------------------------------------
     def classify(self, stderr: str) -> HostError:
