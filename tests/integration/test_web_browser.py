@@ -6,7 +6,8 @@
    env; the env page then shows it running.
 2. The same clicks against the real app, root side, RPC socket and worker in this process, on the
    fake backend of tests/fakes.py (no disk, no containers: seconds); this one also takes the
-   screenshots in docs/web/ (referenced from docs/web.md) and visits the deploy and audit pages.
+   screenshots (into the test's tmp dir; `SANDBOX_WEB_SHOTS=docs/web` refreshes those docs/web.md
+   shows) and visits the deploy and audit pages.
 
 Chromium missing is a skip here, and a failure in CI (tests/conftest.py)."""
 
@@ -17,7 +18,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -44,7 +44,7 @@ from tests.integration.conftest import (
     shared_cache,
     workspace_like,
 )
-from tests.integration.test_web_serve import free_port
+from tests.integration.test_web_serve import free_port, start_serve
 
 pytestmark = [pytest.mark.integration]
 
@@ -59,12 +59,29 @@ ARGS = [
 ]
 BRIDGE = "sbxweb0"
 SETTINGS = "network: {bridge: sbxweb0, subnet: 10.231.0.0/24}\nrouters: {port_range: [19750, 19769]}\n"
-SHOTS = REPO / "docs" / "web"
+# screenshots land in the test's tmp dir; `SANDBOX_WEB_SHOTS=docs/web` refreshes the docs' copies
+SHOTS_ENV = "SANDBOX_WEB_SHOTS"
 PASSWORD = "correct horse battery"
 
 
 def link_exists(name: str) -> bool:
     return subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0
+
+
+def create_dev_env(page: Any, url: str) -> Any:
+    """Log in as dana on the login page, press "create dev-dana" on the envs page: the job's row."""
+    from playwright.sync_api import expect
+
+    page.fill("input[name=user]", "dana")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{url}/envs")
+    expect(page.locator("h1")).to_have_text("Environments")
+    page.click("button.job-up")  # "create dev-dana (4 h)"
+    expect(page).to_have_url(f"{url}/jobs")
+    row = page.locator("#jobs tbody tr").first
+    expect(row).to_contain_text("dev-dana")
+    return row
 
 
 @pytest.fixture
@@ -83,14 +100,7 @@ def served(built: Built, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     )
     run_dir = Path(f"/tmp/sbx-browser-{os.getpid()}")
     port = free_port()
-    argv = [sys.executable, "-m", "sandbox", "-C", str(ws), "serve", "--listen", f"127.0.0.1:{port}"]
-    proc = subprocess.Popen(
-        [*argv, "--run-dir", str(run_dir)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), "SANDBOX_CACHE": str(shared_cache())},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_serve(ws, port, run_dir, env={"SANDBOX_CACHE": str(shared_cache())})
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
@@ -134,15 +144,7 @@ def test_a_developer_creates_a_dev_env_in_the_browser(served: tuple[str, Path]) 
                 except Exception:
                     assert time.monotonic() < deadline
                     time.sleep(0.2)
-            page.fill("input[name=user]", "dana")
-            page.fill("input[name=password]", PASSWORD)
-            page.click("button[type=submit]")
-            expect(page).to_have_url(f"{url}/envs")
-            expect(page.locator("h1")).to_have_text("Environments")
-            page.click("button.job-up")  # "create dev-dana (4 h)"
-            expect(page).to_have_url(f"{url}/jobs")
-            row = page.locator("#jobs tbody tr").first
-            expect(row).to_contain_text("dev-dana")
+            row = create_dev_env(page, url)
             # no reload by the test: the row turns done through /events -> live.js -> htmx
             expect(row.locator(".badge")).to_have_text(re.compile("done|failed"), timeout=180_000)
             assert row.locator(".badge").inner_text() == "done", row.inner_text()
@@ -239,26 +241,21 @@ def fake_served(tmp_path: Path) -> Iterator[tuple[str, Any, threading.Event]]:
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
-def test_the_pages_in_chromium_on_the_fake_backend(fake_served: tuple[str, Any, threading.Event]) -> None:
+def test_the_pages_in_chromium_on_the_fake_backend(
+    fake_served: tuple[str, Any, threading.Event], tmp_path: Path
+) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     url, world, go = fake_served
-    SHOTS.mkdir(exist_ok=True)
+    shots = Path(os.environ.get(SHOTS_ENV) or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 520})
             page.goto(f"{url}/login")
-            page.screenshot(path=str(SHOTS / "login.png"))
-            page.fill("input[name=user]", "dana")
-            page.fill("input[name=password]", PASSWORD)
-            page.click("button[type=submit]")
-            expect(page).to_have_url(f"{url}/envs")
-            expect(page.locator("h1")).to_have_text("Environments")
-            page.click("button.job-up")  # "create dev-dana (4 h)"
-            expect(page).to_have_url(f"{url}/jobs")
-            row = page.locator("#jobs tbody tr").first
-            expect(row).to_contain_text("dev-dana")
+            page.screenshot(path=str(shots / "login.png"))
+            row = create_dev_env(page, url)
             expect(row.locator(".badge")).to_have_text("queued")
             page.wait_for_timeout(300)  # live.js has opened its EventSource
             t0 = time.monotonic()
@@ -268,10 +265,10 @@ def test_the_pages_in_chromium_on_the_fake_backend(fake_served: tuple[str, Any, 
             expect(row.locator(".badge")).to_have_text(re.compile("done|failed"), timeout=10_000)
             print(f"job row done in the browser {time.monotonic() - t0:.2f} s after the worker started")
             assert row.locator(".badge").inner_text() == "done", row.inner_text()
-            page.screenshot(path=str(SHOTS / "jobs.png"))
+            page.screenshot(path=str(shots / "jobs.png"))
             page.goto(f"{url}/envs")
             expect(page.locator("#envs")).to_contain_text("dev-dana")
-            page.screenshot(path=str(SHOTS / "envs.png"))
+            page.screenshot(path=str(shots / "envs.png"))
             # a change made elsewhere (root's CLI, another user) shows up live here too
             world.envs().state.set_env("dev-dana", health="unhealthy")
             world.envs().state.event("health", "dev-dana went unhealthy", env="dev-dana")
@@ -279,7 +276,7 @@ def test_the_pages_in_chromium_on_the_fake_backend(fake_served: tuple[str, Any, 
             page.goto(f"{url}/envs/dev-dana")
             expect(page.locator("h1 .badge")).to_have_text(re.compile("running"))
             expect(page.locator("#instances")).to_contain_text("dev-dana")
-            page.screenshot(path=str(SHOTS / "env.png"))
+            page.screenshot(path=str(shots / "env.png"))
             # a deploy with a probe series, as `promote --probe` records it: the timeline and its plot
             deploys = Deploys(world.envs().state)
             d = deploys.begin("dev-dana", world.a, world.b, "rolling")
@@ -295,7 +292,7 @@ def test_the_pages_in_chromium_on_the_fake_backend(fake_served: tuple[str, Any, 
             page.goto(f"{url}/deploys/{d.id}")
             expect(page.locator("svg.plot")).to_be_visible()
             expect(page.locator("ol.steps")).to_contain_text("healthy")
-            page.screenshot(path=str(SHOTS / "deploy.png"), full_page=True)
+            page.screenshot(path=str(shots / "deploy.png"), full_page=True)
             page.click("button:has-text('log out')")
             expect(page).to_have_url(f"{url}/login")
             page.fill("input[name=user]", "ada")
@@ -304,7 +301,7 @@ def test_the_pages_in_chromium_on_the_fake_backend(fake_served: tuple[str, Any, 
             page.goto(f"{url}/audit")
             expect(page.locator("#audit")).to_contain_text("logout")
             expect(page.locator("#audit")).to_contain_text("up (job #1, button)")
-            page.screenshot(path=str(SHOTS / "audit.png"))
+            page.screenshot(path=str(shots / "audit.png"))
         finally:
             browser.close()
     env = world.envs().state.get_env("dev-dana")

@@ -35,6 +35,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_serve(
+    ws: Path, port: int, run_dir: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`sandbox serve` of workspace `ws` on 127.0.0.1:PORT, its stderr piped (its first line says
+    where it serves and the HTTP side's pid)."""
+    serve = [sys.executable, "-m", "sandbox", "-C", str(ws), "serve", "--listen", f"127.0.0.1:{port}"]
+    return subprocess.Popen(
+        [*serve, "--run-dir", str(run_dir), *extra],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def status_field(pid: int, field: str) -> str:
     text = Path(f"/proc/{pid}/status").read_text()
     m = re.search(rf"^{field}:[ \t]*(.*)$", text, re.M)
@@ -49,24 +64,7 @@ def test_serve_runs_http_as_an_unprivileged_user(tmp_path: Path) -> None:
     Auth(StateDB(ws / ".sandbox" / "state.db")).add_user("alice", "correct horse battery", {"*": "viewer"})
     run_dir = Path(f"/tmp/sbx-serve-{os.getpid()}")
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sandbox",
-            "-C",
-            str(ws),
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--run-dir",
-            str(run_dir),
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_serve(ws, port, run_dir)
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
@@ -143,28 +141,7 @@ def test_serve_over_tls_with_secure_cookies(tmp_path: Path) -> None:
     Auth(StateDB(ws / ".sandbox" / "state.db")).add_user("alice", "correct horse battery", {"*": "viewer"})
     run_dir = Path(f"/tmp/sbx-tls-{os.getpid()}")
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sandbox",
-            "-C",
-            str(ws),
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--run-dir",
-            str(run_dir),
-            "--tls-cert",
-            str(cert),
-            "--tls-key",
-            str(key),
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_serve(ws, port, run_dir, "--tls-cert", str(cert), "--tls-key", str(key))
     try:
         assert proc.stderr is not None
         assert "https://" in proc.stderr.readline()
@@ -205,24 +182,7 @@ def test_serve_ends_with_an_error_when_its_http_side_dies(tmp_path: Path) -> Non
     ws.mkdir()
     (ws / "sandbox.yaml").write_text("")
     run_dir = Path(f"/tmp/sbx-die-{os.getpid()}")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sandbox",
-            "-C",
-            str(ws),
-            "serve",
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-            "--run-dir",
-            str(run_dir),
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_serve(ws, free_port(), run_dir)
     try:
         assert proc.stderr is not None
         m = re.search(r"HTTP side pid (\d+)", proc.stderr.readline())
