@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sandbox.cli.main import Ctx, cli, json_option
+from sandbox.cli.main import Ctx, cli, confirm, json_option
 from sandbox.cli.markup import escape
 from sandbox.envs import Envs
 from sandbox.envs.hosts import check_hosts, prepare_hosts
@@ -72,8 +72,7 @@ def host_drain(obj: Ctx, env: str, host_name: str, yes: bool) -> None:
     """Forget HOST for ENV (a host that will not come back): its instances leave the router and the
     state; the host is not contacted."""
     envs = Envs(obj.ws, obj.output)
-    if not yes and not obj.output.as_json:
-        click.confirm(f"forget every instance of {env} on {host_name}?", abort=True)
+    confirm(obj, yes, f"forget every instance of {env} on {host_name}")
     gone = envs.drain_host(env, host_name)
     obj.output.result(
         {"env": env, "host": host_name, "forgotten": gone},

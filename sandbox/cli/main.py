@@ -147,5 +147,17 @@ def json_option(f: Any) -> Any:
     )(f)
 
 
+def confirm(obj: Ctx, yes: bool, action: str) -> None:
+    """Ask "ACTION?" on a terminal unless --yes (or --json); off a terminal, refuse without --yes.
+    The one rule for every command that asks."""
+    if yes or obj.output.as_json:
+        return
+    if not sys.stdin.isatty():
+        raise SandboxError(
+            f"{action}: needs confirmation, and stdin is not a terminal", hint="pass --yes to go ahead"
+        )
+    click.confirm(f"{action}?", abort=True, err=True)
+
+
 def main() -> None:
     cli(prog_name="sandbox")

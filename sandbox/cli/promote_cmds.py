@@ -8,10 +8,12 @@ from typing import Any
 
 import click
 
-from sandbox.cli.main import Ctx, cli, json_option
+from sandbox.cli.main import Ctx, cli, confirm, json_option
 from sandbox.cli.markup import escape
 from sandbox.envs import Envs
 from sandbox.errors import SandboxError
+from sandbox.events import Event
+from sandbox.promote.deploys import Verification
 from sandbox.promote.probe import probe_lines, with_load_probe
 from sandbox.promote.rolling import Promoter, PromoteResult
 
@@ -31,7 +33,7 @@ def verify(obj: Ctx, env: str) -> None:
         sys.exit(1)
 
 
-def _print(obj: Ctx, result: PromoteResult, probe: Any) -> None:
+def _print(obj: Ctx, result: PromoteResult, probe: Any, **extra: Any) -> None:
     lines = [
         f"[bold]{result.state}[/] {result.env}: {result.from_image[:19]} → {result.to_image[:19]} "
         f"strategy [bold]{result.plan.strategy}[/] ({'; '.join(result.plan.reasons)})"
@@ -42,7 +44,7 @@ def _print(obj: Ctx, result: PromoteResult, probe: Any) -> None:
             f"total {result.seconds:.2f}s"
         )
     lines += [f"  {line}" for line in probe_lines(probe)]
-    obj.output.result({**result.to_dict(), "probe": probe}, "\n".join(lines))
+    obj.output.result({**result.to_dict(), "probe": probe, **extra}, "\n".join(lines))
 
 
 @cli.command()
@@ -76,11 +78,27 @@ def promote(
         result, probe = with_load_probe(envs, to_env, rps, lambda: p.resume(to_env))
         _print(obj, result, probe)
         return
-    if bool(ref) == bool(from_env):
+    if ref and from_env:
         raise SandboxError(
-            "give exactly one of REF or --from ENV", hint="sandbox promote --from staging-42 --to prod"
+            "give REF or --from ENV, not both",
+            hint="sandbox promote --to prod (the newest verified image), --from staging-42, or REF",
         )
-    candidate = envs.get(from_env).image if from_env else envs.store.resolve(str(ref))
+    picked = None
+    if from_env:
+        candidate, source = envs.get(from_env).image, from_env
+    elif ref:
+        candidate, source = envs.store.resolve(ref), ref
+    else:
+        picked = p.latest_verified(to_env)
+        candidate, source = picked.image, picked.env
+        when = dt.datetime.fromtimestamp(picked.ts).strftime("%Y-%m-%d %H:%M:%S")
+        obj.output(
+            Event(
+                "log",
+                phase="promote",
+                message=f"picked {candidate[:19]}: verified on {picked.env} at {when} ({picked.detail})",
+            )
+        )
     plan = p.plan(to_env, candidate)
     if plan_only:
         d = plan.diff
@@ -92,16 +110,17 @@ def promote(
             f"~{len(d['packages']['changed'])}; files: +{len(d['files']['added'])} "
             f"-{len(d['files']['removed'])} ~{len(d['files']['changed'])}"
         )
-        obj.output.result(plan.to_dict(), text)
+        obj.output.result({**plan.to_dict(), "picked": _picked(picked)}, text)
         return
-    if not yes and not obj.output.as_json:
-        if not sys.stdin.isatty():
-            raise SandboxError("promotion needs confirmation", hint="pass --yes when not on a terminal")
-        click.confirm(f"promote {candidate[:19]} to {to_env} ({plan.plan.strategy})?", abort=True)
+    confirm(obj, yes, f"promote {candidate[:19]} to {to_env} (strategy {plan.plan.strategy})")
     result, probe = with_load_probe(
-        envs, to_env, rps, lambda: p.promote(to_env, candidate, source=from_env or ref, force=force)
+        envs, to_env, rps, lambda: p.promote(to_env, candidate, source=source, force=force)
     )
-    _print(obj, result, probe)
+    _print(obj, result, probe, picked=_picked(picked))
+
+
+def _picked(v: Verification | None) -> dict[str, Any] | None:
+    return v.to_dict() if v is not None else None
 
 
 @cli.command()
@@ -109,12 +128,15 @@ def promote(
 @click.option(
     "--probe", "rps", type=float, metavar="RPS", help="Run a load probe through the router meanwhile."
 )
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
 @click.pass_obj
-def rollback(obj: Ctx, to_env: str, rps: float | None) -> None:
+def rollback(obj: Ctx, to_env: str, rps: float | None, yes: bool) -> None:
     """Put --to ENV back on the image it ran before its last promotion (same rolling swap)."""
     envs = Envs(obj.ws, obj.output)
-    result, probe = with_load_probe(envs, to_env, rps, lambda: Promoter(envs).rollback(to_env))
+    p = Promoter(envs)
+    confirm(obj, yes, f"roll {to_env} back to {p.rollback_target(to_env)[:19]}")
+    result, probe = with_load_probe(envs, to_env, rps, lambda: p.rollback(to_env))
     _print(obj, result, probe)
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import click
 
-from sandbox.cli.main import Ctx, cli, json_option
+from sandbox.cli.main import Ctx, cli, confirm, json_option
 from sandbox.cli.markup import escape
 from sandbox.config.units import parse_duration
 from sandbox.errors import SandboxError
@@ -85,8 +85,7 @@ def user_rm(obj: Ctx, name: str, yes: bool) -> None:
     """Remove user NAME with its sessions and tokens."""
     auth = _auth(obj)
     auth.get_user(name)
-    if not yes and not obj.output.as_json and sys.stdin.isatty():
-        click.confirm(f"remove user {name} with its sessions and tokens?", abort=True, err=True)
+    confirm(obj, yes, f"remove user {name} with its sessions and tokens")
     auth.remove_user(name)
     obj.output.result({"removed": name}, f"removed user {name}")
 

@@ -48,6 +48,19 @@ class Deploy:
         return self.pid is not None and pid_alive(self.pid)
 
 
+@dataclass(frozen=True)
+class Verification:
+    """`sandbox verify ENV` passed on `env` running `image` at `ts` (its latest result there)."""
+
+    image: str
+    env: str
+    ts: float
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 def _deploy(row: sqlite3.Row) -> Deploy:
     d = dict(row)
     return Deploy(**{**d, "forced": bool(d["forced"]), "steps": json.loads(d["steps"])})
@@ -188,6 +201,15 @@ class Deploys:
                 "INSERT INTO verifications (image, env, ts, ok, detail) VALUES (?, ?, ?, ?, ?)",
                 (image, env, time.time(), int(ok), detail),
             )
+
+    def verifications(self) -> list[Verification]:
+        """Each (image, env)'s latest verify result that passed, newest first."""
+        with self.state.transaction(write=False) as c:
+            rows = c.execute(
+                "SELECT image, env, max(ts) AS ts, ok, detail FROM verifications"
+                " GROUP BY image, env ORDER BY ts DESC"
+            ).fetchall()
+        return [Verification(r[0], r[1], float(r[2]), r[4]) for r in rows if r[3]]
 
     def verified_on(self, image: str) -> list[str]:
         """Envs on which `image` passed `sandbox verify` (latest result per env counts)."""

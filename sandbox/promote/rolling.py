@@ -24,7 +24,7 @@ from sandbox.envs.probes import wait_until
 from sandbox.errors import SandboxError
 from sandbox.events import Event
 from sandbox.hosts.transport import HostError
-from sandbox.promote.deploys import Deploy, Deploys
+from sandbox.promote.deploys import Deploy, Deploys, Verification
 from sandbox.promote.plan import Plan, make_plan
 from sandbox.state import Env, Instance
 from sandbox.store import diff_manifests
@@ -92,6 +92,23 @@ class Promoter:
         detail = "; ".join(details) or ("healthy, smoke passed" if app.smoke else "healthy")
         self.deploys.record_verification(env.image, name, ok, detail)
         return ok, detail
+
+    def latest_verified(self, target: str) -> Verification:
+        """The image to promote into `target` when none is named: the one most recently verified on
+        another env, built from the recipe `target` runs and still in the store."""
+        recipe = self._recipe(self.state.get_env(target).image)
+        digests = set(self.envs.store.digests())
+        for v in self.deploys.verifications():
+            if v.env != target and v.image in digests and self._recipe(v.image) == recipe:
+                return v
+        raise GateError(
+            f"no image of recipe {recipe} has passed `sandbox verify` on an env other than {target}",
+            hint="sandbox up staging-1 --wait && sandbox verify staging-1, "
+            f"then sandbox promote --to {target}",
+        )
+
+    def _recipe(self, image: str) -> str:
+        return str(self.envs.store.summary(image)["recipe"]["name"])
 
     def _index(self, name: str, inst: Instance) -> int:
         return [i.name for i in self.state.instances(name)].index(inst.name)
@@ -162,6 +179,18 @@ class Promoter:
         result.seconds = time.monotonic() - t0
         return result
 
+    def rollback_target(self, target: str) -> str:
+        """The image `rollback(target)` goes back to (PromotionError when there is none)."""
+        d = self.deploys.interrupted(target)
+        if d is not None:
+            return d.from_image
+        previous = self.deploys.previous_image(target)
+        if previous is None:
+            raise PromotionError(
+                f"{target} has no earlier image to roll back to", hint=f"sandbox history {target}"
+            )
+        return previous
+
     def rollback(self, target: str) -> PromoteResult:
         """Back to the image before the last promotion (finishing an interrupted one backwards)."""
         d = self.deploys.interrupted(target)
@@ -181,12 +210,7 @@ class Promoter:
             self._unlock(target)
             result.seconds, result.state = time.monotonic() - t0, "rolled-back"
             return result
-        previous = self.deploys.previous_image(target)
-        if previous is None:
-            raise PromotionError(
-                f"{target} has no earlier image to roll back to", hint=f"sandbox history {target}"
-            )
-        return self.promote(target, previous, kind="rollback", source="rollback")
+        return self.promote(target, self.rollback_target(target), kind="rollback", source="rollback")
 
     # -- the swap ----------------------------------------------------------
     def _run(self, d: Deploy, result: PromoteResult) -> None:

@@ -378,14 +378,14 @@ def prod(promo: Images) -> Iterator[Path]:
     assert not port_busy(PROD_PORT), f"127.0.0.1:{PROD_PORT} is taken by something else"
     v = ok(sbx(ws, "up", "prod", "--image", promo.v1, "--wait", "--json"))
     if history(ws)[:1] and history(ws)[0]["state"] == "running":  # a stale one from an earlier prod
-        ok(sbx(ws, "rollback", "--to", "prod", timeout=300))
+        ok(sbx(ws, "rollback", "--yes", "--to", "prod", timeout=300))
     assert v["url"] == f"http://127.0.0.1:{PROD_PORT}/" and len(v["instances"]) == 2
     assert all(ipaddress.ip_address(i["address"]) in SUBNET for i in v["instances"])
     assert router_images() == {promo.v1}
     yield ws
     with contextlib.suppress(AssertionError, ValueError, IndexError):
         if history(ws)[0]["state"] == "running":  # a test left a promotion interrupted: undo it first
-            sandbox(ws, "rollback", "--to", "prod", timeout=300)
+            sandbox(ws, "rollback", "--yes", "--to", "prod", timeout=300)
     sandbox(ws, "down", "prod", timeout=180)
 
 
@@ -597,7 +597,7 @@ def test_kill_9_at_random_moments_then_resume_or_rollback_converges(prod: Path, 
                     ok(sbx(ws, "promote", "--resume", "--to", "prod", timeout=300))
                     expected = target
                 else:
-                    ok(sbx(ws, "rollback", "--to", "prod", timeout=300))
+                    ok(sbx(ws, "rollback", "--yes", "--to", "prod", timeout=300))
                     expected = current
                 outcomes.append(f"killed after {delay:.2f}s at {last}; {action}")
             else:
@@ -649,7 +649,7 @@ def test_kill_9_at_each_step_converges(prod: Path, promo: Images, step: str, act
         ok(
             sbx(
                 ws,
-                *(["promote", "--resume"] if action == "resume" else ["rollback"]),
+                *(["promote", "--resume"] if action == "resume" else ["rollback", "--yes"]),
                 "--to",
                 "prod",
                 timeout=300,
@@ -669,7 +669,7 @@ def test_promoting_the_old_image_while_one_is_interrupted_is_refused(prod: Path,
     r = sbx(ws, "promote", promo.v1, "--to", "prod", "--yes", "--force")
     assert r.code == 1 and "interrupted" in r.stderr, r.stdout + r.stderr
     assert "--resume" in r.stderr and "rollback" in r.stderr
-    ok(sbx(ws, "rollback", "--to", "prod", timeout=300))
+    ok(sbx(ws, "rollback", "--yes", "--to", "prod", timeout=300))
     assert_converged(ws, promo.v1)
 
 
@@ -719,7 +719,7 @@ def test_rollback_after_a_finished_promotion_returns_to_the_previous_image(prod:
     ws = prod
     ok(sbx(ws, "promote", promo.v2, "--to", "prod", "--yes", "--force", timeout=300))
     assert router_images() == {promo.v2}
-    res = ok(sbx(ws, "rollback", "--to", "prod", "--probe", "30", "--json", timeout=300))
+    res = ok(sbx(ws, "rollback", "--yes", "--to", "prod", "--probe", "30", "--json", timeout=300))
     assert (res["state"], res["from_image"], res["to_image"]) == ("done", promo.v2, promo.v1)
     assert set(res["probe"]) == {"before", "during", "after"}
     for phase, r in res["probe"].items():
@@ -733,7 +733,7 @@ def test_rollback_without_an_earlier_promotion_says_so(promo: Images) -> None:
     ws = promo.ws
     try:
         ok(sbx(ws, "up", "staging-2", "--image", promo.v1, "--wait", "--json"))
-        r = sbx(ws, "rollback", "--to", "staging-2")
+        r = sbx(ws, "rollback", "--yes", "--to", "staging-2")
         assert r.code == 1 and "has no earlier image to roll back to" in r.stderr, r.stderr
         assert "sandbox history staging-2" in r.stderr
         r = sbx(ws, "promote", "--resume", "--to", "staging-2")
