@@ -10,7 +10,7 @@ import click
 
 from sandbox.cli.main import Ctx, cli, json_option
 from sandbox.cli.markup import escape
-from sandbox.cli.safeterm import show
+from sandbox.cli.safeterm import json_lines, show
 from sandbox.envs import Envs, EnvView, default_owner
 
 
@@ -193,11 +193,16 @@ def shell(obj: Ctx, name: str, index: int, user: str | None) -> None:
 @click.option("-i", "--instance", "index", type=int, default=0, show_default=True, help="Which instance.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("-n", "--lines", type=int, default=200, show_default=True, help="How many lines.")
+@json_option
 @click.pass_obj
 def logs(obj: Ctx, name: str, index: int, follow: bool, lines: int) -> None:
-    """Show the app's logs (journal of sandbox-app.service) of an instance of NAME."""
+    """Show the app's logs (journal of sandbox-app.service) of an instance of NAME.
+
+    With --json: one JSON object per line, {"env", "instance", "line"} (also with -f)."""
     argv = Envs(obj.ws, obj.output).logs_argv(name, index, follow, lines)
     try:
+        if obj.output.as_json:
+            sys.exit(json_lines(argv, {"env": name, "instance": index}))
         sys.exit(show(argv))  # an instance's escape sequences are shown, not obeyed
     except KeyboardInterrupt:
         sys.exit(0)

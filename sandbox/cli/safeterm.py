@@ -60,3 +60,24 @@ def show(argv: Sequence[str], out: IO[bytes] | None = None) -> int:
     finally:
         p.stdout.close()
     return p.wait()
+
+
+MAX_LINE = 64 * 1024
+
+
+def json_lines(argv: Sequence[str], fields: dict[str, object], out: IO[bytes] | None = None) -> int:
+    """Run argv; each line it prints becomes one JSON object on stdout, `fields` plus "line" (text,
+    undecodable bytes replaced; a line over 64 KiB is cut into pieces). Its exit code."""
+    import json
+
+    sink = out if out is not None else sys.stdout.buffer
+    p = subprocess.Popen(list(argv), stdout=subprocess.PIPE)
+    assert p.stdout is not None
+    try:
+        while raw := p.stdout.readline(MAX_LINE):
+            line = raw.rstrip(b"\n").decode(errors="replace")
+            sink.write(json.dumps({**fields, "line": line}).encode() + b"\n")
+            sink.flush()
+    finally:
+        p.stdout.close()
+    return p.wait()

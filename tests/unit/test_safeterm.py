@@ -9,7 +9,7 @@ import sys
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sandbox.cli.safeterm import Filter, show, visible
+from sandbox.cli.safeterm import Filter, json_lines, show, visible
 
 
 def test_controls_are_shown_and_text_is_kept() -> None:
@@ -35,3 +35,17 @@ def test_show_filters_a_command_and_returns_its_exit() -> None:
     out = io.BytesIO()
     code = show([sys.executable, "-c", "import sys; sys.stdout.write('a\\x1b[2Jb\\n'); sys.exit(3)"], out)
     assert code == 3 and out.getvalue() == b"a\\x1b[2Jb\n"
+
+
+def test_json_lines_are_one_object_per_line_with_controls_escaped() -> None:
+    import json
+
+    out = io.BytesIO()
+    script = "import sys; w=sys.stdout.buffer.write; w(b'a\\x1b[2Jb\\n\\xff\\n'+b'x'*70000); sys.exit(3)"
+    code = json_lines([sys.executable, "-c", script], {"env": "e", "instance": 1}, out)
+    docs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert code == 3
+    assert docs[0] == {"env": "e", "instance": 1, "line": "a\x1b[2Jb"}
+    assert b"\x1b" not in out.getvalue()  # escaped as \u001b in the JSON text
+    assert docs[1]["line"] == "\ufffd"
+    assert [len(d["line"]) for d in docs[2:]] == [65536, 70000 - 65536]
