@@ -54,6 +54,17 @@ async def env(request: Request) -> Response:
     return await _call(request, "env", {"name": request.path_params["name"]})
 
 
+async def logs(request: Request) -> Response:
+    args: dict[str, Any] = {"name": request.path_params["name"]}
+    for key in ("instance", "lines"):
+        if key in request.query_params:
+            raw = request.query_params[key]
+            if not raw.isdigit() or len(raw) > 6:
+                return api_error(400, f"{key} must be a whole number", kind="BadRequest")
+            args[key] = int(raw)
+    return await _call(request, "logs", args)
+
+
 async def images(request: Request) -> Response:
     return await _call(request, "images", {})
 
@@ -174,6 +185,27 @@ OPENAPI: dict[str, Any] = {
                 parameters=_NAME,
             )
         },
+        "/api/v1/envs/{name}/logs": {
+            "get": _op(
+                "the app's last log lines of one instance (sandbox logs --json, as one list)",
+                {
+                    "200": "env, instance, lines",
+                    "400": "bad instance or lines",
+                    "404": "unknown",
+                    "502": "the logs could not be read",
+                    **_COMMON,
+                },
+                parameters=[
+                    *_NAME,
+                    {"name": "instance", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {
+                        "name": "lines",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                ],
+            )
+        },
         "/api/v1/images": {"get": _op("the images (sandbox images --json)", {"200": "images", **_COMMON})},
         "/api/v1/jobs": {
             "get": _op("jobs, newest first", {"200": "jobs", **_COMMON}),
@@ -207,6 +239,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/whoami", whoami),
         Route("/api/v1/envs", envs),
         Route("/api/v1/envs/{name}", env),
+        Route("/api/v1/envs/{name}/logs", logs),
         Route("/api/v1/images", images),
         Route("/api/v1/jobs", jobs, methods=["GET"]),
         Route("/api/v1/jobs", submit, methods=["POST"]),

@@ -175,11 +175,35 @@ async def env_page(request: Request) -> Response:
         "env.html",
         me=me,
         env=data["env"],
+        instance=int_query(request, "instance", 0) or 0,
         jobs=data["jobs"],
         cancel=data["cancel"],
         buttons=data["buttons"],
         fields=BUTTON_FIELDS,
     )
+
+
+def int_query(request: Request, key: str, default: int) -> int | None:
+    """A whole-number query parameter (default when absent); None when it is not one."""
+    raw = request.query_params.get(key)
+    if raw is None:
+        return default
+    return int(raw) if raw.isdigit() and len(raw) <= 6 else None
+
+
+async def logs_fragment(request: Request) -> Response:
+    """The app's last log lines of one instance, as an HTML fragment the env page reloads."""
+    index, lines = int_query(request, "instance", 0), int_query(request, "lines", 200)
+    if index is None or lines is None:
+        return error_page(request, RPCError(400, "instance and lines are whole numbers"))
+    args = {"name": request.path_params["name"][:60], "instance": index, "lines": lines}
+    try:
+        data = await rpc(request, "logs", session_cred(request), args)
+    except RPCError as e:
+        if e.status == 401:
+            return error_page(request, e)
+        return HTMLResponse(_env.get_template("_logs.html").render(error=e), e.status)
+    return HTMLResponse(_env.get_template("_logs.html").render(logs=data, error=None))
 
 
 async def jobs_page(request: Request) -> Response:
@@ -239,6 +263,7 @@ def routes() -> list[BaseRoute]:
         Route("/logout", logout, methods=["POST"]),
         Route("/envs", envs_page),
         Route("/envs/{name}", env_page),
+        Route("/envs/{name}/logs", logs_fragment),
         Route("/jobs", jobs_page, methods=["GET"]),
         Route("/jobs", submit, methods=["POST"]),
         Route("/jobs/{id}/cancel", cancel, methods=["POST"]),

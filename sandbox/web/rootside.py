@@ -33,6 +33,7 @@ from sandbox.web.webhooks import WebhookError, receive
 
 MAX_HEADERS = 100
 MAX_WAIT = 25.0
+MAX_LOG_LINES = 1000
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class RootSide:
             "envs": (True, self.envs),
             "env": (True, self.env),
             "images": (True, self.images),
+            "logs": (True, self.logs),
             "jobs": (True, self.list_jobs),
             "submit": (True, self.submit),
             "cancel": (True, self.cancel),
@@ -187,6 +189,28 @@ class RootSide:
         if not c.user.roles:
             raise RPCError(403, "you hold no role", hint="ask an admin for one")
         return self.views.images()
+
+    def logs(self, c: Call) -> dict[str, Any]:
+        """The app's last log lines in one instance of an env the caller may view."""
+        assert c.user is not None
+        name = _env_name(c.args)
+        index, lines = c.args.get("instance", 0), c.args.get("lines", 200)
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1000:
+            raise RPCError(400, "instance must be a whole number from 0 to 999")
+        if isinstance(lines, bool) or not isinstance(lines, int) or not 1 <= lines <= MAX_LOG_LINES:
+            raise RPCError(400, f"lines must be a whole number from 1 to {MAX_LOG_LINES}")
+        view = self.views.env(name)
+        if not may(c.user, "view", view["profile"]):
+            raise RPCError(403, f"you may not view {name}", hint="ask an admin for a role on its profile")
+        if index >= len(view["instances"]):
+            raise RPCError(404, f"{name} has no instance {index}", hint=f"it has {len(view['instances'])}")
+        try:
+            got = self.views.logs(name, index, lines)
+        except NotFound:
+            raise
+        except SandboxError as e:
+            raise RPCError(502, e.message, e.hint) from e
+        return {"env": name, "instance": index, "lines": got}
 
     def _cancellable(self, user: User, jobs: list[dict[str, Any]]) -> list[int]:
         return [

@@ -152,6 +152,8 @@ def test_a_developer_creates_a_dev_env_in_the_browser(served: tuple[str, Path]) 
             expect(page.locator("h1")).to_contain_text("dev-dana")
             expect(page.locator("h1 .badge")).to_have_text(re.compile("running"))
             expect(page.locator("#instances")).to_contain_text("dev-dana")
+            # the app's log, read by the root side as `sandbox logs` does, polled by the page
+            expect(page.locator("#logs pre")).to_contain_text("gunicorn", timeout=30_000)
         finally:
             browser.close()
     env = StateDB(ws / ".sandbox" / "state.db").get_env("dev-dana")
@@ -176,6 +178,9 @@ class FakeWorldViews:
 
     def images(self) -> list[dict[str, Any]]:
         return [dict(s.__dict__) for s in self.world.envs().store.summaries()]
+
+    def logs(self, name: str, index: int, lines: int) -> list[str]:
+        return [f"{name} instance {index}: the fake backend keeps no app log"]
 
 
 @pytest.fixture

@@ -73,6 +73,11 @@ class FakeViews:
     def images(self) -> list[dict[str, Any]]:
         return [{"digest": D, "refs": ["web:latest"], "recipe": "web", "packages": 1, "files": 2}]
 
+    def logs(self, name: str, index: int, lines: int) -> list[str]:
+        """Each instance's log: its name, then a line with markup in it."""
+        self.env(name)
+        return [f"{name}-{index} started", "<script>alert(1)</script> GET /healthz 200"][-lines:]
+
 
 class Client:
     """A synchronous httpx client on the app's ASGI transport (cookies kept between calls)."""
