@@ -78,3 +78,17 @@ def test_read_lines_keeps_the_tail_and_reports_failures(monkeypatch: pytest.Monk
     monkeypatch.setattr(views, "LOG_TIMEOUT", 0.5)
     with pytest.raises(SandboxError, match=r"took over 0\.5 s"):
         views.read_lines([py, "-c", "import time; print('x', flush=True); time.sleep(30)"], 5)
+
+
+def test_badges_say_live_maintenance_and_read_only(w: World) -> None:
+    w.views.rows["prod"].update(maintenance=["10.0.0.0/8"], readonly=True, url="http://127.0.0.1:19000/")
+    w.views.rows["staging-1"].update(url="javascript:alert(1)")
+    c = w.client()
+    c.login("viewer")
+    page = c.get("/envs").text
+    assert page.count('class="badge mode-live"') == 2  # staging-1 and dev-dave
+    assert 'class="badge mode-maintenance" title="maintenance page on; allowed: 10.0.0.0/8"' in page
+    assert 'class="badge mode-readonly"' in page
+    assert '<a href="http://127.0.0.1:19000/"' in page and 'href="javascript' not in page
+    one = c.get("/envs/prod").text
+    assert "on, allowed: 10.0.0.0/8" in one and "<dt>read-only</dt><dd>on</dd>" in one
