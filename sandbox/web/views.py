@@ -1,12 +1,18 @@
 """What the root side shows of envs and images: the very view functions the CLI's `--json` prints
-(`Envs.ls`/`Envs.view` -> EnvView.to_dict, `ImageStore.summaries`), behind a small protocol so that
-the RPC tests can run without a backend."""
+(`Envs.ls`/`Envs.view` -> EnvView.to_dict, `ImageStore.summaries`, `image_diff_view`), behind a small
+protocol so that the RPC tests can run without a backend."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Protocol
 
 from sandbox.workspace import Workspace
+
+DIFF_LIMIT = 2000  # entries listed per kind of change (`sandbox image diff --limit 2000 --json`)
+DIFF_CACHE = 16  # diffs kept: images are content-addressed, so a cached diff never goes stale
 
 
 class Views(Protocol):
@@ -22,12 +28,51 @@ class Views(Protocol):
         """`sandbox images --json`."""
         ...
 
+    def image_diff(self, a: str, b: str) -> dict[str, Any]:
+        """`sandbox image diff A B --limit 2000 --json` of two full digests; NotFound for a missing one."""
+        ...
+
+
+class ImageViews:
+    """`images` and `image_diff` of the store at `root`, with the last DIFF_CACHE diffs kept."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._diffs: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def images(self) -> list[dict[str, Any]]:
+        from sandbox.store import ImageStore
+
+        return [dict(s.__dict__) for s in ImageStore(self.root).summaries()]
+
+    def image_diff(self, a: str, b: str) -> dict[str, Any]:
+        from sandbox.errors import NotFound
+        from sandbox.promote.diffview import image_diff_view
+        from sandbox.store import ImageStore
+
+        store = ImageStore(self.root)
+        for d in (a, b):  # a removed image is gone from the view, cached or not
+            if not store.manifest_path(d).is_file():
+                raise NotFound(f"image {d} not found", hint="list images with `sandbox images`")
+        with self._lock:
+            if (hit := self._diffs.get((a, b))) is not None:
+                self._diffs.move_to_end((a, b))
+                return hit
+        view = image_diff_view(store, a, b, limit=DIFF_LIMIT)
+        with self._lock:
+            self._diffs[(a, b)] = view
+            while len(self._diffs) > DIFF_CACHE:
+                self._diffs.popitem(last=False)
+        return view
+
 
 class WorkspaceViews:
     """The real views of workspace `ws` (an Envs per call: settings changes are seen at once)."""
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
+        self.image_views = ImageViews(ws.images)
 
     def envs(self) -> list[dict[str, Any]]:
         from sandbox.envs import Envs
@@ -41,6 +86,7 @@ class WorkspaceViews:
         return {**envs.view(name).to_dict(), "events": envs.events(name, limit=10)}
 
     def images(self) -> list[dict[str, Any]]:
-        from sandbox.store import ImageStore
+        return self.image_views.images()
 
-        return [dict(s.__dict__) for s in ImageStore(self.ws.images).summaries()]
+    def image_diff(self, a: str, b: str) -> dict[str, Any]:
+        return self.image_views.image_diff(a, b)

@@ -178,6 +178,7 @@ def test_the_openapi_document_names_every_route(w: World) -> None:
         "/api/v1/envs",
         "/api/v1/envs/{name}",
         "/api/v1/images",
+        "/api/v1/images/diff",
         "/api/v1/jobs",
         "/api/v1/jobs/{id}",
     }
