@@ -7,9 +7,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sandbox.workspace import Workspace
+
+if TYPE_CHECKING:
+    from sandbox.store.store import ImageSummary
 
 DIFF_LIMIT = 2000  # entries listed per kind of change (`sandbox image diff --limit 2000 --json`)
 DIFF_CACHE = 16  # diffs kept: images are content-addressed, so a cached diff never goes stale
@@ -34,17 +37,21 @@ class Views(Protocol):
 
 
 class ImageViews:
-    """`images` and `image_diff` of the store at `root`, with the last DIFF_CACHE diffs kept."""
+    """`images` and `image_diff` of the store at `root`, with the last DIFF_CACHE diffs and every
+    image's summary row kept (a digest fixes all of it but the refs, which are read each time)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._diffs: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._rows: dict[str, ImageSummary] = {}  # digest -> ImageSummary: only its refs can change
         self._lock = threading.Lock()
 
     def images(self) -> list[dict[str, Any]]:
         from sandbox.store import ImageStore
 
-        return [dict(s.__dict__) for s in ImageStore(self.root).summaries()]
+        with self._lock:
+            rows = ImageStore(self.root).summaries(self._rows)
+        return [dict(s.__dict__) for s in rows]
 
     def image_diff(self, a: str, b: str) -> dict[str, Any]:
         from sandbox.errors import NotFound

@@ -199,3 +199,16 @@ def test_no_role_no_images(w: World, imgs: Imgs) -> None:
     assert c.login("nobody").status_code == 303
     assert c.get("/images").status_code == 403
     assert c.get(diff_url(imgs.old.digest, imgs.new.digest)).status_code == 403
+
+
+def test_the_image_rows_are_kept_but_refs_and_removals_are_seen(w: World, imgs: Imgs) -> None:
+    views = w.views.image_views
+    assert views is not None
+    assert {i["digest"] for i in views.images()} == {imgs.old.digest, imgs.new.digest, imgs.other.digest}
+    assert views.images() == [dict(s.__dict__) for s in imgs.store.summaries()]  # what the CLI prints
+    imgs.store.set_ref("web", "prod", imgs.old.digest)
+    imgs.store.remove(imgs.other.digest)
+    rows = {i["digest"]: i for i in views.images()}
+    assert set(rows) == {imgs.old.digest, imgs.new.digest}
+    assert rows[imgs.old.digest]["refs"] == ["web:prod", "web:v1"]
+    assert set(views._rows) == set(rows)
