@@ -31,13 +31,13 @@ def _newest_first(images: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _previous(images: list[dict[str, Any]]) -> dict[str, str]:
-    """digest -> the next older image of the same recipe (for a "diff with the previous" link)."""
+    """digest -> the newest image of the same recipe with an older `created` (for a "diff with the
+    previous" link). `created` is the lock's date: rebuilds from one lock tie, and get no link."""
     out: dict[str, str] = {}
-    last: dict[str, str] = {}
-    for i in reversed(images):  # oldest first
-        if i["recipe"] in last:
-            out[i["digest"]] = last[i["recipe"]]
-        last[i["recipe"]] = i["digest"]
+    for i in images:
+        older = (j for j in images if j["recipe"] == i["recipe"] and j["created"] < i["created"])
+        if (prev := next(older, None)) is not None:  # images are newest first
+            out[i["digest"]] = prev["digest"]
     return out
 
 

@@ -161,6 +161,7 @@ def test_the_images_page_lists_images_and_the_envs_that_run_them(w: World, imgs:
     assert "web:v1" in old_row and '<a href="/envs/prod">prod</a>' in old_row
     assert "web:latest" in new_row and '<a href="/envs/staging-1">staging-1</a>' in new_row
     assert f"/images/diff?a={imgs.old.digest.replace(':', '%3A')}&amp;b=" in new_row  # vs. the previous
+    assert "diff with the previous" not in old_row  # nothing older of its recipe
     # the form picks two images and GETs /images/diff
     assert 'action="/images/diff"' in r.text and r.text.count("<select") == 2
 
