@@ -9,7 +9,9 @@ import click
 
 from sandbox.build.builder import Builder
 from sandbox.cli.main import Ctx, cli, json_option
-from sandbox.store import ImageStore, diff_manifests
+from sandbox.cli.markup import escape
+from sandbox.promote.diffview import image_diff_view
+from sandbox.store import ImageStore
 from sandbox.store.verify import verify_image
 
 
@@ -84,26 +86,40 @@ def inspect(obj: Ctx, ref: str, show_files: bool) -> None:
 @image.command()
 @click.argument("a")
 @click.argument("b")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="List at most N entries of each kind (the web's view uses 2000); `total` counts them all.",
+)
 @json_option
 @click.pass_obj
-def diff(obj: Ctx, a: str, b: str) -> None:
-    """What changed from image A to image B: packages and files."""
+def diff(obj: Ctx, a: str, b: str, limit: int | None) -> None:
+    """What changed from image A to image B: packages, files, and the promotion strategy."""
     store = ImageStore(obj.ws.images)
     da, db = store.resolve(a), store.resolve(b)
-    d = diff_manifests(da, store.manifest(da), db, store.manifest(db))
+    v = image_diff_view(store, da, db, limit=limit)
     lines = [f"{da[:19]} → {db[:19]}"]
-    if d.empty:
+    if v["identical"]:
         lines.append("identical")
-    for name, v in d.packages_added.items():
-        lines.append(f"[green]+ package {name} {v}[/]")
-    for name, v in d.packages_removed.items():
-        lines.append(f"[red]- package {name} {v}[/]")
-    for name, (old, new) in d.packages_changed.items():
-        lines.append(f"[yellow]~ package {name} {old} → {new}[/]")
-    lines += [f"[green]+ {p}[/]" for p in d.files_added]
-    lines += [f"[red]- {p}[/]" for p in d.files_removed]
-    lines += [f"[yellow]~ {p}[/]" for p in d.files_changed]
-    obj.output.result(d.to_dict(), "\n".join(lines))
+    pk, fl = v["packages"], v["files"]
+
+    def e(x: object) -> str:  # names come from the image: printed, never read as markup
+        return escape(str(x))
+
+    lines += [f"[green]+ package {e(n)} {e(ver)}[/]" for n, ver in pk["added"].items()]
+    lines += [f"[red]- package {e(n)} {e(ver)}[/]" for n, ver in pk["removed"].items()]
+    lines += [f"[yellow]~ package {e(n)} {e(c['from'])} → {e(c['to'])}[/]" for n, c in pk["changed"].items()]
+    lines += [f"[green]+ {e(p)}[/]" for p in fl["added"]]
+    lines += [f"[red]- {e(p)}[/]" for p in fl["removed"]]
+    lines += [f"[yellow]~ {e(p)}[/]" for p in fl["changed"]]
+    shown = sum(map(len, [*pk.values(), *fl.values()]))
+    every = sum(n for t in v["total"].values() for n in t.values())
+    if every > shown:
+        lines.append(f"… and {every - shown} more (--limit)")
+    plan = v["plan"]
+    lines.append(f"promotion would pick: {plan['strategy']} ({e('; '.join(plan['reasons']))})")
+    obj.output.result(v, "\n".join(lines))
 
 
 @image.command()

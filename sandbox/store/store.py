@@ -18,6 +18,7 @@ are removed by `clean()`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -277,12 +278,21 @@ class ImageStore:
             )
         return digest
 
-    def summaries(self) -> list[ImageSummary]:
+    def summaries(self, known: dict[str, ImageSummary] | None = None) -> list[ImageSummary]:
+        """One row per image. `known` (digest -> row, kept by the caller) spares reading the
+        manifests again: all but the refs of an image are fixed by its digest. It is updated."""
         refs: dict[str, list[str]] = {}
         for recipe, tag, digest in self.refs():
             refs.setdefault(digest, []).append(f"{recipe}:{tag}")
         out = []
-        for digest in self.digests():
+        digests = self.digests()
+        if known is not None:
+            for gone in set(known) - set(digests):
+                del known[gone]
+        for digest in digests:
+            if known is not None and digest in known:
+                out.append(dataclasses.replace(known[digest], refs=refs.get(digest, [])))
+                continue
             m = self.manifest(digest)
             out.append(
                 ImageSummary(
@@ -295,6 +305,8 @@ class ImageStore:
                     created=int(m["created"]),
                 )
             )
+            if known is not None:
+                known[digest] = out[-1]
         return out
 
     # -- maintenance -------------------------------------------------------

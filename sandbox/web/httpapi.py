@@ -1,7 +1,8 @@
 """The JSON API under /api/v1 (bearer tokens only) and the webhook endpoint /hooks/NAME.
 
-GET envs, envs/NAME, images and jobs answer what `sandbox ls --json`, `status --json` (without the
-live probe) and `images --json` print, and the job rows; POST jobs queues one job, DELETE jobs/ID
+GET envs, envs/NAME, images, images/diff and jobs answer what `sandbox ls --json`, `status --json`
+(without the live probe), `images --json` and `image diff A B --limit 2000 --json` print, and the
+job rows; POST jobs queues one job, DELETE jobs/ID
 cancels a queued one. /api/v1/openapi.json describes them.
 """
 
@@ -67,6 +68,13 @@ async def logs(request: Request) -> Response:
 
 async def images(request: Request) -> Response:
     return await _call(request, "images", {})
+
+
+async def image_diff(request: Request) -> Response:
+    q = request.query_params
+    if set(q) != {"a", "b"} or len(q.getlist("a")) != 1 or len(q.getlist("b")) != 1:
+        return api_error(400, "give the two images as ?a=sha256:...&b=sha256:...", kind="BadRequest")
+    return await _call(request, "image_diff", {"a": q["a"][:80], "b": q["b"][:80]})
 
 
 async def jobs(request: Request) -> Response:
@@ -141,6 +149,8 @@ def _op(summary: str, responses: dict[str, str], **extra: Any) -> dict[str, Any]
 _COMMON = {"401": "no valid token", "403": "the role does not allow it"}
 _NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
 _ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}]
+_DIGEST = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}
+_DIFF = [{"name": k, "in": "query", "required": True, "schema": _DIGEST} for k in ("a", "b")]
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "sandbox deploy API", "version": "1"},
@@ -207,6 +217,13 @@ OPENAPI: dict[str, Any] = {
             )
         },
         "/api/v1/images": {"get": _op("the images (sandbox images --json)", {"200": "images", **_COMMON})},
+        "/api/v1/images/diff": {
+            "get": _op(
+                "what changed from image a to image b (sandbox image diff A B --limit 2000 --json)",
+                {"200": "the diff", "400": "not two different digests", "404": "no such image", **_COMMON},
+                parameters=_DIFF,
+            )
+        },
         "/api/v1/jobs": {
             "get": _op("jobs, newest first", {"200": "jobs", **_COMMON}),
             "post": _op(
@@ -241,6 +258,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/envs/{name}", env),
         Route("/api/v1/envs/{name}/logs", logs),
         Route("/api/v1/images", images),
+        Route("/api/v1/images/diff", image_diff),
         Route("/api/v1/jobs", jobs, methods=["GET"]),
         Route("/api/v1/jobs", submit, methods=["POST"]),
         Route("/api/v1/jobs/{id}", cancel, methods=["DELETE"]),

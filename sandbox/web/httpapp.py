@@ -156,12 +156,13 @@ class SecurityHeaders:
 
 
 def make_app(cfg: WebConfig) -> Starlette:
-    from sandbox.web import httpapi, httpevents, httppages, httptimeline
+    from sandbox.web import httpapi, httpevents, httpimages, httppages, httptimeline
 
     routes = [
         *httpapi.routes(),
         *httpevents.routes(),
         *httptimeline.routes(),
+        *httpimages.routes(),
         *httppages.routes(),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]

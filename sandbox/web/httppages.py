@@ -50,7 +50,18 @@ def _left(t: float | None) -> str:
     return next(f"{s // n}{u}" for u, n in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)) if s >= n)
 
 
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
 _env.filters["when"] = _when
+_env.filters["size"] = _size
 _env.filters["left"] = _left
 
 BUTTON_FIELDS = {"maintenance": {"on": "true"}, "readonly": {"on": "true"}, "extend": {"ttl": "3600"}}

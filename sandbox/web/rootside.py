@@ -32,6 +32,7 @@ from sandbox.web.views import Views
 from sandbox.web.webhooks import WebhookError, receive
 
 MAX_HEADERS = 100
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_WAIT = 25.0
 MAX_LOG_LINES = 1000
 
@@ -77,6 +78,7 @@ class RootSide:
             "env": (True, self.env),
             "images": (True, self.images),
             "logs": (True, self.logs),
+            "image_diff": (True, self.image_diff),
             "jobs": (True, self.list_jobs),
             "submit": (True, self.submit),
             "cancel": (True, self.cancel),
@@ -211,6 +213,19 @@ class RootSide:
         except SandboxError as e:
             raise RPCError(502, e.message, e.hint) from e
         return {"env": name, "instance": index, "lines": got}
+
+    def image_diff(self, c: Call) -> dict[str, Any]:
+        """`sandbox image diff A B --limit 2000 --json` of two full digests of the store."""
+        assert c.user is not None
+        if not c.user.roles:
+            raise RPCError(403, "you hold no role", hint="ask an admin for one")
+        a, b = (_str(c.args, k, 71) for k in ("a", "b"))
+        for d in (a, b):
+            if not DIGEST_RE.fullmatch(d):
+                raise RPCError(400, f"{d[:71]!r} is not an image digest", hint="sha256: and 64 hex digits")
+        if a == b:
+            raise RPCError(400, "that is one image twice", hint="pick two different images")
+        return self.views.image_diff(a, b)  # NotFound (404) for a digest not in the store
 
     def _cancellable(self, user: User, jobs: list[dict[str, Any]]) -> list[int]:
         return [

@@ -150,7 +150,7 @@ def test_a_developer_creates_a_dev_env_in_the_browser(served: tuple[str, Path]) 
             assert row.locator(".badge").inner_text() == "done", row.inner_text()
             page.goto(f"{url}/envs/dev-dana")
             expect(page.locator("h1")).to_contain_text("dev-dana")
-            expect(page.locator("h1 .badge")).to_have_text(re.compile("running"))
+            expect(page.locator("h1 .badge[class*='state-']")).to_have_text(re.compile("running"))
             expect(page.locator("#instances")).to_contain_text("dev-dana")
             # the app's log, read by the root side as `sandbox logs` does, polled by the page
             expect(page.locator("#logs pre")).to_contain_text("gunicorn", timeout=30_000)
@@ -164,10 +164,14 @@ def test_a_developer_creates_a_dev_env_in_the_browser(served: tuple[str, Path]) 
 
 
 class FakeWorldViews:
-    """The CLI's own views (Envs.ls/view, ImageStore.summaries) of the fake-backend world."""
+    """The CLI's own views (Envs.ls/view, ImageStore.summaries, image_diff_view) of the
+    fake-backend world."""
 
     def __init__(self, world: Any) -> None:
+        from sandbox.web.views import ImageViews
+
         self.world = world
+        self.image_views = ImageViews(world.ws.images)
 
     def envs(self) -> list[dict[str, Any]]:
         return [v.to_dict() for v in self.world.envs().ls()]
@@ -177,7 +181,10 @@ class FakeWorldViews:
         return {**envs.view(name).to_dict(), "events": envs.events(name, limit=10)}
 
     def images(self) -> list[dict[str, Any]]:
-        return [dict(s.__dict__) for s in self.world.envs().store.summaries()]
+        return self.image_views.images()
+
+    def image_diff(self, a: str, b: str) -> dict[str, Any]:
+        return self.image_views.image_diff(a, b)
 
     def logs(self, name: str, index: int, lines: int) -> list[str]:
         return [f"{name} instance {index}: the fake backend keeps no app log"]
@@ -279,7 +286,7 @@ def test_the_pages_in_chromium_on_the_fake_backend(
             world.envs().state.event("health", "dev-dana went unhealthy", env="dev-dana")
             expect(page.locator("#envs")).to_contain_text("unhealthy", timeout=5_000)
             page.goto(f"{url}/envs/dev-dana")
-            expect(page.locator("h1 .badge")).to_have_text(re.compile("running"))
+            expect(page.locator("h1 .badge[class*='state-']")).to_have_text(re.compile("running"))
             expect(page.locator("#instances")).to_contain_text("dev-dana")
             page.screenshot(path=str(shots / "env.png"))
             # a deploy with a probe series, as `promote --probe` records it: the timeline and its plot
@@ -298,6 +305,16 @@ def test_the_pages_in_chromium_on_the_fake_backend(
             expect(page.locator("svg.plot")).to_be_visible()
             expect(page.locator("ol.steps")).to_contain_text("healthy")
             page.screenshot(path=str(shots / "deploy.png"), full_page=True)
+            # the images, and the diff of two picked in the form
+            page.goto(f"{url}/images")
+            expect(page.locator("#images")).to_contain_text("web:latest")
+            page.screenshot(path=str(shots / "images.png"))
+            page.select_option("select[name=a]", world.a)
+            page.select_option("select[name=b]", world.b)
+            page.click("form.pick button")
+            expect(page.locator("#strategy")).to_contain_text("rolling")
+            expect(page.locator("#files")).to_contain_text("/srv/app/main.py")
+            page.screenshot(path=str(shots / "image_diff.png"))
             page.click("button:has-text('log out')")
             expect(page).to_have_url(f"{url}/login")
             page.fill("input[name=user]", "ada")

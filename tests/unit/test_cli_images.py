@@ -158,6 +158,18 @@ def test_diff_json(ws: Ws) -> None:
     assert d["files"]["removed"] == []
 
 
+def test_diff_limit_sizes_and_plan(ws: Ws) -> None:
+    full = ws.json("image", "diff", "web", "api")
+    assert full["limit"] is None and full["sizes"]["/srv/app/extra.py"] == [None, 6]
+    assert full["plan"]["strategy"] == "rolling"
+    capped = ws.json("image", "diff", "web", "api", "--limit", "1")
+    assert capped["total"] == full["total"] and capped["total"]["packages"]["changed"] == 1
+    assert capped["files"]["added"] == ["/srv/app/extra.py"] and capped["limit"] == 1
+    text = ws.run("image", "diff", "web", "api", "--limit", "1").stdout
+    assert "promotion would pick: rolling" in text
+    assert ws.run("image", "diff", "web", "api", "--limit", "0").exit_code == 2
+
+
 def test_diff_same_image_identical(ws: Ws) -> None:
     assert ws.json("image", "diff", "web", "web:v1")["identical"] is True
     r = ws.run("image", "diff", "web", "web:v1")

@@ -179,6 +179,7 @@ def test_the_openapi_document_names_every_route(w: World) -> None:
         "/api/v1/envs/{name}",
         "/api/v1/envs/{name}/logs",
         "/api/v1/images",
+        "/api/v1/images/diff",
         "/api/v1/jobs",
         "/api/v1/jobs/{id}",
     }

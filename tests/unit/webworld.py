@@ -13,13 +13,14 @@ from typing import Any
 import httpx
 from argon2 import PasswordHasher
 
-from sandbox.errors import EnvNotFound
+from sandbox.errors import EnvNotFound, NotFound
 from sandbox.settings import Hook, Pipeline
 from sandbox.state import StateDB
 from sandbox.web import rpcserver
 from sandbox.web.auth import Auth
 from sandbox.web.httpapp import CSRF_COOKIE, WebConfig, make_app
 from sandbox.web.rootside import RootSide
+from sandbox.web.views import ImageViews
 
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 PASSWORD = "correct horse battery"
@@ -53,9 +54,11 @@ def env_row(name: str, profile: str, owner: str) -> dict[str, Any]:
 
 
 class FakeViews:
-    """What Envs.ls/view and ImageStore.summaries would give, for three envs and one image."""
+    """What Envs.ls/view and ImageStore.summaries would give, for three envs and one image; with
+    `image_views` set (tests/unit/test_web_images.py), the real images and diffs of a real store."""
 
     def __init__(self) -> None:
+        self.image_views: ImageViews | None = None
         self.rows = {
             "staging-1": env_row("staging-1", "staging", "alice"),
             "prod": env_row("prod", "prod", "root"),
@@ -71,12 +74,19 @@ class FakeViews:
         return {**self.rows[name], "events": []}
 
     def images(self) -> list[dict[str, Any]]:
+        if self.image_views:
+            return self.image_views.images()
         return [{"digest": D, "refs": ["web:latest"], "recipe": "web", "packages": 1, "files": 2}]
 
     def logs(self, name: str, index: int, lines: int) -> list[str]:
         """Each instance's log: its name, then a line with markup in it."""
         self.env(name)
         return [f"{name}-{index} started", "<script>alert(1)</script> GET /healthz 200"][-lines:]
+
+    def image_diff(self, a: str, b: str) -> dict[str, Any]:
+        if self.image_views:
+            return self.image_views.image_diff(a, b)
+        raise NotFound(f"image {a} not found", hint="sandbox images")
 
 
 class Client:
