@@ -150,6 +150,8 @@ def test_the_tutorial_runs_as_written(tutorial_ws: Path, tmp_path: Path) -> None
             staged = env_image(ws, "staging-2")
             assert staged != first  # the changed recipe's image
         elif command.startswith("sandbox promote") and "--plan" not in command:
+            # `promote --to prod` alone says which verified image it picked: staging-2's
+            assert "verified on staging-2" in p.stdout + p.stderr, p.stdout + p.stderr
             assert env_image(ws, "prod") == staged
             assert {served_image(ws) for _ in range(4)} == {staged}  # both instances, via the router
         elif command.startswith("sandbox rollback"):
