@@ -31,12 +31,16 @@ if [ ! -x /usr/sbin/sshd ]; then
 fi
 
 echo ">> ruff"
-"$VENV/bin/ruff" check sandbox tests bench
-"$VENV/bin/ruff" format --check sandbox tests bench
+"$VENV/bin/ruff" check sandbox tests bench scripts
+"$VENV/bin/ruff" format --check sandbox tests bench scripts
 echo ">> mypy"
 "$VENV/bin/mypy" sandbox
 echo ">> import layers"
 "$VENV/bin/lint-imports"
+echo ">> docs site (mkdocs build --strict, into a temp dir)"
+SITE=$(mktemp -d /tmp/sandbox-site.XXXXXX)
+NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --quiet -f mkdocs.yml -d "$SITE" || { rm -rf "$SITE"; exit 1; }
+rm -rf "$SITE"
 echo ">> pytest"
 if [ $# -eq 0 ]; then
     # the whole suite: the unit tests (tmp dirs and free ports of their own, mostly waiting on

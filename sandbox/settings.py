@@ -76,6 +76,9 @@ def port_range(v: tuple[int, int]) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Network:
+    """The bridge and subnet of this workspace's instances (two workspaces on one host need different
+    ones)."""
+
     bridge: str = setting("sandbox0", description="Bridge sandbox owns.", pattern=r"^[a-z][a-z0-9_-]{0,14}$")
     subnet: str = setting(
         "10.213.0.0/24",
@@ -86,6 +89,8 @@ class Network:
 
 @dataclass(frozen=True)
 class Routers:
+    """The nginx routers in front of envs: an nginx of their own, or include files in the host's."""
+
     port_range: tuple[int, int] = setting(
         (18000, 18999), description="Ports for `router.port: auto`.", check=port_range
     )
@@ -112,6 +117,8 @@ class Routers:
 
 @dataclass(frozen=True)
 class Hosts:
+    """How sandbox reaches production hosts (a profile's `hosts:`) over SSH."""
+
     ssh_config: str | None = setting(
         None,
         description="ssh client config for production hosts (ssh -F); ssh's own defaults "
@@ -217,6 +224,8 @@ class Schedule:
 
 @dataclass(frozen=True)
 class Settings:
+    """The workspace settings: `sandbox.yaml` at the workspace root (optional, every key defaulted)."""
+
     network: Network = setting(factory=Network, description="sandbox's bridge and subnet.")
     routers: Routers = setting(factory=Routers, description="Router settings.")
     hosts: Hosts = setting(factory=Hosts, description="Production hosts (profile hosts:) over SSH.")

@@ -142,7 +142,7 @@ def rollback(obj: Ctx, to_env: str, rps: float | None, yes: bool) -> None:
 
 @cli.command()
 @click.argument("env")
-@click.option("-n", "--limit", type=int, default=20, show_default=True)
+@click.option("-n", "--limit", type=int, default=20, show_default=True, help="How many deploys to show.")
 @json_option
 @click.pass_obj
 def history(obj: Ctx, env: str, limit: int) -> None:

@@ -12,7 +12,13 @@ from sandbox.cli.main import Ctx, cli
 
 
 @cli.command()
-@click.option("--listen", default="127.0.0.1:8700", show_default=True, metavar="ADDR:PORT")
+@click.option(
+    "--listen",
+    default="127.0.0.1:8700",
+    show_default=True,
+    metavar="ADDR:PORT",
+    help="Address and port the HTTP side listens on.",
+)
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="PEM certificate.")
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="PEM private key.")
 @click.option(
