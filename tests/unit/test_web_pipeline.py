@@ -2,12 +2,17 @@
 backend of tests/fakes.py, with a build function that records what it was given instead of running
 mmdebstrap: the stages and their record in the job, a failing stage named and what it leaves, an
 existing env, and the build at a commit of a real temporary git repository (fetched from a remote
-when missing; git's errors as clear messages). The real Builder's part: a tree's recipe loads with
-the tree's files and the workspace's store, and a resolved lock is never written."""
+when missing; git's errors as clear messages; git run as the checkout's owner). The real
+Builder's part: a tree's recipe loads with the tree's files and the workspace's store, and a
+resolved lock is never written."""
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -276,3 +281,38 @@ def test_a_resolved_lock_is_used_and_never_written(world: World, monkeypatch: py
     plain = PipelineBuilder(world.ws)
     assert plain.current_lock(plain.load("web"), locked=False) == (fresh, True)
     assert not lock.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run git as another user")
+def test_git_runs_as_the_checkouts_owner_and_keeps_its_ownership_check(tmp_path: Path) -> None:
+    """A checkout of `nobody`: git runs as nobody (a fetch leaves no root-owned file in its .git);
+    a directory of root's inside it: git as root refuses the repository, with a clear message."""
+    from sandbox.web.gitsource import GitError, export_commit
+
+    base = Path(tempfile.mkdtemp(prefix="sbx-git-", dir="/tmp"))  # others may traverse it
+    try:
+        os.chmod(base, 0o755)
+        upstream, repo = base / "upstream", base / "repo"
+        (upstream / "deploy" / "recipes").mkdir(parents=True)
+        (upstream / "deploy" / "recipes" / "web.yaml").write_text(RECIPE_V1)
+        git(upstream, "init", "-q")
+        sha = commit_all(upstream, "one")
+        repo.mkdir()
+        git(repo, "init", "-q")
+        git(repo, "remote", "add", "origin", str(upstream))
+        nobody = pwd.getpwnam("nobody")
+        for d in (upstream, repo):
+            subprocess.run(["chown", "-R", f"{nobody.pw_uid}:{nobody.pw_gid}", str(d)], check=True)
+        out = tmp_path / "out"
+        out.mkdir()
+        info = export_commit(repo, sha, out)  # missing: fetched, as nobody
+        assert info["fetched"] is True and (out / "deploy" / "recipes" / "web.yaml").is_file()
+        owners = {p.stat().st_uid for p in (repo / ".git").rglob("*")}
+        assert owners == {nobody.pw_uid}
+        ws = repo / "ws"
+        ws.mkdir()  # root's, inside nobody's repository
+        with pytest.raises(GitError, match="dubious ownership") as e:
+            export_commit(ws, sha, tmp_path / "out2")
+        assert e.value.hint is not None and "make one user own the whole checkout" in e.value.hint
+    finally:
+        shutil.rmtree(base)
