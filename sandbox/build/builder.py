@@ -148,7 +148,11 @@ class Builder:
         return lock, False
 
     # -- build -------------------------------------------------------------
-    def build(self, recipe_ref: str, *, locked: bool = False, tag: str | None = None) -> BuildResult:
+    def build(
+        self, recipe_ref: str, *, locked: bool = False, tag: str | None = None, record: bool = True
+    ) -> BuildResult:
+        """Build the recipe (cached per layer). `record=False` leaves the workspace's fingerprint of
+        the recipe alone: for a build of other inputs than the workspace's own (a commit's tree)."""
         t0 = time.monotonic()
         if tag is not None and not TAG.fullmatch(tag):
             raise BuildError(
@@ -178,8 +182,12 @@ class Builder:
             if tag:
                 self.store.set_ref(name, tag, image)
             manifest = self.store.manifest(image)
-            inputs = [lock_path(loaded.path), *(rf.src for rf in loaded.resolved_files if rf.src is not None)]
-            fingerprint.record(self.ws, name, inputs, image, (BASE_FORMAT, APP_FORMAT))
+            if record:
+                inputs = [
+                    lock_path(loaded.path),
+                    *(rf.src for rf in loaded.resolved_files if rf.src is not None),
+                ]
+                fingerprint.record(self.ws, name, inputs, image, (BASE_FORMAT, APP_FORMAT))
         return BuildResult(
             digest=image,
             recipe=name,

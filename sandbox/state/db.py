@@ -39,13 +39,13 @@ from sandbox.state.rows import (
     now_or,
     update_row,
 )
-from sandbox.state.webschema import SCHEMA_V5, SCHEMA_V6
+from sandbox.state.webschema import SCHEMA_V5, SCHEMA_V6, SCHEMA_V7
 
 if TYPE_CHECKING:
     from sandbox.workspace import Workspace
 
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BUSY_TIMEOUT_S = 10.0
 _LOCK = threading.RLock()
 _DB_HINT = (
@@ -145,6 +145,7 @@ class StateDB(SnapshotsAndEvents):
                 4: SCHEMA_V4,
                 5: SCHEMA_V5,
                 6: SCHEMA_V6,
+                7: SCHEMA_V7,
             }
             for v in range(version + 1, SCHEMA_VERSION + 1):  # create or migrate, one version at a time
                 step = steps[v]

@@ -67,3 +67,7 @@ SCHEMA_V6: tuple[str, ...] = (
     " VALUES (NEW.ts, NEW.env, 'event', json_object('id', NEW.id, 'kind', NEW.kind,"
     " 'message', substr(NEW.message, 1, 300))); END",
 )
+
+# version 7: where `sandbox serve`'s schedules loop last looked (web/scheduler.py): one row per
+# name, '*' for the loop itself. A restart continues from it instead of from "now".
+SCHEMA_V7 = "CREATE TABLE schedule_marks (name TEXT PRIMARY KEY, last REAL NOT NULL)"

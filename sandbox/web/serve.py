@@ -1,5 +1,6 @@
-"""`sandbox serve`: the root side (state DB, job worker, RPC socket) and the HTTP side, a child
-process of the unprivileged system user `sandbox-web` that only talks to the RPC socket.
+"""`sandbox serve`: the root side (state DB, job worker, schedules loop, RPC socket) and the HTTP
+side, a child process of the unprivileged system user `sandbox-web` that only talks to the RPC
+socket.
 
 Root binds the listening socket (so a port below 1024 works) and hands it to the child as an
 inherited fd. Any address but loopback is refused unless TLS is configured (cert and key) or the
@@ -26,6 +27,7 @@ from sandbox.state import StateDB
 from sandbox.web import rpcserver
 from sandbox.web.jobs import Jobs
 from sandbox.web.rootside import RootSide
+from sandbox.web.scheduler import Scheduler
 from sandbox.web.views import WorkspaceViews
 from sandbox.web.worker import Worker, WorkspaceRunner
 from sandbox.workspace import Workspace
@@ -153,6 +155,10 @@ def serve(ws: Workspace, opts: ServeOptions, ready: threading.Event | None = Non
         target=Worker(Jobs(state), root.views, WorkspaceRunner(ws)).loop, args=(stop,), daemon=True
     )
     worker.start()
+    scheduler = threading.Thread(
+        target=Scheduler(Jobs(state), lambda: load_settings(ws).schedules).loop, args=(stop,), daemon=True
+    )
+    scheduler.start()
     import sandbox
 
     argv = [
@@ -214,6 +220,7 @@ def serve(ws: Workspace, opts: ServeOptions, ready: threading.Event | None = Non
         if tls_dir is not None:  # the key's copy goes with the process that needed it
             shutil.rmtree(tls_dir, ignore_errors=True)
         worker.join(timeout=30)
+        scheduler.join(timeout=5)
     if not stopped:
         print(f"sandbox serve: the HTTP side ended with status {code}", file=sys.stderr)
         return code or 1

@@ -4,6 +4,7 @@ same Envs and Promoter code the CLI uses. A job's outcome is its row: done with 
 with the error's message.
 
 One worker thread runs one job at a time. Jobs of different envs do not run in parallel yet.
+A `pipeline` job runs its stages through pipeline.py; a failed one keeps its stages in the result.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sandbox.workspace import Workspace
 
 if TYPE_CHECKING:
     from sandbox.envs import Envs
+    from sandbox.web.pipeline import Build
 
 Runner = Callable[[Job], dict[str, Any]]
 
@@ -65,7 +67,11 @@ class Worker:
         try:
             result = self.runner(job)
         except SandboxError as e:
-            return self.jobs.finish(job.id, False, error=e.message + (f" (hint: {e.hint})" if e.hint else ""))
+            error = e.message + (f" (hint: {e.hint})" if e.hint else "")
+            partial = getattr(e, "result", None)  # a pipeline's stages up to the one that failed
+            return self.jobs.finish(
+                job.id, False, error=error, result=partial if isinstance(partial, dict) else None
+            )
         except Exception as e:
             traceback.print_exc()
             return self.jobs.finish(job.id, False, error=f"internal error: {type(e).__name__}")
@@ -84,9 +90,23 @@ class Worker:
 class WorkspaceRunner:
     """Runs a job of a fixed kind on workspace `ws` with Envs and Promoter, as the CLI does."""
 
-    def __init__(self, ws: Workspace, envs: Callable[[], Envs] | None = None) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        envs: Callable[[], Envs] | None = None,
+        build: Build | None = None,
+        remote: str = "origin",
+    ) -> None:
         self.ws = ws
         self.make_envs = envs  # tests: an Envs on a fake backend
+        self.build = build  # tests: a builder that makes no rootfs (else pipeline.build_recipe)
+        self.remote = remote  # the git remote a pipeline fetches a missing commit from
+
+    @staticmethod
+    def _owner(job: Job) -> str | None:
+        """A web user owns what their job makes; root, webhooks and schedules: the default owner."""
+        web_user = job.who not in RESERVED_USER_NAMES and re.fullmatch(USER_NAME_RE, job.who)
+        return job.who if web_user else None
 
     def __call__(self, job: Job) -> dict[str, Any]:
         from sandbox.envs import Envs
@@ -96,9 +116,7 @@ class WorkspaceRunner:
         envs = self.make_envs() if self.make_envs is not None else Envs(self.ws)
         if job.kind == "up":
             ttl = f"{a['ttl']}s" if "ttl" in a else None
-            web_user = job.who not in RESERVED_USER_NAMES and re.fullmatch(USER_NAME_RE, job.who)
-            owner = job.who if web_user else None
-            return envs.up(env, image=a.get("image"), ttl=ttl, owner=owner).to_dict()
+            return envs.up(env, image=a.get("image"), ttl=ttl, owner=self._owner(job)).to_dict()
         if job.kind == "down":
             envs.down(env)
             return {"removed": env}
@@ -125,8 +143,8 @@ class WorkspaceRunner:
         if job.kind == "resume":
             return promoter.resume(env).to_dict()
         if job.kind == "pipeline":
-            raise SandboxError(
-                "pipeline jobs are queued but not run by this worker yet",
-                hint="run the build, up, verify and promote by hand or as separate jobs",
-            )
+            from sandbox.web.pipeline import PipelineRun
+
+            kw = {} if self.build is None else {"build": self.build}
+            return PipelineRun(envs, dict(a), owner=self._owner(job), remote=self.remote, **kw).run()
         raise JobArgError(f"unknown job kind {job.kind!r}")  # never: check_job knows only these

@@ -1,7 +1,8 @@
 """`sandbox serve` for real, as root: the HTTP side is a child of uid sandbox-web (checked in
 /proc/PID/status, with no supplementary group), the RPC socket is 0660 in a 0750 dir, the state DB
-stays root's 0600, a user logs in over real HTTP on loopback, and SIGTERM to the parent's pid ends
-both processes and removes the socket. Needs root (useradd, setuid); no backend, no daemon."""
+stays root's 0600, a user logs in over real HTTP on loopback, the schedules loop has set its mark, and
+SIGTERM to the parent's pid ends both processes at once and removes the socket. Needs root (useradd,
+setuid); no backend, no daemon."""
 
 from __future__ import annotations
 
@@ -96,8 +97,12 @@ def test_serve_runs_http_as_an_unprivileged_user(tmp_path: Path) -> None:
             )
             assert r.status_code == 303 and "sbx_session" in c.cookies
             assert c.get("/envs").status_code == 200
+        with StateDB(db).transaction(write=False) as conn:  # the schedules loop looked at once
+            assert conn.execute("SELECT count(*) FROM schedule_marks").fetchone()[0] == 1
+        t0 = time.monotonic()
         proc.terminate()  # by its pid
         assert proc.wait(timeout=20) == 0
+        assert time.monotonic() - t0 < 10  # the loop waits 20 s between looks, but not on a stop
         assert not Path(f"/proc/{child}").exists() and not sock.exists()
     finally:
         if proc.poll() is None:

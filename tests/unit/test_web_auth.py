@@ -401,4 +401,4 @@ def test_a_version_4_state_db_gains_the_web_tables_and_keeps_its_envs(tmp_path: 
     auth = Auth(state, hasher=CHEAP)
     auth.add_user("alice", PW, {"*": "viewer"})
     with state.transaction(write=False) as c:
-        assert c.execute("PRAGMA user_version").fetchone()[0] == 6
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 7

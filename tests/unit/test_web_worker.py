@@ -1,6 +1,6 @@
 """The worker runs jobs through the CLI's own Envs and Promoter code (on the fake backend and fake
 router of tests/fakes.py): up, extend, verify, promote, rollback, readonly, down; a pipeline job
-fails with a clear message; a job of a user who may not run it fails without running."""
+whose build fails keeps its stages; a job of a user who may not run it fails without running."""
 
 from __future__ import annotations
 
@@ -54,8 +54,17 @@ def test_jobs_run_through_envs_and_the_promoter(world: World) -> None:
     assert run("readonly", env="staging-1", on=True)[0] == "done"
     assert run("down", env="staging-1")[0] == "done"
     assert "staging-1" not in world.rows()
-    state, error, _ = run("pipeline", env="staging-3", recipe="web")
-    assert state == "failed" and error is not None and "not run by this worker yet" in error
+    # a pipeline runs its stages (tests/unit/test_web_pipeline.py); here the recipe is missing
+    state, error, result = run("pipeline", env="staging-3", recipe="web")
+    assert state == "failed" and error is not None and "stage build failed: recipe 'web' not found" in error
+    assert result == {
+        "env": "staging-3",
+        "recipe": "web",
+        "failed": "build",
+        "stages": [
+            {"stage": "build", "ok": False, "error": error.split("failed: ", 1)[1].split(" (hint")[0]}
+        ],
+    }
     # dave is a developer on staging, not on prod: his down of prod fails without running
     state, error, _ = run("down", who="dave", env="prod")
     assert state == "failed" and error is not None and "dave may not run down on prod" in error
