@@ -5,10 +5,10 @@
   envs page  GET /envs as an admin, with 100 envs (each with its job buttons), on a real uvicorn
              on loopback with the real app and the real root side (RootSide on its unix socket, a
              temp state DB). The envs come from the views of tests/unit/webworld.py (FakeViews, as
-             in the unit tests): no backend. Round trips on one keep-alive connection after 20
+             in the unit tests): no backend. Round trips on a keep-alive connection after 20
              warm-up requests; median and p90. Beside it, on the same uvicorn setup: a bare
              Starlette "hello" route (the anchor: the ratio is page / hello), and GET /api/v1/envs
-             (the same 100 envs as JSON, a bearer token).
+             (the same 100 envs as JSON, a bearer token). The three take turns, request by request.
   SSE        a job inserted by another connection to the state DB -> its event at an admin's
              SSE client of GET /events (tests/unit/webworld.py sse_latencies, as the unit test).
   memory     a real `sandbox serve` (needs root) of an empty workspace on a free loopback port:
@@ -62,17 +62,19 @@ def stats_ms(xs: list[float]) -> dict[str, float]:
     }
 
 
-def timed(c: httpx.Client, url: str, n: int, headers: dict[str, str] | None = None) -> list[float]:
-    """Seconds per GET of `url` on one keep-alive connection, after the warm-up."""
-    out: list[float] = []
+def timed(gets: dict[str, tuple[httpx.Client, str, dict[str, str]]], n: int) -> dict[str, list[float]]:
+    """Seconds per GET of each URL, each on its own keep-alive connection, after the warm-up. The
+    URLs take turns, so that the machine's other load falls on all of them alike."""
+    out: dict[str, list[float]] = {k: [] for k in gets}
     for i in range(WARMUP + n):
-        t0 = time.perf_counter()
-        r = c.get(url, headers=headers)
-        dt = time.perf_counter() - t0
-        if r.status_code != 200:
-            sys.exit(f"GET {url}: {r.status_code} {r.text[:200]}")
-        if i >= WARMUP:
-            out.append(dt)
+        for k, (c, url, headers) in gets.items():
+            t0 = time.perf_counter()
+            r = c.get(url, headers=headers)
+            dt = time.perf_counter() - t0
+            if r.status_code != 200:
+                sys.exit(f"GET {url}: {r.status_code} {r.text[:200]}")
+            if i >= WARMUP:
+                out[k].append(dt)
     return out
 
 
@@ -96,23 +98,32 @@ def bench_pages(tmp: Path, n_envs: int, n: int) -> dict[str, Any]:
     many_envs(w, n_envs)
     site, bare = Served(w.app), Served(Starlette(routes=[Route("/", hello)]))
     try:
-        with httpx.Client(base_url=site.url, timeout=10) as c:
+        with (
+            httpx.Client(base_url=site.url, timeout=10) as c,
+            httpx.Client(base_url=site.url, timeout=10) as api_c,
+            httpx.Client(base_url=bare.url, timeout=10) as bare_c,
+        ):
             c.get("/login")
             r = c.post("/login", data={"csrf": c.cookies["sbx_csrf"], "user": "admin", "password": PASSWORD})
             if r.status_code != 303:
                 sys.exit(f"login: {r.status_code}")
             page = c.get("/envs").text
             shown = len(re.findall(r'href="/envs/[a-z0-9-]+"', page))
-            envs = timed(c, "/envs", n)
-            api = timed(c, "/api/v1/envs", n, headers=w.api("admin"))
-            if len(c.get("/api/v1/envs", headers=w.api("admin")).json()) != n_envs:
+            if len(api_c.get("/api/v1/envs", headers=w.api("admin")).json()) != n_envs:
                 sys.exit("the API did not list every env")
-        with httpx.Client(base_url=bare.url, timeout=10) as c:
-            base = timed(c, "/", n)
+            got = timed(
+                {
+                    "envs": (c, "/envs", {}),
+                    "api": (api_c, "/api/v1/envs", w.api("admin")),
+                    "hello": (bare_c, "/", {}),
+                },
+                n,
+            )
     finally:
         site.stop()
         bare.stop()
         w.close()
+    envs, api, base = got["envs"], got["api"], got["hello"]
     page_ms = statistics.median(envs) * 1000
     base_ms = statistics.median(base) * 1000
     return {
