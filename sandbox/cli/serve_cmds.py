@@ -32,6 +32,13 @@ from sandbox.cli.main import Ctx, cli
     help="Where the RPC socket is made.",
 )
 @click.option("--user", "web_user", default="sandbox-web", show_default=True, help="The HTTP side's user.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    default=2,
+    show_default=True,
+    help="Jobs of this many envs run at once (one env's jobs always one at a time).",
+)
 @click.pass_obj
 def serve(
     obj: Ctx,
@@ -41,10 +48,11 @@ def serve(
     behind_tls_proxy: bool,
     run_dir: Path,
     web_user: str,
+    workers: int,
 ) -> None:
     """Serve the web frontend: pages, the JSON API (/api/v1) and webhooks (/hooks/NAME)."""
     from sandbox.web.serve import ServeOptions
     from sandbox.web.serve import serve as run
 
-    opts = ServeOptions(listen, tls_cert, tls_key, behind_tls_proxy, web_user, run_dir)
+    opts = ServeOptions(listen, tls_cert, tls_key, behind_tls_proxy, web_user, run_dir, workers)
     sys.exit(run(obj.ws, opts))

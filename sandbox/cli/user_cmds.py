@@ -1,7 +1,8 @@
 """`sandbox user`: the web frontend's users, their roles per profile and their API tokens (root only).
 
 Passwords are read from a prompt on a terminal, else from the first line of stdin; never from argv,
-where every process of the machine can read them.
+where every process of the machine can read them. Every change is an audit row (who: root, via the
+CLI; what; which user), like the root side's own: never a password or a token.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 
@@ -19,6 +21,7 @@ from sandbox.errors import SandboxError
 from sandbox.state import StateDB
 from sandbox.web.auth import MAX_PASSWORD, Auth
 from sandbox.web.roles import ROLES, User, check_pattern, parse_grant
+from sandbox.web.timeline import record
 
 
 def _auth(obj: Ctx) -> Auth:
@@ -42,6 +45,11 @@ def _password(confirm: bool = True) -> str:
             hint="pipe it in (printf '%s\\n' \"$PW\" | sandbox user ...) or use a terminal",
         )
     return line[:-1] if line.endswith("\n") else line
+
+
+def _audit(auth: Auth, action: str, message: str, name: str, **data: Any) -> None:
+    """An audit row for a change made by root's CLI (the /audit page lists it)."""
+    record(auth.state, "root", action, f"{message} (root's CLI)", None, user=name, via="cli", **data)
 
 
 def _when(t: float | None) -> str:
@@ -73,6 +81,7 @@ def user_add(obj: Ctx, name: str, grants: tuple[str, ...]) -> None:
     roles = dict(parse_grant(g) for g in grants)  # checked before the password is asked for
     auth = _auth(obj)
     u = auth.add_user(name, _password(), roles)
+    _audit(auth, "user add", f"added user {u.name} ({_roles_text(u)})", u.name, roles=dict(u.roles))
     obj.output.result(u.to_dict(), f"added user {u.name} ({escape(_roles_text(u))})")
 
 
@@ -87,6 +96,7 @@ def user_rm(obj: Ctx, name: str, yes: bool) -> None:
     auth.get_user(name)
     confirm(obj, yes, f"remove user {name} with its sessions and tokens")
     auth.remove_user(name)
+    _audit(auth, "user rm", f"removed user {name}", name)
     obj.output.result({"removed": name}, f"removed user {name}")
 
 
@@ -120,6 +130,7 @@ def user_passwd(obj: Ctx, name: str) -> None:
     auth = _auth(obj)
     auth.get_user(name)
     revoked = auth.set_password(name, _password())
+    _audit(auth, "user passwd", f"new password for {name}; {revoked} session(s) ended", name)
     obj.output.result(
         {"user": name, "sessions_revoked": revoked}, f"new password for {name}; {revoked} session(s) ended"
     )
@@ -134,7 +145,9 @@ def user_passwd(obj: Ctx, name: str) -> None:
 def user_role(obj: Ctx, name: str, pattern: str, role: str) -> None:
     """Give NAME ROLE on the profiles matching PATTERN ('none' takes it away)."""
     check_pattern(pattern)
-    u = _auth(obj).set_role(name, pattern, None if role == "none" else role)
+    auth = _auth(obj)
+    u = auth.set_role(name, pattern, None if role == "none" else role)
+    _audit(auth, "user role", f"{name}: {role} on {pattern}", name, pattern=pattern, role=role)
     obj.output.result(u.to_dict(), f"{u.name}: {escape(_roles_text(u))}")
 
 
@@ -155,7 +168,9 @@ def token_add(obj: Ctx, name: str, token_name: str, ttl: str | None) -> None:
         seconds = None if ttl is None else parse_duration(ttl)
     except ValueError as e:
         raise SandboxError(f"--ttl: {e}", hint="e.g. --ttl 90d") from e
-    secret = _auth(obj).add_token(name, token_name, seconds)
+    auth = _auth(obj)
+    secret = auth.add_token(name, token_name, seconds)
+    _audit(auth, "token add", f"token {token_name} for {name}", name, token=token_name, ttl=seconds)
     if not obj.output.as_json:
         click.echo(
             f"token {token_name} of {name}, shown only now (send 'Authorization: Bearer TOKEN'):", err=True
@@ -170,5 +185,7 @@ def token_add(obj: Ctx, name: str, token_name: str, ttl: str | None) -> None:
 @click.pass_obj
 def token_rm(obj: Ctx, name: str, token_name: str) -> None:
     """Revoke API token TOKEN of user NAME."""
-    _auth(obj).remove_token(name, token_name)
+    auth = _auth(obj)
+    auth.remove_token(name, token_name)
+    _audit(auth, "token rm", f"revoked token {token_name} of {name}", name, token=token_name)
     obj.output.result({"user": name, "removed": token_name}, f"revoked token {token_name} of {name}")

@@ -1,9 +1,9 @@
 """The JSON API under /api/v1 (bearer tokens only) and the webhook endpoint /hooks/NAME.
 
-GET envs, envs/NAME, images, images/diff and jobs answer what `sandbox ls --json`, `status --json`
-(without the live probe), `images --json` and `image diff A B --limit 2000 --json` print, and the
-job rows; POST jobs queues one job, DELETE jobs/ID
-cancels a queued one. /api/v1/openapi.json describes them.
+GET envs, envs/NAME, envs/NAME/logs, images, images/diff and jobs answer what `sandbox ls --json`,
+`status --json` (without the live probe), `logs --json` (as one list), `images --json` and `image
+diff A B --limit 2000 --json` print, and the job rows; POST jobs queues one job, DELETE jobs/ID
+cancels a queued one. /api/v1/openapi.json (openapi.py) describes them.
 """
 
 from __future__ import annotations
@@ -24,18 +24,29 @@ from sandbox.web.httpapp import (
     read_body,
     rpc,
     rpc_error,
+    whole,
 )
+from sandbox.web.openapi import MAX_LIMIT, OPENAPI
 from sandbox.web.rpcproto import RPCError, loads
 
 HOOK_HEADERS = 100
 
 
 async def _call(
-    request: Request, method: str, args: dict[str, Any], status: int = 200, pick: str | None = None
+    request: Request,
+    method: str,
+    args: dict[str, Any],
+    status: int = 200,
+    pick: str | None = None,
+    query: tuple[str, ...] = (),
 ) -> Response:
     cred = bearer_cred(request)
     if not cred:
         return api_error(401, "an API token is needed", "Authorization: Bearer sbx_...", "AuthError")
+    keys = [k for k, _ in request.query_params.multi_items()]
+    if len(keys) != len(set(keys)) or not set(keys) <= set(query):
+        allowed = f"it takes {', '.join(query)}, each at most once" if query else "it takes none"
+        return api_error(400, "unknown or repeated query parameter", allowed, "BadRequest")
     try:
         result = await rpc(request, method, cred, args)
     except RPCError as e:
@@ -59,11 +70,11 @@ async def logs(request: Request) -> Response:
     args: dict[str, Any] = {"name": request.path_params["name"]}
     for key in ("instance", "lines"):
         if key in request.query_params:
-            raw = request.query_params[key]
-            if not raw.isdigit() or len(raw) > 6:
+            value = whole(request.query_params[key], 6)
+            if value is None:
                 return api_error(400, f"{key} must be a whole number", kind="BadRequest")
-            args[key] = int(raw)
-    return await _call(request, "logs", args)
+            args[key] = value
+    return await _call(request, "logs", args, query=("instance", "lines"))
 
 
 async def images(request: Request) -> Response:
@@ -74,7 +85,7 @@ async def image_diff(request: Request) -> Response:
     q = request.query_params
     if set(q) != {"a", "b"} or len(q.getlist("a")) != 1 or len(q.getlist("b")) != 1:
         return api_error(400, "give the two images as ?a=sha256:...&b=sha256:...", kind="BadRequest")
-    return await _call(request, "image_diff", {"a": q["a"][:80], "b": q["b"][:80]})
+    return await _call(request, "image_diff", {"a": q["a"][:80], "b": q["b"][:80]}, query=("a", "b"))
 
 
 async def jobs(request: Request) -> Response:
@@ -82,11 +93,16 @@ async def jobs(request: Request) -> Response:
     if "env" in request.query_params:
         args["env"] = request.query_params["env"]
     if "limit" in request.query_params:
-        limit = request.query_params["limit"]
-        if not limit.isdigit() or len(limit) > 5:
-            return api_error(400, "limit must be a whole number from 1 to 1000", kind="BadRequest")
-        args["limit"] = int(limit)
-    return await _call(request, "jobs", args, pick="jobs")
+        limit = whole(request.query_params["limit"], 5)
+        if limit is None:
+            return api_error(400, f"limit must be a whole number from 1 to {MAX_LIMIT}", kind="BadRequest")
+        args["limit"] = limit
+    return await _call(request, "jobs", args, pick="jobs", query=("env", "limit"))
+
+
+async def jobs_route(request: Request) -> Response:
+    """GET and POST /api/v1/jobs: one route, so that a 405 lists both in `Allow`."""
+    return await (submit(request) if request.method == "POST" else jobs(request))
 
 
 async def submit(request: Request) -> Response:
@@ -109,10 +125,10 @@ async def submit(request: Request) -> Response:
 
 
 async def cancel(request: Request) -> Response:
-    raw = request.path_params["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    job_id = whole(request.path_params["id"])
+    if job_id is None:
         return api_error(400, "a job id is a number", kind="BadRequest")
-    return await _call(request, "cancel", {"id": int(raw)})
+    return await _call(request, "cancel", {"id": job_id})
 
 
 async def hook(request: Request) -> Response:
@@ -137,115 +153,6 @@ async def hook(request: Request) -> Response:
         return rpc_error(e)
 
 
-def _op(summary: str, responses: dict[str, str], **extra: Any) -> dict[str, Any]:
-    return {
-        "summary": summary,
-        "security": [{"bearer": []}],
-        "responses": {code: {"description": text} for code, text in responses.items()},
-        **extra,
-    }
-
-
-_COMMON = {"401": "no valid token", "403": "the role does not allow it"}
-_NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
-_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}]
-_DIGEST = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}
-_DIFF = [{"name": k, "in": "query", "required": True, "schema": _DIGEST} for k in ("a", "b")]
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {"title": "sandbox deploy API", "version": "1"},
-    "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {
-            "Error": {
-                "type": "object",
-                "properties": {"error": {"type": "string"}, "message": {"type": "string"}, "hint": {}},
-            },
-            "JobRequest": {
-                "type": "object",
-                "required": ["kind", "args"],
-                "additionalProperties": False,
-                "properties": {
-                    "kind": {
-                        "enum": [
-                            "up",
-                            "verify",
-                            "promote",
-                            "rollback",
-                            "resume",
-                            "maintenance",
-                            "readonly",
-                            "extend",
-                            "down",
-                            "pipeline",
-                        ]
-                    },
-                    "args": {"type": "object"},
-                },
-            },
-        },
-    },
-    "paths": {
-        "/api/v1/whoami": {"get": _op("the token's user and roles", {"200": "the user", **_COMMON})},
-        "/api/v1/envs": {"get": _op("the envs you may view (sandbox ls --json)", {"200": "envs", **_COMMON})},
-        "/api/v1/envs/{name}": {
-            "get": _op(
-                "one env (sandbox status --json)",
-                {"200": "the env", "404": "unknown", **_COMMON},
-                parameters=_NAME,
-            )
-        },
-        "/api/v1/envs/{name}/logs": {
-            "get": _op(
-                "the app's last log lines of one instance (sandbox logs --json, as one list)",
-                {
-                    "200": "env, instance, lines",
-                    "400": "bad instance or lines",
-                    "404": "unknown",
-                    "502": "the logs could not be read",
-                    **_COMMON,
-                },
-                parameters=[
-                    *_NAME,
-                    {"name": "instance", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                    {
-                        "name": "lines",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                    },
-                ],
-            )
-        },
-        "/api/v1/images": {"get": _op("the images (sandbox images --json)", {"200": "images", **_COMMON})},
-        "/api/v1/images/diff": {
-            "get": _op(
-                "what changed from image a to image b (sandbox image diff A B --limit 2000 --json)",
-                {"200": "the diff", "400": "not two different digests", "404": "no such image", **_COMMON},
-                parameters=_DIFF,
-            )
-        },
-        "/api/v1/jobs": {
-            "get": _op("jobs, newest first", {"200": "jobs", **_COMMON}),
-            "post": _op(
-                "queue a job",
-                {"201": "queued", "400": "bad kind or arguments", "413": "body too large", **_COMMON},
-                requestBody={
-                    "required": True,
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}},
-                },
-            ),
-        },
-        "/api/v1/jobs/{id}": {
-            "delete": _op(
-                "cancel a queued job",
-                {"200": "cancelled", "404": "unknown", "409": "not queued", **_COMMON},
-                parameters=_ID,
-            )
-        },
-    },
-}
-
-
 async def openapi(request: Request) -> Response:
     return JSONResponse(OPENAPI)
 
@@ -259,8 +166,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/envs/{name}/logs", logs),
         Route("/api/v1/images", images),
         Route("/api/v1/images/diff", image_diff),
-        Route("/api/v1/jobs", jobs, methods=["GET"]),
-        Route("/api/v1/jobs", submit, methods=["POST"]),
+        Route("/api/v1/jobs", jobs_route, methods=["GET", "POST"]),
         Route("/api/v1/jobs/{id}", cancel, methods=["DELETE"]),
         Route("/hooks/{name}", hook, methods=["POST"]),
     ]

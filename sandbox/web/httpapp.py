@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -61,10 +62,16 @@ class BodyTooLarge(Exception):
     pass
 
 
+def whole(raw: str, digits: int = 18) -> int | None:
+    """`raw` as a whole number of 1 to `digits` ASCII digits, else None (str.isdigit() is true for
+    "²", which int() refuses, and int() takes other scripts' digits)."""
+    return int(raw) if re.fullmatch(f"[0-9]{{1,{digits}}}", raw) else None
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, or BodyTooLarge as soon as it (or its Content-Length) is over `limit`."""
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
+    if length is not None and ((n := whole(length)) is None or n > limit):
         raise BodyTooLarge()
     data = bytearray()
     async for chunk in request.stream():

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from sandbox.web.httpapp import api_error, bearer_cred, rpc, rpc_error, session_cred
+from sandbox.web.httpapp import api_error, bearer_cred, rpc, rpc_error, session_cred, whole
 from sandbox.web.rpcproto import RPCError
 
 WAIT = 15.0
@@ -40,7 +40,7 @@ class _Streams:
 
 def _event_id(request: Request) -> int | None:
     raw = request.headers.get("last-event-id") or request.query_params.get("after") or ""
-    return int(raw) if raw.isdigit() and len(raw) < 19 else None
+    return whole(raw)
 
 
 def _frame(ev: dict[str, Any]) -> bytes:

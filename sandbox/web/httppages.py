@@ -26,6 +26,7 @@ from sandbox.web.httpapp import (
     read_body,
     rpc,
     session_cred,
+    whole,
     with_csrf_cookie,
 )
 from sandbox.web.rpcproto import RPCError
@@ -199,7 +200,7 @@ def int_query(request: Request, key: str, default: int) -> int | None:
     raw = request.query_params.get(key)
     if raw is None:
         return default
-    return int(raw) if raw.isdigit() and len(raw) <= 6 else None
+    return whole(raw, 6)
 
 
 async def logs_fragment(request: Request) -> Response:
@@ -232,7 +233,8 @@ def _job_args(kind: str, form: dict[str, str]) -> dict[str, Any]:
     for k, v in form.items():
         if k in ("csrf", "kind", "back"):
             continue
-        args[k] = {"true": True, "false": False}.get(v, int(v) if v.isdigit() and len(v) < 10 else v)
+        n = whole(v, 9)
+        args[k] = {"true": True, "false": False}.get(v, v if n is None else n)
     return args
 
 
@@ -257,10 +259,11 @@ async def cancel(request: Request) -> Response:
     if isinstance(form, Response):
         return form
     raw = request.path_params["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    job_id = whole(raw)
+    if job_id is None:
         return error_page(request, RPCError(400, "a job id is a number"))
     try:
-        await rpc(request, "cancel", session_cred(request), {"id": int(raw)})
+        await rpc(request, "cancel", session_cred(request), {"id": job_id})
     except RPCError as e:
         return error_page(request, e)
     return RedirectResponse("/jobs", 303)

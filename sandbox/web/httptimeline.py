@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from sandbox.web.httpapp import rpc, session_cred
+from sandbox.web.httpapp import rpc, session_cred, whole
 from sandbox.web.httppages import error_page, me_of, page
 from sandbox.web.rpcproto import RPCError
 from sandbox.web.svgplot import plot
@@ -30,9 +30,10 @@ async def deploy_page(request: Request) -> Response:
     raw = request.path_params["id"]
     try:
         me = await me_of(request)
-        if not raw.isdigit() or len(raw) > 18:
+        deploy_id = whole(raw)
+        if deploy_id is None:
             raise RPCError(400, "a deploy id is a number")
-        d = await rpc(request, "deploy", session_cred(request), {"id": int(raw)})
+        d = await rpc(request, "deploy", session_cred(request), {"id": deploy_id})
     except RPCError as e:
         return error_page(request, e, me)
     svg = Markup(plot(d["series"], f"load probe of deploy #{d['id']}"))  # plot() escapes its text

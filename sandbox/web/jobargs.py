@@ -52,6 +52,8 @@ def _bool(value: object) -> object:
 
 
 def _ttl(value: object) -> object:
+    if isinstance(value, float) and value.is_integer():  # JSON has one number type: 600.0 is 600
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 60 <= value <= MAX_TTL:
         raise JobArgError(f"invalid ttl {_show(value)}", hint=f"whole seconds from 60 to {MAX_TTL} (30 days)")
     return value
@@ -75,6 +77,34 @@ profile = _pattern(PROFILE_NAME_RE, "profile name", PROFILE_NAME_HINT)
 digest = _pattern(DIGEST_RE, "image digest", "sha256: and 64 lowercase hex digits")
 recipe = _pattern(RECIPE_RE, "recipe name", "lowercase letters, digits and '-'")
 commit = _pattern(COMMIT_RE, "commit", "40 or 64 lowercase hex digits")
+
+
+def _string(regex: str) -> dict[str, Any]:
+    return {"type": "string", "pattern": f"^(?:{regex})$"}
+
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# check -> the JSON Schema of the values it accepts (the OpenAPI document's JobRequest). `allow`'s
+# is narrower than the check: IPv4 addresses and CIDRs, and IPv6 addresses without a prefix.
+SCHEMAS: Mapping[Callable[[object], object], dict[str, Any]] = {
+    env: _string(ENV_NAME_RE),
+    profile: _string(PROFILE_NAME_RE),
+    digest: _string(DIGEST_RE),
+    recipe: _string(RECIPE_RE),
+    commit: _string(COMMIT_RE),
+    _bool: {"type": "boolean"},
+    _ttl: {"type": "integer", "minimum": 60, "maximum": MAX_TTL},
+    _allow: {
+        "type": "array",
+        "maxItems": MAX_ALLOW,
+        "items": {
+            "anyOf": [
+                {"type": "string", "pattern": rf"^{_OCTET}(\.{_OCTET}){{3}}(/(3[0-2]|[12]?[0-9]))?$"},
+                {"type": "string", "format": "ipv6"},
+            ]
+        },
+    },
+}
 
 # kind -> {argument: (check, required)}; every kind names the env its queue is
 KINDS: Mapping[str, Mapping[str, tuple[Callable[[object], object], bool]]] = {

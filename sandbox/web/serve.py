@@ -29,7 +29,7 @@ from sandbox.web.jobs import Jobs
 from sandbox.web.rootside import RootSide
 from sandbox.web.scheduler import Scheduler
 from sandbox.web.views import WorkspaceViews
-from sandbox.web.worker import Worker, WorkspaceRunner
+from sandbox.web.worker import MAX_THREADS, Worker, WorkspaceRunner, join
 from sandbox.workspace import Workspace
 
 WEB_USER = "sandbox-web"
@@ -44,6 +44,7 @@ class ServeOptions:
     behind_tls_proxy: bool = False
     user: str = WEB_USER
     run_dir: Path = RUN_DIR
+    workers: int = 2
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -135,6 +136,8 @@ def serve(ws: Workspace, opts: ServeOptions, ready: threading.Event | None = Non
     if (opts.tls_cert is None) != (opts.tls_key is None):
         raise SandboxError("--tls-cert and --tls-key go together")
     check_exposure(host, tls, opts.behind_tls_proxy)
+    if not 1 <= opts.workers <= MAX_THREADS:
+        raise SandboxError(f"invalid --workers {opts.workers}", hint=f"1 to {MAX_THREADS}")
     if os.geteuid() != 0:
         raise SandboxError("sandbox serve runs as root", hint="sudo sandbox serve")
     settings = load_settings(ws)
@@ -151,10 +154,7 @@ def serve(ws: Workspace, opts: ServeOptions, ready: threading.Event | None = Non
     tls_dir = _tls_copy(opts, uid, gid)
     server, _ = rpcserver.start(sock_path, root, gid)
     stop = threading.Event()
-    worker = threading.Thread(
-        target=Worker(Jobs(state), root.views, WorkspaceRunner(ws)).loop, args=(stop,), daemon=True
-    )
-    worker.start()
+    workers = Worker(Jobs(state), root.views, WorkspaceRunner(ws)).start(stop, opts.workers)
     scheduler = threading.Thread(
         target=Scheduler(Jobs(state), lambda: load_settings(ws).schedules).loop, args=(stop,), daemon=True
     )
@@ -219,8 +219,13 @@ def serve(ws: Workspace, opts: ServeOptions, ready: threading.Event | None = Non
         root.feed.stop()
         if tls_dir is not None:  # the key's copy goes with the process that needed it
             shutil.rmtree(tls_dir, ignore_errors=True)
-        worker.join(timeout=30)
         scheduler.join(timeout=5)
+        left = join(workers, timeout=30)
+        if left:
+            print(
+                f"sandbox serve: {len(left)} job(s) still running; interrupted at the next start",
+                file=sys.stderr,
+            )
     if not stopped:
         print(f"sandbox serve: the HTTP side ended with status {code}", file=sys.stderr)
         return code or 1

@@ -3,7 +3,10 @@ again), checks `may()` for the submitting user again, and runs only the fixed jo
 same Envs and Promoter code the CLI uses. A job's outcome is its row: done with a result, or failed
 with the error's message.
 
-One worker thread runs one job at a time. Jobs of different envs do not run in parallel yet.
+A pool of worker threads (`sandbox serve --workers N`) runs jobs of different envs in parallel;
+the jobs of one env still run one at a time. Each thread claims with `claim_next()`, whose
+transaction (BEGIN IMMEDIATE, one at a time on the shared connection) picks and marks the job in
+one step; the unique index on one `running` job per env backs it up.
 A `pipeline` job runs its stages through pipeline.py; a failed one keeps its stages in the result.
 """
 
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from sandbox.web.pipeline import Build
 
 Runner = Callable[[Job], dict[str, Any]]
+MAX_THREADS = 16
 
 
 class Worker:
@@ -85,6 +89,28 @@ class Worker:
             except Exception:  # e.g. the state DB busy: the worker thread must not die of it
                 traceback.print_exc()
                 stop.wait(self.interval)
+
+    def start(self, stop: threading.Event, threads: int) -> list[threading.Thread]:
+        """`threads` threads running `loop(stop)`: jobs of up to that many envs at once."""
+        if not 1 <= threads <= MAX_THREADS:
+            raise SandboxError(f"invalid number of workers {threads}", hint=f"1 to {MAX_THREADS}")
+        pool = [
+            threading.Thread(target=self.loop, args=(stop,), name=f"sandbox-worker-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for t in pool:
+            t.start()
+        return pool
+
+
+def join(pool: list[threading.Thread], timeout: float) -> list[threading.Thread]:
+    """Join every thread of `pool` within `timeout` seconds in all; those still running (a job
+    that did not end in time: its row stays `running`, and becomes `interrupted` at the next
+    start)."""
+    deadline = time.monotonic() + timeout
+    for t in pool:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    return [t for t in pool if t.is_alive()]
 
 
 class WorkspaceRunner:

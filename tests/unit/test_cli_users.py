@@ -1,5 +1,6 @@
 """`sandbox user add|rm|list|passwd|role|token add|token rm`: root only, --json, passwords from stdin
-(never argv), one clear error per bad value and nothing changed."""
+(never argv), one clear error per bad value and nothing changed; every change an audit row without a
+secret."""
 
 from __future__ import annotations
 
@@ -157,3 +158,42 @@ def test_the_password_is_not_an_option() -> None:
         for p in cmd.params
     }
     assert not any("pass" in p for p in params)
+
+
+def test_every_change_is_an_audit_row_without_a_secret(ws: Path) -> None:
+    from sandbox.web.timeline import audit
+
+    assert run(ws, "add", "alice", "--role", "staging=developer", stdin=PW + "\n")[0] == 0
+    assert run(ws, "role", "alice", "prod", "deployer")[0] == 0
+    assert run(ws, "passwd", "alice", stdin="a different passphrase\n")[0] == 0
+    code, out, _ = run(ws, "token", "add", "alice", "gh", "--ttl", "1d")
+    assert code == 0
+    secret = out["token"]
+    assert run(ws, "token", "rm", "alice", "gh")[0] == 0
+    assert run(ws, "list")[0] == 0  # reads change nothing and record nothing
+    assert run(ws, "rm", "nobody", "--yes")[0] != 0  # a refused command records nothing
+    assert run(ws, "rm", "alice", "--yes")[0] == 0
+    state = StateDB(ws / ".sandbox" / "state.db")
+    rows = audit(state, 100)
+    assert [(r["who"], r["action"]) for r in reversed(rows)] == [
+        ("root", "user add"),
+        ("root", "user role"),
+        ("root", "user passwd"),
+        ("root", "token add"),
+        ("root", "token rm"),
+        ("root", "user rm"),
+    ]
+    assert all("alice" in r["detail"] and "root's CLI" in r["detail"] for r in rows)
+    events = [e for e in state.events(limit=100) if e["kind"] == "audit"]
+    assert [e["data"]["user"] for e in events] == ["alice"] * 6
+    assert {e["data"]["via"] for e in events} == {"cli"}
+    assert events[0]["data"]["roles"] == {"staging": "developer"}
+    assert events[3]["data"] == {"who": "root", "action": "token add", "user": "alice", "via": "cli"} | {
+        "token": "gh",
+        "ttl": 86400,
+    }
+    with state.transaction(write=False) as c:
+        everything = json.dumps([tuple(r) for r in c.execute("SELECT * FROM events")])
+        everything += json.dumps([tuple(r) for r in c.execute("SELECT * FROM feed")])
+    for s in (PW, "a different passphrase", secret, secret.split(".")[-1]):
+        assert s not in everything

@@ -14,7 +14,8 @@ import pytest
 
 from sandbox.errors import SandboxError
 from sandbox.web import rpcproto
-from sandbox.web.jobs import Job, Jobs
+from sandbox.web.jobs import STATES, Job, Jobs
+from sandbox.web.openapi import JOB_STATES, OPENAPI
 from sandbox.web.worker import Worker
 from tests.unit.webworld import CHEAP, ROLES, World, world
 
@@ -183,6 +184,8 @@ def test_the_openapi_document_names_every_route(w: World) -> None:
         "/api/v1/jobs",
         "/api/v1/jobs/{id}",
     }
+    assert doc == OPENAPI
+    assert JOB_STATES == STATES  # the document's copy (the HTTP side does not import web.jobs)
 
 
 def raw_rpc(w: World, data: bytes) -> dict[str, Any]:
@@ -262,3 +265,33 @@ def test_the_real_views_of_an_empty_workspace(tmp_path: Path) -> None:
     with pytest.raises(RPCError) as e:
         root.handle("env", cred, "127.0.0.1", {"name": "staging-9"})
     assert e.value.status == 404
+
+
+def test_digits_that_are_not_ascii_are_400_not_500(w: World) -> None:
+    """str.isdigit() is true for '²', which int() refuses (a 500 before): every number the HTTP side
+    reads from a path, a query, a header or a form is ASCII digits only."""
+    c, h = w.client(), w.api("admin")
+    for url in ("/api/v1/jobs?limit=%C2%B2", "/api/v1/jobs?limit=%D9%A1"):
+        assert c.get(url, headers=h).status_code == 400
+    assert c.delete("/api/v1/jobs/%C2%B2", headers=h).status_code == 400
+    assert c.delete("/api/v1/jobs/%D9%A1", headers=h).status_code == 400  # int() would take ARABIC-INDIC ONE
+    r = c.post("/api/v1/jobs", headers={**h, "content-length": b"\xb2"}, content=b"")  # type: ignore[dict-item]
+    assert r.status_code == 413
+    assert c.login("admin").status_code == 303
+    assert c.get("/deploys/%C2%B2").status_code == 400
+    assert c.post("/jobs/%C2%B2/cancel", data={"csrf": c.csrf}).status_code == 400
+    r = c.post("/jobs", data={"csrf": c.csrf, "kind": "extend", "env": "dev-dave", "ttl": "\u00b2"})
+    assert r.status_code == 400 and Jobs(w.state).recent() == []
+
+
+def test_unknown_or_repeated_query_parameters_are_400(w: World) -> None:
+    c, h = w.client(), w.api("admin")
+    assert c.get("/api/v1/jobs?env=prod&limit=5", headers=h).status_code == 200
+    for url in ("/api/v1/jobs?state=queued", "/api/v1/jobs?env=prod&env=dev-dave", "/api/v1/whoami?x=1"):
+        r = c.get(url, headers=h)
+        assert r.status_code == 400 and r.json()["error"] == "BadRequest", url
+
+
+def test_a_405_lists_every_method_of_the_route(w: World) -> None:
+    r = w.client().request("PUT", "/api/v1/jobs", headers=w.api("admin"))
+    assert r.status_code == 405 and set(r.headers["allow"].replace(" ", "").split(",")) >= {"GET", "POST"}

@@ -5,8 +5,6 @@ Last-Event-ID, and carries a job's state change from the DB to the client in wel
 
 from __future__ import annotations
 
-import json
-import socket
 import statistics
 import threading
 import time
@@ -16,13 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from sandbox.promote.deploys import Deploys
 from sandbox.state import StateDB
 from sandbox.web.jobs import Jobs
 from sandbox.web.rpcproto import RPCError
-from tests.unit.webworld import World, world
+from tests.unit.webworld import Served, World, read_events, sse_latencies, world
 
 D2 = "sha256:" + "d" * 64
 
@@ -103,51 +100,13 @@ def test_a_long_poll_wakes_on_a_write_from_another_connection(w: World) -> None:
 # -- over HTTP ---------------------------------------------------------------------------------
 
 
-class Served:
-    def __init__(self, w: World) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        cfg = uvicorn.Config(w.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
-        cfg.timeout_graceful_shutdown = 1
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture
 def served(w: World) -> Iterator[Served]:
-    s = Served(w)
+    s = Served(w.app)
     try:
         yield s
     finally:
         s.stop()
-
-
-def read_events(lines: Iterator[str], n: int) -> list[dict[str, Any]]:
-    """The next `n` events (not comments) of an SSE stream."""
-    out: list[dict[str, Any]] = []
-    ev: dict[str, Any] = {}
-    for line in lines:
-        if line == "":
-            if "data" in ev:
-                out.append(ev)
-                if len(out) == n:
-                    return out
-            ev = {}
-        elif not line.startswith(":"):
-            k, _, v = line.partition(": ")
-            ev[k] = json.loads(v) if k == "data" else v
-    raise AssertionError(f"the stream ended after {out}")
 
 
 def test_sse_streams_what_the_user_may_view_and_resumes_after_last_event_id(w: World, served: Served) -> None:
@@ -185,20 +144,7 @@ def test_sse_streams_what_the_user_may_view_and_resumes_after_last_event_id(w: W
 def test_sse_latency_from_a_db_write_to_the_client(w: World, served: Served) -> None:
     """A job's state change written by another connection (the worker's, the CLI's) reaches the SSE
     client: the median over 15 changes must be under 200 ms (the poll is 50 ms)."""
-    other = Jobs(StateDB(w.state.path))
-    auth = {"Authorization": f"Bearer {w.tokens['admin']}"}
-    lat: list[float] = []
-    with httpx.Client(base_url=served.url, timeout=5) as c, c.stream("GET", "/events", headers=auth) as r:
-        lines = r.iter_lines()
-        for i in range(15):
-            time.sleep(0.05 + i * 0.007)  # the stream is in its long poll, at varied phases of the tick
-            t0 = time.monotonic()
-            job = other.submit("verify", {"env": "staging-1"}, who="root", trigger="cli")
-            ev = read_events(lines, 1)[0]
-            lat.append(time.monotonic() - t0)
-            assert ev["data"]["id"] == job.id
-            other.cancel(job.id)
-            read_events(lines, 1)
+    lat = sse_latencies(w, served.url, 15)
     median = statistics.median(lat)
     print(f"SSE latency DB write -> client: median {median * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms")
     assert median < 0.2, lat

@@ -83,6 +83,8 @@ def test_every_kind_is_queued_with_its_checked_arguments(jobs: Jobs, kind: str) 
         ("up", {"env": "dev-a", "ttl": "1h"}, "invalid ttl"),
         ("up", {"env": "dev-a", "ttl": True}, "invalid ttl"),
         ("up", {"env": "dev-a", "ttl": 10**9}, "invalid ttl"),
+        ("up", {"env": "dev-a", "ttl": 3600.5}, "invalid ttl"),
+        ("up", {"env": "dev-a", "ttl": 1e300}, "invalid ttl"),
         ("promote", {"env": "prod", "image": D}, "needs the argument 'source'"),
         ("maintenance", {"env": "prod", "on": "yes"}, "true or false"),
         ("maintenance", {"env": "prod", "on": True, "allow": ["evil.example"]}, "invalid address"),
@@ -98,6 +100,12 @@ def test_bad_jobs_are_refused_and_nothing_is_queued(jobs: Jobs, kind: str, args:
         jobs.submit(kind, args, who="alice", trigger="button")
     assert words in e.value.message
     assert count(jobs) == 0
+
+
+def test_a_whole_float_ttl_is_a_whole_number(jobs: Jobs) -> None:
+    """JSON has one number type (and JSON Schema's integer takes 3600.0): it is stored as 3600."""
+    job = jobs.submit("extend", {"env": "dev-a", "ttl": 3600.0}, who="alice", trigger="button")
+    assert job.args["ttl"] == 3600 and type(job.args["ttl"]) is int
 
 
 @pytest.mark.parametrize(

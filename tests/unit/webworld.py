@@ -1,16 +1,22 @@
 """A web frontend for the tests: a temp state DB, the real root side (RootSide) on a real unix socket
 (rpcserver), the real Starlette app driven over httpx's ASGI transport, users of every role, and
-fake env views (the only fake: no backend)."""
+fake env views (the only fake: no backend). `Served` runs an app on a real uvicorn on loopback, and
+`sse_latencies` times a DB write to an SSE client (test_web_events.py and bench/web_bench.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 from argon2 import PasswordHasher
 
 from sandbox.errors import EnvNotFound, NotFound
@@ -19,6 +25,7 @@ from sandbox.state import StateDB
 from sandbox.web import rpcserver
 from sandbox.web.auth import Auth
 from sandbox.web.httpapp import CSRF_COOKIE, WebConfig, make_app
+from sandbox.web.jobs import Jobs
 from sandbox.web.rootside import RootSide
 from sandbox.web.views import ImageViews
 
@@ -171,3 +178,65 @@ def world(tmp: Path) -> Iterator[World]:
         yield w
     finally:
         w.close()
+
+
+class Served:
+    """ASGI `app` on a real uvicorn on a free loopback port, in a thread (httpx's ASGI transport
+    buffers whole bodies: no SSE over it)."""
+
+    def __init__(self, app: Any) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        cfg.timeout_graceful_shutdown = 1
+        self.server = uvicorn.Server(cfg)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def read_events(lines: Iterator[str], n: int) -> list[dict[str, Any]]:
+    """The next `n` events (not comments) of an SSE stream."""
+    out: list[dict[str, Any]] = []
+    ev: dict[str, Any] = {}
+    for line in lines:
+        if line == "":
+            if "data" in ev:
+                out.append(ev)
+                if len(out) == n:
+                    return out
+            ev = {}
+        elif not line.startswith(":"):
+            k, _, v = line.partition(": ")
+            ev[k] = json.loads(v) if k == "data" else v
+    raise AssertionError(f"the stream ended after {out}")
+
+
+def sse_latencies(w: World, url: str, n: int) -> list[float]:
+    """Seconds from a job's insert, by another connection to the state DB (the worker's, the CLI's),
+    to its event at an admin's SSE client of `url`/events, `n` times at varied phases of the root
+    side's 50 ms poll."""
+    other = Jobs(StateDB(w.state.path))
+    auth = {"Authorization": f"Bearer {w.tokens['admin']}"}
+    lat: list[float] = []
+    with httpx.Client(base_url=url, timeout=5) as c, c.stream("GET", "/events", headers=auth) as r:
+        lines = r.iter_lines()
+        for i in range(n):
+            time.sleep(0.05 + (i % 15) * 0.007)  # the stream is in its long poll, at varied phases
+            t0 = time.monotonic()
+            job = other.submit("verify", {"env": "staging-1"}, who="root", trigger="cli")
+            ev = read_events(lines, 1)[0]
+            lat.append(time.monotonic() - t0)
+            assert ev["data"]["id"] == job.id
+            other.cancel(job.id)
+            read_events(lines, 1)
+    return lat
