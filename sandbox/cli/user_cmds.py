@@ -9,16 +9,24 @@ from __future__ import annotations
 import os
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 
+from sandbox.cli.lazy import lazy
 from sandbox.cli.main import Ctx, cli, json_option
 from sandbox.cli.markup import escape
-from sandbox.config.units import parse_duration
 from sandbox.errors import SandboxError
-from sandbox.state import StateDB
-from sandbox.web.auth import MAX_PASSWORD, Auth
 from sandbox.web.roles import ROLES, User, check_pattern, parse_grant
+
+if TYPE_CHECKING:
+    from sandbox.config.units import parse_duration
+    from sandbox.state import StateDB
+    from sandbox.web.auth import Auth
+else:  # imported when a command runs (sandbox/cli/lazy.py)
+    parse_duration = lazy("sandbox.config.units", "parse_duration")
+    StateDB = lazy("sandbox.state", "StateDB")
+    Auth = lazy("sandbox.web.auth", "Auth")
 
 
 def _auth(obj: Ctx) -> Auth:
@@ -35,6 +43,8 @@ def _password(confirm: bool = True) -> str:
     if sys.stdin.isatty():
         text: str = click.prompt("password", hide_input=True, confirmation_prompt=confirm, err=True)
         return text
+    from sandbox.web.auth import MAX_PASSWORD
+
     line = sys.stdin.readline(MAX_PASSWORD + 2)
     if not line:
         raise SandboxError(
