@@ -132,6 +132,8 @@ def _subid_check(host: Host, file: str, recorded: IdRange | None, required: bool
         entries = read_subids(path)
     except OSError as e:
         return problem(name, "all", f"cannot read {file} ({e.strerror})", "run as root", required=required)
+    except ValueError as e:  # not text
+        return problem(name, "all", f"{file} is not readable text ({e})", f"repair {file}", required=required)
     if recorded is not None:
         clash = others_overlapping(entries, recorded, "root")
         if clash:
@@ -145,7 +147,10 @@ def _subid_check(host: Host, file: str, recorded: IdRange | None, required: bool
                 f"{clash[0].owner}",
                 required=required,
             )
-    want = recorded or choose_range(entries)
+    try:
+        want = recorded or choose_range(entries)
+    except SandboxError as e:
+        return problem(name, "all", e.message, e.hint or f"tidy {file}", required=required)
     own = [
         e for e in entries if e.owner == "root" and e.range.start <= want.start and want.end <= e.range.end
     ]

@@ -318,3 +318,10 @@ def test_runs_fast_on_this_host() -> None:
     t0 = time.monotonic()
     run_checks(Host(), None, None)
     assert time.monotonic() - t0 < 3  # < 1 s on a quiet machine; 2 CPUs shared in CI
+
+
+def test_subid_file_that_is_not_text(host: Host) -> None:
+    (host.root / "etc/subuid").write_bytes(b"\xff\xfe\x00root")
+    uid, gid = hostchecks.subids(host, None, True)
+    assert uid.status == "fail" and "not readable text" in uid.found
+    assert gid.status == "ok"
