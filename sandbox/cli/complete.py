@@ -8,7 +8,6 @@ be read completes nothing.
 from __future__ import annotations
 
 import re
-import sqlite3
 from contextlib import closing
 from pathlib import Path
 
@@ -47,6 +46,8 @@ def env_names(ws: Workspace) -> list[str]:
     db = ws.state / "state.db"
     if not db.is_file():
         return []
+    import sqlite3  # only when there are envs to read (a few ms of every TAB otherwise)
+
     try:
         with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=0.2)) as conn:
             return [str(r[0]) for r in conn.execute("SELECT name FROM envs LIMIT ?", (LIMIT * 2,))]

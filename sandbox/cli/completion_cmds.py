@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import sys
 
 import click
@@ -26,6 +25,8 @@ def completion(obj: Ctx, shell: str) -> None:
     fish: sandbox completion fish > ~/.config/fish/completions/sandbox.fish
     """
     if shell not in SHELLS:
+        import difflib
+
         near = difflib.get_close_matches(shell, SHELLS, n=1)
         raise SandboxError(
             f"unknown shell {shell!r}: supported shells are {', '.join(SHELLS)}",

@@ -55,6 +55,12 @@ def doctor(obj: Ctx, backend: str | None) -> None:
 def _table(obj: Ctx, checks: list[Check], code: int) -> None:
     from rich.table import Table
 
+    root = next((c for c in checks if c.name == "root" and c.status != "ok"), None)
+    if root is not None:
+        obj.output.out.print(
+            "[bold red]not root:[/] sandbox must run as root (sudo sandbox ...). The checks below ran "
+            "anyway; what only root may read (some sockets, files) shows as a problem."
+        )
     table = Table(box=None, show_lines=False)
     for col in ("CHECK", "BACKEND", "STATUS", "FOUND / FIX"):
         table.add_column(col, overflow="fold")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
-import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,6 +78,8 @@ class Host:
     def ask(self, sock: str, request: bytes | None) -> str:
         """Connect to a unix socket (and send `request`, returning the first line of the answer).
         Raises OSError (refused, absent, permission, timeout)."""
+        import socket  # not at the top: the CLI imports this module for BACKENDS at every start
+
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(SOCKET_TIMEOUT)
             s.connect(str(self.path(sock)))

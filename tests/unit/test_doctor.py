@@ -300,6 +300,20 @@ def test_cli_json_and_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert "FAIL" in r.stdout and "cannot work" in r.stdout and "user namespaces" in r.stdout
 
 
+def test_cli_not_root_says_so_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sandbox.doctor.run as run
+
+    fake = healthy(tmp_path / "host")
+    fake.euid = 1000
+    monkeypatch.setattr(run, "Host", lambda: fake)
+    r = CliRunner().invoke(cli, ["doctor", "--backend", "lxc"])
+    assert r.exit_code == 1
+    assert r.stdout.startswith("not root: sandbox must run as root (sudo sandbox ...)")
+    r = CliRunner().invoke(cli, ["doctor", "--backend", "lxc", "--json"])
+    [root] = [c for c in json.loads(r.stdout) if c["name"] == "root"]
+    assert root["status"] == "fail" and "uid 1000" in root["found"]
+
+
 def test_cli_unknown_backend_lists_them() -> None:
     r = CliRunner().invoke(cli, ["doctor", "--backend", "podman"])
     assert r.exit_code == 2
