@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from sandbox.build.builder import Builder
+from sandbox.cli import complete
 from sandbox.cli.main import Ctx, cli, json_option
 
 
 @cli.command()
-@click.argument("recipe")
+@click.argument("recipe", shell_complete=complete.recipes)
 @click.option("--locked", is_flag=True, help="Fail if the recipe no longer matches its lock file.")
 @click.option("--tag", metavar="TAG", help="Also point RECIPE:TAG at the built image.")
 @click.option(
@@ -23,6 +23,8 @@ from sandbox.cli.main import Ctx, cli, json_option
 @click.pass_obj
 def build(obj: Ctx, recipe: str, locked: bool, tag: str | None, flavour: str) -> None:
     """Build RECIPE (a name in recipes/ or a path) into an image in images/."""
+    from sandbox.build.builder import Builder
+
     result = Builder(obj.ws, obj.output).build(recipe, locked=locked, tag=tag)
     if flavour == "vm":
         from sandbox.build.vmflavour import VmFlavour
@@ -58,11 +60,13 @@ def _prepack(obj: Ctx, recipe: str, digest: str) -> dict[str, str]:
 
 
 @cli.command()
-@click.argument("recipe")
+@click.argument("recipe", shell_complete=complete.recipes)
 @json_option
 @click.pass_obj
 def lock(obj: Ctx, recipe: str) -> None:
     """Resolve RECIPE's packages to exact versions and sha256s; write RECIPE.lock."""
+    from sandbox.build.builder import Builder
+
     lk, path = Builder(obj.ws, obj.output).lock(recipe)
     obj.output.result(
         {

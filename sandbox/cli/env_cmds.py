@@ -5,13 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
+from sandbox.cli import complete
+from sandbox.cli.lazy import lazy
 from sandbox.cli.main import Ctx, cli, json_option
 from sandbox.cli.markup import escape
 from sandbox.cli.safeterm import json_lines, show
-from sandbox.envs import Envs, EnvView, default_owner
+
+if TYPE_CHECKING:
+    from sandbox.envs import Envs, EnvView, default_owner
+else:  # imported when a command runs (sandbox/cli/lazy.py)
+    Envs, default_owner = lazy("sandbox.envs", "Envs", "default_owner")
 
 
 def _ago(seconds: float) -> str:
@@ -44,8 +51,13 @@ def _show(obj: Ctx, v: EnvView, took: float | None = None) -> None:
 
 
 @cli.command()
-@click.argument("name")
-@click.option("--image", metavar="REF", help="Run this image instead of the profile's recipe/image.")
+@click.argument("name", shell_complete=complete.envs_and_profiles)
+@click.option(
+    "--image",
+    metavar="REF",
+    shell_complete=complete.refs,
+    help="Run this image instead of the profile's recipe/image.",
+)
 @click.option("--ttl", metavar="DURATION", help="Remove with `sandbox gc` after this long (e.g. 4h).")
 @click.option("--owner", metavar="WHO", help="Who the env belongs to (default: $SUDO_USER or $USER).")
 @click.option("--wait", is_flag=True, help="Wait until every instance and the router are healthy.")
@@ -68,7 +80,7 @@ def up(
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.envs)
 @json_option
 @click.pass_obj
 def down(obj: Ctx, name: str) -> None:
@@ -78,7 +90,7 @@ def down(obj: Ctx, name: str) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.envs)
 @json_option
 @click.pass_obj
 def stop(obj: Ctx, name: str) -> None:
@@ -87,7 +99,7 @@ def stop(obj: Ctx, name: str) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.envs)
 @click.option("--wait", is_flag=True, help="Wait until healthy.")
 @json_option
 @click.pass_obj
@@ -133,7 +145,7 @@ def ls_cmd(obj: Ctx, mine: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.envs)
 @json_option
 @click.pass_obj
 def status(obj: Ctx, name: str) -> None:
@@ -162,7 +174,7 @@ def status(obj: Ctx, name: str) -> None:
 
 
 @cli.command("exec", context_settings={"ignore_unknown_options": True})
-@click.argument("name")
+@click.argument("name", shell_complete=complete.envs)
 @click.option("-i", "--instance", "index", type=int, default=0, show_default=True, help="Which instance.")
 @click.option("-u", "--user", help="Run as this user of the image (default: root).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -179,7 +191,7 @@ def exec_cmd(obj: Ctx, name: str, index: int, user: str | None, command: tuple[s
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.envs)
 @click.option("-i", "--instance", "index", type=int, default=0, show_default=True, help="Which instance.")
 @click.option("-u", "--user", help="Log in as this user (default: root).")
 @click.pass_obj
@@ -189,7 +201,7 @@ def shell(obj: Ctx, name: str, index: int, user: str | None) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.envs)
 @click.option("-i", "--instance", "index", type=int, default=0, show_default=True, help="Which instance.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("-n", "--lines", type=int, default=200, show_default=True, help="How many lines.")
@@ -209,7 +221,7 @@ def logs(obj: Ctx, name: str, index: int, follow: bool, lines: int) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.envs)
 @click.argument("snap", required=False)
 @json_option
 @click.pass_obj
@@ -220,7 +232,7 @@ def snapshot(obj: Ctx, name: str, snap: str | None) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.envs)
 @click.argument("snap")
 @json_option
 @click.pass_obj
@@ -230,8 +242,8 @@ def restore(obj: Ctx, name: str, snap: str) -> None:
 
 
 @cli.command()
-@click.argument("src")
-@click.argument("dst")
+@click.argument("src", shell_complete=complete.envs)
+@click.argument("dst", shell_complete=complete.envs_and_profiles)
 @click.option("--owner", metavar="WHO", help="Owner of the clone.")
 @click.option("--wait", is_flag=True, help="Wait until healthy.")
 @json_option
@@ -259,8 +271,8 @@ def gc_cmd(obj: Ctx, images: bool) -> None:
 
 
 @cli.command("diff")
-@click.argument("a")
-@click.argument("b")
+@click.argument("a", shell_complete=complete.envs)
+@click.argument("b", shell_complete=complete.envs)
 @json_option
 @click.pass_obj
 def diff_cmd(obj: Ctx, a: str, b: str) -> None:

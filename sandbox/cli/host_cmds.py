@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
+from sandbox.cli import complete
+from sandbox.cli.lazy import lazy
 from sandbox.cli.main import Ctx, cli, confirm, json_option
 from sandbox.cli.markup import escape
-from sandbox.envs import Envs
-from sandbox.envs.hosts import check_hosts, prepare_hosts
-from sandbox.envs.profiles import profile_for
 from sandbox.errors import SandboxError
+
+if TYPE_CHECKING:
+    from sandbox.envs import Envs
+    from sandbox.envs.hosts import check_hosts, prepare_hosts
+    from sandbox.envs.profiles import profile_for
+else:  # imported when a command runs (sandbox/cli/lazy.py)
+    Envs = lazy("sandbox.envs", "Envs")
+    check_hosts, prepare_hosts = lazy("sandbox.envs.hosts", "check_hosts", "prepare_hosts")
+    profile_for = lazy("sandbox.envs.profiles", "profile_for")
 
 
 @cli.group()
@@ -25,7 +35,7 @@ def _profile(envs: Envs, name: str):  # type: ignore[no-untyped-def]
 
 
 @host.command("check")
-@click.argument("profile")
+@click.argument("profile", shell_complete=complete.profiles)
 @json_option
 @click.pass_obj
 def host_check(obj: Ctx, profile: str) -> None:
@@ -47,7 +57,7 @@ def host_check(obj: Ctx, profile: str) -> None:
 
 
 @host.command("prepare")
-@click.argument("profile")
+@click.argument("profile", shell_complete=complete.profiles)
 @json_option
 @click.pass_obj
 def host_prepare(obj: Ctx, profile: str) -> None:
@@ -63,7 +73,7 @@ def host_prepare(obj: Ctx, profile: str) -> None:
 
 
 @host.command("drain")
-@click.argument("env")
+@click.argument("env", shell_complete=complete.envs)
 @click.argument("host_name", metavar="HOST")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option

@@ -7,12 +7,9 @@ from pathlib import Path
 
 import click
 
-from sandbox.build.builder import Builder
+from sandbox.cli import complete
 from sandbox.cli.main import Ctx, cli, json_option
 from sandbox.cli.markup import escape
-from sandbox.promote.diffview import image_diff_view
-from sandbox.store import ImageStore
-from sandbox.store.verify import verify_image
 
 
 def _size(n: int) -> str:
@@ -28,6 +25,8 @@ def _size(n: int) -> str:
 @click.pass_obj
 def images(obj: Ctx) -> None:
     """List the images in the store."""
+    from sandbox.store import ImageStore
+
     store = ImageStore(obj.ws.images)
     rows = store.summaries()
     from rich.table import Table
@@ -59,12 +58,14 @@ def image() -> None:
 
 
 @image.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete.refs)
 @click.option("--files", "show_files", is_flag=True, help="Include the per-file index.")
 @json_option
 @click.pass_obj
 def inspect(obj: Ctx, ref: str, show_files: bool) -> None:
     """Show an image's manifest (REF: recipe, recipe:tag, sha256:… or a digest prefix)."""
+    from sandbox.store import ImageStore
+
     store = ImageStore(obj.ws.images)
     digest = store.resolve(ref)
     m = store.manifest(digest)
@@ -84,8 +85,8 @@ def inspect(obj: Ctx, ref: str, show_files: bool) -> None:
 
 
 @image.command()
-@click.argument("a")
-@click.argument("b")
+@click.argument("a", shell_complete=complete.refs)
+@click.argument("b", shell_complete=complete.refs)
 @click.option(
     "--limit",
     type=click.IntRange(1, 100_000),
@@ -96,6 +97,9 @@ def inspect(obj: Ctx, ref: str, show_files: bool) -> None:
 @click.pass_obj
 def diff(obj: Ctx, a: str, b: str, limit: int | None) -> None:
     """What changed from image A to image B: packages, files, and the promotion strategy."""
+    from sandbox.promote.diffview import image_diff_view
+    from sandbox.store import ImageStore
+
     store = ImageStore(obj.ws.images)
     da, db = store.resolve(a), store.resolve(b)
     v = image_diff_view(store, da, db, limit=limit)
@@ -123,11 +127,14 @@ def diff(obj: Ctx, a: str, b: str, limit: int | None) -> None:
 
 
 @image.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete.refs)
 @json_option
 @click.pass_obj
 def verify(obj: Ctx, ref: str) -> None:
     """Recompute every digest of an image (manifest, layers, per-file sha256)."""
+    from sandbox.store import ImageStore
+    from sandbox.store.verify import verify_image
+
     report = verify_image(ImageStore(obj.ws.images), ref)
     text = (
         f"[green]ok[/] {report.digest}: {report.checked_files} files, {_size(report.checked_bytes)} checked"
@@ -140,11 +147,14 @@ def verify(obj: Ctx, ref: str) -> None:
 
 
 @image.command("rm")
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1, required=True, shell_complete=complete.refs)
 @json_option
 @click.pass_obj
 def rm(obj: Ctx, refs: tuple[str, ...]) -> None:
     """Remove images and the layers no other image uses."""
+    from sandbox.build.builder import Builder
+    from sandbox.store import ImageStore
+
     store = ImageStore(obj.ws.images)
     # every ref must resolve before anything is removed; two refs to one image remove it once
     digests = list(dict.fromkeys(store.resolve(r) for r in refs))
@@ -157,7 +167,7 @@ def rm(obj: Ctx, refs: tuple[str, ...]) -> None:
 
 
 @image.command("export")
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete.refs)
 @click.option(
     "--format",
     "fmt",

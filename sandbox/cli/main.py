@@ -40,6 +40,8 @@ LAZY_COMMANDS = {
     "host": "host_cmds",
     "user": "user_cmds",
     "serve": "serve_cmds",
+    "doctor": "doctor_cmds",
+    "completion": "completion_cmds",
     **dict.fromkeys(
         [
             "up",

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from sandbox.cli import complete
+from sandbox.cli.lazy import lazy
 from sandbox.cli.main import Ctx, cli, confirm, json_option
 from sandbox.cli.markup import escape
-from sandbox.envs import Envs
 from sandbox.errors import SandboxError
 from sandbox.events import Event
-from sandbox.promote.deploys import Verification
-from sandbox.promote.probe import probe_lines, with_load_probe
-from sandbox.promote.rolling import Promoter, PromoteResult
+
+if TYPE_CHECKING:
+    from sandbox.envs import Envs
+    from sandbox.promote.deploys import Verification
+    from sandbox.promote.probe import probe_lines, with_load_probe
+    from sandbox.promote.rolling import Promoter, PromoteResult
+else:  # imported when a command runs (sandbox/cli/lazy.py)
+    Envs = lazy("sandbox.envs", "Envs")
+    probe_lines, with_load_probe = lazy("sandbox.promote.probe", "probe_lines", "with_load_probe")
+    Promoter = lazy("sandbox.promote.rolling", "Promoter")
 
 
 @cli.command()
-@click.argument("env")
+@click.argument("env", shell_complete=complete.envs)
 @json_option
 @click.pass_obj
 def verify(obj: Ctx, env: str) -> None:
@@ -48,9 +56,22 @@ def _print(obj: Ctx, result: PromoteResult, probe: Any, **extra: Any) -> None:
 
 
 @cli.command()
-@click.argument("ref", required=False)
-@click.option("--from", "from_env", metavar="ENV", help="Promote the image ENV runs (e.g. staging-42).")
-@click.option("--to", "to_env", metavar="ENV", required=True, help="The env to promote to (e.g. prod).")
+@click.argument("ref", required=False, shell_complete=complete.refs)
+@click.option(
+    "--from",
+    "from_env",
+    metavar="ENV",
+    shell_complete=complete.envs,
+    help="Promote the image ENV runs (e.g. staging-42).",
+)
+@click.option(
+    "--to",
+    "to_env",
+    metavar="ENV",
+    required=True,
+    shell_complete=complete.envs,
+    help="The env to promote to (e.g. prod).",
+)
 @click.option("--plan", "plan_only", is_flag=True, help="Print the strategy and the diff; change nothing.")
 @click.option(
     "--probe", "rps", type=float, metavar="RPS", help="Run a load probe through the router meanwhile."
@@ -124,7 +145,9 @@ def _picked(v: Verification | None) -> dict[str, Any] | None:
 
 
 @cli.command()
-@click.option("--to", "to_env", metavar="ENV", required=True, help="The env to roll back.")
+@click.option(
+    "--to", "to_env", metavar="ENV", required=True, shell_complete=complete.envs, help="The env to roll back."
+)
 @click.option(
     "--probe", "rps", type=float, metavar="RPS", help="Run a load probe through the router meanwhile."
 )
@@ -141,7 +164,7 @@ def rollback(obj: Ctx, to_env: str, rps: float | None, yes: bool) -> None:
 
 
 @cli.command()
-@click.argument("env")
+@click.argument("env", shell_complete=complete.envs)
 @click.option("-n", "--limit", type=int, default=20, show_default=True, help="How many deploys to show.")
 @json_option
 @click.pass_obj
@@ -162,7 +185,7 @@ def history(obj: Ctx, env: str, limit: int) -> None:
 
 @cli.command()
 @click.argument("switch", type=click.Choice(["on", "off"]))
-@click.argument("env")
+@click.argument("env", shell_complete=complete.envs)
 @click.option(
     "--allow", "allow", multiple=True, metavar="ADDR", help="Address or CIDR that still gets through."
 )
@@ -190,7 +213,7 @@ def maintenance(obj: Ctx, switch: str, env: str, allow: tuple[str, ...]) -> None
 
 @cli.command()
 @click.argument("switch", type=click.Choice(["on", "off"]))
-@click.argument("env")
+@click.argument("env", shell_complete=complete.envs)
 @json_option
 @click.pass_obj
 def readonly(obj: Ctx, switch: str, env: str) -> None:

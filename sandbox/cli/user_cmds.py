@@ -10,18 +10,26 @@ from __future__ import annotations
 import os
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from sandbox.cli.lazy import lazy
 from sandbox.cli.main import Ctx, cli, confirm, json_option
 from sandbox.cli.markup import escape
-from sandbox.config.units import parse_duration
 from sandbox.errors import SandboxError
-from sandbox.state import StateDB
-from sandbox.web.auth import MAX_PASSWORD, Auth
 from sandbox.web.roles import ROLES, User, check_pattern, parse_grant
-from sandbox.web.timeline import record
+
+if TYPE_CHECKING:
+    from sandbox.config.units import parse_duration
+    from sandbox.state import StateDB
+    from sandbox.web.auth import Auth
+    from sandbox.web.timeline import record
+else:  # imported when a command runs (sandbox/cli/lazy.py)
+    parse_duration = lazy("sandbox.config.units", "parse_duration")
+    StateDB = lazy("sandbox.state", "StateDB")
+    Auth = lazy("sandbox.web.auth", "Auth")
+    record = lazy("sandbox.web.timeline", "record")
 
 
 def _auth(obj: Ctx) -> Auth:
@@ -38,6 +46,8 @@ def _password(confirm: bool = True) -> str:
     if sys.stdin.isatty():
         text: str = click.prompt("password", hide_input=True, confirmation_prompt=confirm, err=True)
         return text
+    from sandbox.web.auth import MAX_PASSWORD
+
     line = sys.stdin.readline(MAX_PASSWORD + 2)
     if not line:
         raise SandboxError(
