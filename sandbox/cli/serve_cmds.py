@@ -3,12 +3,14 @@ an RPC socket; the HTTP side runs as the unprivileged `sandbox-web`."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from sandbox.cli.main import Ctx, cli
+from sandbox.cli.main import Ctx, cli, json_option
 
 
 @cli.command()
@@ -39,6 +41,7 @@ from sandbox.cli.main import Ctx, cli
     show_default=True,
     help="Jobs of this many envs run at once (one env's jobs always one at a time).",
 )
+@json_option
 @click.pass_obj
 def serve(
     obj: Ctx,
@@ -50,9 +53,16 @@ def serve(
     web_user: str,
     workers: int,
 ) -> None:
-    """Serve the web frontend: pages, the JSON API (/api/v1) and webhooks (/hooks/NAME)."""
+    """Serve the web frontend: pages, the JSON API (/api/v1) and webhooks (/hooks/NAME).
+
+    With --json: one line {"url", "pid", "http_pid", "workers"} on stdout once it listens."""
     from sandbox.web.serve import ServeOptions
     from sandbox.web.serve import serve as run
 
     opts = ServeOptions(listen, tls_cert, tls_key, behind_tls_proxy, web_user, run_dir, workers)
-    sys.exit(run(obj.ws, opts))
+    sys.exit(run(obj.ws, opts, on_ready=_ready_line if obj.output.as_json else None))
+
+
+def _ready_line(info: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(info) + "\n")
+    sys.stdout.flush()

@@ -18,8 +18,10 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sandbox.errors import SandboxError
 from sandbox.settings import load_settings
@@ -129,7 +131,12 @@ def _tls_copy(opts: ServeOptions, uid: int, gid: int) -> Path | None:
     return d
 
 
-def serve(ws: Workspace, opts: ServeOptions, ready: threading.Event | None = None) -> int:
+def serve(
+    ws: Workspace,
+    opts: ServeOptions,
+    ready: threading.Event | None = None,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
     """Run until SIGTERM or SIGINT, or until the HTTP child ends; its exit status."""
     host, port = parse_listen(opts.listen)
     tls = opts.tls_cert is not None and opts.tls_key is not None
@@ -198,10 +205,10 @@ def serve(ws: Workspace, opts: ServeOptions, ready: threading.Event | None = Non
         if stop.is_set():
             child.terminate()
         listener.close()
-        print(
-            f"sandbox serve: http{'s' if tls else ''}://{opts.listen} (HTTP side pid {child.pid})",
-            file=sys.stderr,
-        )
+        url = f"http{'s' if tls else ''}://{opts.listen}"
+        print(f"sandbox serve: {url} (HTTP side pid {child.pid})", file=sys.stderr)
+        if on_ready is not None:
+            on_ready({"url": url, "pid": os.getpid(), "http_pid": child.pid, "workers": opts.workers})
         if ready is not None:
             ready.set()
         code = child.wait()

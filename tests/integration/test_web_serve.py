@@ -6,6 +6,7 @@ setuid); no backend, no daemon."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -37,7 +38,12 @@ def free_port() -> int:
 
 
 def start_serve(
-    ws: Path, port: int, run_dir: Path, *extra: str, env: dict[str, str] | None = None
+    ws: Path,
+    port: int,
+    run_dir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    stdout: int | None = None,
 ) -> subprocess.Popen[str]:
     """`sandbox serve` of workspace `ws` on 127.0.0.1:PORT, its stderr piped (its first line says
     where it serves and the HTTP side's pid)."""
@@ -46,6 +52,7 @@ def start_serve(
         [*serve, "--run-dir", str(run_dir), *extra],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -56,6 +63,25 @@ def status_field(pid: int, field: str) -> str:
     m = re.search(rf"^{field}:[ \t]*(.*)$", text, re.M)
     assert m
     return m.group(1).strip()
+
+
+def test_serve_json_says_where_it_listens_on_one_stdout_line(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "sandbox.yaml").write_text("")
+    port = free_port()
+    proc = start_serve(ws, port, Path(f"/tmp/sbx-serve-j{os.getpid()}"), "--json", stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        doc = json.loads(proc.stdout.readline())
+        assert doc["url"] == f"http://127.0.0.1:{port}" and doc["pid"] == proc.pid and doc["workers"] == 2
+        assert Path(f"/proc/{doc['http_pid']}").exists()
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0 and proc.stdout.read() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_serve_runs_http_as_an_unprivileged_user(tmp_path: Path) -> None:
