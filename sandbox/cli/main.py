@@ -40,6 +40,7 @@ LAZY_COMMANDS = {
     "host": "host_cmds",
     "user": "user_cmds",
     "serve": "serve_cmds",
+    "init": "init_cmds",
     **dict.fromkeys(
         [
             "up",
