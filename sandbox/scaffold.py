@@ -119,6 +119,9 @@ def prepare_root(root: Path) -> Path:
         st = path.lstat()
     except FileNotFoundError:
         path.mkdir(parents=True, mode=0o755)
+        if os.geteuid() == 0:  # as root: the new folder is its parent's owner's (sudo in one's home)
+            parent = path.parent.stat()
+            os.chown(path, parent.st_uid, parent.st_gid, follow_symlinks=False)
         return path
     if stat.S_ISLNK(st.st_mode):
         raise SandboxError(
@@ -180,7 +183,7 @@ def plan(root: Path, template: str, name: str) -> Plan:
     return out
 
 
-def _create(root: Path, rel: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+def _create(root: Path, rel: str, data: bytes, mode: int, uid: int | None, gid: int | None) -> None:
     """A new file at `rel` (never replacing anything): temp file, then link(2) to the name."""
     parent, _, name = rel.rpartition("/")
     dfd = mkdirs_in_root(root, parent, 0o755, uid, gid, links="refuse")
@@ -191,7 +194,8 @@ def _create(root: Path, rel: str, data: bytes, mode: int, uid: int, gid: int) ->
         )
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            os.fchown(f.fileno(), uid, gid)
+            if uid is not None and gid is not None:
+                os.fchown(f.fileno(), uid, gid)
             os.fchmod(f.fileno(), mode)
         try:
             os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
@@ -221,9 +225,10 @@ def init(root: Path, template: str = DEFAULT_TEMPLATE, name: str | None = None) 
     p = plan(path, template, recipe)
     if p.conflicts:
         raise InitConflict(p.conflicts)
-    st = path.stat()  # new files belong to the folder's owner (`sudo sandbox init` in one's home)
+    st = path.stat()  # as root, new files belong to the folder's owner (`sudo sandbox init` in one's home)
+    uid, gid = (st.st_uid, st.st_gid) if os.geteuid() == 0 else (None, None)
     for rel, (data, mode) in sorted(p.write.items()):
-        _create(path, rel, data, mode, st.st_uid, st.st_gid)
+        _create(path, rel, data, mode, uid, gid)
     for rel, data in p.append.items():
         _append(path, rel, data)
     return p

@@ -30,7 +30,7 @@ def init(obj: Ctx, directory: str | None, template: str, name: str | None) -> No
     from the template's, all such files are listed and nothing is written."""
     from sandbox.scaffold import init as make
 
-    root = directory or obj._workspace or "."
+    root = directory or obj.workspace_dir or "."
     p = make(Path(root), template, name)
     lines = [f"[green]✓[/] workspace {escape(str(p.root))} (template {p.template}, recipe {p.name})"]
     lines += [f"  [green]wrote[/]    {escape(r)}" for r in sorted(p.write)]

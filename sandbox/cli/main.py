@@ -25,6 +25,11 @@ class Ctx:
         self._workspace = workspace
 
     @property
+    def workspace_dir(self) -> str | None:
+        """The folder -C names, if given."""
+        return self._workspace
+
+    @property
     def ws(self) -> Workspace:
         if self._workspace:
             return Workspace(Path(self._workspace).resolve())

@@ -232,6 +232,9 @@ def test_new_files_belong_to_the_folders_owner(tmp_path: Path) -> None:
     owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in ws.rglob("*")}
     assert owners == {(1234, 1234)}
     assert os.stat(ws / "recipes" / "home" / "app" / "app.py").st_mode & 0o777 == 0o644
+    assert init(str(ws / "new"))[0] == 0  # a folder init makes: its parent's owner's too
+    assert {(p.lstat().st_uid, p.lstat().st_gid) for p in (ws / "new").rglob("*")} == {(1234, 1234)}
+    assert (ws / "new").stat().st_uid == 1234
 
 
 def test_default_dir_is_the_current_folder_or_dash_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
