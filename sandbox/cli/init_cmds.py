@@ -10,7 +10,7 @@ from sandbox.cli.main import Ctx, cli, json_option
 from sandbox.cli.markup import escape
 
 
-@cli.command()
+@cli.command(short_help="Make a workspace from a template: recipe, profiles, sample app.")
 @click.argument("directory", required=False, metavar="[DIR]")
 @click.option(
     "-t",

@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,35 +74,45 @@ def newcomer(tmp_path: Path) -> Iterator[Path]:
             assert gc.code == 0 and left == [] and nginx == [], (gc.stdout + gc.stderr, left, nginx)
 
 
-def cli(ws: Path, *args: str, timeout: float = 900) -> Run:
-    """The CLI in `ws` as a person runs it there (cwd, no -C), with the shared package cache."""
-    p = subprocess.run(
-        [sys.executable, "-m", "sandbox", *args],
-        cwd=ws,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "SANDBOX_CACHE": str(shared_cache()), "PYTHONPATH": str(REPO)},
-        timeout=timeout,
-        check=False,
-    )
-    return Run(p.returncode, p.stdout, p.stderr)
+def cli(ws: Path, *args: str, timeout: float = 900) -> tuple[Run, list[tuple[float, str]]]:
+    """The CLI in `ws` as a person runs it there (cwd, no -C), with the shared package cache; also
+    each line of its output (stderr into stdout) with the seconds since the start when it came."""
+    env = {**os.environ, "SANDBOX_CACHE": str(shared_cache()), "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "sandbox", *args]
+    t0 = time.monotonic()
+    with subprocess.Popen(
+        argv, cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as p:
+        killer = threading.Timer(timeout, p.kill)  # bounded: a hung command is killed, the test fails
+        killer.start()
+        try:
+            assert p.stdout is not None
+            lines = [(time.monotonic() - t0, line.rstrip("\n")) for line in p.stdout]
+        finally:
+            killer.cancel()
+    text = "\n".join(ln for _, ln in lines)
+    return Run(p.returncode, text, text), lines
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_init_then_up_dev_me(newcomer: Path, template: str) -> None:
     newcomer.mkdir()
     t0 = time.monotonic()
-    made = ok(cli(newcomer, "init", *(["--template", template] if template != "flask" else []), "--json"))
+    made = ok(cli(newcomer, "init", *(["--template", template] if template != "flask" else []), "--json")[0])
     assert made["recipe"] == "shop" and "recipes/shop.yaml" in made["written"], made
     with open(newcomer / "sandbox.yaml", "a") as f:  # this test's own network and ports
         f.write(SETTINGS)
+    t_init = time.monotonic() - t0
 
-    up = cli(newcomer, "up", "dev-me", "--wait")  # no separate build: up builds what it runs
+    up, lines = cli(newcomer, "up", "dev-me", "--wait")  # no separate build: up builds what it runs
     took = time.monotonic() - t0
-    assert up.code == 0, f"exit {up.code}\n{up.stdout}\n{up.stderr}"
-    phases = [(m[1], float(m[2])) for ln in up.stderr.splitlines() if (m := PHASE_LINE.match(ln.strip()))]
-    build = sum(s for p, s in phases if p in BUILD_PHASES)
-    split = f"build {build:.1f}s, up {took - build:.1f}s"
+    assert up.code == 0, f"exit {up.code}\n{up.stdout}"
+    # the build ends with the builder's last phase line; what follows is up's own work
+    build = max(
+        (t for t, ln in lines if (m := PHASE_LINE.match(ln.strip())) and m[1] in BUILD_PHASES), default=0
+    )
+    phases = [(m[1], float(m[2])) for _, ln in lines if (m := PHASE_LINE.match(ln.strip()))]
+    split = f"init {t_init:.1f}s, build {build:.1f}s, up {took - t_init - build:.1f}s"
     print(f"\n{template}: init -> up dev-me --wait: {took:.1f}s ({split}) {phases}")
 
     env = ok(sandbox(newcomer, "status", "dev-me", "--json"))
