@@ -2,7 +2,7 @@
 and nginx. The workspace gets its own bridge, subnet and router ports (appended to the sandbox.yaml
 that init wrote); traffic goes only to 127.0.0.1 (the router). Everything made is removed at the end.
 
-CI runs the default template only (a new package set costs a base build of its own, ~35 s here);
+CI runs the default template only (each template is a base build of its own, 15-40 s here);
 SANDBOX_INIT_TEMPLATES=flask,static,worker runs the others the same way.
 
 The build and up times are printed (pytest -s, or the report's captured output): the figures of
