@@ -43,7 +43,7 @@ class InitConflict(SandboxError):
     def __init__(self, conflicts: list[dict[str, str]]) -> None:
         lines = "; ".join(f"{c['path']} ({c['reason']})" for c in conflicts)
         super().__init__(
-            f"{len(conflicts)} file(s) already exist and differ from the template, nothing written: {lines}",
+            f"{len(conflicts)} file(s) of the template clash with what is there, nothing written: {lines}",
             hint="move or rename them and run init again (init never overwrites a file)",
         )
         self.conflicts = conflicts

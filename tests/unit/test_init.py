@@ -157,7 +157,7 @@ def test_conflicts_are_all_listed_and_nothing_is_written(tmp_path: Path) -> None
 
     code, out, err = init(str(tmp_path), "--name", "x")
     assert code == 1 and out == ""
-    assert "3 file(s) already exist and differ" in err and "nothing written" in err
+    assert "3 file(s) of the template clash with what is there, nothing written" in err
     for path in ("profiles/prod.yaml", "sandbox.yaml", "recipes/x.yaml"):
         assert path in err
     assert "hint:" in err and "never overwrites" in err
