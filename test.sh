@@ -14,6 +14,10 @@ scripts/backends.sh
 SANDBOX_EXTRAS="[test]" ./install.sh --no-run
 # wrk: the promotion tests count its socket errors across promotions
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+# vagrant (and its libvirt provider): tests/unit/test_vagrant.py runs `vagrant validate` on
+# vagrant/Vagrantfile (no box, no VM); --no-install-recommends keeps it to ~14 MB
+dpkg-query -W -f='${Status}' vagrant-libvirt 2>/dev/null | grep -q "install ok installed" || { apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends vagrant vagrant-libvirt >/dev/null; }
 # chromium: the browser test (tests/integration/test_web_browser.py) drives Debian's own chromium with
 # Playwright's Python package from pip; `playwright install` (a downloaded browser) is never used
 [ -x /usr/bin/chromium ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }

@@ -25,6 +25,11 @@ class Ctx:
         self._workspace = workspace
 
     @property
+    def workspace_dir(self) -> str | None:
+        """The folder -C names, if given."""
+        return self._workspace
+
+    @property
     def ws(self) -> Workspace:
         if self._workspace:
             return Workspace(Path(self._workspace).resolve())
@@ -42,6 +47,7 @@ LAZY_COMMANDS = {
     "serve": "serve_cmds",
     "doctor": "doctor_cmds",
     "completion": "completion_cmds",
+    "init": "init_cmds",
     **dict.fromkeys(
         [
             "up",

@@ -28,6 +28,7 @@ HOST_ROOT = "/var/lib/sandbox-host"
 AGENT_DIR = f"{HOST_ROOT}/agent"
 MISSING = 97  # the launcher's exit when the bundle is not on the host yet
 _SKIP = {"cli", "web", "__pycache__"}
+_SKIP_TOP = {"templates"}  # sandbox/templates: `sandbox init`'s workspaces, for the CLI only
 #: an interpreter path the host may name in its ping (it is run as the first word of a command)
 _EXE = re.compile(r"/[A-Za-z0-9_.+/-]{1,200}")
 _MAIN = b"import sys\nfrom sandbox.hostagent.main import main\nsys.exit(main())\n"
@@ -42,7 +43,8 @@ def bundle() -> tuple[str, bytes]:
         z.writestr(zipfile.ZipInfo("__main__.py", (1980, 1, 1, 0, 0, 0)), _MAIN)
         for path in sorted(pkg.rglob("*")):
             rel = path.relative_to(pkg)
-            if not path.is_file() or _SKIP & set(rel.parts) or path.suffix in (".pyc", ".pyo"):
+            skip = _SKIP & set(rel.parts) or rel.parts[0] in _SKIP_TOP
+            if not path.is_file() or skip or path.suffix in (".pyc", ".pyo"):
                 continue
             info = zipfile.ZipInfo(f"sandbox/{rel.as_posix()}", (1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED

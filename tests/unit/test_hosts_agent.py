@@ -51,7 +51,7 @@ def test_the_bundle_is_deterministic_and_holds_the_agent_but_not_the_cli() -> No
         "sandbox/backends/vmfiles.py",
     ):
         assert must in names, must
-    assert not [n for n in names if n.startswith(("sandbox/cli/", "sandbox/web/"))]
+    assert not [n for n in names if n.startswith(("sandbox/cli/", "sandbox/web/", "sandbox/templates/"))]
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))]
     assert names == sorted(names[:1]) + sorted(names[1:])  # a fixed order, whatever the file system says
     infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
