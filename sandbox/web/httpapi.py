@@ -2,7 +2,7 @@
 
 GET envs, envs/NAME, images and jobs answer what `sandbox ls --json`, `status --json` (without the
 live probe) and `images --json` print, and the job rows; POST jobs queues one job, DELETE jobs/ID
-cancels a queued one. /api/v1/openapi.json describes them.
+cancels a queued one, POST jobs/ID/dismiss settles an interrupted one. /api/v1/openapi.json describes them.
 """
 
 from __future__ import annotations
@@ -94,6 +94,13 @@ async def cancel(request: Request) -> Response:
     if not raw.isdigit() or len(raw) > 18:
         return api_error(400, "a job id is a number", kind="BadRequest")
     return await _call(request, "cancel", {"id": int(raw)})
+
+
+async def dismiss(request: Request) -> Response:
+    raw = request.path_params["id"]
+    if not raw.isdigit() or len(raw) > 18:
+        return api_error(400, "a job id is a number", kind="BadRequest")
+    return await _call(request, "dismiss", {"id": int(raw)})
 
 
 async def hook(request: Request) -> Response:
@@ -193,6 +200,13 @@ OPENAPI: dict[str, Any] = {
                 parameters=_ID,
             )
         },
+        "/api/v1/jobs/{id}/dismiss": {
+            "post": _op(
+                "dismiss an interrupted job: its env's queue moves on",
+                {"200": "dismissed", "404": "unknown", "409": "not an unsettled interrupted job", **_COMMON},
+                parameters=_ID,
+            )
+        },
     },
 }
 
@@ -211,5 +225,6 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/jobs", jobs, methods=["GET"]),
         Route("/api/v1/jobs", submit, methods=["POST"]),
         Route("/api/v1/jobs/{id}", cancel, methods=["DELETE"]),
+        Route("/api/v1/jobs/{id}/dismiss", dismiss, methods=["POST"]),
         Route("/hooks/{name}", hook, methods=["POST"]),
     ]

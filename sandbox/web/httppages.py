@@ -54,10 +54,16 @@ _env.filters["when"] = _when
 _env.filters["left"] = _left
 
 BUTTON_FIELDS = {"maintenance": {"on": "true"}, "readonly": {"on": "true"}, "extend": {"ttl": "3600"}}
+# the load probe (requests per second) of a resume or rollback button, on an env with a router: the
+# deploy page then plots what clients saw. Low enough for a small env; the API takes 1 to 200.
+BUTTON_PROBE = 20
 
 
 def page(request: Request, template: str, status: int = 200, **ctx: Any) -> Response:
-    html = _env.get_template(template).render(csrf=csrf_token(request), htmx=HTMX, **ctx)
+    ctx.setdefault("settle", {})
+    html = _env.get_template(template).render(
+        csrf=csrf_token(request), htmx=HTMX, probe_rps=BUTTON_PROBE, **ctx
+    )
     return with_csrf_cookie(request, HTMLResponse(html, status))
 
 
@@ -177,6 +183,7 @@ async def env_page(request: Request) -> Response:
         env=data["env"],
         jobs=data["jobs"],
         cancel=data["cancel"],
+        settle=data["settle"],
         buttons=data["buttons"],
         fields=BUTTON_FIELDS,
     )
@@ -188,7 +195,7 @@ async def jobs_page(request: Request) -> Response:
         data = await rpc(request, "jobs", session_cred(request), {"limit": 200})
     except RPCError as e:
         return error_page(request, e)
-    return page(request, "jobs.html", me=me, jobs=data["jobs"], cancel=data["cancel"])
+    return page(request, "jobs.html", me=me, jobs=data["jobs"], cancel=data["cancel"], settle=data["settle"])
 
 
 def _job_args(kind: str, form: dict[str, str]) -> dict[str, Any]:
@@ -217,7 +224,8 @@ async def submit(request: Request) -> Response:
     return RedirectResponse(f"/envs/{urllib.parse.quote(job['env'])}", 303)
 
 
-async def cancel(request: Request) -> Response:
+async def _job_action(request: Request, method: str) -> Response:
+    """POST /jobs/ID/cancel or /jobs/ID/dismiss (a form with its CSRF token), then the jobs page."""
     form = await read_form(request)
     if isinstance(form, Response):
         return form
@@ -225,10 +233,18 @@ async def cancel(request: Request) -> Response:
     if not raw.isdigit() or len(raw) > 18:
         return error_page(request, RPCError(400, "a job id is a number"))
     try:
-        await rpc(request, "cancel", session_cred(request), {"id": int(raw)})
+        await rpc(request, method, session_cred(request), {"id": int(raw)})
     except RPCError as e:
         return error_page(request, e)
     return RedirectResponse("/jobs", 303)
+
+
+async def cancel(request: Request) -> Response:
+    return await _job_action(request, "cancel")
+
+
+async def dismiss(request: Request) -> Response:
+    return await _job_action(request, "dismiss")
 
 
 def routes() -> list[BaseRoute]:
@@ -242,4 +258,5 @@ def routes() -> list[BaseRoute]:
         Route("/jobs", jobs_page, methods=["GET"]),
         Route("/jobs", submit, methods=["POST"]),
         Route("/jobs/{id}/cancel", cancel, methods=["POST"]),
+        Route("/jobs/{id}/dismiss", dismiss, methods=["POST"]),
     ]

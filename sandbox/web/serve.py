@@ -163,6 +163,8 @@ def serve(ws: Workspace, opts: ServeOptions, ready: threading.Event | None = Non
         str(sock_path),
         "--fd",
         str(listener.fileno()),
+        "--parent",
+        str(os.getpid()),
     ]
     if tls_dir is not None:
         argv += ["--tls-dir", str(tls_dir), "--secure-cookies"]

@@ -180,6 +180,7 @@ def test_the_openapi_document_names_every_route(w: World) -> None:
         "/api/v1/images",
         "/api/v1/jobs",
         "/api/v1/jobs/{id}",
+        "/api/v1/jobs/{id}/dismiss",
     }
 
 
