@@ -3,7 +3,8 @@
 GET envs, envs/NAME, envs/NAME/logs, images, images/diff and jobs answer what `sandbox ls --json`,
 `status --json` (without the live probe), `logs --json` (as one list), `images --json` and `image
 diff A B --limit 2000 --json` print, and the job rows; POST jobs queues one job, DELETE jobs/ID
-cancels a queued one. /api/v1/openapi.json (openapi.py) describes them.
+cancels a queued one, POST jobs/ID/dismiss settles an interrupted one. /api/v1/openapi.json
+(openapi.py) describes them.
 """
 
 from __future__ import annotations
@@ -131,6 +132,13 @@ async def cancel(request: Request) -> Response:
     return await _call(request, "cancel", {"id": job_id})
 
 
+async def dismiss(request: Request) -> Response:
+    job_id = whole(request.path_params["id"])
+    if job_id is None:
+        return api_error(400, "a job id is a number", kind="BadRequest")
+    return await _call(request, "dismiss", {"id": job_id})
+
+
 async def hook(request: Request) -> Response:
     """POST /hooks/NAME: the raw body and headers go to the root side, which checks everything."""
     try:
@@ -168,5 +176,6 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/images/diff", image_diff),
         Route("/api/v1/jobs", jobs_route, methods=["GET", "POST"]),
         Route("/api/v1/jobs/{id}", cancel, methods=["DELETE"]),
+        Route("/api/v1/jobs/{id}/dismiss", dismiss, methods=["POST"]),
         Route("/hooks/{name}", hook, methods=["POST"]),
     ]

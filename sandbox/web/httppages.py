@@ -66,10 +66,16 @@ _env.filters["size"] = _size
 _env.filters["left"] = _left
 
 BUTTON_FIELDS = {"maintenance": {"on": "true"}, "readonly": {"on": "true"}, "extend": {"ttl": "3600"}}
+# the load probe (requests per second) of a resume or rollback button, on an env with a router: the
+# deploy page then plots what clients saw. Low enough for a small env; the API takes 1 to 200.
+BUTTON_PROBE = 20
 
 
 def page(request: Request, template: str, status: int = 200, **ctx: Any) -> Response:
-    html = _env.get_template(template).render(csrf=csrf_token(request), htmx=HTMX, **ctx)
+    ctx.setdefault("settle", {})
+    html = _env.get_template(template).render(
+        csrf=csrf_token(request), htmx=HTMX, probe_rps=BUTTON_PROBE, **ctx
+    )
     return with_csrf_cookie(request, HTMLResponse(html, status))
 
 
@@ -190,6 +196,7 @@ async def env_page(request: Request) -> Response:
         instance=int_query(request, "instance", 0) or 0,
         jobs=data["jobs"],
         cancel=data["cancel"],
+        settle=data["settle"],
         buttons=data["buttons"],
         fields=BUTTON_FIELDS,
     )
@@ -224,7 +231,7 @@ async def jobs_page(request: Request) -> Response:
         data = await rpc(request, "jobs", session_cred(request), {"limit": 200})
     except RPCError as e:
         return error_page(request, e)
-    return page(request, "jobs.html", me=me, jobs=data["jobs"], cancel=data["cancel"])
+    return page(request, "jobs.html", me=me, jobs=data["jobs"], cancel=data["cancel"], settle=data["settle"])
 
 
 def _job_args(kind: str, form: dict[str, str]) -> dict[str, Any]:
@@ -254,7 +261,8 @@ async def submit(request: Request) -> Response:
     return RedirectResponse(f"/envs/{urllib.parse.quote(job['env'])}", 303)
 
 
-async def cancel(request: Request) -> Response:
+async def _job_action(request: Request, method: str) -> Response:
+    """POST /jobs/ID/cancel or /jobs/ID/dismiss (a form with its CSRF token), then the jobs page."""
     form = await read_form(request)
     if isinstance(form, Response):
         return form
@@ -263,10 +271,18 @@ async def cancel(request: Request) -> Response:
     if job_id is None:
         return error_page(request, RPCError(400, "a job id is a number"))
     try:
-        await rpc(request, "cancel", session_cred(request), {"id": job_id})
+        await rpc(request, method, session_cred(request), {"id": job_id})
     except RPCError as e:
         return error_page(request, e)
     return RedirectResponse("/jobs", 303)
+
+
+async def cancel(request: Request) -> Response:
+    return await _job_action(request, "cancel")
+
+
+async def dismiss(request: Request) -> Response:
+    return await _job_action(request, "dismiss")
 
 
 def routes() -> list[BaseRoute]:
@@ -281,4 +297,5 @@ def routes() -> list[BaseRoute]:
         Route("/jobs", jobs_page, methods=["GET"]),
         Route("/jobs", submit, methods=["POST"]),
         Route("/jobs/{id}/cancel", cancel, methods=["POST"]),
+        Route("/jobs/{id}/dismiss", dismiss, methods=["POST"]),
     ]

@@ -3,7 +3,8 @@ the root worker claims a job: a hostile request cannot name another command, pat
 
 Each kind's arguments are a closed set: an unknown key, a missing required one or a wrong type is
 one clear JobArgError. Strings match the env, profile and recipe name rules; images are
-`sha256:<64 hex>`; commits 40 or 64 hex digits; booleans are JSON booleans.
+`sha256:<64 hex>`; commits 40 or 64 hex digits; booleans are JSON booleans; `probe` (promote,
+rollback, resume) is a load probe's rate, whole requests per second from 1 to MAX_PROBE.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ COMMIT_RE = r"[0-9a-f]{40}|[0-9a-f]{64}"
 WHO_RE = r"[a-z][a-z0-9]{0,19}|root|(webhook|schedule):[a-z0-9][a-z0-9_-]{0,39}"
 MAX_TTL = 30 * 86400
 MAX_ALLOW = 64
+MAX_PROBE = 200  # requests per second of a promotion's load probe
 
 
 class JobArgError(SandboxError):
@@ -51,11 +53,24 @@ def _bool(value: object) -> object:
     return value
 
 
+def _whole(value: object) -> object:
+    """JSON has one number type (and JSON Schema's integer takes 600.0): a whole float is an int."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _ttl(value: object) -> object:
-    if isinstance(value, float) and value.is_integer():  # JSON has one number type: 600.0 is 600
-        value = int(value)
+    value = _whole(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 60 <= value <= MAX_TTL:
         raise JobArgError(f"invalid ttl {_show(value)}", hint=f"whole seconds from 60 to {MAX_TTL} (30 days)")
+    return value
+
+
+def _probe(value: object) -> object:
+    value = _whole(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PROBE:
+        raise JobArgError(
+            f"invalid probe rate {_show(value)}", hint=f"whole requests per second from 1 to {MAX_PROBE}"
+        )
     return value
 
 
@@ -94,6 +109,7 @@ SCHEMAS: Mapping[Callable[[object], object], dict[str, Any]] = {
     commit: _string(COMMIT_RE),
     _bool: {"type": "boolean"},
     _ttl: {"type": "integer", "minimum": 60, "maximum": MAX_TTL},
+    _probe: {"type": "integer", "minimum": 1, "maximum": MAX_PROBE},
     _allow: {
         "type": "array",
         "maxItems": MAX_ALLOW,
@@ -110,9 +126,14 @@ SCHEMAS: Mapping[Callable[[object], object], dict[str, Any]] = {
 KINDS: Mapping[str, Mapping[str, tuple[Callable[[object], object], bool]]] = {
     "up": {"env": (env, True), "image": (digest, False), "ttl": (_ttl, False)},
     "verify": {"env": (env, True)},
-    "promote": {"env": (env, True), "source": (env, True), "image": (digest, True)},
-    "rollback": {"env": (env, True), "image": (digest, False)},
-    "resume": {"env": (env, True)},
+    "promote": {
+        "env": (env, True),
+        "source": (env, True),
+        "image": (digest, True),
+        "probe": (_probe, False),
+    },
+    "rollback": {"env": (env, True), "image": (digest, False), "probe": (_probe, False)},
+    "resume": {"env": (env, True), "probe": (_probe, False)},
     "maintenance": {"env": (env, True), "on": (_bool, True), "allow": (_allow, False)},
     "readonly": {"env": (env, True), "on": (_bool, True)},
     "extend": {"env": (env, True), "ttl": (_ttl, True)},

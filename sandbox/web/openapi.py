@@ -31,7 +31,7 @@ _ERRORS = {
     "401": "no valid token",
     "403": "the role does not allow it",
     "404": "not found",
-    "409": "the job is not queued",
+    "409": "the job is not in a state that allows it",
     "502": "the logs could not be read",
     "413": "the body is too large",
     "503": "the root side is busy",
@@ -232,6 +232,14 @@ OPENAPI: dict[str, Any] = {
             "delete": _op(
                 "cancel a queued job",
                 ("200", "cancelled", _ref("Job")),
+                ("400", "404", "409"),
+                parameters=_ID,
+            )
+        },
+        "/api/v1/jobs/{id}/dismiss": {
+            "post": _op(
+                "dismiss an interrupted job: its env's queue moves on",
+                ("200", "dismissed", _ref("Job")),
                 ("400", "404", "409"),
                 parameters=_ID,
             )

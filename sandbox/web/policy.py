@@ -75,3 +75,26 @@ BUTTONS: Mapping[str, Callable[[str], dict[str, Any]]] = {
 def buttons(user: User, env: str, owner: str | None) -> list[str]:
     """The job kinds whose button `user` may press on env `env` (owned by `owner`)."""
     return [k for k, make in BUTTONS.items() if allowed(user, k, make(env), owner)]
+
+
+# interrupted jobs of these kinds left a promotion half-done: resume or roll it back
+PROMOTE_LIKE = frozenset({"promote", "rollback", "resume"})
+
+
+def may_dismiss(user: User, kind: str, args: Mapping[str, Any], owner: str | None) -> bool:
+    """Whether `user` may dismiss an interrupted job: the permission the job itself needed and, when
+    it was a promotion (its env may be half-promoted), that of resuming one (a deployer's)."""
+    env = str(args["env"])
+    if kind in PROMOTE_LIKE and not allowed(user, "resume", {"env": env}, owner):
+        return False
+    return allowed(user, kind, args, owner)
+
+
+def settle_buttons(user: User, kind: str, args: Mapping[str, Any], owner: str | None) -> list[str]:
+    """The buttons of an unsettled interrupted job that `user` may press: resume and rollback (of a
+    promotion's env), dismiss."""
+    env = str(args["env"])
+    out = [
+        k for k in ("resume", "rollback") if kind in PROMOTE_LIKE and allowed(user, k, {"env": env}, owner)
+    ]
+    return [*out, "dismiss"] if may_dismiss(user, kind, args, owner) else out

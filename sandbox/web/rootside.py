@@ -24,7 +24,7 @@ from sandbox.web.auth import Auth, AuthError, RateLimited
 from sandbox.web.feed import Feed, TooManyWaiters
 from sandbox.web.jobargs import JobArgError, check_job
 from sandbox.web.jobs import Job, Jobs, JobStateError
-from sandbox.web.policy import allowed, buttons
+from sandbox.web.policy import allowed, buttons, may_dismiss, settle_buttons
 from sandbox.web.roles import AccessError, User, may, own_env_name
 from sandbox.web.rpcproto import RPCError
 from sandbox.web.triggers import submit_delivery
@@ -82,6 +82,7 @@ class RootSide:
             "jobs": (True, self.list_jobs),
             "submit": (True, self.submit),
             "cancel": (True, self.cancel),
+            "dismiss": (True, self.dismiss),
             "hook": (False, self.hook),
             "events": (True, self.events),
             "deploys": (True, self.deploys),
@@ -183,6 +184,7 @@ class RootSide:
             "env": view,
             "jobs": jobs,
             "cancel": self._cancellable(c.user, jobs),
+            "settle": self._settle(c.user, jobs),
             "buttons": buttons(c.user, name, view["owner"]),
         }
 
@@ -232,6 +234,26 @@ class RootSide:
             if j["state"] == "queued" and may(user, "cancel_job", env_profile_name(j["env"]))
         ]
 
+    def _settle(self, user: User, jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Job id (a string) -> the buttons of each unsettled interrupted job that `user` may press
+        (resume, rollback, dismiss) and whether its env has a router (for the buttons' probe)."""
+        out: dict[str, dict[str, Any]] = {}
+        views: dict[str, dict[str, Any] | None] = {}
+        for j in jobs:
+            if j["state"] != "interrupted" or j["resolved"] is not None:
+                continue
+            if j["env"] not in views:
+                try:
+                    views[j["env"]] = self.views.env(j["env"])
+                except NotFound:
+                    views[j["env"]] = None
+            view = views[j["env"]]
+            owner = None if view is None else str(view["owner"])
+            kinds = settle_buttons(user, j["kind"], j["args"], owner)
+            if kinds:
+                out[str(j["id"])] = {"buttons": kinds, "routed": bool(view and view.get("url"))}
+        return out
+
     def list_jobs(self, c: Call) -> dict[str, Any]:
         assert c.user is not None
         limit = c.args.get("limit", 100)
@@ -239,7 +261,7 @@ class RootSide:
             raise RPCError(400, "limit must be a whole number from 1 to 1000")
         env = _env_name({"name": c.args["env"]}) if "env" in c.args else None
         rows = [j.to_dict() for j in self.jobs.recent(env=env, limit=limit) if self._may_view(c.user, j.env)]
-        return {"jobs": rows, "cancel": self._cancellable(c.user, rows)}
+        return {"jobs": rows, "cancel": self._cancellable(c.user, rows), "settle": self._settle(c.user, rows)}
 
     # -- the live feed (SSE) ----------------------------------------------------------------
     def _visible(self, user: User, env: object) -> bool:
@@ -303,6 +325,23 @@ class RootSide:
             raise RPCError(403, f"you may not cancel job #{job.id}", hint="a developer's role is needed")
         done = self.jobs.cancel(job.id).to_dict()
         timeline.record(self.state, c.user.name, "cancel", f"cancelled job #{job.id} ({job.kind})", job.env)
+        return done
+
+    def dismiss(self, c: Call) -> dict[str, Any]:
+        """Settle an interrupted job by hand (its env's queue moves on): the permission the job
+        needed, and a deployer's resume for a promotion; an audit row like a cancel."""
+        assert c.user is not None
+        job_id = c.args.get("id")
+        if isinstance(job_id, bool) or not isinstance(job_id, int):
+            raise RPCError(400, "id must be a job number")
+        job: Job = self.jobs.get(job_id)
+        if not self._may_view(c.user, job.env):
+            raise NotFound(f"job #{job_id} not found", hint="the jobs page lists them")
+        if not may_dismiss(c.user, job.kind, job.args, self._owner(job.env)):
+            raise RPCError(403, f"you may not dismiss job #{job.id}", hint="a deployer's role is needed")
+        done = self.jobs.dismiss(job.id).to_dict()
+        what = f"dismissed interrupted job #{job.id} ({job.kind})"
+        timeline.record(self.state, c.user.name, "dismiss", what, job.env)
         return done
 
     # -- deploy timeline, audit log ---------------------------------------------------------

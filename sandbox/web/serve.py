@@ -176,6 +176,8 @@ def serve(
         str(sock_path),
         "--fd",
         str(listener.fileno()),
+        "--parent",
+        str(os.getpid()),
     ]
     if tls_dir is not None:
         argv += ["--tls-dir", str(tls_dir), "--secure-cookies"]

@@ -30,6 +30,7 @@ from sandbox.workspace import Workspace
 
 if TYPE_CHECKING:
     from sandbox.envs import Envs
+    from sandbox.promote.rolling import Promoter, PromoteResult
     from sandbox.web.pipeline import Build
 
 Runner = Callable[[Job], dict[str, Any]]
@@ -160,17 +161,35 @@ class WorkspaceRunner:
             if not ok:
                 raise SandboxError(f"verify of {env} failed: {detail}")
             return {"env": env, "ok": ok, "detail": detail}
-        if job.kind == "promote":
-            return promoter.promote(env, a["image"], source=a["source"]).to_dict()
-        if job.kind == "rollback":
-            if "image" in a:
-                return promoter.promote(env, a["image"], kind="rollback", source="rollback").to_dict()
-            return promoter.rollback(env).to_dict()
-        if job.kind == "resume":
-            return promoter.resume(env).to_dict()
+        if job.kind in ("promote", "rollback", "resume"):
+            return self._promotion(envs, promoter, job)
         if job.kind == "pipeline":
             from sandbox.web.pipeline import PipelineRun
 
             kw = {} if self.build is None else {"build": self.build}
             return PipelineRun(envs, dict(a), owner=self._owner(job), remote=self.remote, **kw).run()
         raise JobArgError(f"unknown job kind {job.kind!r}")  # never: check_job knows only these
+
+    @staticmethod
+    def _promotion(envs: Envs, promoter: Promoter, job: Job) -> dict[str, Any]:
+        """promote, rollback or resume, under a load probe through the env's router when the job
+        carries `probe` (requests per second): the deploy then keeps its per-second series (the
+        plot of /deploys/ID) and the result its summary, as the CLI's --probe does."""
+        from sandbox.promote.probe import with_load_probe
+
+        a, env = job.args, job.args["env"]
+
+        def run() -> PromoteResult:
+            if job.kind == "promote":
+                return promoter.promote(env, a["image"], source=a["source"])
+            if job.kind == "resume":
+                return promoter.resume(env)
+            if "image" in a:
+                return promoter.promote(env, a["image"], kind="rollback", source="rollback")
+            return promoter.rollback(env)
+
+        result, probe = with_load_probe(envs, env, a.get("probe"), run)
+        out: dict[str, Any] = result.to_dict()
+        if "probe" in a:
+            out["probe"] = probe
+        return out

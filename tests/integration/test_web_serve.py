@@ -227,3 +227,42 @@ def test_serve_ends_with_an_error_when_its_http_side_dies(tmp_path: Path) -> Non
             proc.kill()
             proc.wait()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_the_http_side_ends_when_serve_is_killed(tmp_path: Path) -> None:
+    """SIGKILL to `sandbox serve` (no chance to stop its child): the HTTP side gets SIGTERM from the
+    kernel (PR_SET_PDEATHSIG) and ends, so that a restarted serve binds the same port again."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "sandbox.yaml").write_text("")
+    run_dir = Path(f"/tmp/sbx-pdeath-{os.getpid()}")
+    port = free_port()
+    procs = [start_serve(ws, port, run_dir)]
+    child = 0
+    try:
+        for proc in procs[:1]:
+            assert proc.stderr is not None
+            m = re.search(r"HTTP side pid (\d+)", proc.stderr.readline())
+            assert m
+            child = int(m.group(1))
+            assert status_field(child, "SigCgt")  # it runs
+            os.kill(proc.pid, signal.SIGKILL)  # the serve this test started, by its pid
+            proc.wait(timeout=10)
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{child}").exists():
+                assert time.monotonic() < deadline, "the HTTP side outlived its root side"
+                time.sleep(0.05)
+        procs.append(start_serve(ws, port, run_dir))
+        again = procs[-1]
+        assert again.stderr is not None
+        assert "HTTP side pid" in again.stderr.readline()
+        again.terminate()
+        assert again.wait(timeout=20) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if child and Path(f"/proc/{child}").exists():  # the HTTP side of the serve killed here
+            os.kill(child, signal.SIGKILL)
+        shutil.rmtree(run_dir, ignore_errors=True)

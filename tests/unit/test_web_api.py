@@ -183,6 +183,7 @@ def test_the_openapi_document_names_every_route(w: World) -> None:
         "/api/v1/images/diff",
         "/api/v1/jobs",
         "/api/v1/jobs/{id}",
+        "/api/v1/jobs/{id}/dismiss",
     }
     assert doc == OPENAPI
     assert JOB_STATES == STATES  # the document's copy (the HTTP side does not import web.jobs)
