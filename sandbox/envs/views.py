@@ -27,6 +27,8 @@ class EnvView:
     url: str | None
     instances: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    maintenance: list[str] | None = None  # the maintenance page's allowlist; None: off
+    readonly: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -66,6 +68,8 @@ def env_view(ctx: EnvContext, env: Env, live: bool) -> EnvView:
         url=env.url,
         instances=states,
         error=env.error,
+        maintenance=None if env.maintenance is None else list(env.maintenance),
+        readonly=env.readonly,
     )
 
 

@@ -300,8 +300,10 @@ class SshTransport:
             # the master removes its socket after it answered; the connection is closed
             # only when the socket is gone (a next command would otherwise find it)
             deadline = time.monotonic() + 5
-            while p.returncode == 0 and time.monotonic() < deadline and any(
-                f.is_socket() and not f.name.startswith("fwd-") for f in self.control_dir.iterdir()
+            while (
+                p.returncode == 0
+                and time.monotonic() < deadline
+                and any(f.is_socket() and not f.name.startswith("fwd-") for f in self.control_dir.iterdir())
             ):
                 time.sleep(0.02)
 

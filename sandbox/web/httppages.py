@@ -53,8 +53,6 @@ def _left(t: float | None) -> str:
 _env.filters["when"] = _when
 _env.filters["left"] = _left
 
-BUTTON_FIELDS = {"maintenance": {"on": "true"}, "readonly": {"on": "true"}, "extend": {"ttl": "3600"}}
-
 
 def page(request: Request, template: str, status: int = 200, **ctx: Any) -> Response:
     html = _env.get_template(template).render(csrf=csrf_token(request), htmx=HTMX, **ctx)
@@ -159,17 +157,14 @@ async def envs_page(request: Request) -> Response:
         envs=data["envs"],
         buttons=data["buttons"],
         own_env=data["own_env"],
-        fields=BUTTON_FIELDS,
     )
 
 
 async def env_page(request: Request) -> Response:
-    me = None
-    try:
-        me = await me_of(request)
-        data = await rpc(request, "env", session_cred(request), {"name": request.path_params["name"][:60]})
-    except RPCError as e:
-        return error_page(request, e, me)
+    got = await _env_data(request)
+    if isinstance(got, Response):
+        return got
+    me, data = got
     return page(
         request,
         "env.html",
@@ -178,8 +173,50 @@ async def env_page(request: Request) -> Response:
         jobs=data["jobs"],
         cancel=data["cancel"],
         buttons=data["buttons"],
-        fields=BUTTON_FIELDS,
+        sources=data["promote"],
+        releases=data["releases"],
+        deploys=data["deploys"],
     )
+
+
+async def _env_data(request: Request) -> tuple[dict[str, Any], dict[str, Any]] | Response:
+    me = None
+    try:
+        me = await me_of(request)
+        data = await rpc(request, "env", session_cred(request), {"name": request.path_params["name"][:60]})
+    except RPCError as e:
+        return error_page(request, e, me)
+    return me, data
+
+
+async def promote_page(request: Request) -> Response:
+    """The confirm step of a promotion: the exact digest the job will carry, and its source."""
+    got = await _env_data(request)
+    if isinstance(got, Response):
+        return got
+    me, data = got
+    name, source = data["env"]["name"], request.query_params.get("source", "")[:60]
+    if "promote" not in data["buttons"]:
+        return error_page(request, RPCError(403, f"you may not promote into {name}"), me)
+    s = next((s for s in data["promote"] if s["source"] == source), None)
+    if s is None:
+        return error_page(request, RPCError(404, f"{source!r} is not an env {name} can be promoted from"), me)
+    if s["reason"]:
+        return error_page(request, RPCError(409, f"cannot promote {source} into {name}: {s['reason']}"), me)
+    return page(request, "promote.html", me=me, env=data["env"], s=s)
+
+
+async def maintenance_page(request: Request) -> Response:
+    """The maintenance form: the allowlist (the root side checks every address again)."""
+    got = await _env_data(request)
+    if isinstance(got, Response):
+        return got
+    me, data = got
+    if "maintenance" not in data["buttons"]:
+        return error_page(
+            request, RPCError(403, f"you may not switch maintenance on {data['env']['name']}"), me
+        )
+    return page(request, "maintenance.html", me=me, env=data["env"])
 
 
 async def jobs_page(request: Request) -> Response:
@@ -191,13 +228,25 @@ async def jobs_page(request: Request) -> Response:
     return page(request, "jobs.html", me=me, jobs=data["jobs"], cancel=data["cancel"])
 
 
+MAX_HOURS = 720
+
+
 def _job_args(kind: str, form: dict[str, str]) -> dict[str, Any]:
-    """A form's fields as job arguments: 'true'/'false' are booleans, digits whole numbers."""
+    """A form's fields as job arguments: 'true'/'false' are booleans, digits whole numbers; `allow`
+    (a text field) a list of the words in it; `hours` (the extend form) becomes `ttl` in seconds.
+    The root side checks every value again (jobargs.check_job)."""
     args: dict[str, Any] = {}
     for k, v in form.items():
         if k in ("csrf", "kind", "back"):
             continue
-        args[k] = {"true": True, "false": False}.get(v, int(v) if v.isdigit() and len(v) < 10 else v)
+        if k == "allow":
+            args[k] = v.replace(",", " ").split()
+        elif k == "hours":
+            if not (v.strip().isdigit() and len(v.strip()) <= 3 and 1 <= int(v.strip()) <= MAX_HOURS):
+                raise RPCError(400, f"hours must be a whole number from 1 to {MAX_HOURS}, not {v[:20]!r}")
+            args["ttl"] = int(v.strip()) * 3600
+        else:
+            args[k] = {"true": True, "false": False}.get(v, int(v) if v.isdigit() and len(v) < 10 else v)
     return args
 
 
@@ -207,9 +256,8 @@ async def submit(request: Request) -> Response:
         return form
     kind = form.get("kind", "")
     try:
-        job = await rpc(
-            request, "submit", session_cred(request), {"kind": kind, "args": _job_args(kind, form)}
-        )
+        args = _job_args(kind, form)
+        job = await rpc(request, "submit", session_cred(request), {"kind": kind, "args": args})
     except RPCError as e:
         return error_page(request, e)
     if kind == "up":  # the env may not exist yet: its page would be a 404 until the job ran
@@ -239,6 +287,8 @@ def routes() -> list[BaseRoute]:
         Route("/logout", logout, methods=["POST"]),
         Route("/envs", envs_page),
         Route("/envs/{name}", env_page),
+        Route("/envs/{name}/promote", promote_page, methods=["GET"]),
+        Route("/envs/{name}/maintenance", maintenance_page, methods=["GET"]),
         Route("/jobs", jobs_page, methods=["GET"]),
         Route("/jobs", submit, methods=["POST"]),
         Route("/jobs/{id}/cancel", cancel, methods=["POST"]),
