@@ -55,6 +55,9 @@ _env.filters["left"] = _left
 
 
 def page(request: Request, template: str, status: int = 200, **ctx: Any) -> Response:
+    """`feed` (the root side's feed cursor when the data was read) lets static/live.js start its
+    event stream there: nothing that changes while the page loads is missed."""
+    ctx.setdefault("feed", None)
     html = _env.get_template(template).render(csrf=csrf_token(request), htmx=HTMX, **ctx)
     return with_csrf_cookie(request, HTMLResponse(html, status))
 
@@ -157,6 +160,7 @@ async def envs_page(request: Request) -> Response:
         envs=data["envs"],
         buttons=data["buttons"],
         own_env=data["own_env"],
+        feed=data["feed"],
     )
 
 
@@ -176,6 +180,7 @@ async def env_page(request: Request) -> Response:
         sources=data["promote"],
         releases=data["releases"],
         deploys=data["deploys"],
+        feed=data["feed"],
     )
 
 
@@ -225,7 +230,7 @@ async def jobs_page(request: Request) -> Response:
         data = await rpc(request, "jobs", session_cred(request), {"limit": 200})
     except RPCError as e:
         return error_page(request, e)
-    return page(request, "jobs.html", me=me, jobs=data["jobs"], cancel=data["cancel"])
+    return page(request, "jobs.html", me=me, jobs=data["jobs"], cancel=data["cancel"], feed=data["feed"])
 
 
 MAX_HOURS = 720

@@ -34,6 +34,9 @@ from sandbox.web.webhooks import WebhookError, receive
 
 MAX_HEADERS = 100
 MAX_WAIT = 25.0
+# methods a live page renders from: their answer carries `feed`, the feed's last id read BEFORE the
+# data, so that the page's event stream starts there and misses no change made while it loads
+LIVE = frozenset({"envs", "env", "jobs", "deploys", "deploy", "audit"})
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,9 @@ class RootSide:
         if method == "logout" and isinstance(cred, dict):
             session = cred.get("session") if isinstance(cred.get("session"), str) else None
         try:
+            if method in LIVE:
+                cursor = self.feed.last_id()
+                return {**fn(Call(user, session, source, args)), "feed": cursor}
             return fn(Call(user, session, source, args))
         except (AuthError, RPCError, WebhookError):
             raise

@@ -161,3 +161,18 @@ def test_extend_by_hours(w: World) -> None:
     assert '<select name="hours">' in html
     r = c.post("/jobs", data={"csrf": c.csrf, "kind": "extend", "env": "dev-dave", "hours": "24"})
     assert r.status_code == 303 and Jobs(w.state).recent()[0].args == {"env": "dev-dave", "ttl": 86400}
+
+
+def test_a_live_page_carries_the_feed_cursor_its_data_was_read_at(w: World) -> None:
+    c, _ = page_of(w, "deployer", "/envs")
+    before = w.root.feed.last_id()
+    html = c.get("/envs/prod").text
+    m = re.search(r'<meta name="sbx-feed" content="(\d+)">', html)
+    assert m and int(m.group(1)) == before
+    job = Jobs(w.state).submit("verify", {"env": "prod"}, who="root", trigger="cli")  # after the render
+    cred = {"token": w.tokens["deployer"]}
+    rows = w.root.handle("events", cred, "127.0.0.1", {"after": int(m.group(1)), "wait": 0})["events"]
+    assert [(r["kind"], r["data"]["id"]) for r in rows] == [("job", job.id)]
+    for url in ("/envs", "/jobs", "/deploys"):
+        assert '<meta name="sbx-feed" content="' in c.get(url).text
+    assert '<meta name="sbx-feed"' not in c.get("/envs/prod/maintenance").text
