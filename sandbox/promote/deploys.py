@@ -219,3 +219,13 @@ class Deploys:
             ).fetchall()
         latest = {r[0]: bool(r[1]) for r in rows}
         return sorted(e for e, ok in latest.items() if ok)
+
+    def verification(self, image: str, env: str) -> tuple[bool, str, float] | None:
+        """The latest `sandbox verify` of `image` on `env`: (ok, detail, when), or None."""
+        with self.state.transaction(write=False) as c:
+            row = c.execute(
+                "SELECT ok, detail, ts FROM verifications WHERE image = ? AND env = ?"
+                " ORDER BY ts DESC, rowid DESC LIMIT 1",
+                (image, env),
+            ).fetchone()
+        return None if row is None else (bool(row[0]), str(row[1]), float(row[2]))

@@ -65,14 +65,16 @@ _env.filters["when"] = _when
 _env.filters["size"] = _size
 _env.filters["left"] = _left
 
-BUTTON_FIELDS = {"maintenance": {"on": "true"}, "readonly": {"on": "true"}, "extend": {"ttl": "3600"}}
 # the load probe (requests per second) of a resume or rollback button, on an env with a router: the
 # deploy page then plots what clients saw. Low enough for a small env; the API takes 1 to 200.
 BUTTON_PROBE = 20
 
 
 def page(request: Request, template: str, status: int = 200, **ctx: Any) -> Response:
+    """`feed` (the root side's feed cursor when the data was read) lets static/live.js start its
+    event stream there: nothing that changes while the page loads is missed."""
     ctx.setdefault("settle", {})
+    ctx.setdefault("feed", None)
     html = _env.get_template(template).render(
         csrf=csrf_token(request), htmx=HTMX, probe_rps=BUTTON_PROBE, **ctx
     )
@@ -177,17 +179,15 @@ async def envs_page(request: Request) -> Response:
         envs=data["envs"],
         buttons=data["buttons"],
         own_env=data["own_env"],
-        fields=BUTTON_FIELDS,
+        feed=data["feed"],
     )
 
 
 async def env_page(request: Request) -> Response:
-    me = None
-    try:
-        me = await me_of(request)
-        data = await rpc(request, "env", session_cred(request), {"name": request.path_params["name"][:60]})
-    except RPCError as e:
-        return error_page(request, e, me)
+    got = await _env_data(request)
+    if isinstance(got, Response):
+        return got
+    me, data = got
     return page(
         request,
         "env.html",
@@ -198,7 +198,10 @@ async def env_page(request: Request) -> Response:
         cancel=data["cancel"],
         settle=data["settle"],
         buttons=data["buttons"],
-        fields=BUTTON_FIELDS,
+        sources=data["promote"],
+        releases=data["releases"],
+        deploys=data["deploys"],
+        feed=data["feed"],
     )
 
 
@@ -225,23 +228,84 @@ async def logs_fragment(request: Request) -> Response:
     return HTMLResponse(_env.get_template("_logs.html").render(logs=data, error=None))
 
 
+async def _env_data(request: Request) -> tuple[dict[str, Any], dict[str, Any]] | Response:
+    me = None
+    try:
+        me = await me_of(request)
+        data = await rpc(request, "env", session_cred(request), {"name": request.path_params["name"][:60]})
+    except RPCError as e:
+        return error_page(request, e, me)
+    return me, data
+
+
+async def promote_page(request: Request) -> Response:
+    """The confirm step of a promotion: the exact digest the job will carry, and its source."""
+    got = await _env_data(request)
+    if isinstance(got, Response):
+        return got
+    me, data = got
+    name, source = data["env"]["name"], request.query_params.get("source", "")[:60]
+    if "promote" not in data["buttons"]:
+        return error_page(request, RPCError(403, f"you may not promote into {name}"), me)
+    s = next((s for s in data["promote"] if s["source"] == source), None)
+    if s is None:
+        return error_page(request, RPCError(404, f"{source!r} is not an env {name} can be promoted from"), me)
+    if s["reason"]:
+        return error_page(request, RPCError(409, f"cannot promote {source} into {name}: {s['reason']}"), me)
+    return page(request, "promote.html", me=me, env=data["env"], s=s)
+
+
+async def maintenance_page(request: Request) -> Response:
+    """The maintenance form: the allowlist (the root side checks every address again)."""
+    got = await _env_data(request)
+    if isinstance(got, Response):
+        return got
+    me, data = got
+    if "maintenance" not in data["buttons"]:
+        return error_page(
+            request, RPCError(403, f"you may not switch maintenance on {data['env']['name']}"), me
+        )
+    return page(request, "maintenance.html", me=me, env=data["env"])
+
+
 async def jobs_page(request: Request) -> Response:
     try:
         me = await me_of(request)
         data = await rpc(request, "jobs", session_cred(request), {"limit": 200})
     except RPCError as e:
         return error_page(request, e)
-    return page(request, "jobs.html", me=me, jobs=data["jobs"], cancel=data["cancel"], settle=data["settle"])
+    return page(
+        request,
+        "jobs.html",
+        me=me,
+        jobs=data["jobs"],
+        cancel=data["cancel"],
+        settle=data["settle"],
+        feed=data["feed"],
+    )
+
+
+MAX_HOURS = 720
 
 
 def _job_args(kind: str, form: dict[str, str]) -> dict[str, Any]:
-    """A form's fields as job arguments: 'true'/'false' are booleans, digits whole numbers."""
+    """A form's fields as job arguments: 'true'/'false' are booleans, digits whole numbers; `allow`
+    (a text field) a list of the words in it; `hours` (the extend form) becomes `ttl` in seconds.
+    The root side checks every value again (jobargs.check_job)."""
     args: dict[str, Any] = {}
     for k, v in form.items():
         if k in ("csrf", "kind", "back"):
             continue
-        n = whole(v, 9)
-        args[k] = {"true": True, "false": False}.get(v, v if n is None else n)
+        if k == "allow":
+            args[k] = v.replace(",", " ").split()
+        elif k == "hours":
+            hours = whole(v.strip(), 3)
+            if hours is None or not 1 <= hours <= MAX_HOURS:
+                raise RPCError(400, f"hours must be a whole number from 1 to {MAX_HOURS}, not {v[:20]!r}")
+            args["ttl"] = hours * 3600
+        else:
+            n = whole(v, 9)
+            args[k] = {"true": True, "false": False}.get(v, v if n is None else n)
     return args
 
 
@@ -251,9 +315,8 @@ async def submit(request: Request) -> Response:
         return form
     kind = form.get("kind", "")
     try:
-        job = await rpc(
-            request, "submit", session_cred(request), {"kind": kind, "args": _job_args(kind, form)}
-        )
+        args = _job_args(kind, form)
+        job = await rpc(request, "submit", session_cred(request), {"kind": kind, "args": args})
     except RPCError as e:
         return error_page(request, e)
     if kind == "up":  # the env may not exist yet: its page would be a 404 until the job ran
@@ -294,6 +357,8 @@ def routes() -> list[BaseRoute]:
         Route("/envs", envs_page),
         Route("/envs/{name}", env_page),
         Route("/envs/{name}/logs", logs_fragment),
+        Route("/envs/{name}/promote", promote_page, methods=["GET"]),
+        Route("/envs/{name}/maintenance", maintenance_page, methods=["GET"]),
         Route("/jobs", jobs_page, methods=["GET"]),
         Route("/jobs", submit, methods=["POST"]),
         Route("/jobs/{id}/cancel", cancel, methods=["POST"]),

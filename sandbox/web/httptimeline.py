@@ -22,7 +22,7 @@ async def deploys_page(request: Request) -> Response:
         data = await rpc(request, "deploys", session_cred(request), {"limit": 100})
     except RPCError as e:
         return error_page(request, e, me)
-    return page(request, "deploys.html", me=me, deploys=data["deploys"])
+    return page(request, "deploys.html", me=me, deploys=data["deploys"], feed=data["feed"])
 
 
 async def deploy_page(request: Request) -> Response:
@@ -37,7 +37,7 @@ async def deploy_page(request: Request) -> Response:
     except RPCError as e:
         return error_page(request, e, me)
     svg = Markup(plot(d["series"], f"load probe of deploy #{d['id']}"))  # plot() escapes its text
-    return page(request, "deploy.html", me=me, d=d, svg=svg)
+    return page(request, "deploy.html", me=me, d=d, svg=svg, feed=d["feed"])
 
 
 async def audit_page(request: Request) -> Response:
@@ -47,7 +47,7 @@ async def audit_page(request: Request) -> Response:
         data = await rpc(request, "audit", session_cred(request), {"limit": 300})
     except RPCError as e:
         return error_page(request, e, me)
-    return page(request, "audit.html", me=me, rows=data["rows"])
+    return page(request, "audit.html", me=me, rows=data["rows"], feed=data["feed"])
 
 
 def routes() -> list[BaseRoute]:

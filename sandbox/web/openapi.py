@@ -31,7 +31,7 @@ _ERRORS = {
     "401": "no valid token",
     "403": "the role does not allow it",
     "404": "not found",
-    "409": "the job is not in a state that allows it",
+    "409": "a conflict with the current state (a job not queued or not interrupted, an image gone)",
     "502": "the logs could not be read",
     "413": "the body is too large",
     "503": "the root side is busy",
@@ -224,7 +224,7 @@ OPENAPI: dict[str, Any] = {
             "post": _op(
                 "queue a job",
                 ("201", "queued", _ref("Job")),
-                ("400", "413"),
+                ("400", "409", "413"),
                 requestBody={"required": True, "content": _json(_ref("JobRequest"))},
             ),
         },

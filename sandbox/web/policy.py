@@ -64,6 +64,7 @@ def allowed(user: User, kind: str, args: Mapping[str, Any], owner: str | None) -
 BUTTONS: Mapping[str, Callable[[str], dict[str, Any]]] = {
     "verify": lambda env: {"env": env},
     "resume": lambda env: {"env": env},
+    "promote": lambda env: {"env": env, "source": env, "image": "sha256:" + "0" * 64},
     "rollback": lambda env: {"env": env},
     "maintenance": lambda env: {"env": env, "on": True},
     "readonly": lambda env: {"env": env, "on": True},

@@ -21,6 +21,7 @@ from sandbox.settings import Hook
 from sandbox.state import StateDB
 from sandbox.web import timeline
 from sandbox.web.auth import Auth, AuthError, RateLimited
+from sandbox.web.envactions import promote_sources, releases
 from sandbox.web.feed import Feed, TooManyWaiters
 from sandbox.web.jobargs import JobArgError, check_job
 from sandbox.web.jobs import Job, Jobs, JobStateError
@@ -35,6 +36,9 @@ MAX_HEADERS = 100
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_WAIT = 25.0
 MAX_LOG_LINES = 1000
+# methods a live page renders from: their answer carries `feed`, the feed's last id read BEFORE the
+# data, so that the page's event stream starts there and misses no change made while it loads
+LIVE = frozenset({"envs", "env", "jobs", "deploys", "deploy", "audit"})
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,9 @@ class RootSide:
         if method == "logout" and isinstance(cred, dict):
             session = cred.get("session") if isinstance(cred.get("session"), str) else None
         try:
+            if method in LIVE:
+                cursor = self.feed.last_id()
+                return {**fn(Call(user, session, source, args)), "feed": cursor}
             return fn(Call(user, session, source, args))
         except (AuthError, RPCError, WebhookError):
             raise
@@ -180,13 +187,22 @@ class RootSide:
         if not may(c.user, "view", view["profile"]):
             raise RPCError(403, f"you may not view {name}", hint="ask an admin for a role on its profile")
         jobs = [j.to_dict() for j in self.jobs.recent(env=name, limit=20)]
+        kinds = buttons(c.user, name, view["owner"])
         return {
             "env": view,
             "jobs": jobs,
             "cancel": self._cancellable(c.user, jobs),
             "settle": self._settle(c.user, jobs),
-            "buttons": buttons(c.user, name, view["owner"]),
+            "buttons": kinds,
+            "promote": promote_sources(self.state, c.user, view, self.views.envs())
+            if "promote" in kinds
+            else [],
+            "releases": releases(self.state, view, self._digests()) if "rollback" in kinds else [],
+            "deploys": timeline.deploys(self.state, [name], 5),
         }
+
+    def _digests(self) -> set[str]:
+        return {str(i["digest"]) for i in self.views.images()}
 
     def images(self, c: Call) -> list[dict[str, Any]]:
         assert c.user is not None
@@ -311,6 +327,12 @@ class RootSide:
         assert isinstance(kind, str)
         if not allowed(c.user, kind, checked, self._owner(checked["env"])):
             raise RPCError(403, f"you may not run {kind} on {checked['env']}", hint="ask an admin for a role")
+        if kind in ("promote", "rollback") and "image" in checked and checked["image"] not in self._digests():
+            raise RPCError(
+                409,
+                f"image {checked['image'][:19]} is gone from the store",
+                hint="`sandbox images` lists what is kept; pick another release",
+            )
         return self.jobs.submit(kind, checked, who=c.user.name, trigger="button").to_dict()
 
     def cancel(self, c: Call) -> dict[str, Any]:
