@@ -7,12 +7,13 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,33 @@ def grant_traverse(path: Path) -> list[tuple[Path, int]]:
 
 
 # -- helpers shared by the integration modules ----------------------------------------------------
+
+
+def link_exists(name: str) -> bool:
+    return subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0
+
+
+def clear_workspace(
+    ws: Path, envs: Iterable[str], bridge: str, had_bridge: bool, restore: list[tuple[Path, int]]
+) -> None:
+    """What a test's workspace leaves behind, gone: its envs downed and gc'd, containers of this run
+    still running stopped, its routers told to quit (by pid), its bridge deleted when the test
+    made it, the modes `grant_traverse` changed restored."""
+    for env in envs:
+        sandbox(ws, "down", env, timeout=180)
+    sandbox(ws, "gc", timeout=180)
+    lxc = str(Workspace(ws).runtime / "lxc")
+    for name in lxc_names(ws, running=True):
+        subprocess.run(["lxc-stop", "-P", lxc, "-n", name, "-k"], timeout=60, check=False)
+    for pid in router_pids(ws):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
+    if not had_bridge and link_exists(bridge):
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
+    for d, mode in restore:
+        with contextlib.suppress(OSError):
+            os.chmod(d, mode)
+
 
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback/instances only
 

@@ -37,6 +37,7 @@ from tests.integration.conftest import (
     exec_out,
     grant_traverse,
     in_subnet,
+    link_exists,
     lxc_names,
     lxc_problem,
     ok,
@@ -151,10 +152,6 @@ def remove_empty_cgroups(instance: str) -> None:
             if re.fullmatch(rf"lxc\.{kind}\.{re.escape(instance)}(-\d+)?", d.name):
                 with contextlib.suppress(OSError):
                     d.rmdir()
-
-
-def link_exists(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0
 
 
 # -- fixtures ----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     REPO,
     Run,
     http_get,
+    link_exists,
     lxc_names,
     lxc_problem,
     ok,
@@ -46,10 +47,6 @@ PORTS = range(19850, 19870)
 BUILD_PHASES = {"load", "lock", "fetch", "base", "app", "layer", "normalize", "store", "unpack"}
 TEMPLATES = os.environ.get("SANDBOX_INIT_TEMPLATES", "flask").split(",")
 PHASE_LINE = re.compile(r"^✓ (\S+)\s.*\((\d+\.\d+)s\)$")
-
-
-def link_exists(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from tests.integration.conftest import (
     build_variant,
     edited,
     grant_traverse,
+    link_exists,
     lxc_names,
     lxc_problem,
     ok,
@@ -277,10 +278,6 @@ def driver(ws: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-
-
-def link_exists(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0
 
 
 def port_busy(port: int) -> bool:

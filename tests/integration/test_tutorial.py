@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,16 +23,16 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.workspace import Workspace
 from tests.integration.conftest import (
     REPO,
     Built,
+    clear_workspace,
     grant_traverse,
+    link_exists,
     lxc_names,
     lxc_problem,
     ok,
     require,
-    router_pids,
     sandbox,
     shared_cache,
     workspace_like,
@@ -56,10 +55,6 @@ def tutorial_commands(text: str) -> list[str]:
     return [ln.strip() for b in blocks for ln in b.splitlines() if ln.strip() and not ln.startswith("#")]
 
 
-def link_exists(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0
-
-
 @pytest.fixture
 def tutorial_ws(built: Built, tmp_path: Path) -> Iterator[Path]:
     """A copy of the build workspace with the shipped profiles, prod on PROD_PORT; emptied after."""
@@ -75,19 +70,7 @@ def tutorial_ws(built: Built, tmp_path: Path) -> Iterator[Path]:
     try:
         yield ws
     finally:
-        for env in ("staging-2", "prod"):
-            sandbox(ws, "down", env, timeout=120)
-        sandbox(ws, "gc", timeout=120)
-        for name in lxc_names(ws, running=True):
-            lxc = str(Workspace(ws).runtime / "lxc")
-            subprocess.run(["lxc-stop", "-P", lxc, "-n", name, "-k"], timeout=60, check=False)
-        for pid in router_pids(ws):
-            os.kill(pid, signal.SIGQUIT)
-        if not had_bridge and link_exists(BRIDGE):
-            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
-        for d, mode in restore:
-            if d.exists():
-                os.chmod(d, mode)
+        clear_workspace(ws, ("staging-2", "prod"), BRIDGE, had_bridge, restore)
 
 
 def served_image(ws: Path) -> str:

@@ -30,17 +30,15 @@ import pytest
 from sandbox.promote.deploys import Deploys
 from sandbox.state import StateDB
 from sandbox.web.auth import Auth
-from sandbox.workspace import Workspace
 from tests.fakes import FakeBackend
 from tests.integration.conftest import (
     REPO,
     Built,
+    clear_workspace,
     grant_traverse,
-    lxc_names,
+    link_exists,
     lxc_problem,
     require,
-    router_pids,
-    sandbox,
     shared_cache,
     workspace_like,
 )
@@ -62,10 +60,6 @@ SETTINGS = "network: {bridge: sbxweb0, subnet: 10.231.0.0/24}\nrouters: {port_ra
 # screenshots land in the test's tmp dir; `SANDBOX_WEB_SHOTS=docs/web` refreshes the docs' copies
 SHOTS_ENV = "SANDBOX_WEB_SHOTS"
 PASSWORD = "correct horse battery"
-
-
-def link_exists(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0
 
 
 def create_dev_env(page: Any, url: str) -> Any:
@@ -113,18 +107,7 @@ def served(built: Built, tmp_path: Path) -> Iterator[tuple[str, Path]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        sandbox(ws, "down", "dev-dana", timeout=120)
-        sandbox(ws, "gc", timeout=120)
-        for name in lxc_names(ws, running=True):
-            lxc = str(Workspace(ws).runtime / "lxc")
-            subprocess.run(["lxc-stop", "-P", lxc, "-n", name, "-k"], timeout=60, check=False)
-        for pid in router_pids(ws):
-            os.kill(pid, signal.SIGQUIT)
-        if not had_bridge and link_exists(BRIDGE):
-            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
-        for d, mode in restore:
-            if d.exists():
-                os.chmod(d, mode)
+        clear_workspace(ws, ["dev-dana"], BRIDGE, had_bridge, restore)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

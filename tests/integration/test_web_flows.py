@@ -12,7 +12,6 @@ Own bridge sbxweb1 (10.234.0.0/24) and router ports 19810-19829."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import re
@@ -30,22 +29,21 @@ import pytest
 
 from sandbox.state import StateDB
 from sandbox.web.auth import Auth
-from sandbox.workspace import Workspace
 from tests.integration.conftest import (
     REPO,
     Built,
     build_variant,
+    clear_workspace,
     grant_traverse,
-    lxc_names,
+    link_exists,
     lxc_problem,
     ok,
     require,
-    router_pids,
     sandbox,
     shared_cache,
     workspace_like,
 )
-from tests.integration.test_web_browser import ARGS, CHROMIUM, PASSWORD, SHOTS_ENV, link_exists
+from tests.integration.test_web_browser import ARGS, CHROMIUM, PASSWORD, SHOTS_ENV
 from tests.integration.test_web_serve import free_port, start_serve
 
 pytestmark = [pytest.mark.integration]
@@ -147,20 +145,7 @@ def flows(built: Built, tmp_path: Path) -> Iterator[tuple[str, Path, str, str]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for env in ("prod", "staging"):
-            sandbox(ws, "down", env, timeout=180)
-        sandbox(ws, "gc", timeout=120)
-        for name in lxc_names(ws, running=True):
-            lxc = str(Workspace(ws).runtime / "lxc")
-            subprocess.run(["lxc-stop", "-P", lxc, "-n", name, "-k"], timeout=60, check=False)
-        for pid in router_pids(ws):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGQUIT)
-        if not had_bridge and link_exists(BRIDGE):
-            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
-        for d, mode in restore:
-            if d.exists():
-                os.chmod(d, mode)
+        clear_workspace(ws, ("prod", "staging"), BRIDGE, had_bridge, restore)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

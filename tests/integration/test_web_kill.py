@@ -13,7 +13,6 @@ container. Traffic goes only to 127.0.0.1 and to this run's subnet; every loop i
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import re
@@ -31,19 +30,19 @@ import pytest
 
 from sandbox.promote.deploys import Deploys
 from sandbox.state import StateDB
-from sandbox.workspace import Workspace
 from tests.integration.conftest import (
     REPO,
     Built,
     build_variant,
+    clear_workspace,
     grant_traverse,
     healthz,
     in_subnet,
+    link_exists,
     lxc_names,
     lxc_problem,
     ok,
     require,
-    router_pids,
     sandbox,
     shared_cache,
     workspace_like,
@@ -62,10 +61,6 @@ WEB_PORT = 19809  # the last port of this test's range: the routers take theirs 
 SETTINGS = f"network: {{bridge: {BRIDGE}, subnet: {SUBNET}}}\nrouters: {{port_range: [19791, 19808]}}\n"
 PASSWORD = "correct horse battery"
 PROD = f"http://127.0.0.1:{PROD_PORT}"
-
-
-def link_exists(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0
 
 
 def until(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
@@ -138,20 +133,7 @@ def kill_ws(built: Built, tmp_path: Path) -> Iterator[tuple[Path, str]]:
         ok(sandbox(ws, "verify", "staging-1", "--json", timeout=300))
         yield ws, v2
     finally:
-        for env in ("prod", "staging-1"):
-            sandbox(ws, "down", env, timeout=180)
-        sandbox(ws, "gc", timeout=180)
-        lxc = str(Workspace(ws).runtime / "lxc")
-        for name in lxc_names(ws, running=True):  # containers this run started
-            subprocess.run(["lxc-stop", "-P", lxc, "-n", name, "-k"], timeout=60, check=False)
-        for pid in router_pids(ws):  # routers this run started
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGQUIT)
-        if not had_bridge and link_exists(BRIDGE):
-            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
-        for d, mode in restore:
-            with contextlib.suppress(OSError):
-                os.chmod(d, mode)
+        clear_workspace(ws, ("prod", "staging-1"), BRIDGE, had_bridge, restore)
 
 
 def test_serve_killed_during_a_promotion_then_resumed_converges(kill_ws: tuple[Path, str]) -> None:

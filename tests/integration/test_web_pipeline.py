@@ -6,10 +6,7 @@ Own bridge sbxpip0 (10.232.0.0/24) and router ports 19770-19789."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,12 +21,11 @@ from tests.integration.conftest import (
     GREETING,
     REPO,
     Built,
+    clear_workspace,
     grant_traverse,
-    lxc_names,
+    link_exists,
     lxc_problem,
     require,
-    router_pids,
-    sandbox,
     shared_cache,
     workspace_like,
 )
@@ -37,10 +33,6 @@ from tests.unit.test_web_pipeline import commit_all, git
 
 BRIDGE = "sbxpip0"
 SETTINGS = "network: {bridge: sbxpip0, subnet: 10.232.0.0/24}\nrouters: {port_range: [19770, 19789]}\n"
-
-
-def link_exists(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0
 
 
 @pytest.fixture
@@ -56,19 +48,13 @@ def repo_ws(built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     try:
         yield ws
     finally:
-        for env in [e.name for e in StateDB.for_workspace(Workspace(ws)).list_envs()]:
-            sandbox(ws, "down", env, timeout=120)
-        sandbox(ws, "gc", timeout=120)
-        for name in lxc_names(ws, running=True):
-            lxc = str(Workspace(ws).runtime / "lxc")
-            subprocess.run(["lxc-stop", "-P", lxc, "-n", name, "-k"], timeout=60, check=False)
-        for pid in router_pids(ws):
-            os.kill(pid, signal.SIGQUIT)
-        if not had_bridge and link_exists(BRIDGE):
-            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
-        for d, mode in restore:
-            if d.exists():
-                os.chmod(d, mode)
+        clear_workspace(
+            ws,
+            [e.name for e in StateDB.for_workspace(Workspace(ws)).list_envs()],
+            BRIDGE,
+            had_bridge,
+            restore,
+        )
 
 
 def test_a_pipeline_at_a_commit_builds_ups_and_verifies(built: Built, repo_ws: Path) -> None:
