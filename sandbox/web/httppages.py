@@ -170,6 +170,8 @@ async def envs_page(request: Request) -> Response:
     try:
         me = await me_of(request)
         data = await rpc(request, "envs", session_cred(request), {})
+        # the images the user's own throwaway env may start from (any of the store)
+        images = await rpc(request, "images", session_cred(request), {}) if data["own_env"] else []
     except RPCError as e:
         return error_page(request, e)
     return page(
@@ -179,6 +181,7 @@ async def envs_page(request: Request) -> Response:
         envs=data["envs"],
         buttons=data["buttons"],
         own_env=data["own_env"],
+        images=images,
         feed=data["feed"],
     )
 
@@ -296,6 +299,8 @@ def _job_args(kind: str, form: dict[str, str]) -> dict[str, Any]:
     for k, v in form.items():
         if k in ("csrf", "kind", "back"):
             continue
+        if k == "image" and not v:
+            continue  # "the profile's own": no image argument
         if k == "allow":
             args[k] = v.replace(",", " ").split()
         elif k == "hours":

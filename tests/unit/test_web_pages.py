@@ -15,7 +15,7 @@ import pytest
 
 from sandbox.web.httpapp import CSRF_COOKIE, SESSION_COOKIE
 from sandbox.web.jobs import Jobs
-from tests.unit.webworld import PASSWORD, SECRET, World, world
+from tests.unit.webworld import PASSWORD, SECRET, D, World, world
 
 
 @pytest.fixture
@@ -216,6 +216,16 @@ def test_a_developer_creates_their_dev_env_from_the_envs_page(w: World) -> None:
         "dave",
         "button",
     )
+    # from any image of the store, picked in the form ("" is the profile's own)
+    assert f'<option value="{D}">web:latest {D[7:19]}</option>' in page
+    assert '<option value="">the profile' in page
+    data = {"csrf": c.csrf, "kind": "up", "env": "dev-dave", "ttl": "14400"}
+    assert c.post("/jobs", data={**data, "image": ""}).status_code == 303
+    assert Jobs(w.state).recent()[0].args == {"env": "dev-dave", "ttl": 14400}
+    assert c.post("/jobs", data={**data, "image": D}).status_code == 303
+    assert Jobs(w.state).recent()[0].args == {"env": "dev-dave", "ttl": 14400, "image": D}
+    r = c.post("/jobs", data={**data, "image": "../../etc"})
+    assert r.status_code == 400 and "invalid image digest" in r.text and len(Jobs(w.state).recent()) == 3
     # on staging dave is a developer (deploy_staging); on prod only a viewer
     r = c.post("/jobs", data={"csrf": c.csrf, "kind": "up", "env": "prod-2"})
-    assert r.status_code == 403 and len(Jobs(w.state).recent()) == 1
+    assert r.status_code == 403 and len(Jobs(w.state).recent()) == 3
