@@ -2,7 +2,8 @@
 the env's Lua balancer and the env's mode (maintenance, read-only: templates/modes.j2) without a
 reload, and read each peer's requests in flight.
 
-The socket lives in `PREFIX/control/`, a directory of root's with mode 0700: nginx's master (root)
+The socket lives in `PREFIX/control/` (or `/run/sandbox/ctl/` when that path is too long for a unix
+socket: render.control_socket), a directory of root's with mode 0700: nginx's master (root)
 binds it, so only root reaches it; the workers only inherit the listening socket.
 """
 

@@ -158,5 +158,6 @@ class OwnRouter(NginxMaster):
 
     def remove(self) -> None:
         self.stop()
+        self.control().remove_stale()  # it may live outside the prefix (a deep workspace)
         if self.prefix.exists():
             shutil.rmtree(self.prefix)

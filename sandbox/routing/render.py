@@ -6,6 +6,8 @@ stream.j2 (its forwarded ports). No I/O but reading the templates.
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -154,9 +156,20 @@ def lua_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+# a unix socket's path holds at most 107 bytes (sun_path is 108 with its NUL); nginx refuses a
+# longer one with "too long path in the unix domain socket", so the router would not start
+MAX_SOCKET_PATH = 107
+SHORT_CONTROL_DIR = Path("/run/sandbox/ctl")
+
+
 def control_socket(prefix: Path) -> Path:
-    """The env's control socket (in a directory only root may enter, made by the driver)."""
-    return prefix / "control" / "sock"
+    """The env's control socket, in a directory only root may enter (made by the driver):
+    PREFIX/control/sock, or, when a deep workspace makes that too long for a unix socket,
+    /run/sandbox/ctl/<24 hex of sha256(PREFIX)>.sock (unique per router, 46 bytes)."""
+    path = prefix / "control" / "sock"
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        return path
+    return SHORT_CONTROL_DIR / (hashlib.sha256(os.fsencode(prefix)).hexdigest()[:24] + ".sock")
 
 
 def _variables(cfg: RouterConfig, prefix: Path) -> dict[str, Any]:

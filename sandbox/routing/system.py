@@ -142,6 +142,7 @@ class SystemRouter(NginxMaster):
 
     def remove(self) -> None:
         self.stop()
+        self.control().remove_stale()  # it may live outside the prefix (a deep workspace)
         if self.prefix.exists():
             import shutil
 

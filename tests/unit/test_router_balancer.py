@@ -299,3 +299,36 @@ def test_an_unreachable_control_socket_is_a_router_error(tmp_path: Path) -> None
     with pytest.raises(RouterError, match="does not answer") as e:
         c.state(timeout=0.2)
     assert e.value.hint and "nginx running" in e.value.hint
+
+
+def test_a_deep_workspace_gets_a_short_control_socket(tmp_path: Path, backends: Backends) -> None:
+    """PREFIX/control/sock over 107 bytes (a unix socket's limit: nginx would refuse to start, as it
+    did for an env staging-<12 hex> in a deep pytest dir) moves to /run/sandbox/ctl/<hash>.sock;
+    swaps still reload nothing, and `remove` takes the socket away."""
+    from sandbox.routing.render import MAX_SOCKET_PATH, control_socket
+
+    deep = tmp_path / ("d" * 60) / "routers"
+    r = OwnRouter(deep, "staging-0123456789ab")
+    try:
+        assert len(str(r.prefix / "control" / "sock")) > MAX_SOCKET_PATH
+        sock = r.control().path
+        assert sock.parent == Path("/run/sandbox/ctl") and len(str(sock)) < 50
+        assert control_socket(r.prefix) == sock != control_socket(tmp_path / "other")
+        port = free_port()
+        r.apply(RouterConfig("staging-0123456789ab", "127.0.0.1", port, "_", (backends.addr(0),)))
+        assert get(port) == "a"
+        before = workers(r)
+        r.apply(RouterConfig("staging-0123456789ab", "127.0.0.1", port, "_", (backends.addr(1),)))
+        assert get(port) == "b" and workers(r) == before  # through the control socket: no reload
+        assert stat.S_IMODE(os.stat(sock.parent).st_mode) == 0o700 and stat.S_ISSOCK(os.stat(sock).st_mode)
+    finally:
+        r.remove()
+    assert not sock.exists() and not r.prefix.exists()
+
+
+def test_a_short_prefix_keeps_its_socket_inside() -> None:
+    from sandbox.routing.render import control_socket
+
+    assert control_socket(Path("/srv/ws/.sandbox/routers/prod")) == Path(
+        "/srv/ws/.sandbox/routers/prod/control/sock"
+    )
