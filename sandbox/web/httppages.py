@@ -171,7 +171,8 @@ async def envs_page(request: Request) -> Response:
         me = await me_of(request)
         data = await rpc(request, "envs", session_cred(request), {})
         # the images the user's own throwaway env may start from (any of the store)
-        images = await rpc(request, "images", session_cred(request), {}) if data["own_env"] else []
+        wanted = data["own_env"] or data["deploy_patterns"]
+        images = await rpc(request, "images", session_cred(request), {}) if wanted else []
     except RPCError as e:
         return error_page(request, e)
     return page(
@@ -181,6 +182,7 @@ async def envs_page(request: Request) -> Response:
         envs=data["envs"],
         buttons=data["buttons"],
         own_env=data["own_env"],
+        deploy_patterns=data["deploy_patterns"],
         images=images,
         feed=data["feed"],
     )

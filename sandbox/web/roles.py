@@ -152,3 +152,10 @@ def own_env_name(user: User, profile: str = "dev") -> str:
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def deploy_patterns(user: User) -> list[str]:
+    """The profile patterns on which `user` may `up` an env (deploy_staging): where the deploy form
+    of the envs page applies. The root side still checks `may()` for the env a form names."""
+    least = _RANK[ACTIONS["deploy_staging"]]
+    return sorted(pattern for pattern, role in user.roles if _RANK[role] >= least)

@@ -26,7 +26,7 @@ from sandbox.web.feed import Feed, TooManyWaiters
 from sandbox.web.jobargs import JobArgError, check_job
 from sandbox.web.jobs import Job, Jobs, JobStateError
 from sandbox.web.policy import allowed, buttons, may_dismiss, settle_buttons
-from sandbox.web.roles import AccessError, User, may, own_env_name
+from sandbox.web.roles import AccessError, User, deploy_patterns, may, own_env_name
 from sandbox.web.rpcproto import RPCError
 from sandbox.web.triggers import submit_delivery
 from sandbox.web.views import Views
@@ -178,6 +178,7 @@ class RootSide:
             "envs": rows,
             "buttons": {e["name"]: buttons(c.user, e["name"], e["owner"]) for e in rows},
             "own_env": own if can_up else None,  # a button to create it, if the user may
+            "deploy_patterns": deploy_patterns(c.user),  # a form to up any env of these profiles
         }
 
     def env(self, c: Call) -> dict[str, Any]:

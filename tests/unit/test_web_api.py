@@ -262,7 +262,13 @@ def test_the_real_views_of_an_empty_workspace(tmp_path: Path) -> None:
     token = root.auth.add_token(root.auth.add_user("ann", "correct horse battery", {"*": "viewer"}).name, "t")
     cred = {"token": token}
     answer = root.handle("envs", cred, "127.0.0.1", {})
-    assert answer == {"envs": [], "buttons": {}, "own_env": None, "feed": root.feed.last_id()}
+    assert answer == {
+        "envs": [],
+        "buttons": {},
+        "own_env": None,
+        "deploy_patterns": [],
+        "feed": root.feed.last_id(),
+    }
     assert root.handle("images", cred, "127.0.0.1", {}) == []
     with pytest.raises(RPCError) as e:
         root.handle("env", cred, "127.0.0.1", {"name": "staging-9"})

@@ -86,9 +86,11 @@ def test_a_cross_site_form_with_another_browsers_token_is_refused(w: World) -> N
 
 
 def forms(html: str) -> set[tuple[str, str]]:
-    """(env, kind) of every job button on a page."""
+    """(env, kind) of every job button on a page (the deploy form, which names no env, aside)."""
     out = set()
     for form in re.findall(r'<form method="post" action="/jobs".*?</form>', html, re.S):
+        if 'id="deploy-form"' in form:
+            continue
         kind = re.search(r'name="kind" value="([a-z]+)"', form)
         env = re.search(r'name="env" value="([a-z0-9-]+)"', form)
         assert kind and env
@@ -229,3 +231,23 @@ def test_a_developer_creates_their_dev_env_from_the_envs_page(w: World) -> None:
     # on staging dave is a developer (deploy_staging); on prod only a viewer
     r = c.post("/jobs", data={"csrf": c.csrf, "kind": "up", "env": "prod-2"})
     assert r.status_code == 403 and len(Jobs(w.state).recent()) == 3
+
+
+def test_a_developer_deploys_an_image_to_a_staging_env_from_the_envs_page(w: World) -> None:
+    viewer = w.client()
+    assert viewer.login("viewer").status_code == 303
+    assert 'id="deploy-form"' not in viewer.get("/envs").text  # a viewer deploys nothing
+    c = w.client()
+    assert c.login("dave").status_code == 303
+    page = c.get("/envs").text
+    assert 'id="deploy-form"' in page and "(profiles dev, staging)" in page
+    assert f'<option value="{D}">' in page
+    form = {"csrf": c.csrf, "kind": "up", "image": D}
+    assert c.post("/jobs", data={**form, "env": "staging-7"}).status_code == 303
+    job = Jobs(w.state).recent()[0]
+    assert (job.kind, job.args, job.who) == ("up", {"env": "staging-7", "image": D}, "dave")
+    r = c.post("/jobs", data={**form, "env": "prod-3"})  # dave only views prod
+    assert r.status_code == 403 and "may not run up on prod-3" in r.text
+    r = c.post("/jobs", data={**form, "env": "../etc"})
+    assert r.status_code == 400 and "invalid environment name" in r.text
+    assert len(Jobs(w.state).recent()) == 1
