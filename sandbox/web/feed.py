@@ -15,7 +15,10 @@ import threading
 import time
 from typing import Any
 
+from sandbox.config.names import env_profile_name
+from sandbox.errors import SandboxError
 from sandbox.state import StateDB
+from sandbox.web.roles import User, may
 
 POLL = 0.05
 KEEP = 20_000
@@ -96,3 +99,28 @@ class Feed:
                 with self._cond:
                     self._last = last
                     self._cond.notify_all()
+
+
+def visible(user: User, env: object) -> bool:
+    """May `user` see a feed row of `env`? Rows without an env (server-wide) go to admins only."""
+    if env is None:
+        return may(user, "admin", "x")
+    try:
+        return isinstance(env, str) and may(user, "view", env_profile_name(env))
+    except SandboxError:
+        return False
+
+
+def events_for(feed: Feed, user: User, after: int | None, wait: float) -> dict[str, Any]:
+    """The feed's rows after `after` that `user` may view, waiting up to `wait` seconds for one.
+    `last` is the cursor to pass next (it moves past rows the user may not see, too); `reset` says
+    `after` was unknown (pruned, or not of this DB): the page should reload. TooManyWaiters when
+    too many calls wait already."""
+    last, reset = feed.last_id(), False
+    if after is None or after > last or (after < feed.first_id() - 1):
+        reset, after = after is not None, last
+    if after >= last and wait and not feed.wait(after, wait):
+        return {"events": [], "last": after, "reset": reset}
+    rows = feed.since(after)
+    cursor = rows[-1]["id"] if rows else after
+    return {"events": [r for r in rows if visible(user, r["env"])], "last": cursor, "reset": reset}

@@ -11,22 +11,22 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sandbox.config.names import ENV_NAME_RE, env_profile_name
+from sandbox.config.names import env_profile_name
 from sandbox.errors import NotFound, SandboxError
 from sandbox.settings import Hook
 from sandbox.state import StateDB
 from sandbox.web import timeline
 from sandbox.web.auth import Auth, AuthError, RateLimited
 from sandbox.web.envactions import promote_sources, releases
-from sandbox.web.feed import Feed, TooManyWaiters
+from sandbox.web.feed import Feed, TooManyWaiters, events_for
 from sandbox.web.jobargs import JobArgError, check_job
 from sandbox.web.jobs import Job, Jobs, JobStateError
 from sandbox.web.policy import allowed, buttons, may_dismiss, settle_buttons
 from sandbox.web.roles import AccessError, User, deploy_patterns, may, own_env_name
+from sandbox.web.rpcargs import Call, env_name_arg, str_arg, whole_arg
 from sandbox.web.rpcproto import RPCError
 from sandbox.web.triggers import submit_delivery
 from sandbox.web.views import Views
@@ -39,28 +39,6 @@ MAX_LOG_LINES = 1000
 # methods a live page renders from: their answer carries `feed`, the feed's last id read BEFORE the
 # data, so that the page's event stream starts there and misses no change made while it loads
 LIVE = frozenset({"envs", "env", "jobs", "deploys", "deploy", "audit"})
-
-
-@dataclass(frozen=True)
-class Call:
-    user: User | None
-    session: str | None
-    source: str
-    args: dict[str, Any]
-
-
-def _str(args: Mapping[str, Any], key: str, limit: int = 1100) -> str:
-    v = args.get(key)
-    if not isinstance(v, str) or len(v) > limit:
-        raise RPCError(400, f"argument {key!r} must be a string of at most {limit} characters")
-    return v
-
-
-def _env_name(args: Mapping[str, Any]) -> str:
-    name = _str(args, "name", 60)
-    if not re.fullmatch(ENV_NAME_RE, name):
-        raise RPCError(400, f"invalid environment name {name[:60]!r}", hint="PROFILE or PROFILE-SUFFIX")
-    return name
 
 
 class RootSide:
@@ -134,9 +112,9 @@ class RootSide:
 
     # -- sessions ---------------------------------------------------------------------------
     def login(self, c: Call) -> dict[str, Any]:
-        name = _str(c.args, "user", 40)
+        name = str_arg(c.args, "user", 40)
         try:
-            session, user = self.auth.login(name, _str(c.args, "password"), c.source)
+            session, user = self.auth.login(name, str_arg(c.args, "password"), c.source)
         except RateLimited as e:
             raise RPCError(429, e.message, e.hint, "RateLimited") from e
         except AuthError as e:
@@ -183,7 +161,7 @@ class RootSide:
 
     def env(self, c: Call) -> dict[str, Any]:
         assert c.user is not None
-        name = _env_name(c.args)
+        name = env_name_arg(c.args)
         view = self.views.env(name)  # NotFound first: an unknown env is 404 for everyone
         if not may(c.user, "view", view["profile"]):
             raise RPCError(403, f"you may not view {name}", hint="ask an admin for a role on its profile")
@@ -214,12 +192,9 @@ class RootSide:
     def logs(self, c: Call) -> dict[str, Any]:
         """The app's last log lines in one instance of an env the caller may view."""
         assert c.user is not None
-        name = _env_name(c.args)
-        index, lines = c.args.get("instance", 0), c.args.get("lines", 200)
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1000:
-            raise RPCError(400, "instance must be a whole number from 0 to 999")
-        if isinstance(lines, bool) or not isinstance(lines, int) or not 1 <= lines <= MAX_LOG_LINES:
-            raise RPCError(400, f"lines must be a whole number from 1 to {MAX_LOG_LINES}")
+        name = env_name_arg(c.args)
+        index = whole_arg(c.args, "instance", 0, 0, 999)
+        lines = whole_arg(c.args, "lines", 200, 1, MAX_LOG_LINES)
         view = self.views.env(name)
         if not may(c.user, "view", view["profile"]):
             raise RPCError(403, f"you may not view {name}", hint="ask an admin for a role on its profile")
@@ -238,7 +213,7 @@ class RootSide:
         assert c.user is not None
         if not c.user.roles:
             raise RPCError(403, "you hold no role", hint="ask an admin for one")
-        a, b = (_str(c.args, k, 71) for k in ("a", "b"))
+        a, b = (str_arg(c.args, k, 71) for k in ("a", "b"))
         for d in (a, b):
             if not DIGEST_RE.fullmatch(d):
                 raise RPCError(400, f"{d[:71]!r} is not an image digest", hint="sha256: and 64 hex digits")
@@ -273,45 +248,24 @@ class RootSide:
 
     def list_jobs(self, c: Call) -> dict[str, Any]:
         assert c.user is not None
-        limit = c.args.get("limit", 100)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise RPCError(400, "limit must be a whole number from 1 to 1000")
-        env = _env_name({"name": c.args["env"]}) if "env" in c.args else None
+        limit = whole_arg(c.args, "limit", 100, 1, 1000)
+        env = env_name_arg({"name": c.args["env"]}) if "env" in c.args else None
         rows = [j.to_dict() for j in self.jobs.recent(env=env, limit=limit) if self._may_view(c.user, j.env)]
         return {"jobs": rows, "cancel": self._cancellable(c.user, rows), "settle": self._settle(c.user, rows)}
 
     # -- the live feed (SSE) ----------------------------------------------------------------
-    def _visible(self, user: User, env: object) -> bool:
-        if env is None:
-            return may(user, "admin", "x")  # server-wide events: admins only
-        try:
-            return isinstance(env, str) and may(user, "view", env_profile_name(env))
-        except SandboxError:
-            return False
-
     def events(self, c: Call) -> dict[str, Any]:
-        """The feed's rows after `after` that the caller may view, waiting up to `wait` seconds for
-        one. `last` is the cursor to pass next (it moves past rows the caller may not see, too);
-        `reset` says `after` was unknown (pruned, or not of this DB): the page should reload."""
+        """`feed.events_for` the caller, its arguments checked here."""
         assert c.user is not None
         after, wait = c.args.get("after"), c.args.get("wait", 0)
         if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
             raise RPCError(400, "after must be an event id")
         if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= MAX_WAIT:
             raise RPCError(400, f"wait must be 0 to {MAX_WAIT:g} seconds")
-        last, reset = self.feed.last_id(), False
-        if after is None or after > last or (after < self.feed.first_id() - 1):
-            reset, after = after is not None, last
-        assert isinstance(after, int)
         try:
-            if after >= last and wait and not self.feed.wait(after, float(wait)):
-                return {"events": [], "last": after, "reset": reset}
+            return events_for(self.feed, c.user, after, float(wait))
         except TooManyWaiters as e:
             raise RPCError(503, "too many live streams are open", hint="try again later") from e
-        rows = self.feed.since(after)
-        cursor = rows[-1]["id"] if rows else after
-        seen = [r for r in rows if self._visible(c.user, r["env"])]
-        return {"events": seen, "last": cursor, "reset": reset}
 
     # -- jobs -------------------------------------------------------------------------------
     def _owner(self, env: str) -> str | None:
@@ -336,14 +290,18 @@ class RootSide:
             )
         return self.jobs.submit(kind, checked, who=c.user.name, trigger="button").to_dict()
 
-    def cancel(self, c: Call) -> dict[str, Any]:
-        assert c.user is not None
-        job_id = c.args.get("id")
+    def _viewable_job(self, user: User, job_id: object) -> Job:
+        """Job `job_id` when `user` may view its env; one it may not view is as unknown (404)."""
         if isinstance(job_id, bool) or not isinstance(job_id, int):
             raise RPCError(400, "id must be a job number")
         job: Job = self.jobs.get(job_id)
-        if not self._may_view(c.user, job.env):
+        if not self._may_view(user, job.env):
             raise NotFound(f"job #{job_id} not found", hint="the jobs page lists them")
+        return job
+
+    def cancel(self, c: Call) -> dict[str, Any]:
+        assert c.user is not None
+        job = self._viewable_job(c.user, c.args.get("id"))
         if not may(c.user, "cancel_job", env_profile_name(job.env)):
             raise RPCError(403, f"you may not cancel job #{job.id}", hint="a developer's role is needed")
         done = self.jobs.cancel(job.id).to_dict()
@@ -354,12 +312,7 @@ class RootSide:
         """Settle an interrupted job by hand (its env's queue moves on): the permission the job
         needed, and a deployer's resume for a promotion; an audit row like a cancel."""
         assert c.user is not None
-        job_id = c.args.get("id")
-        if isinstance(job_id, bool) or not isinstance(job_id, int):
-            raise RPCError(400, "id must be a job number")
-        job: Job = self.jobs.get(job_id)
-        if not self._may_view(c.user, job.env):
-            raise NotFound(f"job #{job_id} not found", hint="the jobs page lists them")
+        job = self._viewable_job(c.user, c.args.get("id"))
         if not may_dismiss(c.user, job.kind, job.args, self._owner(job.env)):
             raise RPCError(403, f"you may not dismiss job #{job.id}", hint="a deployer's role is needed")
         done = self.jobs.dismiss(job.id).to_dict()
@@ -369,16 +322,13 @@ class RootSide:
 
     # -- deploy timeline, audit log ---------------------------------------------------------
     def _limit(self, c: Call, default: int = 50) -> int:
-        limit = c.args.get("limit", default)
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
-            raise RPCError(400, "limit must be a whole number from 1 to 500")
-        return limit
+        return whole_arg(c.args, "limit", default, 1, 500)
 
     def deploys(self, c: Call) -> dict[str, Any]:
         assert c.user is not None
         names = [e["name"] for e in self.views.envs() if may(c.user, "view", e["profile"])]
         if "env" in c.args:
-            name = _env_name({"name": c.args["env"]})
+            name = env_name_arg({"name": c.args["env"]})
             names = [n for n in names if n == name]
         return {"deploys": timeline.deploys(self.state, names, self._limit(c))}
 
@@ -403,7 +353,7 @@ class RootSide:
 
     # -- webhooks ---------------------------------------------------------------------------
     def hook(self, c: Call) -> dict[str, Any]:
-        name = _str(c.args, "name", 40)
+        name = str_arg(c.args, "name", 40)
         headers = c.args.get("headers")
         if (
             not isinstance(headers, dict)
@@ -412,7 +362,7 @@ class RootSide:
         ):
             raise RPCError(400, "malformed headers")
         try:
-            body = base64.b64decode(_str(c.args, "body", 3 * 1024 * 1024), validate=True)
+            body = base64.b64decode(str_arg(c.args, "body", 3 * 1024 * 1024), validate=True)
         except ValueError as e:
             raise RPCError(400, "malformed body") from e
         try:
