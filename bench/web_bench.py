@@ -157,7 +157,7 @@ def rss_kib(pid: int) -> int:
 
 def bench_memory(tmp: Path, idle: float) -> dict[str, Any]:
     """VmRSS of a real `sandbox serve` (root side, HTTP child) after `idle` seconds."""
-    from tests.integration.test_web_serve import free_port, start_serve
+    from tests.integration.test_web_serve import free_port, http_side_pid, start_serve
 
     if os.geteuid() != 0:
         return {"skipped": "needs root"}
@@ -168,12 +168,10 @@ def bench_memory(tmp: Path, idle: float) -> dict[str, Any]:
     port = free_port()
     proc = start_serve(ws, port, run_dir)
     try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        m = re.search(r"HTTP side pid (\d+)", line)
-        if not m:
-            sys.exit(f"sandbox serve did not start: {line}")
-        child = int(m.group(1))
+        try:
+            child = http_side_pid(proc)
+        except AssertionError as e:
+            sys.exit(f"sandbox serve did not start: {e}")
         deadline = time.monotonic() + 20
         while True:  # up when it answers
             try:

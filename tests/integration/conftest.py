@@ -165,6 +165,19 @@ def grant_traverse(path: Path) -> list[tuple[Path, int]]:
 # -- helpers shared by the integration modules ----------------------------------------------------
 
 
+def promotion_workspace(built: Built, tmp: Path, name: str, prod_port: int, settings: str) -> Path:
+    """A copy of the build workspace with the repository's profiles, prod's router on `prod_port`
+    and its health timeout cut to 30 s, and `settings` as its sandbox.yaml (its own network)."""
+    ws = workspace_like(built, tmp, name)
+    shutil.copytree(REPO / "profiles", ws / "profiles")
+    prod = ws / "profiles" / "prod.yaml"
+    text = prod.read_text()
+    assert "  port: 8080\n" in text and "  timeout: 120s\n" in text
+    prod.write_text(text.replace("  port: 8080\n", f"  port: {prod_port}\n").replace("120s", "30s"))
+    (ws / "sandbox.yaml").write_text(settings)
+    return ws
+
+
 def link_exists(name: str) -> bool:
     return subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0
 

@@ -42,7 +42,7 @@ from tests.integration.conftest import (
     shared_cache,
     workspace_like,
 )
-from tests.integration.test_web_serve import free_port, start_serve
+from tests.integration.test_web_serve import free_port, http_side_pid, start_serve
 
 pytestmark = [pytest.mark.integration]
 
@@ -96,9 +96,7 @@ def served(built: Built, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     port = free_port()
     proc = start_serve(ws, port, run_dir, env={"SANDBOX_CACHE": str(shared_cache())})
     try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert re.search(r"HTTP side pid (\d+)", line), line
+        http_side_pid(proc)
         yield f"http://127.0.0.1:{port}", ws
     finally:
         proc.send_signal(signal.SIGTERM)  # by its pid

@@ -30,7 +30,6 @@ import pytest
 from sandbox.state import StateDB
 from sandbox.web.auth import Auth
 from tests.integration.conftest import (
-    REPO,
     Built,
     build_variant,
     clear_workspace,
@@ -38,13 +37,13 @@ from tests.integration.conftest import (
     link_exists,
     lxc_problem,
     ok,
+    promotion_workspace,
     require,
     sandbox,
     shared_cache,
-    workspace_like,
 )
 from tests.integration.test_web_browser import ARGS, CHROMIUM, PASSWORD, SHOTS_ENV
-from tests.integration.test_web_serve import free_port, start_serve
+from tests.integration.test_web_serve import free_port, http_side_pid, start_serve
 
 pytestmark = [pytest.mark.integration]
 
@@ -109,13 +108,7 @@ def flows(built: Built, tmp_path: Path) -> Iterator[tuple[str, Path, str, str]]:
     require(lxc_problem())
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (apt-get install chromium)")
-    ws = workspace_like(built, tmp_path, "flows")
-    shutil.copytree(REPO / "profiles", ws / "profiles")
-    prod = ws / "profiles" / "prod.yaml"
-    text = prod.read_text()
-    assert "  port: 8080\n" in text and "  timeout: 120s\n" in text
-    prod.write_text(text.replace("  port: 8080\n", f"  port: {PROD_PORT}\n").replace("120s", "30s"))
-    (ws / "sandbox.yaml").write_text(SETTINGS)
+    ws = promotion_workspace(built, tmp_path, "flows", PROD_PORT, SETTINGS)
     restore = grant_traverse(ws)
     had_bridge = link_exists(BRIDGE)
     Auth(StateDB(ws / ".sandbox" / "state.db")).add_user("dora", PASSWORD, {"*": "deployer"})
@@ -129,9 +122,7 @@ def flows(built: Built, tmp_path: Path) -> Iterator[tuple[str, Path, str, str]]:
         ok(sandbox(ws, "verify", "staging", "--json", timeout=120))
         port = free_port()
         proc = start_serve(ws, port, run_dir, env={"SANDBOX_CACHE": str(shared_cache())})
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert re.search(r"HTTP side pid (\d+)", line), line
+        http_side_pid(proc)
         # the worker's progress goes to the server's stderr: read it, or the pipe fills and blocks it
         log = tmp_path / "serve.log"
         drain = threading.Thread(target=lambda: shutil.copyfileobj(proc.stderr, log.open("w")), daemon=True)

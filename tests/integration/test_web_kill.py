@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -42,12 +41,12 @@ from tests.integration.conftest import (
     lxc_names,
     lxc_problem,
     ok,
+    promotion_workspace,
     require,
     sandbox,
     shared_cache,
-    workspace_like,
 )
-from tests.integration.test_web_serve import start_serve
+from tests.integration.test_web_serve import http_side_pid, start_serve
 
 pytestmark = [
     pytest.mark.integration,
@@ -80,15 +79,7 @@ def started(
     """`sandbox serve` on PORT (added to `procs`, to stop), answering: it and its HTTP child's pid."""
     proc = start_serve(ws, port, run_dir, env={"SANDBOX_CACHE": str(shared_cache())})
     procs.append(proc)
-    assert proc.stderr is not None
-    lines = []
-    for _ in range(20):  # first, one line per job the last stop interrupted
-        lines.append(proc.stderr.readline())
-        m = re.search(r"HTTP side pid (\d+)", lines[-1])
-        if m or not lines[-1]:
-            break
-    assert m, lines
-    print("".join(lines), end="")
+    child = http_side_pid(proc, max_lines=20)  # first, a line per job the last stop interrupted
 
     def answers() -> bool:
         try:
@@ -98,7 +89,7 @@ def started(
             return False
 
     until("the HTTP side", answers, 30)
-    return proc, int(m.group(1))
+    return proc, child
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -116,13 +107,7 @@ def kill_ws(built: Built, tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """A copy of the build workspace with v2 built, prod on v1 (2 instances, router on PROD_PORT)
     and staging-1 on v2, verified. Everything removed after, bridge included."""
     require(lxc_problem())
-    ws = workspace_like(built, tmp_path, "kill")
-    shutil.copytree(REPO / "profiles", ws / "profiles")
-    prod = ws / "profiles" / "prod.yaml"
-    text = prod.read_text()
-    assert "  port: 8080\n" in text and "  timeout: 120s\n" in text
-    prod.write_text(text.replace("  port: 8080\n", f"  port: {PROD_PORT}\n").replace("120s", "30s"))
-    (ws / "sandbox.yaml").write_text(SETTINGS)
+    ws = promotion_workspace(built, tmp_path, "kill", PROD_PORT, SETTINGS)
     restore = grant_traverse(ws)
     had_bridge = link_exists(BRIDGE)
     try:

@@ -58,6 +58,21 @@ def start_serve(
     )
 
 
+def http_side_pid(proc: subprocess.Popen[str], max_lines: int = 1) -> int:
+    """The HTTP child's pid, from the line of serve's stderr that names it: its first line, or one
+    of its first `max_lines` (one line comes first per job the last stop interrupted)."""
+    assert proc.stderr is not None
+    lines = []
+    for _ in range(max_lines):
+        lines.append(proc.stderr.readline())
+        m = re.search(r"HTTP side pid (\d+)", lines[-1])
+        if m:
+            return int(m.group(1))
+        if not lines[-1]:
+            break
+    raise AssertionError(f"sandbox serve did not name its HTTP side: {lines}")
+
+
 def status_field(pid: int, field: str) -> str:
     text = Path(f"/proc/{pid}/status").read_text()
     m = re.search(rf"^{field}:[ \t]*(.*)$", text, re.M)
@@ -93,11 +108,7 @@ def test_serve_runs_http_as_an_unprivileged_user(tmp_path: Path) -> None:
     port = free_port()
     proc = start_serve(ws, port, run_dir)
     try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        m = re.search(r"HTTP side pid (\d+)", line)
-        assert m, line
-        child = int(m.group(1))
+        child = http_side_pid(proc)
         deadline = time.monotonic() + 20
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=False) as c:
             while True:
@@ -215,10 +226,7 @@ def test_serve_ends_with_an_error_when_its_http_side_dies(tmp_path: Path) -> Non
     run_dir = Path(f"/tmp/sbx-die-{os.getpid()}")
     proc = start_serve(ws, free_port(), run_dir)
     try:
-        assert proc.stderr is not None
-        m = re.search(r"HTTP side pid (\d+)", proc.stderr.readline())
-        assert m
-        os.kill(int(m.group(1)), signal.SIGKILL)  # the child this test's serve started
+        os.kill(http_side_pid(proc), signal.SIGKILL)  # the child this test's serve started
         assert proc.wait(timeout=20) != 0
         assert "the HTTP side ended with status" in proc.stderr.read()
         assert not (run_dir / "rpc.sock").exists()
@@ -241,10 +249,7 @@ def test_the_http_side_ends_when_serve_is_killed(tmp_path: Path) -> None:
     child = 0
     try:
         for proc in procs[:1]:
-            assert proc.stderr is not None
-            m = re.search(r"HTTP side pid (\d+)", proc.stderr.readline())
-            assert m
-            child = int(m.group(1))
+            child = http_side_pid(proc)
             assert status_field(child, "SigCgt")  # it runs
             os.kill(proc.pid, signal.SIGKILL)  # the serve this test started, by its pid
             proc.wait(timeout=10)
