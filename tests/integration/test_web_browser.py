@@ -16,8 +16,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -42,7 +40,7 @@ from tests.integration.conftest import (
     shared_cache,
     workspace_like,
 )
-from tests.integration.test_web_serve import free_port, http_side_pid, start_serve
+from tests.integration.test_web_serve import free_port, http_side_pid, start_serve, stop_serve
 
 pytestmark = [pytest.mark.integration]
 
@@ -99,12 +97,7 @@ def served(built: Built, tmp_path: Path) -> Iterator[tuple[str, Path]]:
         http_side_pid(proc)
         yield f"http://127.0.0.1:{port}", ws
     finally:
-        proc.send_signal(signal.SIGTERM)  # by its pid
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_serve(proc)
         clear_workspace(ws, ["dev-dana"], BRIDGE, had_bridge, restore)
         shutil.rmtree(run_dir, ignore_errors=True)
 

@@ -16,8 +16,6 @@ import http.client
 import os
 import re
 import shutil
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -43,7 +41,7 @@ from tests.integration.conftest import (
     shared_cache,
 )
 from tests.integration.test_web_browser import ARGS, CHROMIUM, PASSWORD, SHOTS_ENV
-from tests.integration.test_web_serve import free_port, http_side_pid, start_serve
+from tests.integration.test_web_serve import free_port, http_side_pid, start_serve, stop_serve
 
 pytestmark = [pytest.mark.integration]
 
@@ -130,12 +128,7 @@ def flows(built: Built, tmp_path: Path) -> Iterator[tuple[str, Path, str, str]]:
         yield f"http://127.0.0.1:{port}", ws, v1, v2
     finally:
         if proc is not None:
-            proc.send_signal(signal.SIGTERM)  # by its pid
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_serve(proc)
         clear_workspace(ws, ("prod", "staging"), BRIDGE, had_bridge, restore)
         shutil.rmtree(run_dir, ignore_errors=True)
 

@@ -46,7 +46,7 @@ from tests.integration.conftest import (
     sandbox,
     shared_cache,
 )
-from tests.integration.test_web_serve import http_side_pid, start_serve
+from tests.integration.test_web_serve import http_side_pid, start_serve, stop_serve
 
 pytestmark = [
     pytest.mark.integration,
@@ -90,16 +90,6 @@ def started(
 
     until("the HTTP side", answers, 30)
     return proc, child
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)  # by its pid
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
@@ -211,5 +201,5 @@ def test_serve_killed_during_a_promotion_then_resumed_converges(kill_ws: tuple[P
         assert sorted(n for n in lxc_names(ws) if n.startswith("prod-")) == sorted(i["name"] for i in insts)
     finally:
         for p in procs:
-            stop(p)
+            stop_serve(p)
         shutil.rmtree(run_dir, ignore_errors=True)

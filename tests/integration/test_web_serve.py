@@ -73,6 +73,17 @@ def http_side_pid(proc: subprocess.Popen[str], max_lines: int = 1) -> int:
     raise AssertionError(f"sandbox serve did not name its HTTP side: {lines}")
 
 
+def stop_serve(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to a serve this test started (by its pid), SIGKILL after 30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def status_field(pid: int, field: str) -> str:
     text = Path(f"/proc/{pid}/status").read_text()
     m = re.search(rf"^{field}:[ \t]*(.*)$", text, re.M)
